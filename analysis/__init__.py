@@ -1,0 +1,1 @@
+"""Reads study result directories; never imports torch or ray."""

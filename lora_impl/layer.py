@@ -1,0 +1,197 @@
+"""LoRALinear: a low-rank adapter wrapped around any linear-like base layer.
+
+    y = W0 x + s * B A dropout(x),   s = alpha / r   (rsLoRA: s = alpha / sqrt(r))
+
+W0 stays frozen inside ``base_layer`` (``nn.Linear``, transformers' GPT-2 ``Conv1D`` whose weight
+is stored transposed, or a bitsandbytes ``Linear8bitLt`` / ``Linear4bit``); only ``lora_A``
+(r, in) and ``lora_B`` (out, r) train. Composition rather than inheritance is what lets one
+forward serve plain and quantized bases alike (PEFT's design, not loralib's).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+INITS = ("kaiming", "gaussian")
+
+
+def validate_lora_args(rank: object, alpha: object, dropout: object, init: object) -> None:
+    """Raise ValueError naming the field and the allowed values for any bad LoRA argument."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"lora rank must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"lora alpha must be a number > 0, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")
+    if init not in INITS:
+        raise ValueError(f"lora init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def quant_kind(module: nn.Module) -> str | None:
+    """'4bit' or '8bit' for a bitsandbytes linear, None for anything else.
+
+    bitsandbytes is only consulted if something already imported it: a bnb layer cannot exist
+    otherwise, and importing it costs seconds.
+    """
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is None:
+        return None
+    if isinstance(module, bnb.nn.Linear4bit):
+        return "4bit"
+    if isinstance(module, bnb.nn.Linear8bitLt):
+        return "8bit"
+    return None
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' GPT-2 style ``Conv1D`` (a linear with a (in, out) weight)."""
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    return pytorch_utils is not None and isinstance(module, pytorch_utils.Conv1D)
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """True for the base layers LoRALinear can wrap (bnb layers subclass ``nn.Linear``)."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def base_layer_dims(base: nn.Module) -> tuple[int, int, bool]:
+    """(in_features, out_features, fan_in_fan_out) of a supported base layer."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features, False
+    if is_conv1d(base):
+        in_features, out_features = base.weight.shape
+        return in_features, out_features, True
+    raise TypeError(
+        f"LoRALinear wraps nn.Linear, transformers Conv1D or bitsandbytes Linear8bitLt/Linear4bit, "
+        f"not {type(base).__name__}"
+    )
+
+
+class LoRALinear(nn.Module):
+    """A frozen base linear plus a trainable low-rank update ``s * B @ A``.
+
+    Args:
+        base_layer: the layer to adapt; it is kept as ``self.base_layer`` and never modified
+            except by :func:`lora_impl.merge`.
+        rank: r, the inner dimension of the update (> 0).
+        alpha: the scale numerator (> 0); ``scaling = alpha / rank`` (``alpha / sqrt(rank)``
+            with ``rslora``).
+        dropout: dropout on the adapter's input only, in [0, 1).
+        rslora: use rank-stabilised scaling.
+        init: ``"kaiming"`` (PEFT's default: A Kaiming-uniform with a=sqrt(5)) or ``"gaussian"``
+            (A ~ N(0, 1/r)); B is zero either way, so the initial update is exactly zero.
+        dtype: dtype of the adapter weights, float32 by default whatever the base dtype.
+
+    Raises:
+        ValueError: a bad rank, alpha, dropout or init (the message names field and allowed values).
+        TypeError: an unsupported base layer.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        rslora: bool = False,
+        init: str = "kaiming",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        validate_lora_args(rank, alpha, dropout, init)
+        in_features, out_features, fan_in_fan_out = base_layer_dims(base_layer)
+        self.base_layer = base_layer
+        self.in_features, self.out_features = in_features, out_features
+        self.fan_in_fan_out = fan_in_fan_out
+        self.rank, self.alpha, self.rslora, self.init = rank, alpha, rslora, init
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        device = _weight_device(base_layer)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(rank, out_features, bias=False, device=device, dtype=dtype)
+        # B is (out, r) as in PEFT, but stored r-major (strides (1, out)). Its gradient is then
+        # computed as h^T @ grad, a wide (r, N) x (N, out) GEMM, instead of grad^T @ h, a
+        # tall-skinny one that MKL runs ~4x slower on CPU (see docs/BENCHMARKS.md).
+        self.lora_B.weight = nn.Parameter(
+            torch.empty(rank, out_features, device=device, dtype=dtype).t()
+        )
+        self.merged = False
+        self.disabled = False
+        self._unmerged_base: dict | None = None  # quantized originals kept while merged
+        self.reset_lora_parameters()
+
+    @property
+    def dropout(self) -> float:
+        """The adapter dropout probability."""
+        return self.lora_dropout.p if isinstance(self.lora_dropout, nn.Dropout) else 0.0
+
+    def reset_lora_parameters(self) -> None:
+        """Initialise A (Kaiming-uniform or Gaussian) and set B to zero, as PEFT does."""
+        if self.init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A.weight, std=1 / self.rank)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> torch.Tensor:
+        """s * B @ A in the base weight's layout: (out, in), or (in, out) for Conv1D."""
+        delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """base(x) + s * B(A(dropout(x))), or base(x) alone when merged or disabled."""
+        result = self.base_layer(x)  # (..., out)
+        if self.merged or self.disabled:
+            return result
+        h = self.lora_dropout(x)
+        if h.dtype != self.lora_A.weight.dtype and not torch.is_autocast_enabled(h.device.type):
+            h = h.to(self.lora_A.weight.dtype)
+        # The same operations in the same order as PEFT, so the forward agrees with it bitwise:
+        # an 8-bit base rounds its input to fp16 and int8, which would turn a 1-ulp difference
+        # upstream into visible differences downstream.
+        delta = self.lora_B(self.lora_A(h)) * self.scaling  # (..., r) -> (..., out)
+        return (result + delta).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}, "
+            f"dropout={self.dropout}, merged={self.merged}"
+        )
+
+
+def _weight_device(module: nn.Module) -> torch.device:
+    weight = getattr(module, "weight", None)
+    return weight.device if weight is not None else torch.device("cpu")
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """Yield (qualified name, layer) for every LoRALinear in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its base alone inside the block (baselines, DPO references).
+
+    Raises:
+        ValueError: an adapter is merged (its update is inside the base weight); unmerge first.
+    """
+    layers = [layer for _, layer in lora_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise ValueError("cannot disable merged adapters: call lora_impl.unmerge(model) first")
+    previous = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, was_disabled in zip(layers, previous):
+            layer.disabled = was_disabled

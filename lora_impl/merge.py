@@ -1,0 +1,190 @@
+"""Merge the LoRA update into the base weight, undo it, or strip the adapters.
+
+    merge(model)     # W <- W + s B A: inference at the base model's cost
+    unmerge(model)   # back to W (bitwise for 4/8-bit bases; W - s B A for float bases)
+    unload(model, merge=True)  # a plain transformers model again
+
+A quantized base cannot hold ``W + s B A`` exactly: merge dequantizes, adds, and re-quantizes
+with the layer's own settings, keeping the original quantized tensors so unmerge restores them
+bitwise however many times it is repeated. Every merge checks the result is finite before it
+touches the layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lora_impl.layer import LoRALinear, lora_layers, quant_kind
+
+
+def merge(model: nn.Module) -> int:
+    """Merge every unmerged adapter of ``model``; return how many were merged.
+
+    Raises:
+        ValueError: a merge would make a weight non-finite (that layer and later ones stay
+            unmerged; earlier ones stay merged and ``unmerge`` undoes them).
+    """
+    count = 0
+    for name, layer in lora_layers(model):
+        if not layer.merged:
+            merge_layer(layer, name)
+            count += 1
+    return count
+
+
+def unmerge(model: nn.Module) -> int:
+    """Undo every merged adapter of ``model``; return how many were unmerged."""
+    count = 0
+    for _, layer in lora_layers(model):
+        if layer.merged:
+            unmerge_layer(layer)
+            count += 1
+    return count
+
+
+def unload(model: nn.Module, merge: bool = False) -> nn.Module:
+    """Replace every LoRALinear by its base layer (merged first if ``merge``); return the model."""
+    for name, layer in list(lora_layers(model)):
+        if merge and not layer.merged:
+            merge_layer(layer, name)
+        elif not merge and layer.merged:
+            unmerge_layer(layer)
+        layer._unmerged_base = None  # the merged weight is now the base's own
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base_layer)
+    return model
+
+
+def merge_layer(layer: LoRALinear, name: str = "") -> None:
+    """Fold ``layer``'s update into its base weight (see the module docstring)."""
+    if layer.merged:
+        return
+    kind = quant_kind(layer.base_layer)
+    delta = layer.delta_weight().detach()
+    if kind == "4bit":
+        _merge_4bit(layer, delta, name)
+    elif kind == "8bit":
+        _merge_8bit(layer, delta, name)
+    else:
+        weight = layer.base_layer.weight
+        merged = weight.data + delta.to(weight.dtype)
+        _check_finite(merged, name)
+        weight.data.copy_(merged)
+    layer.merged = True
+
+
+def unmerge_layer(layer: LoRALinear) -> None:
+    """Take ``layer``'s update back out of its base weight."""
+    if not layer.merged:
+        return
+    base = layer.base_layer
+    saved = layer._unmerged_base
+    if saved is not None:  # quantized: put the original tensors back, bitwise
+        base.weight = saved["weight"]
+        if "quant_state" in saved:
+            base.quant_state = saved["quant_state"]
+        if "state" in saved:
+            base.state.CB, base.state.SCB = saved["state"]
+        layer._unmerged_base = None
+    else:
+        weight = base.weight
+        weight.data -= layer.delta_weight().detach().to(weight.dtype)
+    layer.merged = False
+
+
+def _check_finite(weight: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(weight).all():
+        raise ValueError(
+            f"merging the adapter of {name or 'a layer'} gives non-finite weights; "
+            "the layer was left unmerged"
+        )
+
+
+def canonical_4bit(base: nn.Module) -> None:
+    """Undo bitsandbytes' CPU inference packing of a Linear4bit weight, in place.
+
+    On CPUs with AVX512-BF16, an eval-mode no-grad forward re-packs the 4-bit weight into a
+    kernel-friendly layout; (de)quantization functions expect the standard layout.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    weight = base.weight
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            weight.data, weight.quant_state
+        )
+        base.quant_state = weight.quant_state
+
+
+def dequantize_4bit_weight(base: nn.Module) -> torch.Tensor:
+    """The float weight (out, in) a Linear4bit computes with."""
+    import bitsandbytes.functional as bnbf
+
+    canonical_4bit(base)
+    return bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state)
+
+
+def quantize_4bit_like(weight: torch.Tensor, like: nn.Parameter, module: nn.Module) -> nn.Parameter:
+    """Quantize a float weight with the blocksize, type and storage of the Params4bit ``like``."""
+    import bitsandbytes as bnb
+
+    data, state = bnb.functional.quantize_4bit(
+        weight,
+        blocksize=like.blocksize,
+        compress_statistics=like.compress_statistics,
+        quant_type=like.quant_type,
+        quant_storage=like.quant_storage,
+    )
+    return bnb.nn.Params4bit(
+        data,
+        requires_grad=False,
+        quant_state=state,
+        blocksize=like.blocksize,
+        compress_statistics=like.compress_statistics,
+        quant_type=like.quant_type,
+        quant_storage=like.quant_storage,
+        module=module,
+        bnb_quantized=True,
+    )
+
+
+def int8_weight_stats(base: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CB, SCB) of a Linear8bitLt: int8 rows and their absmax scales, wherever bnb keeps them."""
+    weight = base.weight
+    if getattr(weight, "CB", None) is not None:
+        return weight.CB, weight.SCB
+    return base.state.CB, base.state.SCB  # moved there by the layer's first forward
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CB, SCB) of a float weight, exactly as ``Int8Params`` quantizes (row-wise, via fp16)."""
+    import bitsandbytes.functional as bnbf
+
+    cb, scb, _ = bnbf.int8_vectorwise_quant(weight.to(torch.float16))
+    return cb, scb
+
+
+def _merge_4bit(layer: LoRALinear, delta: torch.Tensor, name: str) -> None:
+    base = layer.base_layer
+    original = dequantize_4bit_weight(base)
+    merged = original + delta.to(original.dtype)
+    _check_finite(merged, name)
+    layer._unmerged_base = {"weight": base.weight, "quant_state": base.weight.quant_state}
+    base.weight = quantize_4bit_like(merged, base.weight, base)
+    base.quant_state = base.weight.quant_state
+
+
+def _merge_8bit(layer: LoRALinear, delta: torch.Tensor, name: str) -> None:
+    import bitsandbytes as bnb
+
+    base = layer.base_layer
+    cb, scb = int8_weight_stats(base)
+    merged = bnb.functional.int8_vectorwise_dequant(cb, scb) + delta.float()
+    _check_finite(merged.to(torch.float16), name)  # Int8Params quantizes from fp16
+    new_cb, new_scb = quantize_int8(merged)
+    layer._unmerged_base = {"weight": base.weight, "state": (base.state.CB, base.state.SCB)}
+    base.weight = bnb.nn.Int8Params(
+        new_cb, requires_grad=False, has_fp16_weights=False, CB=new_cb, SCB=new_scb
+    )
+    base.state.CB = base.state.SCB = None  # the next forward re-initialises from the new weight

@@ -1,0 +1,1 @@
+"""One trial (model, data, training loop, metrics) and many trials (Ray Tune)."""

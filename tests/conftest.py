@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models, seeded adapters, offline hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test waits on the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY_MODELS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-neox"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def randomize_lora(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> None:
+    """Give every adapter a non-zero B (and a fresh A) so parity checks are not trivial."""
+    from lora_impl import lora_layers
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            for lin in (layer.lora_A, layer.lora_B):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * std)
+
+
+@pytest.fixture
+def sample_ids() -> torch.Tensor:
+    """A fixed batch of token ids (2 x 24) valid for the tiny byte tokenizer."""
+    gen = torch.Generator().manual_seed(1234)
+    return torch.randint(0, 256, (2, 24), generator=gen)

@@ -1,0 +1,113 @@
+"""Adapters saved in PEFT's format: our round trip and cross-loading with PEFT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_impl import inject_lora, load_adapter, lora_layers, save_adapter
+from lora_impl.inject import expand_targets
+from study.models import load_model
+from tests.conftest import randomize_lora
+
+peft = pytest.importorskip("peft")
+TOL = 1e-5
+
+
+def adapted(name="tiny-llama", targets="qkvo", **kw):
+    model, _ = load_model(name)
+    inject_lora(model, targets, rank=4, alpha=8, **kw)
+    randomize_lora(model, seed=3)
+    return model
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize(
+    "name, targets", [("tiny-llama", "qkvo"), ("tiny-gpt2", "all-linear"), ("tiny-neox", "mlp")]
+)
+def test_round_trip_gives_identical_logits(tmp_path, sample_ids, name, targets):
+    model = adapted(name, targets, rslora=True)
+    save_adapter(model, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["use_rslora"]
+    keys = load_file(tmp_path / "adapter_model.safetensors").keys()
+    assert all(
+        k.startswith("base_model.model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
+        for k in keys
+    )
+    fresh, _ = load_model(name)
+    load_adapter(fresh, tmp_path)
+    assert torch.equal(logits(fresh, sample_ids), logits(model, sample_ids))
+
+
+def test_compact_targets_keep_exactly_the_adapted_modules(tmp_path):
+    model, _ = load_model("tiny-gpt2")
+    inject_lora(model, ["attn.c_proj", "transformer.h.1.mlp.c_fc"], rank=2, alpha=2)
+    save_adapter(model, tmp_path)
+    fresh, _ = load_model("tiny-gpt2")
+    result = load_adapter(fresh, tmp_path)
+    assert set(result.replaced) == {n for n, _ in lora_layers(model)}
+
+
+@pytest.mark.parametrize("name, targets", [("tiny-llama", "qkvo"), ("tiny-gpt2", "all-linear")])
+def test_peft_loads_our_adapter(tmp_path, sample_ids, name, targets):
+    model = adapted(name, targets)
+    save_adapter(model, tmp_path, base_model_name_or_path=name)
+    base, _ = load_model(name)
+    theirs = peft.PeftModel.from_pretrained(base, str(tmp_path))
+    inner = theirs.base_model.model
+    for module_name, layer in lora_layers(model):
+        assert torch.equal(
+            inner.get_submodule(module_name).lora_A["default"].weight, layer.lora_A.weight
+        )
+    diff = (logits(theirs, sample_ids) - logits(model, sample_ids)).abs().max().item()
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("name, targets", [("tiny-qwen2", "all-linear"), ("tiny-gpt2", "qkvo")])
+def test_we_load_peft_adapter(tmp_path, sample_ids, name, targets):
+    base, _ = load_model(name)
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=expand_targets(base, targets),
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=(name == "tiny-gpt2"),
+    )
+    theirs = peft.get_peft_model(base, config)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for pname, param in theirs.named_parameters():
+            if "lora_" in pname:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    theirs.save_pretrained(str(tmp_path))
+    ours, _ = load_model(name)
+    load_adapter(ours, tmp_path)
+    diff = (logits(ours, sample_ids) - logits(theirs, sample_ids)).abs().max().item()
+    assert diff <= TOL
+    assert {n for n, _ in lora_layers(ours)} == {
+        n for n, m in theirs.base_model.model.named_modules() if hasattr(m, "lora_A")
+    }
+
+
+def test_bad_adapter_directories(tmp_path):
+    model, _ = load_model("tiny-llama")
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        load_adapter(model, tmp_path)
+    (tmp_path / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "use_dora": true, "target_modules": ["q_proj"], "r": 2}'
+    )
+    with pytest.raises(ValueError, match="use_dora"):
+        load_adapter(model, tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_adapter(model, tmp_path)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        save_adapter(model, tmp_path / "out")

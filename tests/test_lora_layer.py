@@ -1,0 +1,123 @@
+"""LoRALinear on its own and injected: zero init, bad arguments, freezing, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lora_impl import LoRALinear, disable_adapters, inject_lora, lora_layers
+from study.models import load_model
+from tests.conftest import TINY_MODELS, randomize_lora
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_zero_init_adapter_leaves_logits_identical(name, bits, sample_ids):
+    model, _ = load_model(name, quant_bits=bits)
+    with torch.no_grad():
+        before = model(sample_ids).logits
+    result = inject_lora(model, "all-linear", rank=4, alpha=8)
+    assert result.replaced
+    with torch.no_grad():
+        after = model(sample_ids).logits
+    assert torch.equal(before, after)
+
+
+def test_forward_is_base_plus_scaled_update():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 12)
+    layer = LoRALinear(base, rank=4, alpha=6)
+    nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(3, 5, 16)
+    expected = base(x) + (x @ layer.lora_A.weight.T @ layer.lora_B.weight.T) * (6 / 4)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)
+    assert LoRALinear(base, rank=4, alpha=6, rslora=True).scaling == pytest.approx(6 / math.sqrt(4))
+
+
+def test_init_options():
+    torch.manual_seed(0)
+    kaiming = LoRALinear(nn.Linear(256, 256), rank=64, alpha=16)
+    gaussian = LoRALinear(nn.Linear(256, 256), rank=64, alpha=16, init="gaussian")
+    for layer in (kaiming, gaussian):
+        assert torch.count_nonzero(layer.lora_B.weight) == 0
+        assert torch.count_nonzero(layer.lora_A.weight) > 0
+    # Kaiming-uniform with a=sqrt(5) is bounded by 1/sqrt(fan_in); N(0, 1/r) has std 1/r
+    assert kaiming.lora_A.weight.abs().max() <= 1 / math.sqrt(256)
+    assert gaussian.lora_A.weight.std().item() == pytest.approx(1 / 64, rel=0.05)
+
+
+def test_adapter_dtype_is_float32_whatever_the_base():
+    layer = LoRALinear(nn.Linear(8, 8, dtype=torch.bfloat16), rank=2, alpha=4)
+    assert layer.lora_A.weight.dtype == torch.float32
+    out = layer(torch.randn(2, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    half = LoRALinear(nn.Linear(8, 8), rank=2, alpha=4, dtype=torch.bfloat16)
+    assert half.lora_B.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"rank": 0}, "rank"),
+        ({"rank": -2}, "rank"),
+        ({"rank": 2.5}, "rank"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"init": "xavier"}, "init"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_field(kwargs, field):
+    args = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "init": "kaiming"} | kwargs
+    with pytest.raises(ValueError, match=field):
+        LoRALinear(nn.Linear(4, 4), **args)
+    model, _ = load_model("tiny-llama")
+    with pytest.raises(ValueError, match=field):
+        inject_lora(model, "qv", **args)
+    assert not list(lora_layers(model)), "a failed inject must leave the model untouched"
+
+
+def test_unsupported_base_layer_is_a_type_error():
+    with pytest.raises(TypeError, match="Conv2d"):
+        LoRALinear(nn.Conv2d(3, 3, 1), rank=2, alpha=2)
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_training_changes_only_adapter_parameters(bits, sample_ids):
+    model, _ = load_model("tiny-llama", quant_bits=bits)
+    inject_lora(model, "all-linear", rank=4, alpha=8, dropout=0.1)
+    model.train()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(trainable.values(), lr=1e-2)
+    for _ in range(3):
+        loss = model(sample_ids, labels=sample_ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            assert not torch.equal(param, before[name]), f"{name} did not train"
+        else:
+            assert torch.equal(param, before[name]), f"base parameter {name} changed"
+
+
+def test_disable_adapters_gives_the_base_model(sample_ids):
+    model, _ = load_model("tiny-qwen2")
+    with torch.no_grad():
+        base = model(sample_ids).logits
+    inject_lora(model, "qkvo", rank=4, alpha=8)
+    randomize_lora(model)
+    with torch.no_grad():
+        adapted = model(sample_ids).logits
+        with disable_adapters(model):
+            disabled = model(sample_ids).logits
+        again = model(sample_ids).logits
+    assert not torch.allclose(adapted, base)
+    assert torch.equal(disabled, base)
+    assert torch.equal(again, adapted)
