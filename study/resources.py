@@ -1,13 +1,18 @@
-"""Resource metrics: peak memory over a phase and synchronised wall-clock time.
+"""Resource metrics: peak memory over a phase, synchronised wall-clock time, decode latency.
 
 Peak memory is measured the same way everywhere (trials and benchmarks):
-- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at phase start;
-- CPU: the process's RSS high-water mark ``VmHWM`` after resetting it at phase start by writing
-  ``5`` to ``/proc/self/clear_refs`` (Linux). The RSS at that moment is the start memory.
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``;
+- CPU: the process's RSS high-water mark ``VmHWM`` after resetting it by writing ``5`` to
+  ``/proc/self/clear_refs`` (Linux). It counts everything resident: weights, activations,
+  optimizer state, allocator caches, Python.
+A phase may be measured in segments (training, paused for each evaluation): the peak is the
+maximum over segments, and the start memory is the resident/allocated memory when the first
+segment began.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -21,32 +26,51 @@ def _status_kb(field: str) -> float:
     raise KeyError(field)
 
 
-class PeakMemory:
-    """Training-phase peak memory in MB: CUDA max allocated, or the CPU RSS high-water mark.
+def rss_mb() -> float:
+    """Current resident set size of this process in MB."""
+    return _status_kb("VmRSS") / 1024
 
-    On CPU, `start()` resets the kernel's high-water mark (write 5 to /proc/self/clear_refs) so
-    the peak covers only what follows, and records the RSS at that moment.
-    """
+
+class PeakMemory:
+    """Peak memory in MB over measured segments: ``resume()`` ... ``pause()`` ... ``peak()``."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.start_mb = 0.0
+        self.start_mb: float | None = None
+        self._peak = 0.0
+        self._open = False
 
-    def start(self) -> None:
+    def _reset(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self.start_mb = torch.cuda.memory_allocated() / 2**20
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.start_mb = _status_kb("VmRSS") / 1024
+            return torch.cuda.memory_allocated() / 2**20
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return rss_mb()
 
-    def peak(self) -> float:
+    def _current_peak(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() / 2**20
         return _status_kb("VmHWM") / 1024
+
+    def resume(self) -> None:
+        """Start a measured segment (the first one also records ``start_mb``)."""
+        current = self._reset()
+        if self.start_mb is None:
+            self.start_mb = current
+        self._open = True
+
+    def pause(self) -> None:
+        """End the current segment; what happens until the next ``resume`` is not counted."""
+        if self._open:
+            self._peak = max(self._peak, self._current_peak())
+            self._open = False
+
+    def peak(self) -> float:
+        """The highest memory seen in any measured segment so far, in MB."""
+        return max(self._peak, self._current_peak()) if self._open else self._peak
 
 
 def now(device: torch.device) -> float:
@@ -54,3 +78,43 @@ def now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+@torch.no_grad()
+def decode_latency_ms(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    new_tokens: int,
+    pad_id: int,
+    autocast: torch.dtype | None = None,
+) -> float:
+    """Median ms per generated token: greedy decoding with KV cache, batch 1, after a warm-up.
+
+    Each prompt generates exactly ``new_tokens`` tokens (end-of-sequence is ignored), so the
+    figure is prefill plus decode divided by the token count, comparable across models.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    per_token = []
+    try:
+        for i, prompt in enumerate([prompts[0], *prompts]):  # the first run warms up
+            ids = torch.tensor([prompt], device=device)
+            with torch.autocast(
+                device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+            ):
+                t0 = now(device)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                )
+                elapsed = now(device) - t0
+            if i > 0:
+                per_token.append(elapsed * 1e3 / new_tokens)
+    finally:
+        model.train(was_training)
+    return statistics.median(per_token)
