@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test waits on the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A cache of our own: tests never read or write the user's model/data cache.
+os.environ["LORA_STUDY_CACHE"] = os.path.join(
+    __import__("tempfile").mkdtemp(prefix="lora-study-test-cache-"), "cache"
+)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -39,3 +43,25 @@ def sample_ids() -> torch.Tensor:
     """A fixed batch of token ids (2 x 24) valid for the tiny byte tokenizer."""
     gen = torch.Generator().manual_seed(1234)
     return torch.randint(0, 256, (2, 24), generator=gen)
+
+
+def tiny_trial(**overrides):
+    """A TrialConfig for a seconds-long trial on tiny-llama (dotted-key overrides)."""
+    from study.config import TrialConfig
+
+    values = {
+        "model.name": "tiny-llama",
+        "data.size": 64,
+        "data.eval_size": 30,
+        "data.test_size": 30,
+        "train.steps": 6,
+        "train.batch_size": 4,
+        "train.warmup": 2,
+        "train.dtype": "fp32",
+        "eval.every": 3,
+        "eval.max_new_tokens": 4,
+        "eval.latency_tokens": 4,
+        "eval.latency_prompts": 2,
+    }
+    values.update(overrides)
+    return TrialConfig.from_dict(values)

@@ -1,0 +1,294 @@
+"""Datasets -> token examples, splits, cache and batches.
+
+    data = build_data(cfg.data, tokenizer)      # cached on disk, safe across processes
+    batch = collate([data.train[i] for i in idx], pad_id)
+
+Every task gives three disjoint splits: ``test`` (held out, never used for selection), ``eval``
+(early stopping and selection) and ``train``; ``data.size`` takes the first ``size`` training
+examples, so smaller sizes are subsets of larger ones. Splits do not depend on the trial seed.
+
+- ``lm``: text -> tokens -> packed ``seq_len`` blocks; every token is a target (no padding).
+- ``sft`` / ``skills``: prompt/response pairs rendered with the tokenizer's chat template (or
+  the HH ``Human: ... Assistant:`` format without one); the loss covers the response and the
+  end-of-turn token only. Labels are built explicitly, never by masking the pad id: on SmolLM2
+  pad, eos and ``<|im_end|>`` are one token, and masking by pad id would drop the stop signal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from study.config import DataConfig
+from study.models import cache_root
+from study.tasks import skills as skills_task
+from study.tasks import text as text_sources
+
+IGNORE = -100
+_FORMAT = 1  # bump when the cached layout or rendering changes
+SKILL_POOL = 3000
+SPLIT_SEED = 1234  # fixed: the same splits for every trial
+
+
+@dataclass
+class Example:
+    """One tokenized example; ``prompt_ids``/``reference`` only for generation tasks."""
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt_ids: list[int] | None = None
+    reference: str | None = None
+    skill: str | None = None
+    prompt: str | None = None
+
+
+@dataclass
+class TaskData:
+    """The three splits of a task, plus what was dropped for being too long."""
+
+    train: list[Example]
+    eval: list[Example]
+    test: list[Example]
+    info: dict = field(default_factory=dict)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends an assistant turn: ``<|im_end|>`` for ChatML templates, else eos."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "<|im_end|>" in template:
+        token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            return token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token to end a response with")
+    return tokenizer.eos_token_id
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text the model sees before its answer: chat template, or the HH format."""
+    is_dialogue = prompt.lstrip().startswith("Human:")
+    if getattr(tokenizer, "chat_template", None):
+        if is_dialogue:
+            messages = text_sources.hh_messages(prompt)
+        else:
+            messages = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    dialogue = "\n\n" + prompt.strip() if is_dialogue else f"\n\nHuman: {prompt.strip()}"
+    return dialogue + "\n\nAssistant:"
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_len: int) -> Example | None:
+    """Tokens and labels of one pair: prompt masked, response + end-of-turn are targets.
+
+    A pair longer than ``max_len`` loses the start of its prompt; one whose response alone does
+    not fit is dropped (None).
+    """
+    prompt_text = render_prompt(tokenizer, prompt)
+    if not getattr(tokenizer, "chat_template", None):
+        response = " " + response.strip()
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    response_ids = response_ids + [end_of_turn_id(tokenizer)]
+    if len(response_ids) >= max_len:
+        return None
+    prompt_ids = prompt_ids[-(max_len - len(response_ids)) :]
+    return Example(
+        input_ids=prompt_ids + response_ids,
+        labels=[IGNORE] * len(prompt_ids) + response_ids,
+        prompt_ids=prompt_ids,
+        reference=response.strip(),
+        prompt=prompt,
+    )
+
+
+def lm_blocks(tokenizer, text: str, seq_len: int) -> list[Example]:
+    """Pack the text's tokens into consecutive ``seq_len`` blocks (the remainder is dropped)."""
+    pieces = re.split(r"(?<=\n\n)", text)  # tokenize paragraph by paragraph, keeping separators
+    ids: list[int] = []
+    for chunk in tokenizer(pieces, add_special_tokens=False)["input_ids"]:
+        ids.extend(chunk)
+    return [
+        Example(input_ids=ids[i : i + seq_len], labels=ids[i : i + seq_len])
+        for i in range(0, len(ids) - seq_len + 1, seq_len)
+    ]
+
+
+def _split(items: list, cfg: DataConfig, what: str) -> tuple[list, list, list]:
+    need = cfg.eval_size + cfg.test_size + 1
+    if len(items) < need:
+        raise ValueError(
+            f"{what} has {len(items)} examples; data.eval_size + data.test_size + 1 = {need} "
+            "are needed"
+        )
+    test = items[: cfg.test_size]
+    evals = items[cfg.test_size : cfg.test_size + cfg.eval_size]
+    return items[cfg.test_size + cfg.eval_size :], evals, test
+
+
+def _build(cfg: DataConfig, tokenizer) -> TaskData:
+    what = f"task {cfg.task} (source {cfg.source})"
+    if cfg.task == "lm":
+        blocks = lm_blocks(tokenizer, text_sources.lm_text(cfg.source), cfg.seq_len)
+        train, evals, test = _split(blocks, cfg, what)
+        return TaskData(train, evals, test, {"blocks": len(blocks)})
+    if cfg.task == "skills":
+        if cfg.source != "builtin":
+            raise ValueError(f"data.source for task skills must be builtin, got {cfg.source!r}")
+        pairs = [(e.prompt, e.response, e.skill) for e in skills_task.skill_pool(SKILL_POOL)]
+    else:
+        raw = text_sources.sft_pairs(cfg.source)
+        random.Random(SPLIT_SEED).shuffle(raw)
+        pairs = [(p, r, None) for p, r in raw]
+    examples, dropped = [], 0
+    for prompt, response, skill in pairs:
+        example = encode_pair(tokenizer, prompt, response, cfg.seq_len)
+        if example is None:
+            dropped += 1
+            continue
+        example.skill = skill
+        examples.append(example)
+    train, evals, test = _split(examples, cfg, what)
+    return TaskData(train, evals, test, {"pairs": len(pairs), "dropped_too_long": dropped})
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's full definition (vocab, merges, specials, chat template)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    body += str(getattr(tokenizer, "chat_template", None))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def cache_path(cfg: DataConfig, tokenizer, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the tokenized splits of ``cfg`` (all sizes) are cached."""
+    key = json.dumps(
+        [
+            _FORMAT,
+            cfg.task,
+            cfg.source,
+            cfg.seq_len,
+            cfg.eval_size,
+            cfg.test_size,
+            tokenizer_fingerprint(tokenizer),
+        ]
+    )
+    if cfg.source not in ("builtin", *text_sources.HUB_DATASETS):
+        path = Path(cfg.source).expanduser()
+        stat = path.stat() if path.exists() else None
+        key += f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cache_root(cache_dir) / "data" / f"{cfg.task}-{digest}.json"
+
+
+def build_data(cfg: DataConfig, tokenizer, cache_dir: str | os.PathLike | None = None) -> TaskData:
+    """The task's splits, with ``train`` cut to ``cfg.size``; built once and cached.
+
+    Concurrent trials are safe: one process builds under a file lock and renames the finished
+    file into place, the others wait and read it.
+
+    Raises:
+        ValueError: ``cfg.size`` exceeds the training examples available (the message gives the
+            count), or the source is missing or malformed.
+    """
+    from filelock import FileLock
+
+    path = cache_path(cfg, tokenizer, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            data = _load(path)
+        else:
+            data = _build(cfg, tokenizer)
+            _save(data, path)
+    available = len(data.train)
+    if cfg.size > available:
+        raise ValueError(
+            f"data.size={cfg.size} exceeds the {available} training examples of task "
+            f"{cfg.task} (source {cfg.source}, seq_len {cfg.seq_len}); use at most {available}"
+        )
+    data.train = data.train[: cfg.size]
+    data.info["available_train"] = available
+    return data
+
+
+def _save(data: TaskData, path: Path) -> None:
+    payload = {
+        "train": [asdict(e) for e in data.train],
+        "eval": [asdict(e) for e in data.eval],
+        "test": [asdict(e) for e in data.test],
+        "info": data.info,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> TaskData:
+    payload = json.loads(path.read_text())
+    splits = {k: [Example(**e) for e in payload[k]] for k in ("train", "eval", "test")}
+    return TaskData(**splits, info=payload["info"])
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``labels`` (IGNORE on padding) and ``attention_mask``."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_prompts(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation."""
+    width = max(len(e.prompt_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.prompt_ids)
+        input_ids[row, width - n :] = torch.tensor(e.prompt_ids)
+        mask[row, width - n :] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+class BatchOrder:
+    """Which examples micro-batch ``k`` holds: a seeded reshuffle every epoch.
+
+    The order is a pure function of (seed, k), so a resumed trial continues with exactly the
+    batches an uninterrupted one would have seen, with no sampler state to save.
+    """
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen).tolist()}
+        return self._perms[epoch]
+
+    def indices(self, k: int) -> list[int]:
+        """Example indices of micro-batch ``k`` (0-based, counting across epochs)."""
+        out = []
+        for pos in range(k * self.batch_size, (k + 1) * self.batch_size):
+            epoch, offset = divmod(pos, self.n)
+            out.append(self._perm(epoch)[offset])
+        return out

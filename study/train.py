@@ -1,0 +1,177 @@
+"""The training loop: plain PyTorch, no Ray, no HF Trainer, in nanoGPT's visible order.
+
+    for step: set lr -> micro-batches (forward, loss / accum, backward) -> clip -> optimizer step
+              -> zero_grad(set_to_none=True) -> log -> evaluate/report every N -> stop check
+
+The loss is computed only where there are targets: the backbone's hidden states at target
+positions go through the output head, so SFT prompts and padding never produce logits and no
+full (B, T, vocab) fp32 logits tensor exists.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.config import TrainConfig
+from study.data import IGNORE, BatchOrder, Example, collate
+from study.resources import PeakMemory, now
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names the step."""
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.dtype`` on ``device`` (None: plain fp32)."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def causal_lm_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean"
+) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy over positions whose label is not IGNORE; (loss, #targets)."""
+    hidden = model.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (B, T, d)
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    keep = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (M, vocab), M = #targets
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+    return loss, int(keep.sum())
+
+
+@dataclass
+class StepStats:
+    """Timings and counts of the training steps run so far (this process)."""
+
+    fwd_ms: list[float] = field(default_factory=list)
+    bwd_ms: list[float] = field(default_factory=list)
+    opt_ms: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """Median step-phase times, tokens/s and the recent training loss."""
+        med = {
+            k: statistics.median(v) if v else float("nan")
+            for k, v in (
+                ("fwd_ms", self.fwd_ms),
+                ("bwd_ms", self.bwd_ms),
+                ("opt_ms", self.opt_ms),
+                ("step_ms", self.step_ms),
+            )
+        }
+        med["train_tokens_per_s"] = self.tokens / self.seconds if self.seconds else float("nan")
+        recent = self.losses[-10:]
+        med["train_loss"] = sum(recent) / len(recent) if recent else float("nan")
+        return med
+
+
+def train_loop(
+    model: nn.Module,
+    examples: list[Example],
+    cfg: TrainConfig,
+    seed: int,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    pad_id: int,
+    start_step: int = 0,
+    on_eval: Callable[[int], None] | None = None,
+    every: int = 50,
+    callbacks: tuple[Callable[[int, float], None], ...] = (),
+    memory: PeakMemory | None = None,
+    stats: StepStats | None = None,
+) -> StepStats:
+    """Train from ``start_step`` to ``total_steps``; call ``on_eval(step)`` every ``every`` steps.
+
+    ``on_eval`` runs outside the measured training phase: ``memory`` is paused around it.
+
+    Raises:
+        NonFiniteLossError: the loss at some step is NaN or inf.
+    """
+    device = next(model.parameters()).device
+    amp = autocast_dtype(cfg.dtype, device)
+    order = BatchOrder(len(examples), cfg.batch_size, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    stats = stats or StepStats()
+    model.train()
+    if memory is not None:
+        memory.resume()
+    for step in range(start_step, total_steps):
+        lr = lr_at(step, total_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t_step = now(device)
+        fwd = bwd = 0.0
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            idx = order.indices(step * cfg.grad_accum + micro)
+            batch = {
+                k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()
+            }
+            t0 = now(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, _ = causal_lm_loss(model, batch)
+            t1 = now(device)
+            (loss / cfg.grad_accum).backward()
+            t2 = now(device)
+            fwd, bwd = fwd + t1 - t0, bwd + t2 - t1
+            step_loss += loss.item() / cfg.grad_accum  # a sync point, once per micro-batch
+            stats.tokens += int(batch["attention_mask"].sum())
+        if not math.isfinite(step_loss):
+            raise NonFiniteLossError(f"non-finite training loss ({step_loss}) at step {step + 1}")
+        t3 = now(device)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = now(device)
+        stats.fwd_ms.append(fwd * 1e3)
+        stats.bwd_ms.append(bwd * 1e3)
+        stats.opt_ms.append((t4 - t3) * 1e3)
+        stats.step_ms.append((t4 - t_step) * 1e3)
+        stats.seconds += t4 - t_step
+        stats.losses.append(step_loss)
+        for callback in callbacks:
+            callback(step + 1, step_loss)
+        if on_eval is not None and ((step + 1) % every == 0 or step + 1 == total_steps):
+            if memory is not None:
+                memory.pause()
+            on_eval(step + 1)
+            model.train()
+            if memory is not None:
+                memory.resume()
+    return stats

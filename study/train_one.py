@@ -1,0 +1,168 @@
+"""One trial from the command line, with a progress bar and a final metrics table.
+
+    python -m study.train_one --model smollm2-135m --task skills --method lora --rank 8 \\
+        --alpha 16 --targets all-linear --bits 16 --size 400 --steps 150 --out runs/x
+    python -m study.train_one --config trial.yaml --lr 1e-4 --out runs/y   # flags override the file
+
+The defaults are the default skills recipe: SmolLM2-135M-Instruct, LoRA rank 8 (alpha 16) on all
+linear layers, lr 3e-4 with 10 warm-up steps and cosine decay, 400 examples, 150 steps of batch 8,
+bf16 autocast where the hardware has it. Every flag is a field of study.config.TrialConfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# flag -> dotted TrialConfig key (defaults come from TrialConfig, not from here)
+FLAGS = {
+    "model": ("model.name", str, "registry name, local directory or Hugging Face id"),
+    "method": ("method", str, "lora, full (all parameters) or base (no training)"),
+    "task": ("data.task", str, "skills, lm or sft"),
+    "source": ("data.source", str, "data source: builtin, wikitext-2, hh-rlhf, alpaca or a file"),
+    "size": ("data.size", int, "number of training examples (LM: blocks)"),
+    "seq_len": ("data.seq_len", int, "tokens per LM block / maximum example length"),
+    "rank": ("lora.rank", int, "LoRA rank r"),
+    "alpha": ("lora.alpha", float, "LoRA alpha (scaling = alpha / r)"),
+    "alpha_ratio": ("lora.alpha_ratio", float, "alpha as a multiple of the rank"),
+    "dropout": ("lora.dropout", float, "LoRA dropout in [0, 1)"),
+    "targets": ("lora.targets", str, "qv, qkvo, attention, mlp, all-linear or module names"),
+    "bits": ("quant.bits", int, "base weights: 16, 8 (LLM.int8) or 4"),
+    "quant_type": ("quant.type", str, "4-bit type: nf4 or fp4"),
+    "steps": ("train.steps", int, "optimizer steps"),
+    "epochs": ("train.epochs", float, "epochs instead of steps"),
+    "lr": ("train.lr", float, "peak learning rate"),
+    "batch_size": ("train.batch_size", int, "examples per micro-batch"),
+    "grad_accum": ("train.grad_accum", int, "micro-batches per optimizer step"),
+    "warmup": ("train.warmup", int, "learning-rate warm-up steps"),
+    "dtype": ("train.dtype", str, "auto, fp32 or bf16 (autocast)"),
+    "eval_every": ("eval.every", int, "evaluate every N steps"),
+    "seed": ("seed", int, "random seed"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (every flag optional; unset flags keep the config's values)."""
+    parser = _Parser(
+        prog="python -m study.train_one",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="YAML or JSON file with TrialConfig fields")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/trial"), help="trial directory (default runs/trial)"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--rslora", action="store_true", default=None, help="rank-stabilised scaling"
+    )
+    parser.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in backward to save memory",
+    )
+    for flag, (key, kind, text) in FLAGS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    """File values, then flags; validated by TrialConfig."""
+    from study.config import TrialConfig, flatten
+
+    values: dict = {}
+    if args.config is not None:
+        values = flatten(_read_config_file(args.config))
+    for flag, (key, _, _) in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[key] = value
+    if args.steps is None and args.epochs is not None:
+        values["train.steps"] = None
+    if args.rslora:
+        values["lora.rslora"] = True
+    if args.grad_checkpointing:
+        values["train.grad_checkpointing"] = True
+    return TrialConfig.from_dict(values)
+
+
+def _read_config_file(path: Path) -> dict:
+    import json
+
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"config file {path} does not parse: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of TrialConfig fields")
+    return data
+
+
+def metrics_table(metrics: dict) -> str:
+    """The final metrics as an aligned two-column table."""
+    rows = [(k, v) for k, v in metrics.items() if not isinstance(v, dict)]
+    width = max(len(k) for k, _ in rows)
+    lines = []
+    for key, value in rows:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the trial; bad input -> one line on stderr and exit code 2."""
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+    except ValueError as err:
+        print(f"train_one: error: {err}", file=sys.stderr)
+        return 2
+    import torch
+    from tqdm import tqdm
+
+    from study.train import NonFiniteLossError
+    from study.trial import run_trial
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bars: list = []  # made at the first step, so load errors print one clean line
+
+    def on_step(step: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.train.steps, desc="train", unit="step", dynamic_ncols=True))
+        bars[0].n = step
+        bars[0].set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bars[0].refresh()
+
+    def on_report(metrics: dict, _checkpoint: str | None) -> None:
+        shown = {k: metrics[k] for k in ("eval_loss", "exact_match", "train_tokens_per_s")
+                 if metrics.get(k) is not None}
+        line = f"step {metrics['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+        (bars[0].write if bars else print)(line)
+
+    try:
+        final = run_trial(cfg, report=on_report, out_dir=args.out, callbacks=(on_step,))
+    except (ValueError, NonFiniteLossError) as err:
+        print(f"train_one: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"\nTrial written to {args.out}\n{metrics_table(final)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

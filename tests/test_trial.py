@@ -1,0 +1,137 @@
+"""run_trial on tiny models: learning, methods, determinism, resume, errors, memory metric."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import study.train
+from study.train import NonFiniteLossError
+from study.trial import run_trial
+from tests.conftest import tiny_trial
+
+TRIAL_FILES = {
+    "config.json",
+    "metrics.json",
+    "curve.jsonl",
+    "adapter",
+    "examples.json",
+    "env.json",
+    "checkpoint",
+}
+
+
+def curve(path):
+    return [json.loads(line) for line in (path / "curve.jsonl").read_text().splitlines()]
+
+
+def test_lora_trial_learns_and_writes_its_files(tmp_path):
+    base = run_trial(tiny_trial(method="base"), out_dir=tmp_path / "base")
+    reports = []
+    final = run_trial(
+        tiny_trial(**{"train.steps": 30, "train.lr": 1e-2, "eval.every": 10}),
+        report=lambda m, ck: reports.append((m["step"], ck)),
+        out_dir=tmp_path / "lora",
+    )
+    assert final["eval_loss"] < base["eval_loss"] - 0.2  # ln(259) = 5.56 at random init
+    assert [s for s, _ in reports] == [10, 20, 30]
+    assert {p.name for p in (tmp_path / "lora").iterdir()} >= TRIAL_FILES
+    assert [p["step"] for p in curve(tmp_path / "lora")] == [10, 20, 30]
+    for key in (
+        "test_loss",
+        "test_exact_match",
+        "latency_ms_per_token_unmerged",
+        "latency_ms_per_token_merged",
+        "peak_mem_mb",
+        "train_tokens_per_s",
+        "fwd_ms",
+    ):
+        assert final[key] is not None and final[key] >= 0, key
+    saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())
+    assert saved["step"] == 30 and saved["eval_loss"] == final["eval_loss"]
+    env = json.loads((tmp_path / "lora" / "env.json").read_text())
+    assert env["compute_dtype"] == "fp32" and env["threads"] == torch.get_num_threads()
+
+
+def test_base_trains_nothing_and_full_trains_everything(tmp_path):
+    base = run_trial(tiny_trial(method="base"), out_dir=tmp_path / "base")
+    assert base["trainable_params"] == 0 and base["step"] == 0
+    assert not (tmp_path / "base" / "checkpoint").exists()
+    assert "test_loss" in base
+    full = run_trial(tiny_trial(method="full"), out_dir=tmp_path / "full")
+    from study.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    assert full["trainable_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_trainable_params_counts_requires_grad(tmp_path, monkeypatch):
+    seen = {}
+    original = study.trial.count_parameters
+
+    def spy(model):
+        seen["n"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return original(model)
+
+    monkeypatch.setattr(study.trial, "count_parameters", spy)
+    final = run_trial(tiny_trial(**{"lora.targets": "qv", "lora.rank": 2}), out_dir=tmp_path)
+    assert final["trainable_params"] == seen["n"] == 2 * 2 * ((64 + 64) + (64 + 32))
+
+
+def test_same_config_twice_gives_bitwise_equal_losses(tmp_path):
+    cfg = tiny_trial(**{"lora.dropout": 0.1})
+    a = run_trial(cfg, out_dir=tmp_path / "a")
+    b = run_trial(cfg, out_dir=tmp_path / "b")
+    assert curve(tmp_path / "a") == curve(tmp_path / "b")
+    assert a["eval_loss"] == b["eval_loss"] and a["test_loss"] == b["test_loss"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    cfg = tiny_trial(**{"train.steps": 8, "eval.every": 4, "lora.dropout": 0.1})
+    whole = run_trial(cfg, out_dir=tmp_path / "whole")
+
+    def stop_at_4(metrics, checkpoint):
+        if metrics["step"] == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(cfg, report=stop_at_4, out_dir=tmp_path / "cut")
+    torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG
+    resumed = run_trial(cfg, resume_from=tmp_path / "cut" / "checkpoint", out_dir=tmp_path / "cut")
+    assert resumed["eval_loss"] == whole["eval_loss"]
+    assert resumed["train_loss"] == whole["train_loss"]
+    assert curve(tmp_path / "cut") == curve(tmp_path / "whole")
+
+
+def test_nan_loss_ends_the_trial_naming_the_step(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = study.train.causal_lm_loss
+
+    def poisoned(model, batch, reduction="mean"):
+        loss, n = original(model, batch, reduction)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), n
+
+    monkeypatch.setattr(study.train, "causal_lm_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        run_trial(tiny_trial(), out_dir=tmp_path)
+
+
+def test_peak_memory_sees_a_500mb_tensor(tmp_path):
+    cfg = tiny_trial(**{"train.steps": 4, "eval.every": 4})
+    quiet = run_trial(cfg, out_dir=tmp_path / "quiet")
+    held = []
+
+    def allocate(step, _loss):
+        if step == 2:
+            held.append(torch.ones(500 * 2**20 // 4))  # 500 MB, touched
+
+    loud = run_trial(cfg, out_dir=tmp_path / "loud", callbacks=(allocate,))
+    held.clear()
+    assert loud["peak_mem_mb"] - quiet["peak_mem_mb"] == pytest.approx(500, rel=0.1)
