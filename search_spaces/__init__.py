@@ -1,1 +1,151 @@
-"""Named search spaces as plain data, and the one converter to Ray Tune domains."""
+"""Named search spaces as plain data, and the one converter to Ray Tune domains.
+
+    space = load_space("default")          # or a path to the user's own YAML
+    param_space = to_tune(space)           # nested dict of Tune domains and fixed values
+
+A space is shaped like ``TrialConfig`` (``lora.rank``, ``train.lr``, ...). A leaf is either a fixed
+value or a one-key mapping naming a distribution:
+
+    {choice: [4, 8, 16]}   {loguniform: [1e-5, 1e-2]}   {uniform: [0.0, 0.1]}   {randint: [a, b]}
+
+Categorical values are scalars or strings (targets are ``qv``, ``qkvo``, ``all-linear``, ...),
+never lists, so Optuna can store them. ``randint`` includes both ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SPACES_DIR = Path(__file__).resolve().parent
+DISTRIBUTIONS = ("choice", "loguniform", "uniform", "randint")
+
+
+class SpaceError(ValueError):
+    """A search space that does not parse or does not fit TrialConfig."""
+
+
+def list_spaces() -> list[str]:
+    """Names of the built-in spaces."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> dict[str, Any]:
+    """A built-in space by name, or a YAML file; checked with :func:`validate`."""
+    import yaml
+
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        builtin = SPACES_DIR / f"{name_or_path}.yaml"
+        if not builtin.is_file():
+            raise SpaceError(
+                f"search space {name_or_path!r} is neither a built-in space "
+                f"({', '.join(list_spaces())}) nor an existing file"
+            )
+        path = builtin
+    try:
+        space = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0]
+        raise SpaceError(f"search space {path} does not parse: {first}") from None
+    if not isinstance(space, dict):
+        raise SpaceError(f"search space {path} must be a mapping shaped like TrialConfig")
+    validate(space)
+    return space
+
+
+def is_distribution(value: Any) -> bool:
+    """True for a leaf like ``{choice: [...]}``."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+
+
+def flat_leaves(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf (a fixed value or a distribution mapping)."""
+    out: dict[str, Any] = {}
+    for key, value in space.items():
+        if isinstance(value, dict) and not is_distribution(value):
+            out.update(flat_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_leaf(key: str, leaf: dict) -> None:
+    ((kind, args),) = leaf.items()
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise SpaceError(f"{key}: choice needs a non-empty list, got {args!r}")
+        bad = [a for a in args if isinstance(a, (list, dict))]
+        if bad:
+            raise SpaceError(f"{key}: choice values must be scalars or strings, got {bad[0]!r}")
+        return
+    if not (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    ):
+        raise SpaceError(f"{key}: {kind} needs [low, high], got {args!r}")
+    low, high = args
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise SpaceError(
+            f"{key}: {kind} needs 0 < low < high for loguniform, low < high otherwise; got {args!r}"
+        )
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise SpaceError(f"{key}: randint needs integers, got {args!r}")
+
+
+def sample_point(space: dict[str, Any]) -> dict[str, Any]:
+    """One concrete config (dotted keys): the first choice / the low end of each range."""
+    point = {}
+    for key, leaf in flat_leaves(space).items():
+        point[key] = next(iter(leaf.values()))[0] if is_distribution(leaf) else leaf
+    return point
+
+
+def validate(space: dict[str, Any]) -> None:
+    """Check every distribution, and that every key and value fits TrialConfig.
+
+    Raises:
+        SpaceError: naming the key and the problem.
+    """
+    from study.config import TrialConfig
+
+    leaves = flat_leaves(space)
+    for key, leaf in leaves.items():
+        if isinstance(leaf, dict) and not is_distribution(leaf):
+            raise SpaceError(
+                f"{key}: unknown distribution {leaf!r}; use one of {', '.join(DISTRIBUTIONS)}"
+            )
+        if is_distribution(leaf):
+            _check_leaf(key, leaf)
+    choice_points = [sample_point(space)]
+    for key, leaf in leaves.items():  # every categorical value must be a valid config value
+        if is_distribution(leaf) and "choice" in leaf:
+            for value in leaf["choice"][1:]:
+                choice_points.append({**choice_points[0], key: value})
+    for point in choice_points:
+        try:
+            TrialConfig.from_dict(point)
+        except ValueError as err:
+            raise SpaceError(f"search space: {err}") from None
+
+
+def to_tune(space: dict[str, Any]) -> dict[str, Any]:
+    """The space as Ray Tune's ``param_space``: distributions become Tune domains."""
+    from ray import tune
+
+    def convert(value: Any) -> Any:
+        if is_distribution(value):
+            ((kind, args),) = value.items()
+            if kind == "choice":
+                return tune.choice(list(args))
+            if kind == "loguniform":
+                return tune.loguniform(*args)
+            if kind == "uniform":
+                return tune.uniform(*args)
+            return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is exclusive
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(space)

@@ -395,4 +395,16 @@ def load_model(
     model, tokenizer = _load_source(name, cache_root(cache_dir), dtype)
     if quant_bits < 16:
         quantize_linears(model, quant_bits, quant_type, double_quant)
+        _return_freed_memory()  # the float weights just replaced
     return model, tokenizer
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them), so RSS reflects live memory."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

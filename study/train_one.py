@@ -147,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         bars[0].refresh()
 
     def on_report(metrics: dict, _checkpoint: str | None) -> None:
-        shown = {k: metrics[k] for k in ("eval_loss", "exact_match", "train_tokens_per_s")
-                 if metrics.get(k) is not None}
+        shown = {
+            k: metrics[k]
+            for k in ("eval_loss", "exact_match", "train_tokens_per_s")
+            if metrics.get(k) is not None
+        }
         line = f"step {metrics['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
         (bars[0].write if bars else print)(line)
 

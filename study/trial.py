@@ -41,10 +41,20 @@ Report = Callable[[dict, "str | None"], None]
 CHECKPOINT = "checkpoint"
 
 
-def _write_json(path: Path, data) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data) -> None:
+    _write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def _finite_or_none(value):
+    """NaN/inf -> None, so metrics.json is strict JSON (a browser or jq can read it)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def environment(cfg: TrialConfig, device: torch.device, amp: torch.dtype | None) -> dict:
@@ -194,7 +204,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer) -> dict:
     return state
 
 
-def _optimizer(params: list[torch.nn.Parameter], cfg: TrialConfig):
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrialConfig):
+    """AdamW over ``params`` (None when nothing trains), fused where torch supports it."""
     if not params:
         return None
     kwargs = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}
@@ -252,7 +263,7 @@ def run_trial(
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(data.train) / per_step)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(trainable, cfg)
+    optimizer = make_optimizer(trainable, cfg)
     generative = cfg.data.task != "lm"
     eval_prompts = data.eval if generative else _lm_prompts(data.eval, tokenizer, 16)
     test_prompts = data.test if generative else _lm_prompts(data.test, tokenizer, 16)
@@ -316,16 +327,18 @@ def run_trial(
             metrics.update(test)
             pairs += test_pairs
             metrics.update(_latencies(model, test_prompts, cfg, pad_id, amp))
+        metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
         curve_point = {
             k: metrics[k]
             for k in (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
             if k in metrics
         }
         progress["curve"] = [p for p in progress["curve"] if p["step"] < step] + [curve_point]
-        progress.update(step=step, tokens_seen=tokens_seen, train_s=train_s,
-                        recent_losses=stats.losses[-10:])
+        progress.update(
+            step=step, tokens_seen=tokens_seen, train_s=train_s, recent_losses=stats.losses[-10:]
+        )
         _write_json(out / "metrics.json", metrics)
-        (out / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in progress["curve"]))
+        _write_text(out / "curve.jsonl", "".join(json.dumps(p) + "\n" for p in progress["curve"]))
         _write_json(
             out / "examples.json",
             [

@@ -1,0 +1,203 @@
+"""The searcher and scheduler of a study, and the memory estimate that gates launches.
+
+- :class:`StudySearch`: Ray's ``OptunaSearch`` (TPE) with the hand-off fixed: a trial that ASHA
+  stopped reaches Optuna as PRUNED (stock OptunaSearch tells it COMPLETE with its partial value,
+  which teaches TPE that early, worse numbers are final), an errored one as FAIL, and only a
+  finished trial (its last result holds the test metrics) as COMPLETE with every objective.
+  Configurations over the memory budget are told FAIL and never launched.
+- :class:`StudyASHA`: ASHA on optimizer steps whose rungs can be rebuilt from recorded results
+  after ``--resume`` (Ray does not save scheduler state).
+- :func:`estimate_peak_mb`: peak training memory from parameter counts, bits, batch and length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import SimpleNamespace
+
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
+
+from study import metrics as M
+
+log = logging.getLogger(__name__)
+FINISHED_MARKER = M.TEST_LOSS  # only the last report of a finished trial carries test metrics
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch with PRUNED / FAIL hand-off and a launch filter (see the module docstring).
+
+    Args:
+        accept: called with a suggested config (nested dict); False -> the config is told FAIL
+            and another is asked for (at most ``max_rejects`` times in a row).
+    """
+
+    def __init__(
+        self,
+        *args,
+        accept: Callable[[dict], str | None] | None = None,
+        max_rejects: int = 200,
+        record_path: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._accept = accept
+        self._max_rejects = max_rejects
+        self._record_path = record_path
+        self.rejected: list[tuple[dict, str]] = []
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for _ in range(self._max_rejects):
+            config = super().suggest(trial_id)
+            reason = self._accept(config) if self._accept and config is not None else None
+            if reason is None:
+                return config
+            ot_trial = self._ot_trials.pop(trial_id)
+            self._ot_study.tell(ot_trial, None, state=_state("FAIL"))
+            self.rejected.append((config, reason))
+            log.info("not launched: %s", reason)
+            self._record()
+        raise RuntimeError(
+            f"{self._max_rejects} suggestions in a row were rejected: {self.rejected[-1][1]}"
+        )
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return  # Optuna takes intermediate values for single-objective studies only
+        value = result.get(self.metric)
+        if value is not None and math.isfinite(value):
+            self._ot_trials[trial_id].report(value, result[M.STEP])  # steps, not iterations
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if error or (result and result.get("error")):
+            state, values = "FAIL", None
+        elif result and FINISHED_MARKER in result:
+            values = [result.get(m) for m in metrics]
+            if any(v is None or not math.isfinite(v) for v in values):
+                state, values = "FAIL", None
+            else:
+                state = "COMPLETE"
+                values = values if isinstance(self.metric, list) else values[0]
+        else:
+            state, values = "PRUNED", None
+        self._ot_study.tell(ot_trial, values, state=_state(state))
+        self._completed_trials.add(trial_id)
+        self._record()
+
+    def _record(self) -> None:
+        """Write the Optuna study as JSON (states, values, params) and the rejected configs."""
+        if not self._record_path:
+            return
+        trials = [
+            {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params}
+            for t in self._ot_study.get_trials(deepcopy=False)
+        ]
+        record = {
+            "study_name": self._ot_study.study_name,
+            "metric": self.metric,
+            "mode": self.mode,
+            "trials": trials,
+            "rejected": [{"config": c, "reason": r} for c, r in self.rejected],
+        }
+        path = Path(self._record_path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, path)
+
+    def optuna_study(self):
+        """The underlying optuna.Study (for summaries and tests)."""
+        return self._ot_study
+
+
+def _state(name: str):
+    from optuna.trial import TrialState
+
+    return getattr(TrialState, name)
+
+
+class StudyASHA(ASHAScheduler):
+    """ASHA whose rungs are rebuilt from recorded results when a study resumes.
+
+    Args:
+        replay: returns (trial_id, curve points) recorded before the resume; called once, when
+            the first trial is added, so the rungs hold every recorded result before any new one
+            is judged.
+    """
+
+    def __init__(
+        self, *args, replay: Callable[[], Iterable[tuple[str, list[dict]]]] | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._replay = replay
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if self._replay is not None:
+            replay, self._replay = self._replay, None
+            self.rebuild(replay())
+        if trial.trial_id not in self._trial_info:
+            super().on_trial_add(tune_controller, trial)
+
+    def rebuild(self, curves: Iterable[tuple[str, list[dict]]]) -> int:
+        """Pass every recorded (step, metric) point through its bracket; return #points.
+
+        ``_Bracket.on_result`` fills the rungs exactly as the live run did; the stop decisions it
+        returns concern the past and are ignored. With several brackets a trial joins the least
+        filled one (the original choice was random and is not recorded).
+        """
+        points = 0
+        for trial_id, curve in curves:
+            if trial_id not in self._trial_info:
+                sizes = [sum(len(r) for _, r in b._rungs) for b in self._brackets]
+                self._trial_info[trial_id] = self._brackets[sizes.index(min(sizes))]
+            bracket = self._trial_info[trial_id]
+            stand_in = SimpleNamespace(trial_id=trial_id)
+            for point in curve:
+                value, step = point.get(self._metric), point.get(self._time_attr)
+                if value is not None and step is not None:
+                    bracket.on_result(stand_in, step, value * self._metric_op)
+                    points += 1
+        return points
+
+
+def estimate_peak_mb(
+    total_params: int,
+    trainable_params: int,
+    bits: int,
+    batch: int,
+    seq_len: int,
+    hidden: int,
+    layers: int,
+    vocab: int,
+    overhead_mb: float = 450.0,
+) -> float:
+    """Rough training-phase peak (MB): weights + trainable state + activations + runtime.
+
+    - frozen weights: 4 bytes/param at 16 bits (held in fp32 here), 1 at 8, 0.5 (+6%) at 4;
+    - trainable parameters: fp32 weight, gradient and two Adam moments (16 bytes each);
+    - activations: ~34 x hidden values per token per layer saved for backward (attention and
+      MLP inputs/outputs, fp32), plus the logits of the target positions;
+    - a fixed runtime overhead (CPU: interpreter and libraries; CUDA: context).
+    """
+    frozen = total_params - trainable_params
+    weight_bytes = {16: 4.0, 8: 1.0, 4: 0.53}[bits] * frozen
+    state_bytes = 16.0 * trainable_params
+    tokens = batch * seq_len
+    act_bytes = 34 * hidden * layers * tokens * 4 + tokens * vocab * 4 * 2
+    return (weight_bytes + state_bytes + act_bytes) / 2**20 + overhead_mb
+
+
+def unflatten(config: dict) -> dict:
+    """Ray's '/'-flattened keys -> nested dict."""
+    return unflatten_dict(config)

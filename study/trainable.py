@@ -1,0 +1,118 @@
+"""The per-trial Ray code of a study: convert the config, call run_trial, report to Tune.
+
+Errors that retrying cannot fix (a diverged loss, out of memory, the memory budget) end the trial
+with a final ``{"error": reason}`` report: the study marks it errored, Optuna is told FAIL, and
+the other trials go on. Anything else propagates, and Ray retries the trial from its last
+checkpoint (``--max-failures``).
+
+``LORA_STUDY_FAULT`` injects faults for testing the study's fault handling, once per trial:
+``transient@STEP`` (a RuntimeError after STEP, retried by Ray), ``nan@STEP`` (the error the
+training loop raises on a NaN loss), ``oom@STEP`` (torch.OutOfMemoryError);
+``KIND@STEP@KEY=VALUE`` limits it to trials whose config has that value (dotted key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from study import metrics as M
+from study.callbacks import read_status
+from study.config import TrialConfig
+from study.resources import rss_mb
+from study.train import NonFiniteLossError
+from study.trial import run_trial
+
+
+class MemoryBudgetExceeded(RuntimeError):
+    """The trial's memory went over --max-mem-mb."""
+
+
+def _memory_guard(limit_mb: float):
+    def check(step: int, _loss: float) -> None:
+        used = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss_mb()
+        if used > limit_mb:
+            raise MemoryBudgetExceeded(
+                f"memory {used:.0f} MB exceeds --max-mem-mb {limit_mb:.0f} at step {step}"
+            )
+
+    return check
+
+
+def _fault(trial_dir: Path, cfg: TrialConfig):
+    spec = os.environ.get("LORA_STUDY_FAULT")
+    if not spec:
+        return None
+    kind, _, rest = spec.partition("@")
+    at, _, condition = rest.partition("@")
+    if condition:
+        key, _, value = condition.partition("=")
+        from study.config import flatten
+
+        if str(flatten(cfg.to_dict()).get(key)) != value:
+            return None
+    marker = trial_dir / f".fault-{kind}"
+
+    def inject(step: int, _loss: float) -> None:
+        if step != int(at) or marker.exists():
+            return
+        marker.write_text("injected")
+        if kind == "transient":
+            raise RuntimeError(f"injected transient fault at step {step}")
+        if kind == "oom":
+            raise torch.OutOfMemoryError(f"injected out-of-memory at step {step}")
+        if kind == "nan":  # what train_loop raises on a NaN loss (tested there on its own)
+            raise NonFiniteLossError(f"non-finite training loss (nan, injected) at step {step}")
+        raise ValueError(f"LORA_STUDY_FAULT: unknown fault kind {kind!r}")
+
+    return inject
+
+
+def trial_config(config: dict) -> TrialConfig:
+    """Tune's config (searched values, or one baseline wrapped as ``{"baseline": {...}}``)."""
+    return TrialConfig.from_dict(config.get("baseline", config))
+
+
+def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None) -> None:
+    """Run one trial of a study inside Ray Tune (a function trainable)."""
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    cfg = trial_config(config)
+    trial_dir = Path(experiment_dir) / tune.get_context().get_trial_id()
+    if read_status(trial_dir).get("status") == "finished":  # done before a crash: don't retrain
+        tune.report(json.loads((trial_dir / "metrics.json").read_text()))
+        return
+    callbacks = []
+    if max_mem_mb:
+        callbacks.append(_memory_guard(max_mem_mb))
+    fault = _fault(trial_dir, cfg)
+    if fault is not None:
+        callbacks.append(fault)
+    last = {"step": 0}
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        last["step"] = metrics.get(M.STEP, 0)
+        flat = {k: v for k, v in metrics.items() if v is not None}
+        tune.report(
+            flat, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        )
+
+    checkpoint = tune.get_checkpoint()
+    try:
+        with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_from:
+            run_trial(
+                cfg,
+                report=report,
+                resume_from=resume_from,
+                out_dir=trial_dir,
+                callbacks=tuple(callbacks),
+            )
+    except (NonFiniteLossError, MemoryBudgetExceeded, torch.OutOfMemoryError) as err:
+        kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else None
+        reason = f"{kind}: {err}" if kind else str(err)
+        tune.report({"error": reason, M.STEP: last["step"]})

@@ -1,0 +1,389 @@
+"""Plan a study (every check before Ray starts) and run it (Tuner, baselines, summary)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from study import metrics as M
+from study.callbacks import LiveTable, StatusWriter, read_status
+from study.config import TrialConfig, flatten
+from study.tune import UsageError, check_config, parse_sets, write_study_json
+
+SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
+OBJECTIVES = SELECTABLE_QUALITY + tuple(m for m in M.RESOURCES if m != M.START_MEM_MB)
+
+
+@dataclass
+class ModelFacts:
+    """What the memory estimate and target checks need to know about the model."""
+
+    total_params: int
+    hidden: int
+    layers: int
+    vocab: int
+    target_dims: dict[str, list[tuple[int, int]]]  # target spec -> (in, out) of each module
+
+
+@dataclass
+class Plan:
+    """Everything run_study needs, checked."""
+
+    args: object
+    argv: list[str]
+    name: str
+    study_dir: Path
+    space: dict
+    objectives: list[str]
+    facts: ModelFacts
+    baselines: list[dict] = field(default_factory=list)
+
+
+def _check_counts(args) -> None:
+    checks = [
+        ("--num-samples", args.num_samples, 1),
+        ("--max-concurrent", args.max_concurrent, 1),
+        ("--max-t", args.max_t, 1),
+        ("--grace", args.grace, 1),
+        ("--cpus-per-trial", args.cpus_per_trial, 0),
+        ("--gpus-per-trial", args.gpus_per_trial, 0),
+        ("--max-failures", args.max_failures, 0),
+        ("--time-budget-s", args.time_budget_s, 1e-9),
+        ("--max-mem-mb", args.max_mem_mb, 1),
+    ]
+    for flag, value, low in checks:
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be >= {low:g}, got {value:g}")
+    if args.reduction_factor <= 1:
+        raise UsageError(f"--reduction-factor must be > 1, got {args.reduction_factor:g}")
+
+
+def _objectives(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in OBJECTIVES:
+            raise UsageError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
+    if not names or names[0] not in SELECTABLE_QUALITY:
+        raise UsageError(
+            f"the first objective is ASHA's stopping metric and must be a quality "
+            f"metric ({', '.join(SELECTABLE_QUALITY)}), got {text!r}"
+        )
+    if len(set(names)) != len(names):
+        raise UsageError(f"--objective lists a metric twice: {text!r}")
+    return names
+
+
+def _check_storage(path: Path) -> None:
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage-path {path} is not writable (checked {probe})")
+
+
+def _apply_sets(space: dict, sets: dict) -> dict:
+    out = json.loads(json.dumps(space))
+    for key, value in sets.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {key}: {part} is not a section")
+        node[leaf] = value
+    return out
+
+
+def _choices(space_leaves: dict, key: str) -> list:
+    leaf = space_leaves.get(key)
+    if isinstance(leaf, dict) and "choice" in leaf:
+        return list(leaf["choice"])
+    return [leaf] if leaf is not None else []
+
+
+def _model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, object]:
+    """Load (registry) or meta-build (hub) the model; resolve every target choice."""
+    from lora_impl.inject import resolve_targets
+    from study.models import REGISTRY, load_model
+
+    if cfg.model.name in REGISTRY or Path(cfg.model.name).expanduser().is_dir():
+        model, tokenizer = load_model(cfg.model.name)
+    else:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            hf_config = AutoConfig.from_pretrained(cfg.model.name)
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+        except OSError:
+            load_model(cfg.model.name)  # raises ModelNotFoundError with the registry names
+            raise
+        with torch.device("meta"):  # shapes and names only: no memory, no download of weights
+            model = AutoModelForCausalLM.from_config(hf_config)
+    dims = {}
+    for spec in target_specs:
+        target = TrialConfig.from_dict({"lora.targets": spec}).lora.target_spec
+        names = resolve_targets(model, target)
+        dims[spec] = [_in_out(model.get_submodule(n)) for n in names]
+    c = model.config
+    facts = ModelFacts(
+        total_params=sum(p.numel() for p in model.parameters()),
+        hidden=getattr(c, "hidden_size", None) or getattr(c, "n_embd", 0),
+        layers=getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", 0),
+        vocab=c.vocab_size,
+        target_dims=dims,
+    )
+    return facts, tokenizer
+
+
+def _in_out(module) -> tuple[int, int]:
+    from lora_impl.layer import base_layer_dims
+
+    in_f, out_f, _ = base_layer_dims(module)
+    return in_f, out_f
+
+
+def estimate_for(config: dict, facts: ModelFacts) -> float:
+    """Estimated training peak (MB) of a nested Tune config."""
+    from study.search import estimate_peak_mb
+    from study.trainable import trial_config
+
+    cfg = trial_config(config)
+    if cfg.method == "lora":
+        trainable = sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
+    else:
+        trainable = facts.total_params if cfg.method == "full" else 0
+    return estimate_peak_mb(
+        facts.total_params,
+        trainable,
+        cfg.quant.bits,
+        cfg.train.batch_size,
+        cfg.data.seq_len,
+        facts.hidden,
+        facts.layers,
+        facts.vocab,
+    )
+
+
+def plan_study(args, argv: list[str]) -> Plan:
+    """Check every input before anything is started or written (UsageError on the first)."""
+    from search_spaces import SpaceError, flat_leaves, load_space, sample_point, validate
+    from study.data import build_data
+
+    _check_counts(args)
+    objectives = _objectives(args.objective)
+    try:
+        space = _apply_sets(load_space(args.space), parse_sets(args.set))
+        validate(space)
+    except SpaceError as err:
+        raise UsageError(str(err)) from None
+    space_name = Path(args.space).stem
+    name = args.name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name.startswith("."):
+        raise UsageError(f"--name must be a plain directory name, got {name!r}")
+    study_dir = args.storage_path / name
+    if args.resume:
+        if not args.name:
+            raise UsageError("--resume needs --name of the study to continue")
+        if not (study_dir / "study.json").is_file():
+            raise UsageError(f"no study to resume at {study_dir} (no study.json)")
+    elif study_dir.exists() and any(study_dir.iterdir()):
+        raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
+    _check_storage(args.storage_path)
+
+    leaves = flat_leaves(space)
+    base_point = check_config(sample_point(space))
+    facts, tokenizer = _model_facts(
+        base_point, _choices(leaves, "lora.targets") or [base_point.lora.targets]
+    )
+    sizes = _choices(leaves, "data.size") or [base_point.data.size]
+    biggest = check_config({**sample_point(space), "data.size": max(sizes)})
+    build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
+
+    baselines = []
+    if not args.no_baselines:
+        default_size = TrialConfig().data.size
+        size = default_size if default_size in sizes else sorted(sizes)[len(sizes) // 2]
+        common = {**sample_point(space), "data.size": size, "quant.bits": 16}
+        for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
+            cfg = check_config({**common, "method": method, **extra})
+            baselines.append(cfg.to_dict())
+    return Plan(args, argv, name, study_dir, space, objectives, facts, baselines)
+
+
+def _ray_init(args) -> None:
+    import ray
+
+    if args.dashboard:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    kwargs = {
+        "include_dashboard": bool(args.dashboard),
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
+    if args.dashboard:
+        kwargs.update(dashboard_host="127.0.0.1")
+    context = ray.init(address=args.address, **kwargs)
+    if args.dashboard:
+        print(f"Ray dashboard: http://{context.dashboard_url} (token auth; bound to 127.0.0.1)")
+
+
+def _resources(args) -> dict:
+    import torch
+
+    gpus = (
+        args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    )
+    cpus = args.cpus_per_trial or max(1.0, (os.cpu_count() or 1) / args.max_concurrent)
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def replay_curves(experiment_dir: Path) -> list[tuple[str, list[dict]]]:
+    """(trial id, recorded curve) of every trial directory, for rebuilding ASHA's rungs."""
+    out = []
+    for trial_dir in sorted(Path(experiment_dir).glob("*/curve.jsonl")):
+        points = [json.loads(line) for line in trial_dir.read_text().splitlines() if line.strip()]
+        out.append((trial_dir.parent.name, points))
+    return out
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _run_config(plan: Plan, experiment: str, callbacks: list):
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        name=experiment,
+        storage_path=str(plan.study_dir.resolve()),
+        verbose=0,
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        failure_config=FailureConfig(max_failures=plan.args.max_failures),
+        callbacks=callbacks,
+    )
+
+
+def _trainable(plan: Plan, experiment_dir: Path):
+    from ray import tune
+
+    from study.trainable import trainable
+
+    fn = tune.with_parameters(
+        trainable, experiment_dir=str(experiment_dir.resolve()), max_mem_mb=plan.args.max_mem_mb
+    )
+    return tune.with_resources(fn, _resources(plan.args))
+
+
+def _fit(plan: Plan, experiment: str, make_tuner) -> None:
+    from ray import tune
+
+    exp_dir = plan.study_dir / experiment
+    callbacks = [StatusWriter(exp_dir), LiveTable(exp_dir, label=f"[{experiment}]\n")]
+    trainable = _trainable(plan, exp_dir)
+    if (exp_dir / "tuner.pkl").is_file():
+        tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable=trainable, resume_errored=True)
+    else:
+        tuner = make_tuner(trainable, _run_config(plan, experiment, callbacks))
+    tuner.fit()
+
+
+def run_study(plan: Plan) -> int:
+    """Start Ray, run the baselines and the search, print the summary."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search_spaces import to_tune
+    from study.search import StudyASHA, StudySearch
+    from study.summary import print_summary
+
+    if not plan.args.resume:
+        write_study_json(
+            plan.study_dir, plan.argv, plan.space, plan.objectives, {"baselines": plan.baselines}
+        )
+    _ray_init(plan.args)
+    args = plan.args
+    try:
+        if plan.baselines and not _all_finished(plan.study_dir / "baselines", 2):
+
+            def baseline_tuner(trainable, run_config):
+                return tune.Tuner(
+                    trainable,
+                    run_config=run_config,
+                    param_space={"baseline": tune.grid_search(plan.baselines)},
+                    tune_config=tune.TuneConfig(
+                        trial_dirname_creator=_trial_dirname,
+                        max_concurrent_trials=args.max_concurrent,
+                    ),
+                )
+
+            _fit(plan, "baselines", baseline_tuner)
+
+        modes = [M.mode(o) for o in plan.objectives]
+        multi = len(plan.objectives) > 1
+        leaves_steps = flatten(plan.space).get("train.steps")
+        max_t = args.max_t or (leaves_steps if isinstance(leaves_steps, int) else 1000)
+        every = flatten(plan.space).get("eval.every")
+        grace = args.grace or (every if isinstance(every, int) else max(1, max_t // 4))
+
+        def search_tuner(trainable, run_config):
+            accept = (
+                functools.partial(_over_budget, facts=plan.facts, limit=args.max_mem_mb)
+                if args.max_mem_mb
+                else None
+            )
+            searcher = StudySearch(
+                metric=plan.objectives if multi else plan.objectives[0],
+                mode=modes if multi else modes[0],
+                seed=args.seed,
+                study_name=plan.name,
+                accept=accept,
+                record_path=str(plan.study_dir.resolve() / "optuna.json"),
+            )
+            scheduler = StudyASHA(
+                time_attr=M.STEP,
+                metric=plan.objectives[0],
+                mode=modes[0],
+                max_t=max_t,
+                grace_period=min(grace, max_t),
+                reduction_factor=args.reduction_factor,
+                replay=functools.partial(replay_curves, plan.study_dir / "search"),
+            )
+            return tune.Tuner(
+                trainable,
+                param_space=to_tune(plan.space),
+                run_config=run_config,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=args.max_concurrent),
+                    scheduler=scheduler,
+                    num_samples=args.num_samples,
+                    time_budget_s=args.time_budget_s,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+            )
+
+        _fit(plan, "search", search_tuner)
+    finally:
+        import ray
+
+        ray.shutdown()
+    print_summary(plan)
+    return 0
+
+
+def _over_budget(config: dict, facts: ModelFacts, limit: float) -> str | None:
+    estimate = estimate_for(config, facts)
+    if estimate > limit:
+        return f"estimated peak {estimate:.0f} MB > --max-mem-mb {limit:.0f}"
+    return None
+
+
+def _all_finished(exp_dir: Path, count: int) -> bool:
+    dirs = [d for d in exp_dir.glob("*") if d.is_dir()] if exp_dir.is_dir() else []
+    done = [d for d in dirs if read_status(d).get("status") in ("finished", "errored")]
+    return len(done) >= count
