@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint bench clean-venv
+.PHONY: install test test-slow lint demo clean-venv
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: lint
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow"
+
+# A real study on the bundled model with the `default` space (about 10 minutes on 2 CPU cores).
+DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+demo: $(STAMP)
+	$(PY) -m study.tune --name $(DEMO_NAME)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -10,6 +10,9 @@ value or a one-key mapping naming a distribution:
 
 Categorical values are scalars or strings (targets are ``qv``, ``qkvo``, ``all-linear``, ...),
 never lists, so Optuna can store them. ``randint`` includes both ends.
+
+An optional top-level ``points_to_evaluate`` lists configurations (dotted keys, searched
+parameters only; the rest take their first choice / low end) that the searcher tries first.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 SPACES_DIR = Path(__file__).resolve().parent
 DISTRIBUTIONS = ("choice", "loguniform", "uniform", "randint")
+POINTS = "points_to_evaluate"
 
 
 class SpaceError(ValueError):
@@ -59,11 +63,19 @@ def is_distribution(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
 
 
+def _looks_like_leaf(value: Any) -> bool:
+    """A one-key mapping to a list: a distribution, known or not (sections hold mappings)."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())),
+                                                                       list)
+
+
 def flat_leaves(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> leaf (a fixed value or a distribution mapping)."""
+    """Dotted key -> leaf (a fixed value or a distribution mapping); points excluded."""
     out: dict[str, Any] = {}
     for key, value in space.items():
-        if isinstance(value, dict) and not is_distribution(value):
+        if not prefix and key == POINTS:
+            continue
+        if isinstance(value, dict) and not _looks_like_leaf(value):
             out.update(flat_leaves(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -128,6 +140,31 @@ def validate(space: dict[str, Any]) -> None:
             TrialConfig.from_dict(point)
         except ValueError as err:
             raise SpaceError(f"search space: {err}") from None
+    for point in space.get(POINTS) or []:
+        if not isinstance(point, dict):
+            raise SpaceError(f"{POINTS} must be a list of mappings, got {point!r}")
+        searched = {k for k, leaf in leaves.items() if is_distribution(leaf)}
+        extra = sorted(set(point) - searched)
+        if extra:
+            raise SpaceError(
+                f"{POINTS}: {extra[0]} is not a searched parameter; searched: "
+                f"{', '.join(sorted(searched))}"
+            )
+        try:
+            TrialConfig.from_dict({**choice_points[0], **point})
+        except ValueError as err:
+            raise SpaceError(f"{POINTS}: {err}") from None
+
+
+def tune_points(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """``points_to_evaluate`` as OptunaSearch wants them: every searched key, '/'-joined."""
+    leaves = flat_leaves(space)
+    defaults = sample_point(space)
+    searched = [k for k, leaf in leaves.items() if is_distribution(leaf)]
+    return [
+        {k.replace(".", "/"): point.get(k, defaults[k]) for k in searched}
+        for point in space.get(POINTS) or []
+    ]
 
 
 def to_tune(space: dict[str, Any]) -> dict[str, Any]:
@@ -148,4 +185,4 @@ def to_tune(space: dict[str, Any]) -> dict[str, Any]:
             return {k: convert(v) for k, v in value.items()}
         return value
 
-    return convert(space)
+    return convert({k: v for k, v in space.items() if k != POINTS})

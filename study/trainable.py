@@ -8,7 +8,8 @@ checkpoint (``--max-failures``).
 ``LORA_STUDY_FAULT`` injects faults for testing the study's fault handling, once per trial:
 ``transient@STEP`` (a RuntimeError after STEP, retried by Ray), ``nan@STEP`` (the error the
 training loop raises on a NaN loss), ``oom@STEP`` (torch.OutOfMemoryError);
-``KIND@STEP@KEY=VALUE`` limits it to trials whose config has that value (dotted key).
+``KIND@STEP@KEY=VALUE`` limits it to trials whose config has that value (dotted key); several
+specs are separated by commas.
 """
 
 from __future__ import annotations
@@ -43,24 +44,27 @@ def _memory_guard(limit_mb: float):
     return check
 
 
-def _fault(trial_dir: Path, cfg: TrialConfig):
-    spec = os.environ.get("LORA_STUDY_FAULT")
-    if not spec:
-        return None
-    kind, _, rest = spec.partition("@")
-    at, _, condition = rest.partition("@")
-    if condition:
+def _faults(trial_dir: Path, cfg: TrialConfig) -> list:
+    """Callbacks for the LORA_STUDY_FAULT specs (comma-separated) that apply to this trial."""
+    from study.config import flatten
+
+    values = flatten(cfg.to_dict())
+    out = []
+    for spec in filter(None, os.environ.get("LORA_STUDY_FAULT", "").split(",")):
+        kind, _, rest = spec.strip().partition("@")
+        at, _, condition = rest.partition("@")
         key, _, value = condition.partition("=")
-        from study.config import flatten
+        if condition and str(values.get(key)) != value:
+            continue
+        out.append(_fault(kind, int(at), trial_dir / f".fault-{kind}"))
+    return out
 
-        if str(flatten(cfg.to_dict()).get(key)) != value:
-            return None
-    marker = trial_dir / f".fault-{kind}"
 
+def _fault(kind: str, at: int, marker: Path):
     def inject(step: int, _loss: float) -> None:
-        if step != int(at) or marker.exists():
+        if step != at or marker.exists():
             return
-        marker.write_text("injected")
+        marker.write_text("injected")  # once per trial: a retry runs clean
         if kind == "transient":
             raise RuntimeError(f"injected transient fault at step {step}")
         if kind == "oom":
@@ -90,13 +94,15 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
     callbacks = []
     if max_mem_mb:
         callbacks.append(_memory_guard(max_mem_mb))
-    fault = _fault(trial_dir, cfg)
-    if fault is not None:
-        callbacks.append(fault)
+    callbacks += _faults(trial_dir, cfg)
     last = {"step": 0}
 
+    def track(step: int, _loss: float) -> None:
+        last["step"] = step
+
+    callbacks.insert(0, track)
+
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        last["step"] = metrics.get(M.STEP, 0)
         flat = {k: v for k, v in metrics.items() if v is not None}
         tune.report(
             flat, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -115,4 +121,8 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
     except (NonFiniteLossError, MemoryBudgetExceeded, torch.OutOfMemoryError) as err:
         kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else None
         reason = f"{kind}: {err}" if kind else str(err)
-        tune.report({"error": reason, M.STEP: last["step"]})
+        # Every metric is present (as NaN) because Tune checks that the scheduler's and the
+        # searcher's metrics are in each result; the "error" key marks the trial as errored.
+        nan = float("nan")
+        tune.report({"error": reason, M.STEP: last["step"],
+                     **{m: nan for m in M.QUALITY + M.RESOURCES}})

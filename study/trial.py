@@ -268,13 +268,21 @@ def run_trial(
     eval_prompts = data.eval if generative else _lm_prompts(data.eval, tokenizer, 16)
     test_prompts = data.test if generative else _lm_prompts(data.test, tokenizer, 16)
 
-    progress = {"step": 0, "curve": [], "tokens_seen": 0, "train_s": 0.0, "recent_losses": []}
+    progress = {
+        "step": 0,
+        "curve": [],
+        "tokens_seen": 0,
+        "train_s": 0.0,
+        "eval_s": 0.0,
+        "recent_losses": [],
+    }
     if resume_from is not None:
         progress = {
             k: v
             for k, v in load_checkpoint(Path(resume_from), model, optimizer).items()
             if k in progress
         }
+    resumed_from_step = progress["step"] if resume_from is not None else None
     memory = PeakMemory(device)
     stats = StepStats(losses=list(progress["recent_losses"]))
     base_tokens, base_seconds = progress["tokens_seen"], progress["train_s"]
@@ -295,6 +303,7 @@ def run_trial(
         return result, list(zip(chosen, outputs))
 
     def on_eval(step: int) -> None:
+        t_eval = time.perf_counter()
         final = step >= total_steps
         n_gen = None if cfg.data.task == "skills" else cfg.eval.num_examples
         metrics, pairs = quality(data.eval, eval_prompts, "eval_", n_gen)
@@ -304,6 +313,7 @@ def run_trial(
         metrics.update(
             {
                 M.STEP: step,
+                "resumed_from_step": resumed_from_step,
                 M.TOKENS_SEEN: tokens_seen,
                 M.TRAIN_LOSS: summary["train_loss"],
                 M.TRAINABLE_PARAMS: count_parameters(model)[0],
@@ -327,6 +337,8 @@ def run_trial(
             metrics.update(test)
             pairs += test_pairs
             metrics.update(_latencies(model, test_prompts, cfg, pad_id, amp))
+        progress["eval_s"] += time.perf_counter() - t_eval
+        metrics[M.EVAL_S] = progress["eval_s"]
         metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
         curve_point = {
             k: metrics[k]

@@ -298,7 +298,7 @@ def run_study(plan: Plan) -> int:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search_spaces import to_tune
+    from search_spaces import to_tune, tune_points
     from study.search import StudyASHA, StudySearch
     from study.summary import print_summary
 
@@ -341,6 +341,7 @@ def run_study(plan: Plan) -> int:
                 metric=plan.objectives if multi else plan.objectives[0],
                 mode=modes if multi else modes[0],
                 seed=args.seed,
+                points_to_evaluate=tune_points(plan.space) or None,
                 study_name=plan.name,
                 accept=accept,
                 record_path=str(plan.study_dir.resolve() / "optuna.json"),

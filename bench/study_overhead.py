@@ -1,0 +1,107 @@
+"""The demo study, timed: where its wall time goes, and what it finds.
+
+    python bench/study_overhead.py              # runs `python -m study.tune` with its defaults
+    python bench/study_overhead.py --study results/demo-...   # analyse a finished study instead
+
+Overhead = wall time x concurrency not spent in trial training and evaluation: Ray start,
+scheduling, trial process start, model loading and data building (each trial's ``load_s``),
+checkpoint persistence. Also prints the quality found: the best LoRA trial's test exact match
+against ``base``. Table: stdout and bench/out/study_overhead.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from bench.common import machine, machine_line  # noqa: E402
+
+
+def analyse(study: Path, wall_s: float | None) -> str:
+    """The overhead table and the quality found, from a study directory."""
+    from study.summary import collect, describe
+
+    record = json.loads((study / "study.json").read_text())
+    rows = collect(study)
+    concurrency = 1
+    cmd = record["command"]
+    if "--max-concurrent" in cmd:
+        concurrency = int(cmd[cmd.index("--max-concurrent") + 1])
+    train = sum(r["metrics"].get("train_s") or 0 for r in rows)
+    evals = sum(r["metrics"].get("eval_s") or 0 for r in rows)
+    load = sum(r["metrics"].get("load_s") or 0 for r in rows)
+    searched = [r for r in rows if r["group"] == "search"]
+    status = [r["status"].get("status") for r in searched]
+    lines = [
+        f"Machine: {machine_line(machine())}",
+        "",
+        f"Study {study.name}: {len(searched)} searched trials ({status.count('finished')} "
+        f"finished, {status.count('stopped')} stopped by ASHA, {status.count('errored')} "
+        f"errored) + {len(rows) - len(searched)} baselines; concurrency {concurrency}.",
+        "",
+    ]
+    if wall_s:
+        budget = wall_s * concurrency
+        other = budget - train - evals - load
+        lines += ["| where the time went | seconds | share |", "|---|---:|---:|"]
+        for name, secs in (
+            ("training steps", train),
+            ("evaluation (eval, test, latency)", evals),
+            ("model loading + data (trials' load_s)", load),
+            ("Ray start, scheduling, process start, checkpoints", other),
+        ):
+            lines.append(f"| {name} | {secs:.0f} | {100 * secs / budget:.1f}% |")
+        lines += [
+            f"| total (wall x concurrency) | {budget:.0f} | 100% |",
+            "",
+            f"Overhead (not training or evaluation): "
+            f"{100 * (budget - train - evals) / budget:.1f}% of {wall_s / 60:.1f} min.",
+        ]
+    base = [r for r in rows if r["config"]["method"] == "base"]
+    lora = [
+        r
+        for r in rows
+        if r["config"]["method"] == "lora" and r["metrics"].get("test_exact_match") is not None
+    ]
+    if base and lora:
+        best = max(lora, key=lambda r: r["metrics"]["test_exact_match"])
+        b = base[0]["metrics"]["test_exact_match"]
+        gain = 100 * (best["metrics"]["test_exact_match"] - b)
+        lines += [
+            "",
+            f"Best LoRA trial by test exact match: "
+            f"{100 * best['metrics']['test_exact_match']:.1f}% ({describe(best['config'])})"
+            f" vs base {100 * b:.1f}%: {gain:+.1f} points.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--study", type=Path, help="analyse this finished study")
+    parser.add_argument("--wall-s", type=float, help="its wall time, if known")
+    args = parser.parse_args()
+    if args.study:
+        text = analyse(args.study, args.wall_s)
+    else:
+        name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "study.tune", "--name", name], cwd=HERE.parent, check=True
+        )
+        text = analyse(HERE.parent / "results" / name, time.perf_counter() - t0)
+    (HERE / "out").mkdir(exist_ok=True)
+    (HERE / "out" / "study_overhead.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

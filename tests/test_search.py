@@ -1,0 +1,139 @@
+"""The study's searcher, scheduler and memory estimate, without a Ray cluster."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+from ray import tune
+
+from search_spaces import SpaceError, load_space, to_tune, tune_points, validate
+from study.search import StudyASHA, StudySearch, estimate_peak_mb
+
+
+def _asha(**kw):
+    return StudyASHA(
+        time_attr="step",
+        metric="eval_loss",
+        mode="min",
+        max_t=40,
+        grace_period=5,
+        reduction_factor=2,
+        **kw,
+    )
+
+
+def test_asha_rungs_are_rebuilt_from_recorded_curves():
+    rng = random.Random(0)
+    live = _asha()
+    curves = {}
+    for t in range(12):
+        trial = SimpleNamespace(trial_id=f"t{t}")
+        live.on_trial_add(None, trial)
+        curves[trial.trial_id] = []
+        for step in (5, 10, 20, 40):
+            point = {"step": step, "eval_loss": rng.uniform(1, 3) / step}
+            curves[trial.trial_id].append(point)
+            if live.on_trial_result(None, trial, point) == "STOP":
+                break
+        live.on_trial_complete(None, trial, point)  # as Tune does when a trial ends
+    rebuilt = _asha(replay=lambda: list(curves.items()))
+    rebuilt.on_trial_add(None, SimpleNamespace(trial_id="new"))
+    assert rebuilt._brackets[0]._rungs == live._brackets[0]._rungs
+    assert any(recorded for _, recorded in live._brackets[0]._rungs[1:])
+    # a new trial is now judged against the recorded rungs, as it would have been live
+    worst = {"step": 5, "eval_loss": 10.0}
+    assert rebuilt.on_trial_result(None, SimpleNamespace(trial_id="new"), worst) == "STOP"
+    fresh = _asha()
+    assert fresh.on_trial_result(None, _added(fresh), worst) == "CONTINUE"
+
+
+def _added(scheduler):
+    trial = SimpleNamespace(trial_id="x")
+    scheduler.on_trial_add(None, trial)
+    return trial
+
+
+def test_search_rejects_over_budget_configs_as_fail_and_asks_again():
+    space = {"lora": {"rank": tune.choice([1, 64])}, "train": {"lr": tune.loguniform(1e-4, 1e-2)}}
+    searcher = StudySearch(
+        metric="eval_loss",
+        mode="min",
+        seed=0,
+        accept=lambda c: "too big" if c["lora"]["rank"] == 64 else None,
+    )
+    searcher.set_search_properties("eval_loss", "min", space)
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert all(c["lora"]["rank"] == 1 for c in configs)
+    states = [t.state.name for t in searcher.optuna_study().get_trials()]
+    assert states.count("FAIL") == len(searcher.rejected) > 0
+    assert {reason for _, reason in searcher.rejected} == {"too big"}
+
+
+def test_search_hand_off_pruned_fail_complete():
+    space = {"lora": {"rank": tune.choice([1, 2, 4])}}
+    searcher = StudySearch(metric="eval_loss", mode="min", seed=0)
+    searcher.set_search_properties("eval_loss", "min", space)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_result("t0", {"step": 5, "eval_loss": 2.0})
+    searcher.on_trial_complete("t0", {"step": 5, "eval_loss": 2.0})  # stopped by ASHA
+    searcher.on_trial_complete("t1", {"step": 5, "error": "non-finite loss"})
+    searcher.on_trial_complete("t2", {"step": 20, "eval_loss": 1.0, "test_loss": 1.1})
+    trials = searcher.optuna_study().get_trials()
+    assert [t.state.name for t in trials] == ["PRUNED", "FAIL", "COMPLETE"]
+    assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0}
+
+
+def test_memory_estimate_grows_with_what_it_should():
+    args = dict(total_params=135_000_000, batch=8, seq_len=128, hidden=576, layers=30, vocab=49152)
+    e16 = estimate_peak_mb(trainable_params=2_400_000, bits=16, **args)
+    e4 = estimate_peak_mb(trainable_params=2_400_000, bits=4, **args)
+    full = estimate_peak_mb(trainable_params=135_000_000, bits=16, **args)
+    assert e4 < e16 < full
+    # a parameter that trains costs 16 bytes (weight, grad, 2 Adam moments) instead of 4
+    assert full - e16 == pytest.approx(12 * (135_000_000 - 2_400_000) / 2**20, rel=0.01)
+    assert estimate_peak_mb(
+        trainable_params=0, bits=16, **{**args, "batch": 16}
+    ) > estimate_peak_mb(trainable_params=0, bits=16, **args)
+
+
+def test_builtin_spaces_are_valid_and_convert():
+    for name in ("default", "smoke", "seeds-qwen2"):
+        space = load_space(name)
+        converted = to_tune(space)
+        assert "rank" in converted["lora"]
+    default = load_space("default")
+    assert default["lora"]["rank"] == {"choice": [1, 2, 4, 8, 16, 32, 64]}
+    assert default["quant"]["bits"] == {"choice": [4, 8, 16]}
+    assert default["lora"]["targets"] == {"choice": ["qv", "qkvo", "all-linear"]}
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"lora": {"rank": {"choice": []}}}, "non-empty list"),
+        ({"lora": {"rank": {"choice": [[1, 2]]}}}, "scalars or strings"),
+        ({"train": {"lr": {"loguniform": [0, 1]}}}, "0 < low < high"),
+        ({"lora": {"rank": {"gauss": [1, 2]}}}, "unknown distribution"),
+        ({"lora": {"rank": {"choice": [0, 8]}}}, "lora.rank must be a positive integer"),
+        ({"lora": {"rnk": 8}}, "unknown config key lora.rnk"),
+        (
+            {"lora": {"rank": {"choice": [4, 8]}}, "points_to_evaluate": [{"lora.alpha": 1}]},
+            "not a searched parameter",
+        ),
+    ],
+)
+def test_bad_spaces_name_the_problem(space, message):
+    with pytest.raises(SpaceError, match=message):
+        validate(space)
+
+
+def test_points_to_evaluate_fill_every_searched_key():
+    space = {
+        "lora": {"rank": {"choice": [4, 8]}, "targets": {"choice": ["qv", "all-linear"]}},
+        "points_to_evaluate": [{"lora.rank": 8}],
+    }
+    validate(space)
+    assert tune_points(space) == [{"lora/rank": 8, "lora/targets": "qv"}]

@@ -1,0 +1,316 @@
+"""python -m study.tune end to end on tiny models (one trial at a time, fixed seeds).
+
+Each study starts a local Ray instance; the studies are module fixtures shared by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search_spaces import load_space
+from study.tune import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN_FILES = {
+    "config.json",
+    "metrics.json",
+    "curve.jsonl",
+    "adapter",
+    "examples.json",
+    "env.json",
+    "status.json",
+}
+
+
+def space_file(tmp: Path, points: list[dict] | None = None, **overrides) -> Path:
+    """The smoke space with searched points tried first and fixed overrides."""
+    space = load_space("smoke")
+    for key, value in overrides.items():
+        section, leaf = key.split(".")
+        space[section][leaf] = value
+    if points:
+        space["points_to_evaluate"] = points
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def trial_dirs(study: Path, group: str = "search") -> list[Path]:
+    return sorted(p.parent for p in (study / group).glob("*/config.json"))
+
+
+def statuses(study: Path, group: str = "search") -> dict[str, dict]:
+    return {d.name: json.loads((d / "status.json").read_text()) for d in trial_dirs(study, group)}
+
+
+GOOD = {"lora.rank": 8, "lora.targets": "all-linear", "train.lr": 0.02, "quant.bits": 16}
+BAD = {"lora.rank": 1, "lora.targets": "qv", "train.lr": 1e-7, "quant.bits": 16}
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def multi_study(storage, tmp_path_factory):
+    """6 searched trials + baselines, two objectives; a bad config follows a good one."""
+    space = space_file(tmp_path_factory.mktemp("space"), points=[GOOD, BAD])
+    code = main(
+        [
+            "--space",
+            str(space),
+            "--num-samples",
+            "6",
+            "--max-concurrent",
+            "1",
+            "--storage-path",
+            str(storage),
+            "--name",
+            "multi",
+            "--seed",
+            "3",
+            "--objective",
+            "eval_loss,peak_mem_mb",
+            "--grace",
+            "2",
+        ]
+    )
+    assert code == 0
+    return storage / "multi"
+
+
+def test_study_runs_searched_trials_baselines_and_asha_stops(multi_study, capsys):
+    found = statuses(multi_study)
+    assert len(found) == 6
+    kinds = [s["status"] for s in found.values()]
+    assert kinds.count("stopped") >= 1 and kinds.count("finished") >= 1
+    bad = [
+        d
+        for d in trial_dirs(multi_study)
+        if json.loads((d / "config.json").read_text())["train"]["lr"] == 1e-7
+    ]
+    assert len(bad) == 1 and found[bad[0].name]["status"] == "stopped"
+    for d in trial_dirs(multi_study):
+        assert {p.name for p in d.iterdir()} >= DESIGN_FILES, d
+    base = statuses(multi_study, "baselines")
+    assert len(base) == 2 and {s["status"] for s in base.values()} == {"finished"}
+    methods = {
+        json.loads((d / "config.json").read_text())["method"]
+        for d in trial_dirs(multi_study, "baselines")
+    }
+    assert methods == {"base", "full"}
+    record = json.loads((multi_study / "study.json").read_text())
+    assert record["schema_version"] == 1 and record["command"][:3] == ["python", "-m", "study.tune"]
+    assert "lora" in record["space"]
+
+
+def test_summary_lists_the_pareto_set(multi_study, capsys):
+    from study.summary import collect
+
+    rows = collect(multi_study)
+    assert len(rows) == 8
+
+
+def test_multi_objective_optuna_states(multi_study):
+    record = json.loads((multi_study / "optuna.json").read_text())
+    assert record["metric"] == ["eval_loss", "peak_mem_mb"]
+    states = {}
+    by_status = statuses(multi_study)
+    trials = record["trials"]
+    assert len(trials) == 6
+    for trial in trials:
+        states.setdefault(trial["state"], []).append(trial)
+    assert len(states["PRUNED"]) == sum(s["status"] == "stopped" for s in by_status.values())
+    assert all(t["values"] is None for t in states["PRUNED"])
+    assert len(states["COMPLETE"]) == sum(s["status"] == "finished" for s in by_status.values())
+    assert all(len(t["values"]) == 2 for t in states["COMPLETE"])
+
+
+@pytest.fixture(scope="module")
+def fault_study(storage, tmp_path_factory):
+    """4 trials: NaN at step 2 (rank 1), OOM at step 2 (rank 2), a transient crash at step 4
+    (rank 4, retried from its step-2 checkpoint), and a clean one (rank 8). No ASHA stops."""
+    points = [{"lora.rank": r, "lora.targets": "qv", "train.lr": 0.01} for r in (1, 2, 4, 8)]
+    space = space_file(tmp_path_factory.mktemp("space"), points=points)
+    env = {"LORA_STUDY_FAULT": "nan@2@lora.rank=1,oom@2@lora.rank=2,transient@4@lora.rank=4"}
+    os.environ.update(env)
+    try:
+        code = main(
+            [
+                "--space",
+                str(space),
+                "--num-samples",
+                "4",
+                "--storage-path",
+                str(storage),
+                "--name",
+                "faults",
+                "--no-baselines",
+                "--grace",
+                "6",
+            ]
+        )
+    finally:
+        os.environ.pop("LORA_STUDY_FAULT")
+    assert code == 0
+    return storage / "faults"
+
+
+def _by_rank(study: Path) -> dict[int, Path]:
+    return {
+        json.loads((d / "config.json").read_text())["lora"]["rank"]: d for d in trial_dirs(study)
+    }
+
+
+def test_nan_and_oom_end_one_trial_each_with_their_reason(fault_study):
+    dirs = _by_rank(fault_study)
+    nan = json.loads((dirs[1] / "status.json").read_text())
+    oom = json.loads((dirs[2] / "status.json").read_text())
+    assert nan["status"] == "errored" and "non-finite training loss" in nan["reason"]
+    assert oom["status"] == "errored" and "out of memory" in oom["reason"]
+    assert json.loads((dirs[8] / "status.json").read_text())["status"] == "finished"
+    states = [t["state"] for t in json.loads((fault_study / "optuna.json").read_text())["trials"]]
+    assert states.count("FAIL") == 2 and states.count("COMPLETE") == 2
+
+
+def test_transient_failure_resumes_from_its_checkpoint(fault_study):
+    trial = _by_rank(fault_study)[4]
+    assert json.loads((trial / "status.json").read_text())["status"] == "finished"
+    metrics = json.loads((trial / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["resumed_from_step"] == 2
+    assert [
+        p["step"] for p in map(json.loads, (trial / "curve.jsonl").read_text().splitlines())
+    ] == [
+        2,
+        4,
+        6,
+    ]
+
+
+def test_two_studies_in_one_storage_path_keep_their_own_optuna_state(multi_study, fault_study):
+    multi = json.loads((multi_study / "optuna.json").read_text())
+    faults = json.loads((fault_study / "optuna.json").read_text())
+    assert (multi["study_name"], faults["study_name"]) == ("multi", "faults")
+    assert (len(multi["trials"]), len(faults["trials"])) == (6, 4)
+
+
+def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
+    space = space_file(tmp_path, points=[GOOD], **{"train.steps": 8})
+    cmd = [
+        sys.executable,
+        "-m",
+        "study.tune",
+        "--space",
+        str(space),
+        "--num-samples",
+        "5",
+        "--storage-path",
+        str(tmp_path / "res"),
+        "--name",
+        "killed",
+        "--no-baselines",
+        "--grace",
+        "8",
+    ]
+    study = tmp_path / "res" / "killed"
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    finished: dict[str, float] = {}
+    while time.time() < deadline and proc.poll() is None:
+        done = {
+            d.name: (d / "metrics.json").stat().st_mtime
+            for d in trial_dirs(study)
+            if (d / "status.json").is_file()
+            and json.loads((d / "status.json").read_text())["status"] == "finished"
+        }
+        if len(done) >= 2:
+            finished = done
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray processes
+            break
+        time.sleep(0.5)
+    proc.wait()
+    assert len(finished) >= 2, "the study ended before two trials finished"
+    res = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-2000:]
+    found = statuses(study)
+    assert len(found) == 5 and all(s["status"] == "finished" for s in found.values())
+    configs = [
+        json.dumps(json.loads((d / "config.json").read_text()), sort_keys=True)
+        for d in trial_dirs(study)
+    ]
+    assert len(set(configs)) == 5
+    for name, mtime in finished.items():
+        assert (study / "search" / name / "metrics.json").stat().st_mtime == mtime, name
+    assert len(json.loads((study / "optuna.json").read_text())["trials"]) >= 5
+
+
+BAD_INPUTS = [
+    (["--set", "lora.rank=0"], "lora.rank must be a positive integer"),
+    (["--set", "lora.alpha=-1"], "lora.alpha must be a number > 0"),
+    (["--set", "quant.bits=3"], "quant.bits must be one of 4, 8, 16"),
+    (["--set", "lora.targets=c_attn"], "target 'c_attn' matches no module"),
+    (["--set", "model.name=no-such-model"], "unknown model 'no-such-model'"),
+    (["--set", "data.task=lm", "--set", "data.source=missing.txt"], "not a built-in name"),
+    (["--set", "data.size=999999"], "exceeds the"),
+    (["--num-samples", "-1"], "--num-samples must be >= 1"),
+    (["--objective", "accuracy"], "unknown objective 'accuracy'"),
+    (["--objective", "peak_mem_mb"], "must be a quality metric"),
+    (["--resume"], "--resume needs --name"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_no_result_dir(args, message, tmp_path, capsys):
+    storage = tmp_path / "res"
+    code = main(["--space", "smoke", "--storage-path", str(storage), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0], err
+    assert not storage.exists()
+
+
+def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: {rank: [unclosed\n")
+    assert main(["--space", str(bad), "--storage-path", str(tmp_path / "r")]) == 2
+    assert "does not parse" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["--space", "smoke", "--storage-path", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_bad_input_exit_code_from_the_command_line(tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "study.tune",
+            "--space",
+            "smoke",
+            "--storage-path",
+            str(tmp_path / "r"),
+            "--set",
+            "quant.bits=5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("study.tune: error: ") and "quant.bits must be one of 4, 8, 16" in line
+    assert not (tmp_path / "r").exists()
