@@ -107,7 +107,7 @@ class LiveTable(Callback):
         self._last = 0.0
 
     def _row(self, trial) -> str:
-        cfg = trial.config
+        cfg = trial.config.get("baseline", trial.config)  # baselines are wrapped
         lora, quant, data = cfg.get("lora", {}), cfg.get("quant", {}), cfg.get("data", {})
         r = trial.last_result or {}
         status = read_status(self.dir / trial.trial_id)

@@ -183,45 +183,25 @@ def _tiny_config(arch: str, vocab_size: int, tokenizer):
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    decoder = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 1024,
+        **ids,
+    }
     if arch == "llama":
-        return LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            tie_word_embeddings=False,
-            **ids,
-        )
+        return LlamaConfig(**decoder, num_key_value_heads=2, tie_word_embeddings=False)
     if arch == "qwen2":
-        return Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            tie_word_embeddings=True,
-            **ids,
-        )
+        return Qwen2Config(**decoder, num_key_value_heads=2, tie_word_embeddings=True)
     if arch == "gpt2":
         return GPT2Config(
             vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=1024, **ids
         )
     if arch == "neox":
-        return GPTNeoXConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=1024,
-            tie_word_embeddings=False,
-            **ids,
-        )
+        return GPTNeoXConfig(**decoder, tie_word_embeddings=False)
     raise AssertionError(arch)
 
 

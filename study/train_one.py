@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from study.cli import OneLineParser
+
 # flag -> dotted TrialConfig key (defaults come from TrialConfig, not from here)
 FLAGS = {
     "model": ("model.name", str, "registry name, local directory or Hugging Face id"),
@@ -42,18 +44,9 @@ FLAGS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2 (argparse prints usage too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (every flag optional; unset flags keep the config's values)."""
-    parser = _Parser(
-        prog="python -m study.train_one",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = OneLineParser.for_module("python -m study.train_one", __doc__)
     parser.add_argument("--config", type=Path, help="YAML or JSON file with TrialConfig fields")
     parser.add_argument(
         "--out", type=Path, default=Path("runs/trial"), help="trial directory (default runs/trial)"

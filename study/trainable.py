@@ -124,5 +124,6 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
         # Every metric is present (as NaN) because Tune checks that the scheduler's and the
         # searcher's metrics are in each result; the "error" key marks the trial as errored.
         nan = float("nan")
-        tune.report({"error": reason, M.STEP: last["step"],
-                     **{m: nan for m in M.QUALITY + M.RESOURCES}})
+        tune.report(
+            {"error": reason, M.STEP: last["step"], **{m: nan for m in M.QUALITY + M.RESOURCES}}
+        )

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from study import metrics as M
-from study.config import TrialConfig, flatten
+from study.cli import OneLineParser
+from study.config import TrialConfig
 
 SCHEMA_VERSION = 1
 
@@ -30,18 +31,9 @@ class UsageError(ValueError):
     """Bad input caught before Ray starts: one line, exit code 2, no result directory."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    p = _Parser(
-        prog="python -m study.tune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = OneLineParser.for_module("python -m study.tune", __doc__)
     p.add_argument(
         "--space",
         default="default",
@@ -98,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dashboard",
         action="store_true",
         help="start the Ray dashboard on 127.0.0.1 (token auth) and print its URL",
+    )
+    p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each trial needs, e.g. to pin trials to nodes (repeatable)",
     )
     p.add_argument(
         "--max-failures",
@@ -160,8 +159,6 @@ def check_config(values: dict) -> TrialConfig:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-
-__all__ = ["main", "parse_args", "UsageError", "write_study_json", "flatten"]
 
 if __name__ == "__main__":
     sys.exit(main())

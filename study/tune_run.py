@@ -43,6 +43,23 @@ class Plan:
     baselines: list[dict] = field(default_factory=list)
 
 
+def parse_resources(items: list[str]) -> dict[str, float]:
+    """--resource NAME=AMOUNT pairs -> {name: amount}."""
+    out = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or value <= 0 or name in ("cpu", "gpu", "CPU", "GPU"):
+            raise UsageError(
+                f"--resource expects NAME=AMOUNT with a custom name and an amount > 0, got {item!r}"
+            )
+        out[name] = value
+    return out
+
+
 def _check_counts(args) -> None:
     checks = [
         ("--num-samples", args.num_samples, 1),
@@ -175,6 +192,7 @@ def plan_study(args, argv: list[str]) -> Plan:
     from study.data import build_data
 
     _check_counts(args)
+    parse_resources(args.resource)
     objectives = _objectives(args.objective)
     try:
         space = _apply_sets(load_space(args.space), parse_sets(args.set))
@@ -240,7 +258,7 @@ def _resources(args) -> dict:
         args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
     )
     cpus = args.cpus_per_trial or max(1.0, (os.cpu_count() or 1) / args.max_concurrent)
-    return {"cpu": cpus, "gpu": gpus}
+    return {"cpu": cpus, "gpu": gpus, **parse_resources(args.resource)}
 
 
 def replay_curves(experiment_dir: Path) -> list[tuple[str, list[dict]]]:

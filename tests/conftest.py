@@ -15,6 +15,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 TINY_MODELS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-neox"]
+# What run_trial leaves in a trial directory (DESIGN's contract, minus the study's status.json).
+TRIAL_FILES = frozenset(
+    {
+        "config.json",
+        "metrics.json",
+        "curve.jsonl",
+        "adapter",
+        "examples.json",
+        "env.json",
+        "checkpoint",
+    }
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,17 +10,7 @@ import torch
 import study.train
 from study.train import NonFiniteLossError
 from study.trial import run_trial
-from tests.conftest import tiny_trial
-
-TRIAL_FILES = {
-    "config.json",
-    "metrics.json",
-    "curve.jsonl",
-    "adapter",
-    "examples.json",
-    "env.json",
-    "checkpoint",
-}
+from tests.conftest import TRIAL_FILES, tiny_trial
 
 
 def curve(path):
@@ -135,3 +125,9 @@ def test_peak_memory_sees_a_500mb_tensor(tmp_path):
     loud = run_trial(cfg, out_dir=tmp_path / "loud", callbacks=(allocate,))
     held.clear()
     assert loud["peak_mem_mb"] - quiet["peak_mem_mb"] == pytest.approx(500, rel=0.1)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    plain = run_trial(tiny_trial(), out_dir=tmp_path / "plain")
+    ckpt = run_trial(tiny_trial(**{"train.grad_checkpointing": True}), out_dir=tmp_path / "gc")
+    assert ckpt["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)

@@ -5,6 +5,8 @@ Each study starts a local Ray instance; the studies are module fixtures shared b
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,17 +20,10 @@ import yaml
 
 from search_spaces import load_space
 from study.tune import main
+from tests.conftest import TRIAL_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
-DESIGN_FILES = {
-    "config.json",
-    "metrics.json",
-    "curve.jsonl",
-    "adapter",
-    "examples.json",
-    "env.json",
-    "status.json",
-}
+DESIGN_FILES = (TRIAL_FILES - {"checkpoint"}) | {"status.json"}
 
 
 def space_file(tmp: Path, points: list[dict] | None = None, **overrides) -> Path:
@@ -65,27 +60,13 @@ def storage(tmp_path_factory) -> Path:
 def multi_study(storage, tmp_path_factory):
     """6 searched trials + baselines, two objectives; a bad config follows a good one."""
     space = space_file(tmp_path_factory.mktemp("space"), points=[GOOD, BAD])
-    code = main(
-        [
-            "--space",
-            str(space),
-            "--num-samples",
-            "6",
-            "--max-concurrent",
-            "1",
-            "--storage-path",
-            str(storage),
-            "--name",
-            "multi",
-            "--seed",
-            "3",
-            "--objective",
-            "eval_loss,peak_mem_mb",
-            "--grace",
-            "2",
-        ]
-    )
+    args = f"--space {space} --num-samples 6 --max-concurrent 1 --storage-path {storage} "
+    args += "--name multi --seed 3 --objective eval_loss,peak_mem_mb --grace 2"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(args.split())
     assert code == 0
+    (storage / "multi" / "stdout.txt").write_text(out.getvalue())
     return storage / "multi"
 
 
@@ -114,11 +95,18 @@ def test_study_runs_searched_trials_baselines_and_asha_stops(multi_study, capsys
     assert "lora" in record["space"]
 
 
-def test_summary_lists_the_pareto_set(multi_study, capsys):
+def test_summary_lists_the_pareto_set(multi_study):
     from study.summary import collect
 
-    rows = collect(multi_study)
-    assert len(rows) == 8
+    assert len(collect(multi_study)) == 8
+    summary = (multi_study / "stdout.txt").read_text().split("Study multi:")[-1]
+    assert "6 searched trials" in summary and "stopped by ASHA" in summary
+    assert "best eval_loss" in summary and "best peak_mem_mb" in summary
+    pareto = summary.split("Pareto set")[1].split("memory estimate")[0]
+    listed = [line for line in pareto.splitlines() if "[search/" in line or "[baselines/" in line]
+    assert listed and all("peak" in line for line in listed)
+    assert f"python -m analysis report {multi_study}" in summary
+    assert "trial" in (multi_study / "stdout.txt").read_text()  # the live table was printed
 
 
 def test_multi_objective_optuna_states(multi_study):
@@ -314,3 +302,67 @@ def test_bad_input_exit_code_from_the_command_line(tmp_path):
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("study.tune: error: ") and "quant.bits must be one of 4, 8, 16" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_memory_guard_stops_a_trial_over_budget():
+    from study.trainable import MemoryBudgetExceeded, _memory_guard
+
+    _memory_guard(10**9)(1, 0.0)  # far above: nothing happens
+    with pytest.raises(MemoryBudgetExceeded, match="exceeds --max-mem-mb 1 at step 3"):
+        _memory_guard(1)(3, 0.0)
+
+
+@pytest.mark.slow
+def test_two_node_cluster_trial_survives_losing_its_worker(tmp_path):
+    """A trial pinned to a worker node by a custom resource; the worker is removed after the
+    trial's first checkpoint is persisted and a replacement joins; the trial resumes."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1, resources={"pinned": 1})
+    cluster.wait_for_nodes()
+    space = space_file(tmp_path, **{"train.steps": 300, "eval.every": 10})
+    study = tmp_path / "res" / "cluster"
+    cmd = [
+        sys.executable,
+        "-m",
+        "study.tune",
+        "--space",
+        str(space),
+        "--num-samples",
+        "1",
+        "--storage-path",
+        str(tmp_path / "res"),
+        "--name",
+        "cluster",
+        "--no-baselines",
+        "--address",
+        cluster.address,
+        "--resource",
+        "pinned=1",
+        "--cpus-per-trial",
+        "1",
+        "--grace",
+        "300",
+        "--max-failures",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not list(study.glob("search/*/checkpoint_*")):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        assert list(study.glob("search/*/checkpoint_*")), "no checkpoint was persisted"
+        cluster.remove_node(worker)
+        cluster.add_node(num_cpus=1, resources={"pinned": 1})
+        assert proc.wait(timeout=400) == 0, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.shutdown()
+    (trial,) = trial_dirs(study)
+    assert json.loads((trial / "status.json").read_text())["status"] == "finished"
+    assert json.loads((trial / "metrics.json").read_text())["resumed_from_step"] > 0
