@@ -1,0 +1,207 @@
+"""python -m study.reproduce TRIAL_DIR: re-run a trial from its directory and compare.
+
+    python -m study.reproduce results/demo/search/64dac671
+    python -m study.reproduce runs/x --out /tmp/again --rtol 1e-3    # GPU: a tolerance
+    python -m study.reproduce runs/x --threads 8      # faster, but reported as not like for like
+
+The trial's ``config.json`` is run again with the environment of its ``env.json`` (seed, torch
+thread count; the compute dtype follows the config's ``train.dtype`` on the same hardware), up to
+the step it reached (a trial ASHA stopped at step N is re-run to N). Its learning curve (train
+and eval loss at every evaluation) and final quality metrics are compared with the recorded ones:
+
+- CPU, same torch build, same thread count: the losses must be **bitwise equal** (exit 0).
+- CUDA: kernels such as atomics in attention backward are not bitwise deterministic; ``--rtol``
+  (default 1e-3 on CUDA) is the documented tolerance.
+- Anything that changes floating-point results (thread count, device, compute dtype, torch
+  version, CPU model) is reported first, and the verdict says the comparison is not like for like
+  (exit 3) instead of silently comparing. Different numbers on a like-for-like run: exit 1.
+
+Resource metrics (time, memory) are shown side by side but not judged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+from study import metrics as M
+from study.cli import OneLineParser
+
+CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH)
+FINAL_KEYS = (M.EVAL_LOSS, M.EXACT_MATCH, M.TEST_LOSS, M.TEST_EXACT_MATCH)
+SHOWN_RESOURCES = (M.PEAK_MEM_MB, M.TRAIN_TOKENS_PER_S, M.STEP_MS, M.TRAIN_S)
+# env.json fields whose change alters floating-point results
+LIKE_FOR_LIKE = ("threads", "device", "compute_dtype", "cpu", "gpu")
+
+
+class _Stop(Exception):
+    """Raised from the report hook once the recorded last step is reached."""
+
+
+def _read_json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is missing or not valid JSON ({err.__class__.__name__})"
+        ) from None
+
+
+def _read_curve(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: not a trial directory")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def environment_differences(recorded: dict, now: dict) -> list[str]:
+    """What differs between two env.json records in ways that change the numbers."""
+    out = [
+        f"{key}: recorded {recorded.get(key)!r}, now {now.get(key)!r}"
+        for key in LIKE_FOR_LIKE
+        if recorded.get(key) != now.get(key)
+    ]
+    torch_then = (recorded.get("packages") or {}).get("torch")
+    torch_now = (now.get("packages") or {}).get("torch")
+    if torch_then != torch_now:
+        out.append(f"torch: recorded {torch_then}, now {torch_now}")
+    return out
+
+
+def compare(recorded: list[dict], again: list[dict], rtol: float) -> list[str]:
+    """Differences between two curves (or two final-metrics lists) at every recorded point."""
+    out = []
+    by_step = {p[M.STEP]: p for p in again}
+    for point in recorded:
+        step = point[M.STEP]
+        other = by_step.get(step)
+        if other is None:
+            out.append(f"step {step}: not reached by the re-run")
+            continue
+        for key in point:
+            if key == M.STEP or not isinstance(point[key], (int, float)):
+                continue
+            a, b = point[key], other.get(key)
+            if b is None or not _equal(a, b, rtol):
+                out.append(f"step {step} {key}: recorded {a!r}, re-run {b!r}")
+    return out
+
+
+def _equal(a: float, b: float, rtol: float) -> bool:
+    if rtol == 0:
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return math.isclose(a, b, rel_tol=rtol, abs_tol=rtol * 1e-3)
+
+
+def reproduce(
+    trial_dir: Path, out_dir: Path, rtol: float | None = None, threads: int | None = None
+) -> tuple[int, str]:
+    """Re-run the trial into ``out_dir``; return (exit code, report text).
+
+    ``threads`` overrides the recorded thread count (reported as an environment change).
+    """
+    import torch
+
+    from study.config import TrialConfig
+    from study.trial import run_trial
+
+    config = TrialConfig.from_dict(_read_json(trial_dir / "config.json"))
+    env = _read_json(trial_dir / "env.json")
+    curve = _read_curve(trial_dir / "curve.jsonl")
+    final = _read_json(trial_dir / "metrics.json")
+    if not curve:
+        raise ValueError(f"{trial_dir / 'curve.jsonl'} is empty: the trial never reported")
+    last_step = curve[-1][M.STEP]
+
+    threads = threads or env.get("threads")
+    if isinstance(threads, int) and threads > 0:
+        torch.set_num_threads(threads)  # reductions split by thread count: part of the result
+    cuda = torch.cuda.is_available()
+    tolerance = rtol if rtol is not None else (1e-3 if cuda else 0.0)
+
+    latest: dict = {}
+
+    def stop_at_recorded_step(metrics: dict, _checkpoint: str | None) -> None:
+        latest.clear()
+        latest.update(metrics)
+        if metrics[M.STEP] >= last_step:
+            raise _Stop
+
+    with contextlib.suppress(_Stop):
+        run_trial(config, report=stop_at_recorded_step, out_dir=out_dir)
+    again_env = _read_json(out_dir / "env.json")
+    again_curve = _read_curve(out_dir / "curve.jsonl")
+    env_diffs = environment_differences(env, again_env)
+    curve_diffs = compare(
+        [{k: v for k, v in p.items() if k in (M.STEP, *CURVE_KEYS)} for p in curve],
+        again_curve,
+        tolerance,
+    )
+    final_point = {M.STEP: last_step, **{k: final[k] for k in FINAL_KEYS if k in final}}
+    final_diffs = compare([final_point], [{M.STEP: last_step, **latest}], tolerance)
+
+    how = "bitwise" if tolerance == 0 else f"within rtol {tolerance:g}"
+    lines = [
+        f"Re-ran {trial_dir} to step {last_step} in {out_dir} "
+        f"({again_env.get('device')}, {again_env.get('threads')} threads, "
+        f"{again_env.get('compute_dtype')}); comparing {how}.",
+    ]
+    for key in SHOWN_RESOURCES:
+        lines.append(f"  {key}: recorded {final.get(key)}, re-run {latest.get(key)} (not judged)")
+    diffs = curve_diffs + final_diffs
+    lines += [f"  differs: {d}" for d in diffs]
+    if env_diffs:
+        lines += [f"  environment differs: {d}" for d in env_diffs]
+        lines.append(
+            "NOT like for like: the environment changed (above), so the numbers are not expected "
+            f"to match {how}; {len(diffs)} differences listed."
+        )
+        return 3, "\n".join(lines)
+    if diffs:
+        lines.append(f"NOT reproduced: {len(diffs)} values differ ({how}).")
+        return 1, "\n".join(lines)
+    points = len(curve) * len(CURVE_KEYS)
+    lines.append(f"Reproduced: every loss and quality metric is equal {how} ({points} values).")
+    return 0, "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-run and compare; bad input -> one line, exit code 2."""
+    parser = OneLineParser.for_module("python -m study.reproduce", __doc__)
+    parser.add_argument("trial_dir", type=Path, help="a trial directory (config.json, env.json)")
+    parser.add_argument("--out", type=Path, help="where the re-run goes (default: a temp dir)")
+    parser.add_argument(
+        "--rtol", type=float, help="relative tolerance (default 0 on CPU: bitwise; 1e-3 on CUDA)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: the recorded count; another is reported)",
+    )
+    args = parser.parse_args(argv)
+    if args.rtol is not None and args.rtol < 0:
+        parser.error(f"--rtol must be >= 0, got {args.rtol:g}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out} exists and is not empty (nothing is overwritten)")
+    try:
+        if not (args.trial_dir / "config.json").is_file():
+            raise ValueError(f"{args.trial_dir} is not a trial directory (no config.json)")
+        if args.out is None:
+            with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
+                code, text = reproduce(args.trial_dir, Path(tmp), args.rtol, args.threads)
+        else:
+            code, text = reproduce(args.trial_dir, args.out, args.rtol, args.threads)
+    except ValueError as err:
+        print(f"study.reproduce: error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""python -m study.reproduce: a trial re-run from its directory gives bitwise-equal losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from study.reproduce import main
+from study.trial import run_trial
+from tests.conftest import tiny_trial
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trial")
+    run_trial(tiny_trial(), out_dir=out)
+    return out
+
+
+def test_reproduces_bitwise(trial, tmp_path, capsys):
+    assert main([str(trial), "--out", str(tmp_path / "again")]) == 0
+    text = capsys.readouterr().out
+    assert "Reproduced: every loss and quality metric is equal bitwise" in text
+    recorded = (trial / "curve.jsonl").read_text()
+    assert (tmp_path / "again" / "curve.jsonl").read_text() == recorded
+
+
+def test_changed_thread_count_is_reported_not_compared(trial, tmp_path, capsys):
+    recorded = json.loads((trial / "env.json").read_text())["threads"]
+    other = recorded + 1
+    assert main([str(trial), "--out", str(tmp_path / "t"), "--threads", str(other)]) == 3
+    text = capsys.readouterr().out
+    assert f"environment differs: threads: recorded {recorded}, now {other}" in text
+    assert "NOT like for like" in text and "Reproduced" not in text
+    torch.set_num_threads(recorded)
+
+
+def test_a_changed_number_is_caught(trial, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "env.json", "metrics.json"):
+        (copy / name).write_text((trial / name).read_text())
+    points = [json.loads(line) for line in (trial / "curve.jsonl").read_text().splitlines()]
+    points[0]["eval_loss"] = float(points[0]["eval_loss"]) * (1 + 1e-12) + 1e-12  # one ulp-ish
+    (copy / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    assert main([str(copy), "--out", str(tmp_path / "again")]) == 1
+    text = capsys.readouterr().out
+    assert f"step {points[0]['step']} eval_loss: recorded" in text and "NOT reproduced" in text
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"study.reproduce: error: {tmp_path} is not a trial directory (no config.json)"
