@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--storage-path",
         type=Path,
-        default=Path("results"),
-        help="where studies are written (default ./results); a shared path on clusters",
+        default=Path(os.environ.get("LORA_STUDY_RESULTS", "results")),
+        help="where studies are written (default $LORA_STUDY_RESULTS or ./results); a shared path"
+        " on clusters",
     )
     p.add_argument("--num-samples", type=int, default=8, help="searched trials (default 8)")
     p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
