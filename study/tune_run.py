@@ -244,11 +244,14 @@ def _ray_init(args) -> None:
         "configure_logging": True,
         "logging_level": "ERROR",
     }
+    # Loopback only. The Docker image sets 0.0.0.0: inside a container that is the container's
+    # own interface, which `docker run -p 127.0.0.1:8265:8265` publishes to the host's loopback.
+    host = os.environ.get("LORA_STUDY_DASHBOARD_HOST", "127.0.0.1")
     if args.dashboard:
-        kwargs.update(dashboard_host="127.0.0.1")
+        kwargs.update(dashboard_host=host)
     context = ray.init(address=args.address, **kwargs)
     if args.dashboard:
-        print(f"Ray dashboard: http://{context.dashboard_url} (token auth; bound to 127.0.0.1)")
+        print(f"Ray dashboard: http://{context.dashboard_url} (token auth; bound to {host})")
 
 
 def _resources(args) -> dict:
@@ -317,7 +320,7 @@ def run_study(plan: Plan) -> int:
     from ray.tune.search import ConcurrencyLimiter
 
     from search_spaces import to_tune, tune_points
-    from study.search import StudyASHA, StudySearch
+    from study.search import make_search
     from study.summary import print_summary
 
     if not plan.args.resume:
@@ -342,8 +345,6 @@ def run_study(plan: Plan) -> int:
 
             _fit(plan, "baselines", baseline_tuner)
 
-        modes = [M.mode(o) for o in plan.objectives]
-        multi = len(plan.objectives) > 1
         leaves_steps = flatten(plan.space).get("train.steps")
         max_t = args.max_t or (leaves_steps if isinstance(leaves_steps, int) else 1000)
         every = flatten(plan.space).get("eval.every")
@@ -355,23 +356,18 @@ def run_study(plan: Plan) -> int:
                 if args.max_mem_mb
                 else None
             )
-            searcher = StudySearch(
-                metric=plan.objectives if multi else plan.objectives[0],
-                mode=modes if multi else modes[0],
+            searcher, scheduler = make_search(
+                plan.objectives,
                 seed=args.seed,
-                points_to_evaluate=tune_points(plan.space) or None,
+                max_t=max_t,
+                grace=grace,
+                reduction_factor=args.reduction_factor,
+                points=tune_points(plan.space),
                 study_name=plan.name,
                 accept=accept,
                 record_path=str(plan.study_dir.resolve() / "optuna.json"),
-            )
-            scheduler = StudyASHA(
-                time_attr=M.STEP,
-                metric=plan.objectives[0],
-                mode=modes[0],
-                max_t=max_t,
-                grace_period=min(grace, max_t),
-                reduction_factor=args.reduction_factor,
                 replay=functools.partial(replay_curves, plan.study_dir / "search"),
+                num_samples=args.num_samples,
             )
             return tune.Tuner(
                 trainable,
