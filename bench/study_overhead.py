@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench.common import machine, machine_line  # noqa: E402
 
 
-def analyse(study: Path, wall_s: float | None) -> str:
+def analyse(study: Path, wall_s: float | None, started: float | None = None) -> str:
     """The overhead table and the quality found, from a study directory."""
     from study.summary import collect, describe
 
@@ -47,22 +47,7 @@ def analyse(study: Path, wall_s: float | None) -> str:
         "",
     ]
     if wall_s:
-        budget = wall_s * concurrency
-        other = budget - train - evals - load
-        lines += ["| where the time went | seconds | share |", "|---|---:|---:|"]
-        for name, secs in (
-            ("training steps", train),
-            ("evaluation (eval, test, latency)", evals),
-            ("model loading + data (trials' load_s)", load),
-            ("Ray start, scheduling, process start, checkpoints", other),
-        ):
-            lines.append(f"| {name} | {secs:.0f} | {100 * secs / budget:.1f}% |")
-        lines += [
-            f"| total (wall x concurrency) | {budget:.0f} | 100% |",
-            "",
-            f"Overhead (not training or evaluation): "
-            f"{100 * (budget - train - evals) / budget:.1f}% of {wall_s / 60:.1f} min.",
-        ]
+        lines += _time_table(study, rows, wall_s, started, concurrency, train, evals, load)
     base = [r for r in rows if r["config"]["method"] == "base"]
     lora = [
         r
@@ -82,22 +67,70 @@ def analyse(study: Path, wall_s: float | None) -> str:
     return "\n".join(lines)
 
 
+def _time_table(study, rows, wall_s, started, concurrency, train, evals, load) -> list[str]:
+    """Wall time x concurrency, split by the trial files' timestamps (exact at concurrency 1).
+
+    A trial's worker writes config.json when run_trial starts (after the process started and
+    imported its libraries) and the study's callback stamps status.json when it ends.
+    """
+    spans = sorted(
+        (
+            (study / r["group"] / r["trial"] / "config.json").stat().st_mtime,
+            r["status"].get("time"),
+            r["metrics"],
+        )
+        for r in rows
+        if r["status"].get("time")
+    )
+    budget = wall_s * concurrency
+    end = (started or spans[0][0]) + wall_s
+    before = spans[0][0] - started if started else float("nan")
+    between = sum(b[0] - a[1] for a, b in zip(spans, spans[1:]))
+    after = end - spans[-1][1]
+    inside = sum(
+        (stop - begin) - (m.get("load_s") or 0) - (m.get("train_s") or 0) - (m.get("eval_s") or 0)
+        for begin, stop, m in spans
+    )
+    parts = [
+        ("training steps", train),
+        ("evaluation (eval split every eval.every, test split and latency at the end)", evals),
+        ("model loading + data in each trial (load_s)", load),
+        ("checkpoints and trial files (rest of each trial)", inside),
+        ("between trials: scheduling, worker start, imports", between),
+        (
+            "before the first trial: checks, model facts (a first run converts the GGUF), Ray",
+            before,
+        ),
+        ("after the last trial: summary, Ray shutdown", after),
+    ]
+    out = ["| where the time went | seconds | share |", "|---|---:|---:|"]
+    out += [f"| {name} | {secs:.0f} | {100 * secs / budget:.1f}% |" for name, secs in parts]
+    out += [
+        f"| total (wall x concurrency) | {budget:.0f} | 100% |",
+        "",
+        f"Overhead (not training or evaluation): "
+        f"{100 * (budget - train - evals) / budget:.1f}% of {wall_s / 60:.1f} min.",
+    ]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--study", type=Path, help="analyse this finished study")
     parser.add_argument("--wall-s", type=float, help="its wall time, if known")
+    parser.add_argument("--started", type=float, help="its start (epoch seconds), if known")
     args = parser.parse_args()
     if args.study:
-        text = analyse(args.study, args.wall_s)
+        text = analyse(args.study, args.wall_s, args.started)
     else:
         name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
-        t0 = time.perf_counter()
+        started, t0 = time.time(), time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "study.tune", "--name", name], cwd=HERE.parent, check=True
         )
-        text = analyse(HERE.parent / "results" / name, time.perf_counter() - t0)
+        text = analyse(HERE.parent / "results" / name, time.perf_counter() - t0, started)
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "study_overhead.md").write_text(text + "\n")
     print(text)
