@@ -77,3 +77,59 @@ def tiny_trial(**overrides):
     }
     values.update(overrides)
     return TrialConfig.from_dict(values)
+
+
+# --- a small real study, shared by test_tune.py and test_analysis.py (made once per session) ---
+
+GOOD = {"lora.rank": 8, "lora.targets": "all-linear", "train.lr": 0.02, "quant.bits": 16}
+BAD = {"lora.rank": 1, "lora.targets": "qv", "train.lr": 1e-7, "quant.bits": 16}
+
+
+def space_file(tmp, points: list[dict] | None = None, **overrides):
+    """The smoke space with searched points tried first and fixed overrides."""
+    import yaml
+
+    from search_spaces import load_space
+
+    space = load_space("smoke")
+    for key, value in overrides.items():
+        section, leaf = key.split(".")
+        space[section][leaf] = value
+    if points:
+        space["points_to_evaluate"] = points
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def copy_study(study, dest):
+    """A copy of a study's own files to damage or edit (no checkpoints, no Ray files)."""
+    import shutil
+    from pathlib import Path
+
+    ignore = shutil.ignore_patterns("checkpoint*", "*.pkl", "events.out*", "tuner*")
+    return Path(shutil.copytree(study, dest, ignore=ignore))
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="session")
+def multi_study(storage, tmp_path_factory):
+    """6 searched trials + baselines, two objectives; a bad config follows a good one."""
+    import contextlib
+    import io
+
+    from study.tune import main
+
+    space = space_file(tmp_path_factory.mktemp("space"), points=[GOOD, BAD])
+    args = f"--space {space} --num-samples 6 --max-concurrent 1 --storage-path {storage} "
+    args += "--name multi --seed 3 --objective eval_loss,peak_mem_mb --grace 2"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(args.split())
+    assert code == 0
+    (storage / "multi" / "stdout.txt").write_text(out.getvalue())
+    return storage / "multi"

@@ -1,12 +1,11 @@
 """python -m study.tune end to end on tiny models (one trial at a time, fixed seeds).
 
-Each study starts a local Ray instance; the studies are module fixtures shared by the tests.
+Each study starts a local Ray instance; the studies are fixtures shared by the tests (the
+`multi_study` one lives in conftest.py: test_analysis.py reads the same study).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -16,27 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from search_spaces import load_space
 from study.tune import main
-from tests.conftest import TRIAL_FILES
+from tests.conftest import GOOD, TRIAL_FILES, space_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN_FILES = (TRIAL_FILES - {"checkpoint"}) | {"status.json"}
-
-
-def space_file(tmp: Path, points: list[dict] | None = None, **overrides) -> Path:
-    """The smoke space with searched points tried first and fixed overrides."""
-    space = load_space("smoke")
-    for key, value in overrides.items():
-        section, leaf = key.split(".")
-        space[section][leaf] = value
-    if points:
-        space["points_to_evaluate"] = points
-    path = tmp / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
 
 
 def trial_dirs(study: Path, group: str = "search") -> list[Path]:
@@ -45,29 +29,6 @@ def trial_dirs(study: Path, group: str = "search") -> list[Path]:
 
 def statuses(study: Path, group: str = "search") -> dict[str, dict]:
     return {d.name: json.loads((d / "status.json").read_text()) for d in trial_dirs(study, group)}
-
-
-GOOD = {"lora.rank": 8, "lora.targets": "all-linear", "train.lr": 0.02, "quant.bits": 16}
-BAD = {"lora.rank": 1, "lora.targets": "qv", "train.lr": 1e-7, "quant.bits": 16}
-
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("results")
-
-
-@pytest.fixture(scope="module")
-def multi_study(storage, tmp_path_factory):
-    """6 searched trials + baselines, two objectives; a bad config follows a good one."""
-    space = space_file(tmp_path_factory.mktemp("space"), points=[GOOD, BAD])
-    args = f"--space {space} --num-samples 6 --max-concurrent 1 --storage-path {storage} "
-    args += "--name multi --seed 3 --objective eval_loss,peak_mem_mb --grace 2"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(args.split())
-    assert code == 0
-    (storage / "multi" / "stdout.txt").write_text(out.getvalue())
-    return storage / "multi"
 
 
 def test_study_runs_searched_trials_baselines_and_asha_stops(multi_study, capsys):

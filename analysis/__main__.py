@@ -1,0 +1,135 @@
+"""python -m analysis: reports, Pareto fronts and the best trial under a budget, from study dirs.
+
+    python -m analysis report results/demo [results/other ...] [--out DIR] [--curves-by rank]
+    python -m analysis pareto results/demo --x peak_mem_mb --y eval_loss
+    python -m analysis best results/demo --max-mem-mb 800 [--objective exact_match]
+
+Bad input (a directory that is not a study, an unknown metric) ends with one line on stderr and
+exit code 2; "no trial fits the budget" with one line and exit code 1. Corrupt trial files are
+reported as warnings and the rest of the study is used.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from study.cli import OneLineParser
+from study.metrics import EVAL_LOSS, PEAK_MEM_MB
+
+PROG = "python -m analysis"
+
+
+def parse_args(argv: list[str] | None):
+    """The command line."""
+    parser = OneLineParser.for_module(PROG, __doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{report,pareto,best}")
+    report = sub.add_parser("report", help="HTML report, figures and trials.csv")
+    report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="study directories")
+    report.add_argument(
+        "--out", type=Path, help="output directory (default: DIR/report for one study)"
+    )
+    report.add_argument(
+        "--curves-by", default="rank", help="factor colouring the learning curves (default rank)"
+    )
+    pareto = sub.add_parser("pareto", help="print the Pareto front of two metrics")
+    pareto.add_argument(
+        "dirs", nargs="+", type=Path, metavar="DIR", help="study directories (pooled: one front)"
+    )
+    pareto.add_argument("--x", default=PEAK_MEM_MB, help=f"resource (default {PEAK_MEM_MB})")
+    pareto.add_argument("--y", default=EVAL_LOSS, help=f"quality (default {EVAL_LOSS})")
+    best = sub.add_parser("best", help="the best finished trial under a memory budget")
+    best.add_argument(
+        "dirs", nargs="+", type=Path, metavar="DIR", help="study directories (pooled)"
+    )
+    best.add_argument("--max-mem-mb", type=float, help="largest peak memory allowed (MB)")
+    best.add_argument("--objective", default=EVAL_LOSS, help=f"metric (default {EVAL_LOSS})")
+    for p in (report, pareto):
+        p.add_argument(
+            "--include-stopped",
+            action="store_true",
+            help="build fronts from stopped trials too (they had less budget)",
+        )
+    return parser.parse_args(argv)
+
+
+def default_out(dirs: list[Path]) -> Path:
+    """DIR/report for one study; next to the first study, named after all of them, for several."""
+    if len(dirs) == 1:
+        return dirs[0] / "report"
+    return dirs[0].resolve().parent / ("report-" + "+".join(d.resolve().name for d in dirs))
+
+
+def _report(args) -> int:
+    from analysis.report import build_report
+
+    path = build_report(
+        args.dirs, args.out or default_out(args.dirs), args.curves_by, args.include_stopped
+    )
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def _pareto(args) -> int:
+    from analysis.load import load_studies
+    from analysis.plots import TEST_OF
+    from analysis.select import check_metric, format_table, front_rows, label
+
+    trials = load_studies(args.dirs).trials
+    check_metric(trials, args.x)
+    check_metric(trials, args.y)
+    front = front_rows(trials, args.x, args.y, args.include_stopped).copy()
+    if not len(front):
+        print(f"{PROG}: no finished trial has both {args.y} and {args.x}", file=sys.stderr)
+        return 1
+    front["label"] = [label(r) for _, r in front.iterrows()]
+    columns = ["study", "group", "trial", "label", "status", args.y, args.x]
+    if args.y in TEST_OF:
+        columns.append(TEST_OF[args.y])
+    where = "finished and stopped" if args.include_stopped else "finished"
+    print(f"Pareto front of {args.y} vs {args.x} ({len(front)} of the {where} trials):")
+    print(format_table(front, columns))
+    return 0
+
+
+def _best(args) -> int:
+    from analysis.load import load_studies
+    from analysis.select import best_trial, describe, train_one_command
+
+    trials = load_studies(args.dirs).trials
+    row = best_trial(trials, args.objective, args.max_mem_mb)
+    budget = "" if args.max_mem_mb is None else f" with {PEAK_MEM_MB} <= {args.max_mem_mb:g}"
+    if row is None:
+        print(f"{PROG}: no finished trial has {args.objective}{budget}", file=sys.stderr)
+        return 1
+    mem = row[PEAK_MEM_MB]
+    mem_text = "-" if mem != mem else f"{mem:.0f} MB"
+    print(
+        f"best {args.objective}{budget}: {row[args.objective]:.6g}  "
+        f"[{row['study']}/{row['group']}/{row['trial']}] {describe(row)}, peak {mem_text}"
+    )
+    print(train_one_command(row))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input -> one line on stderr and exit code 2."""
+    args = parse_args(argv)
+    from analysis.load import ResultWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultWarning)
+        try:
+            code = {"report": _report, "pareto": _pareto, "best": _best}[args.command](args)
+        except ValueError as err:  # NotAStudyError, unknown metric or factor
+            code = 2
+            print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+    for w in caught:
+        if issubclass(w.category, ResultWarning):
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

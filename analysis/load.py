@@ -1,0 +1,330 @@
+"""Study directories -> pandas tables: one row per trial, and a long table of learning curves.
+
+    data = load_studies(["results/demo-20250101-120000"])
+    data.trials[["study", "rank", "targets", "bits", "status", "eval_loss", "peak_mem_mb"]]
+    data.curves.query("trial == 'a1b2c3d4'")[["step", "eval_loss"]]
+
+Only the trial files of DESIGN.md are read (config.json, metrics.json, curve.jsonl, status.json,
+examples.json) plus the study's study.json and optuna.json; Ray's files are never opened and
+nothing is unpickled. A truncated or corrupt file gives a :class:`ResultWarning` naming it: a
+trial without a readable config.json is skipped, one without readable metrics keeps its config,
+status and curve; the other trials still load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from study import metrics as M
+
+GROUPS = ("search", "baselines")
+# config.json keys -> column names (the design card's parameter names, flattened)
+CONFIG_COLUMNS = {
+    "method": ("method",),
+    "model": ("model", "name"),
+    "task": ("data", "task"),
+    "rank": ("lora", "rank"),
+    "alpha": ("lora", "alpha"),
+    "targets": ("lora", "targets"),
+    "dropout": ("lora", "dropout"),
+    "bits": ("quant", "bits"),
+    "quant_type": ("quant", "type"),
+    "data_size": ("data", "size"),
+    "lr": ("train", "lr"),
+    "steps": ("train", "steps"),
+    "seed": ("seed",),
+}
+LORA_ONLY = ("rank", "alpha", "targets", "dropout")
+METRICS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
+CURVE_COLUMNS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
+STATUSES = ("finished", "stopped", "errored", "running", "unknown")
+DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")  # Optuna trials that must have a directory
+TRIAL_COLUMNS = [
+    "study",
+    "group",
+    "trial",
+    "trial_dir",
+    *CONFIG_COLUMNS,
+    "baseline",
+    "status",
+    "status_step",
+    "status_reason",
+    *METRICS,
+    *(f"best_{m}{s}" for m in (M.EVAL_LOSS, M.EXACT_MATCH) for s in ("", "_step")),
+    "evals",
+]
+
+
+class ResultWarning(UserWarning):
+    """A result file that is missing, truncated or corrupt (the rest still loads)."""
+
+
+class NotAStudyError(ValueError):
+    """A directory that is not a study directory (no study.json, search/ or baselines/)."""
+
+
+class StudyData(NamedTuple):
+    """What :func:`load_studies` returns."""
+
+    trials: pd.DataFrame  # one row per trial
+    curves: pd.DataFrame  # one row per (trial, evaluation)
+    studies: dict[str, dict]  # study name -> study.json (empty if unreadable)
+    warnings: list[str]  # every ResultWarning raised while loading
+
+
+def _warn(found: list[str], message: str) -> None:
+    found.append(message)
+    warnings.warn(message, ResultWarning, stacklevel=3)
+
+
+def _read_json(path: Path, found: list[str], what: str):
+    """Parsed JSON, or None (with a warning) when the file is missing, truncated or invalid."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        _warn(found, f"{path}: missing; {what}")
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        _warn(found, f"{path}: unreadable ({type(err).__name__}); {what}")
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        kind = "truncated" if err.pos >= len(text.rstrip()) else "not valid JSON"
+        _warn(found, f"{path}: {kind} ({err.msg} at char {err.pos}); {what}")
+        return None
+
+
+def check_study_dir(path: str | Path) -> Path:
+    """``path`` as a Path if it is a study directory, else NotAStudyError with one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise NotAStudyError(f"{p} does not exist")
+    if not p.is_dir():
+        raise NotAStudyError(f"{p} is a file, not a study directory")
+    if (p / "config.json").is_file() and not (p / "study.json").is_file():
+        raise NotAStudyError(
+            f"{p} is a trial directory, not a study; give its study directory ({p.parent.parent})"
+        )
+    if not ((p / "study.json").is_file() or any((p / g).is_dir() for g in GROUPS)):
+        raise NotAStudyError(
+            f"{p} is not a study directory (no study.json, search/ or baselines/); "
+            "studies are made by python -m study.tune"
+        )
+    return p
+
+
+def _get(config: dict, keys: tuple[str, ...]):
+    for key in keys:
+        if not isinstance(config, dict) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
+def _scalar(value):
+    """Metric values as numbers: None / non-numbers -> NaN (a dict such as per-skill scores)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return math.nan
+
+
+def _curve(path: Path, found: list[str]) -> list[dict]:
+    if not path.is_file():
+        return []
+    points = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            point = json.loads(line)
+        except json.JSONDecodeError:
+            _warn(found, f"{path}: line {number} is not valid JSON; that point is skipped")
+            continue
+        if isinstance(point, dict) and M.STEP in point:
+            points.append(point)
+    return points
+
+
+def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict, list, dict]:
+    """One trial's row, curve points and config, or ({}, [], {}) without a readable config."""
+    config = _read_json(d / "config.json", found, "trial skipped")
+    if not isinstance(config, dict) or not isinstance(config.get("method"), str):
+        if config is not None:
+            _warn(found, f"{d / 'config.json'}: not a trial config; trial skipped")
+        return {}, [], {}
+    row: dict = {"study": study, "group": group, "trial": d.name, "trial_dir": str(d)}
+    for column, keys in CONFIG_COLUMNS.items():
+        value = _get(config, keys)
+        row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
+    row["baseline"] = group == "baselines"
+    status = _status(d, found)
+    row["status"] = status.get("status") if status.get("status") in STATUSES else "unknown"
+    row["status_step"] = _scalar(status.get("step"))
+    row["status_reason"] = status.get("reason")
+    metrics = {}
+    if (d / "metrics.json").exists() or row["status"] in ("finished", "stopped"):
+        metrics = _read_json(d / "metrics.json", found, "trial loaded without its metrics") or {}
+    if not isinstance(metrics, dict):
+        _warn(found, f"{d / 'metrics.json'}: not a JSON object; trial loaded without its metrics")
+        metrics = {}
+    row.update({name: _scalar(metrics.get(name)) for name in METRICS})
+    curve = _curve(d / "curve.jsonl", found)
+    for name in (M.EVAL_LOSS, M.EXACT_MATCH):
+        values = [(p[M.STEP], _scalar(p.get(name))) for p in curve]
+        values = [(s, v) for s, v in values if not math.isnan(v)]
+        pick = (max if M.mode(name) == "max" else min)(values, key=lambda sv: sv[1], default=None)
+        row[f"best_{name}"] = pick[1] if pick else math.nan
+        row[f"best_{name}_step"] = pick[0] if pick else math.nan
+    row["evals"] = len(curve)
+    points = [
+        {"study": study, "group": group, "trial": d.name, **{c: p.get(c) for c in CURVE_COLUMNS}}
+        for p in curve
+    ]
+    return row, points, config
+
+
+def _status(d: Path, found: list[str]) -> dict:
+    if not (d / "status.json").exists():
+        return {}  # a trial made outside a study (study.train_one) has no status
+    status = _read_json(d / "status.json", found, "status unknown")
+    return status if isinstance(status, dict) else {}
+
+
+def _missing_trials(study_dir: Path, record: dict, configs: dict, found: list[str]) -> None:
+    """Warn about trials that the study recorded but whose directory is gone or unreadable."""
+    optuna = study_dir / "optuna.json"
+    searched = [c for (group, _), c in configs.items() if group == "search"]
+    if optuna.is_file():
+        data = _read_json(optuna, found, "deleted search trials cannot be detected")
+        recorded = data.get("trials", []) if isinstance(data, dict) else []
+        unmatched = list(searched)
+        for trial in recorded:
+            # a RUNNING trial of a live study may not have written its config.json yet
+            if not isinstance(trial, dict) or trial.get("state") not in DONE_STATES:
+                continue
+            params = trial.get("params") or {}
+            match = next((c for c in unmatched if _same_params(c, params)), None)
+            if match is not None:
+                unmatched.remove(match)
+            else:
+                text = ", ".join(f"{k.replace('/', '.')}={v}" for k, v in params.items())
+                _warn(
+                    found,
+                    f"{study_dir / 'search'}: Optuna trial #{trial.get('number')} ({text}) has no "
+                    "readable trial directory (deleted or corrupt)",
+                )
+    # baselines run before the search: only once the search started must they all be there
+    expected = (_get(record, ("fixed", "baselines")) or []) if searched else []
+    have = [c["method"] for (group, _), c in configs.items() if group == "baselines"]
+    for baseline in expected:
+        method = baseline.get("method") if isinstance(baseline, dict) else None
+        if method in have:
+            have.remove(method)
+        else:
+            _warn(
+                found,
+                f"{study_dir / 'baselines'}: the {method} baseline has no readable trial directory"
+                " (deleted or corrupt)",
+            )
+
+
+def _same_params(config: dict, params: dict) -> bool:
+    """Whether a trial's config has the values Optuna recorded (keys like ``lora/rank``)."""
+    for key, value in params.items():
+        mine = _get(config, tuple(key.split("/")))
+        if isinstance(value, float) or isinstance(mine, float):
+            try:
+                if not math.isclose(float(mine), float(value), rel_tol=1e-9):
+                    return False
+            except (TypeError, ValueError):
+                return False
+        elif mine != value:
+            return False
+    return True
+
+
+def load_study(path: str | Path, name: str | None = None) -> StudyData:
+    """One study directory (see :func:`load_studies`)."""
+    study_dir = check_study_dir(path)
+    name = name or study_dir.resolve().name
+    found: list[str] = []
+    record = {}
+    if (study_dir / "study.json").is_file():
+        record = _read_json(study_dir / "study.json", found, "command and space unknown") or {}
+    rows, points, configs = [], [], {}
+    for group in GROUPS:
+        base = study_dir / group
+        if not base.is_dir():
+            continue
+        for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not (d / "config.json").exists() and not (d / "metrics.json").exists():
+                # an empty directory or one of a trial that is only starting is no problem
+                if any(d.iterdir()) and _status(d, found).get("status") != "running":
+                    _warn(found, f"{d}: no config.json; trial skipped")
+                continue
+            row, curve, config = _trial_row(name, group, d, found)
+            if row:
+                rows.append(row)
+                points.extend(curve)
+                configs[group, d.name] = config
+    _missing_trials(study_dir, record, configs, found)
+    return StudyData(_trials_frame(rows), _curves_frame(points), {name: record}, found)
+
+
+def _trials_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    # nullable integers: a full fine-tuning row has no rank, and "8" reads better than "8.0"
+    for column in ("rank", "bits", "data_size", "steps", "seed", "status_step", "evals"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def _curves_frame(points: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(points, columns=["study", "group", "trial", *CURVE_COLUMNS])
+
+
+def load_studies(paths: list[str | Path]) -> StudyData:
+    """Several study directories as one table, with a ``study`` column (the directory's name).
+
+    Raises:
+        NotAStudyError: a path that is not a study directory (nothing is loaded then).
+    """
+    dirs = [check_study_dir(p) for p in paths]
+    names = [d.resolve().name for d in dirs]
+    # two studies with one name (e.g. results/a/demo and other/demo) get their parent prefixed
+    names = [
+        f"{d.resolve().parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(dirs, names)
+    ]
+    parts = [load_study(d, n) for d, n in zip(dirs, names)]
+    studies = {k: v for p in parts for k, v in p.studies.items()}
+    return StudyData(
+        _concat([p.trials for p in parts], TRIAL_COLUMNS),
+        _concat([p.curves for p in parts], ["study", "group", "trial", *CURVE_COLUMNS]),
+        studies,
+        [w for p in parts for w in p.warnings],
+    )
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]  # pandas warns about concatenating empty frames
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def read_examples(trial_dir: str | Path) -> list[dict]:
+    """A trial's examples.json (prompt, target, output), or [] when absent or unreadable."""
+    try:
+        data = json.loads(Path(trial_dir, "examples.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []

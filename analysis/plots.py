@@ -1,0 +1,260 @@
+"""What each figure shows, computed from the trial table (drawn by :mod:`analysis.render`).
+
+    info = pareto_info(data.trials, x="peak_mem_mb", y="eval_loss")
+    info.fronts["demo"][["x", "y", "label"]]       # the front, sorted by x
+    fig = render.pareto_figure(info)
+
+As in Optuna's visualization code, every figure is split in two: a ``*_info`` function that
+returns a NamedTuple of plain arrays and tables (tested directly), and a render function that
+only draws it. Nothing here imports matplotlib.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from analysis.select import check_metric, front_flags, label, maximize
+from study import metrics as M
+
+FRONT_QUALITY = (M.EVAL_LOSS, M.EXACT_MATCH)
+FRONT_RESOURCES = (
+    M.PEAK_MEM_MB,
+    M.TRAIN_S,
+    M.TRAINABLE_PARAMS,
+    M.LATENCY_UNMERGED,
+    M.LATENCY_MERGED,
+    M.ADAPTER_MB,
+)
+LOG_AXES = frozenset({M.TRAINABLE_PARAMS})
+TEST_OF = {M.EVAL_LOSS: M.TEST_LOSS, M.EXACT_MATCH: M.TEST_EXACT_MATCH}
+FACTORS = ("rank", "alpha", "targets", "bits", "data_size")
+TARGET_ORDER = ("qv", "qkvo", "attention", "mlp", "all-linear")
+
+
+class ParetoInfo(NamedTuple):
+    """Quality ``y`` against resource ``x``: every trial, and each study's front."""
+
+    x: str
+    y: str
+    log_x: bool
+    points: pd.DataFrame  # study, trial, method, baseline, status, label, x, y, on_front
+    fronts: dict[str, pd.DataFrame]  # study -> front rows sorted by x: x, y, label, test
+    steps: dict[str, tuple[np.ndarray, np.ndarray]]  # study -> the front's step line (x, y)
+    where: str  # matplotlib step mode that draws the dominated region's boundary
+    missing: int  # trials without x or y (e.g. errored before the first evaluation)
+
+
+def _step_line(front: pd.DataFrame, x_max: bool, right: float) -> tuple[np.ndarray, np.ndarray]:
+    """The attainment boundary: best y reachable at each x, drawn through the front points."""
+    xs, ys = front["x"].to_numpy(float), front["y"].to_numpy(float)
+    if not len(xs):
+        return xs, ys
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    if x_max:  # larger x is better: the line runs in from the left edge
+        return np.r_[min(right, xs[0]), xs], np.r_[ys[0], ys]
+    return np.r_[xs, max(right, xs[-1])], np.r_[ys, ys[-1]]
+
+
+def pareto_info(trials: pd.DataFrame, x: str, y: str, include_stopped: bool = False) -> ParetoInfo:
+    """Points and fronts of ``y`` against ``x``; fronts from finished trials unless asked."""
+    check_metric(trials, x)
+    check_metric(trials, y)
+    has = trials[x].notna() & trials[y].notna()
+    rows = trials[has]
+    on_front = front_flags(rows, [y, x], include_stopped)
+    points = pd.DataFrame(
+        {
+            "study": rows["study"],
+            "trial": rows["trial"],
+            "method": rows["method"],
+            "baseline": rows["baseline"].astype(bool),
+            "status": rows["status"],
+            "label": [label(r) for _, r in rows.iterrows()],
+            "x": rows[x].astype(float),
+            "y": rows[y].astype(float),
+            "on_front": on_front.astype(bool),
+        }
+    )
+    test = TEST_OF.get(y)
+    points["test"] = rows[test].astype(float) if test else np.nan
+    fronts, steps = {}, {}
+    edge = (points["x"].min() if maximize(x) else points["x"].max()) if len(points) else 0.0
+    for study in trials["study"].unique():
+        front = points[(points["study"] == study) & points["on_front"]]
+        front = front.sort_values(["x", "y"], ascending=[True, not maximize(y)], kind="stable")
+        fronts[study] = front.reset_index(drop=True)
+        steps[study] = _step_line(front, maximize(x), edge)
+    return ParetoInfo(
+        x=x,
+        y=y,
+        log_x=x in LOG_AXES,
+        points=points.reset_index(drop=True),
+        fronts=fronts,
+        steps=steps,
+        where="pre" if maximize(x) else "post",
+        missing=int((~has).sum()),
+    )
+
+
+class FactorInfo(NamedTuple):
+    """Quality ``metric`` by the levels of one factor: every finished LoRA trial, medians."""
+
+    factor: str
+    metric: str
+    levels: list[str]  # in plotting order
+    points: pd.DataFrame  # study, trial, level (index into levels), y
+    medians: dict[str, np.ndarray]  # study -> median per level (NaN where it has no trial)
+
+
+def _level_order(values: list) -> list:
+    """Numbers ascending; target shorthands in order of size, then other names alphabetically."""
+    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
+        return sorted(values)
+    known = [t for t in TARGET_ORDER if t in values]
+    return known + sorted(str(v) for v in values if v not in TARGET_ORDER)
+
+
+def _level_text(value) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def factor_info(trials: pd.DataFrame, factor: str, metric: str = M.EVAL_LOSS) -> FactorInfo:
+    """The effect of ``factor`` on ``metric`` over finished searched LoRA trials."""
+    if factor not in FACTORS:
+        raise ValueError(f"unknown factor {factor!r}; use one of {', '.join(FACTORS)}")
+    check_metric(trials, metric)
+    rows = trials[
+        (trials["status"] == "finished")
+        & (trials["method"] == "lora")
+        & trials[factor].notna()
+        & trials[metric].notna()
+    ]
+    raw = [v.item() if hasattr(v, "item") else v for v in rows[factor]]
+    levels = _level_order(list(dict.fromkeys(raw)))
+    index = {lv: i for i, lv in enumerate(levels)}
+    points = pd.DataFrame(
+        {
+            "study": rows["study"].to_numpy(),
+            "trial": rows["trial"].to_numpy(),
+            "level": np.array([index[v] for v in raw], dtype=int),
+            "y": rows[metric].to_numpy(float),
+        }
+    )
+    medians = {}
+    for study in trials["study"].unique():
+        mine = points[points["study"] == study]
+        medians[study] = np.array(
+            [
+                np.median(mine["y"][mine["level"] == i]) if (mine["level"] == i).any() else np.nan
+                for i in range(len(levels))
+            ]
+        )
+    return FactorInfo(factor, metric, [_level_text(v) for v in levels], points, medians)
+
+
+class CurveLine(NamedTuple):
+    """One trial's learning curve."""
+
+    study: str
+    trial: str
+    level: str  # the colouring factor's level ("full" / "base" for baselines)
+    status: str
+    steps: np.ndarray
+    values: np.ndarray
+
+
+class CurvesInfo(NamedTuple):
+    """Learning curves of ``metric`` coloured by ``factor``; stopped trials end in a marker."""
+
+    metric: str
+    factor: str
+    levels: list[str]  # colour order
+    lines: list[CurveLine]
+    stops: pd.DataFrame  # study, trial, level, step, value: where ASHA stopped a trial
+
+
+def curves_info(
+    trials: pd.DataFrame, curves: pd.DataFrame, factor: str = "rank", metric: str = M.EVAL_LOSS
+) -> CurvesInfo:
+    """Every trial's curve of ``metric`` against step, with its ``factor`` level and status."""
+    if factor not in FACTORS:
+        raise ValueError(f"unknown factor {factor!r}; use one of {', '.join(FACTORS)}")
+    if metric not in curves.columns:
+        raise ValueError(f"curves have no {metric!r}; use one of {', '.join(curves.columns[3:])}")
+    keyed = trials.set_index(["study", "group", "trial"])
+    lines, stops, raw_levels = [], [], []
+    for (study, group, trial), part in curves.groupby(["study", "group", "trial"], sort=False):
+        if (study, group, trial) not in keyed.index:
+            continue
+        row = keyed.loc[(study, group, trial)]
+        part = part[part[metric].notna()].sort_values(M.STEP)
+        if not len(part):
+            continue
+        value = row[factor] if row["method"] == "lora" else row["method"]
+        value = value.item() if hasattr(value, "item") else value
+        raw_levels.append(value)
+        line = CurveLine(
+            study,
+            trial,
+            _level_text(value),
+            row["status"],
+            part[M.STEP].to_numpy(float),
+            part[metric].to_numpy(float),
+        )
+        lines.append(line)
+        if line.status == "stopped":
+            stops.append((study, trial, line.level, line.steps[-1], line.values[-1]))
+    numeric = [v for v in dict.fromkeys(raw_levels) if v not in ("full", "base")]
+    others = [v for v in ("full", "base") if v in raw_levels]
+    levels = [_level_text(v) for v in _level_order(numeric)] + others
+    stops_frame = pd.DataFrame(stops, columns=["study", "trial", "level", "step", "value"])
+    return CurvesInfo(metric, factor, levels, lines, stops_frame)
+
+
+class SeedsInfo(NamedTuple):
+    """LoRA variants against full fine-tuning: one bar per variant in each metric's panel."""
+
+    labels: list[str]
+    methods: list[str]  # "full" or "lora" per bar
+    metrics: list[str]
+    values: dict[str, np.ndarray]  # metric -> one value per bar (median over the variant)
+    counts: np.ndarray  # trials per bar
+
+
+SEEDS_METRICS = (M.TRAINABLE_PARAMS, M.STEP_MS, M.PEAK_MEM_MB)
+
+
+def seeds_info(trials: pd.DataFrame, quality: str = M.EVAL_LOSS, limit: int = 12) -> SeedsInfo:
+    """The seeds' question: full fine-tuning vs LoRA (rank x targets x bits, median of trials)."""
+    check_metric(trials, quality)
+    metrics = [*SEEDS_METRICS, quality]
+    if quality != M.EXACT_MATCH and trials[M.EXACT_MATCH].notna().any():
+        metrics.append(M.EXACT_MATCH)
+    rows = trials[trials["status"].eq("finished") & trials["method"].isin(["lora", "full"])].copy()
+    several = trials["study"].nunique() > 1
+    rows["variant"] = [
+        (f"{r['study']}: " if several else "") + label(r) for _, r in rows.iterrows()
+    ]
+    grouped = rows.groupby("variant", sort=False)
+    table = grouped[metrics].median()
+    table["method"] = grouped["method"].first()
+    table["count"] = grouped.size()
+    full = table[table["method"] == "full"]
+    lora = table[table["method"] == "lora"]
+    # too many variants make unreadable bars: keep the best on quality, then order by size
+    lora = lora.sort_values(quality, ascending=not maximize(quality)).head(limit - len(full))
+    lora = lora.sort_values([M.TRAINABLE_PARAMS, quality], ascending=[True, not maximize(quality)])
+    table = pd.concat([full, lora]) if len(full) and len(lora) else (full if len(full) else lora)
+    return SeedsInfo(
+        labels=list(table.index),
+        methods=list(table["method"]),
+        metrics=metrics,
+        values={m: table[m].to_numpy(float) for m in metrics},
+        counts=table["count"].to_numpy(int),
+    )

@@ -1,0 +1,264 @@
+"""`python -m analysis report DIR [DIR ...]`: a self-contained HTML report, figures and tables.
+
+    python -m analysis report results/demo --out results/demo/report
+    python -m analysis report results/q4 results/q16 --out reports/4-vs-16   # overlaid studies
+
+Writes ``report.html`` (images embedded as base64: it opens from disk, mailed or copied alone),
+``figures/*.png`` and ``figures/*.svg``, ``trials.csv`` (one row per trial, with the Pareto flag
+over eval_loss and peak_mem_mb) and ``curves.csv`` (every evaluation of every trial).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shlex
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots, render
+from analysis.load import StudyData, load_studies, read_examples
+from analysis.select import (
+    PARETO_COLUMN,
+    describe,
+    front_hypervolumes,
+    front_rows,
+    label,
+    maximize,
+    with_pareto_column,
+)
+from study import metrics as M
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
+table.wrap td { white-space: pre-wrap; max-width: 36em; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+.scroll { overflow-x: auto; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; }
+.grid figure { flex: 1 1 520px; max-width: 590px; }
+figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.8em; color: #555; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+.warn { color: #a15c00; }
+"""
+TABLE_METRICS = [
+    M.EVAL_LOSS,
+    M.TEST_LOSS,
+    M.EXACT_MATCH,
+    M.TEST_EXACT_MATCH,
+    M.PEAK_MEM_MB,
+    M.TRAIN_S,
+    M.TRAINABLE_PARAMS,
+    M.LATENCY_MERGED,
+]
+
+
+def _cell(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def html_table(
+    rows: pd.DataFrame, columns: list[str], left: tuple[str, ...] = (), wrap: bool = False
+) -> str:
+    """An HTML table of ``columns`` (text columns in ``left`` are left-aligned)."""
+    cls = {c: ' class="l"' if c in left else "" for c in columns}
+    head = "".join(f"<th{cls[c]}>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls[c]}>{_cell(r[c])}</td>" for c in columns) + "</tr>"
+        for _, r in rows.iterrows()
+    )
+    table = "<table class='wrap'>" if wrap else "<table>"
+    return f"<div class='scroll'>{table}<tr>{head}</tr>{body}</table></div>"
+
+
+class _Figures:
+    """Saves figures under ``out/figures`` and keeps their HTML (PNG embedded as base64)."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out / "figures"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+
+    def add(self, fig, name: str, caption: str) -> str:
+        png, svg = render.save(fig, self.dir / name)
+        self.files += [png, svg]
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)} (figures/{name}.png, .svg)</figcaption></figure>"
+        )
+
+
+def _pareto_section(trials: pd.DataFrame, figs: _Figures, include_stopped: bool) -> str:
+    parts = []
+    for y in plots.FRONT_QUALITY:
+        if not trials[y].notna().any():
+            continue
+        items = []
+        for x in plots.FRONT_RESOURCES:
+            info = plots.pareto_info(trials, x, y, include_stopped)
+            if not len(info.points):
+                continue
+            caption = f"{y} vs {x}" + (" (log scale)" if info.log_x else "")
+            items.append(figs.add(render.pareto_figure(info), f"pareto_{y}_{x}", caption))
+        parts.append(f"<h3>{html.escape(y)}</h3><div class='grid'>{''.join(items)}</div>")
+    return "".join(parts)
+
+
+def _factors_section(trials: pd.DataFrame, figs: _Figures) -> str:
+    rows = []
+    for metric in plots.FRONT_QUALITY:
+        if not trials[metric].notna().any():
+            continue
+        infos = [plots.factor_info(trials, f, metric) for f in plots.FACTORS]
+        infos = [i for i in infos if i.levels]
+        if infos:
+            rows.append(infos)
+    if not rows:
+        return "<p>No finished LoRA trial: no factor effects to show.</p>"
+    return figs.add(render.factors_figure(rows), "factors", "quality by factor level")
+
+
+def _examples_section(trials: pd.DataFrame, k: int = 3) -> str:
+    """Generations of the best finished trials on eval_loss (and exact_match if measured)."""
+    parts, shown = [], set()
+    for metric in (M.EVAL_LOSS, M.EXACT_MATCH):
+        pool = trials[(trials["status"] == "finished") & trials[metric].notna()]
+        best = pool.sort_values(metric, ascending=not maximize(metric)).head(k)
+        for _, row in best.iterrows():
+            key = (row["study"], row["group"], row["trial"])
+            if key in shown:
+                continue
+            shown.add(key)
+            examples = pd.DataFrame(read_examples(row["trial_dir"]))
+            if examples.empty:
+                continue
+            title = (
+                f"{row['study']}/{row['group']}/{row['trial']}: {describe(row)} "
+                f"({metric} {row[metric]:.4g})"
+            )
+            cols = [c for c in ("prompt", "target", "output") if c in examples.columns]
+            parts.append(
+                f"<h3>{html.escape(title)}</h3>"
+                + html_table(examples, cols, tuple(cols), wrap=True)
+            )
+    return "".join(parts) or "<p>No generation examples.</p>"
+
+
+def _hypervolume_text(trials: pd.DataFrame, include_stopped: bool) -> str:
+    """For overlaid studies: the area each front dominates, against one shared reference."""
+    if trials["study"].nunique() < 2:
+        return ""
+    volumes, (ref_y, ref_x) = front_hypervolumes(
+        trials, M.PEAK_MEM_MB, M.EVAL_LOSS, include_stopped
+    )
+    items = "".join(f"<li>{html.escape(s)}: {v:.4g}</li>" for s, v in volumes.items())
+    return (
+        f"<p>Hypervolume of each study's front (larger is better; reference: eval_loss "
+        f"{ref_y:.4g}, peak_mem_mb {ref_x:.4g}, the worst of all studies):</p><ul>{items}</ul>"
+    )
+
+
+def _studies_section(data: StudyData) -> str:
+    parts = []
+    for name, record in data.studies.items():
+        mine = data.trials[data.trials["study"] == name]
+        counts = mine.groupby(["group", "status"]).size()
+        text = ", ".join(f"{g} {s}: {n}" for (g, s), n in counts.items()) or "no trials"
+        command = shlex.join(record.get("command", [])) or "(study.json missing)"
+        space = json.dumps(record.get("space", {}), indent=1)
+        parts.append(
+            f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}; objectives "
+            f"{html.escape(', '.join(record.get('objectives', [])) or '-')}; created "
+            f"{html.escape(str(record.get('created', '-')))}</p>"
+            f"<pre>{html.escape(command)}</pre><details><summary>search space</summary>"
+            f"<pre>{html.escape(space)}</pre></details>"
+        )
+    return "".join(parts)
+
+
+def build_report(
+    dirs: list[str | Path],
+    out: str | Path,
+    curves_by: str = "rank",
+    include_stopped: bool = False,
+) -> Path:
+    """Load the studies, write every figure, table and report.html under ``out``; return it.
+
+    Raises:
+        NotAStudyError: a directory that is not a study. ValueError: an unknown factor.
+    """
+    if curves_by not in plots.FACTORS:
+        raise ValueError(f"unknown factor {curves_by!r}; use one of {', '.join(plots.FACTORS)}")
+    data = load_studies(dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = with_pareto_column(data.trials)
+    trials.to_csv(out / "trials.csv", index=False)
+    data.curves.to_csv(out / "curves.csv", index=False)
+    trials["label"] = [label(r) for _, r in trials.iterrows()]
+    figs = _Figures(out)
+    sections = [("Studies", _studies_section(data))]
+    if data.warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
+        sections.append(("Problems found while loading", f"<ul class='warn'>{items}</ul>"))
+    front = front_rows(trials, M.PEAK_MEM_MB, M.EVAL_LOSS, include_stopped, by_study=True)
+    columns = ["study", "group", "trial", "label", "status", *TABLE_METRICS]
+    sections.append(
+        (
+            "Pareto set: eval_loss vs peak_mem_mb",
+            "<p>Finished trials no other finished trial of their study beats on both (flagged in "
+            f"trials.csv as <code>{PARETO_COLUMN}</code>); test metrics are on the held-out "
+            "split.</p>"
+            + html_table(front, columns, ("study", "group", "trial", "label", "status"))
+            + _hypervolume_text(trials, include_stopped),
+        )
+    )
+    sections.append(("Quality vs resources", _pareto_section(trials, figs, include_stopped)))
+    sections.append(("Factor effects", _factors_section(trials, figs)))
+    if len(data.curves):
+        info = plots.curves_info(trials, data.curves, curves_by)
+        caption = f"learning curves coloured by {curves_by}"
+        sections.append(
+            ("Learning curves", figs.add(render.curves_figure(info), "curves", caption))
+        )
+    seeds = plots.seeds_info(trials)
+    if seeds.labels:
+        caption = "LoRA vs full fine-tuning: parameters, step time, memory, quality"
+        sections.append(
+            ("LoRA vs full fine-tuning", figs.add(render.seeds_figure(seeds), "seeds", caption))
+        )
+    sections.append(("Generations of the best trials", _examples_section(trials)))
+    errored = trials[trials["status"] == "errored"]
+    if len(errored):
+        cols = ["study", "group", "trial", "label", "status_step", "status_reason"]
+        sections.append(("Errored trials", html_table(errored, cols, tuple(cols), wrap=True)))
+    all_cols = ["study", "group", "trial", "label", "status", "status_step", *TABLE_METRICS]
+    sections.append(
+        (
+            "All trials",
+            "<p>Every column is in trials.csv next to this file.</p>"
+            + html_table(trials, all_cols, ("study", "group", "trial", "label", "status")),
+        )
+    )
+    title = "LoRA study report: " + ", ".join(data.studies)
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>Built {time.strftime('%Y-%m-%d %H:%M:%S')} from "
+        f"{len(trials)} trials.</p>{body}</body></html>"
+    )
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,174 @@
+"""Picking trials from the loaded table: labels, Pareto sets, the best trial under a budget.
+
+    front = front_rows(trials, x="peak_mem_mb", y="eval_loss")   # finished trials by default
+    pick = best_trial(trials, "exact_match", max_mem_mb=800)
+    print(train_one_command(pick))
+
+Fronts and "best" use finished trials only unless asked: a trial stopped by ASHA was given
+less budget, so its metrics are not comparable with a finished one's.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.pareto import hypervolume_2d, pareto_mask
+from study import metrics as M
+
+PARETO_COLUMN = f"pareto_{M.EVAL_LOSS}_{M.PEAK_MEM_MB}"
+
+
+def maximize(name: str) -> bool:
+    """Whether a larger value of metric ``name`` is better."""
+    return M.mode(name) == "max"
+
+
+def check_metric(trials: pd.DataFrame, name: str) -> None:
+    """ValueError (one line) unless ``name`` is a metric column of the table."""
+    known = [*M.QUALITY, *M.RESOURCES, *M.PROGRESS]
+    if name not in known or name not in trials.columns:
+        raise ValueError(f"unknown metric {name!r}; use one of {', '.join(known)}")
+
+
+def label(row: pd.Series | dict) -> str:
+    """A short name for a trial: ``r8 all-linear 4b`` for LoRA, ``full 16b`` for baselines."""
+    bits = row.get("bits")
+    suffix = "" if bits is None or pd.isna(bits) else f" {int(bits)}b"
+    if row.get("method") != "lora":
+        return f"{row.get('method')}{suffix}"
+    rank = row.get("rank")
+    rank_text = "?" if rank is None or pd.isna(rank) else int(rank)
+    return f"r{rank_text} {row.get('targets')}{suffix}"
+
+
+def describe(row: pd.Series | dict) -> str:
+    """A longer description: method, rank/alpha/targets, bits, data size, lr."""
+    what = label(row)
+    if row.get("method") == "lora":
+        alpha = row.get("alpha")
+        if alpha is not None and not pd.isna(alpha):
+            what = what.replace(" ", f" a{alpha:g} ", 1)
+        what = f"lora {what}"
+    lr = row.get("lr")
+    lr_text = f", lr {lr:.2g}" if isinstance(lr, (int, float)) and not math.isnan(lr) else ""
+    return f"{what}, data {row.get('data_size')}{lr_text}"
+
+
+def _candidates(trials: pd.DataFrame, include_stopped: bool) -> pd.Series:
+    ok = ["finished", "stopped"] if include_stopped else ["finished"]
+    return trials["status"].isin(ok)
+
+
+def front_flags(
+    trials: pd.DataFrame,
+    objectives: list[str],
+    include_stopped: bool = False,
+    by_study: bool = True,
+) -> pd.Series:
+    """Boolean Series: the trial is on the Pareto front of ``objectives``.
+
+    Only finished trials (and stopped ones if ``include_stopped``) with every objective present
+    are candidates; baselines are included, so a base model that is cheaper and as good shows.
+    With ``by_study`` each study has its own front (how overlaid studies are compared);
+    otherwise all studies are pooled.
+    """
+    for name in objectives:
+        check_metric(trials, name)
+    flags = pd.Series(False, index=trials.index)
+    pool = trials[_candidates(trials, include_stopped)]
+    groups = pool.groupby("study", sort=False) if by_study else [(None, pool)]
+    for _, part in groups:
+        values = part[objectives].to_numpy(dtype=float)
+        flags.loc[part.index] = pareto_mask(values, [maximize(n) for n in objectives])
+    return flags
+
+
+def front_rows(
+    trials: pd.DataFrame, x: str, y: str, include_stopped: bool = False, by_study: bool = False
+) -> pd.DataFrame:
+    """The front of ``y`` against ``x`` as rows sorted by ``x`` (better first)."""
+    rows = trials[front_flags(trials, [y, x], include_stopped, by_study)]
+    return rows.sort_values([x, y], ascending=[not maximize(x), not maximize(y)], kind="stable")
+
+
+def front_hypervolumes(
+    trials: pd.DataFrame, x: str, y: str, include_stopped: bool = False
+) -> tuple[dict[str, float], tuple[float, float]]:
+    """Each study's hypervolume of ``y`` vs ``x`` against one shared reference point: the worst
+    ``y`` and the worst ``x`` among all studies' candidates (so overlaid studies compare)."""
+    check_metric(trials, x)
+    check_metric(trials, y)
+    pool = trials[_candidates(trials, include_stopped) & trials[x].notna() & trials[y].notna()]
+    if not len(pool):
+        return {}, (math.nan, math.nan)
+    reference = tuple(float(pool[c].min() if maximize(c) else pool[c].max()) for c in (y, x))
+    volumes = {
+        study: hypervolume_2d(part[[y, x]].to_numpy(float), [maximize(y), maximize(x)], reference)
+        for study, part in pool.groupby("study", sort=False)
+    }
+    return volumes, reference
+
+
+def with_pareto_column(trials: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``pareto_eval_loss_peak_mem_mb`` (each study's finished front, as drawn) and,
+    for several studies, ``..._pooled`` (the front of all of them together)."""
+    out = trials.copy()
+    objectives = [M.EVAL_LOSS, M.PEAK_MEM_MB]
+    out[PARETO_COLUMN] = front_flags(trials, objectives)
+    if trials["study"].nunique() > 1:
+        out[f"{PARETO_COLUMN}_pooled"] = front_flags(trials, objectives, by_study=False)
+    return out
+
+
+def best_trial(
+    trials: pd.DataFrame, objective: str = M.EVAL_LOSS, max_mem_mb: float | None = None
+) -> pd.Series | None:
+    """The best finished trial on ``objective`` with ``peak_mem_mb <= max_mem_mb`` (or None).
+
+    Ties on the objective go to the lower peak memory, then to the first by study and trial id,
+    so the answer does not depend on the order the directories were listed in.
+    """
+    check_metric(trials, objective)
+    pool = trials[(trials["status"] == "finished") & trials[objective].notna()]
+    if max_mem_mb is not None:
+        pool = pool[pool[M.PEAK_MEM_MB].notna() & (pool[M.PEAK_MEM_MB] <= max_mem_mb)]
+    if not len(pool):
+        return None
+    order = pool.sort_values(
+        [objective, M.PEAK_MEM_MB, "study", "group", "trial"],
+        ascending=[not maximize(objective), True, True, True, True],
+        na_position="last",
+        kind="stable",
+    )
+    return order.iloc[0]
+
+
+def train_one_command(row: pd.Series | dict) -> str:
+    """A ready-to-run ``python -m study.train_one`` command that repeats the trial's config."""
+    config = Path(row["trial_dir"]).resolve() / "config.json"
+    out = Path("runs") / f"{row['study']}-{row['trial']}".replace("/", "-")
+    return shlex.join(
+        ["python", "-m", "study.train_one", "--config", str(config), "--out", str(out)]
+    )
+
+
+def format_table(rows: pd.DataFrame, columns: list[str]) -> str:
+    """A plain-text table (numbers to 4 significant digits, '-' for missing)."""
+
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return "-"
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.4g}"
+        return str(value)
+
+    body = [[cell(v) for v in row] for row in rows[columns].itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in body]
+    return "\n".join(lines)
