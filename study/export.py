@@ -1,0 +1,215 @@
+"""python -m study.export TRIAL_DIR OUT [--merged]: a trial's adapter, or the merged model.
+
+    python -m study.export results/demo/search/a1b2c3d4 exports/a1b2            # PEFT adapter
+    python -m study.export results/demo/search/a1b2c3d4 exports/a1b2-merged --merged
+
+Without ``--merged`` the adapter is copied as it is (``adapter_config.json`` and
+``adapter_model.safetensors``: loads with ``peft.PeftModel.from_pretrained`` or
+``lora_impl.load_adapter``). With ``--merged`` the base model is loaded as the trial loaded it
+(``study.models.load_model``), the adapter is loaded into it, merged and stripped
+(``lora_impl.unload(merge=True)``), and model and tokenizer are written with ``save_pretrained``:
+``AutoModelForCausalLM.from_pretrained(OUT)`` then needs neither this project nor PEFT.
+
+Quantized bases (``quant.bits`` 4 or 8) are dequantized, not refused: the merged model is float32
+with ``W = dequant(Q) + s B A``. That is the function the trial trained and evaluated. Merging
+into the original float weights instead would add an update learnt against the rounded weights
+to unrounded ones, and a re-quantized bitsandbytes checkpoint would round most of the update
+away and need bitsandbytes to load. 4-bit exports give the unmerged model's logits up to float
+rounding; the 8-bit kernel also quantizes activations, so 8-bit exports agree only to about 1e-2.
+The model is larger on disk than the quantized one. ``export.json`` records what was done.
+
+``method=full`` trials have no adapter: ``--merged`` writes the fine-tuned model from the trial's
+checkpoint. ``method=base`` trials trained nothing and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from study.cli import OneLineParser
+
+ADAPTER = "adapter"
+TRIAL_CONFIG = "trial_config.json"  # not config.json: a merged export's config.json is the model's
+
+
+class ExportError(ValueError):
+    """A trial that cannot be exported as asked (one line for the user)."""
+
+
+def parse_args(argv: list[str] | None = None):
+    """The command line."""
+    parser = OneLineParser.for_module("python -m study.export", __doc__)
+    parser.add_argument("trial_dir", type=Path, metavar="TRIAL_DIR", help="a trial directory")
+    parser.add_argument("out", type=Path, metavar="OUT", help="new output directory")
+    parser.add_argument(
+        "--merged", action="store_true", help="write the merged model in transformers format"
+    )
+    return parser.parse_args(argv)
+
+
+def read_trial_config(trial_dir: Path) -> dict:
+    """The trial's config.json, or ExportError naming what is wrong."""
+    path = Path(trial_dir) / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{trial_dir} is not a trial directory (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ExportError(f"{path} is corrupt (not valid JSON)") from None
+    if not isinstance(config, dict) or "method" not in config:
+        raise ExportError(f"{path} is not a trial config")
+    return config
+
+
+def dequantize_linears(model) -> list[str]:
+    """Replace every bitsandbytes linear by the float layer the architecture defines; names.
+
+    GPT-2's projections are transformers ``Conv1D`` (weight stored transposed): the layer type
+    is taken from a meta-device copy of the architecture so the saved model loads unchanged.
+    """
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    from lora_impl.layer import is_conv1d, quant_kind
+    from lora_impl.merge import dequantize_4bit_weight, int8_weight_stats
+
+    with torch.device("meta"):
+        reference = AutoModelForCausalLM.from_config(model.config)
+    replaced = []
+    for name, module in list(model.named_modules()):
+        kind = quant_kind(module)
+        if kind is None:
+            continue
+        if kind == "4bit":
+            weight = dequantize_4bit_weight(module).float()
+        else:
+            import bitsandbytes as bnb
+
+            weight = bnb.functional.int8_vectorwise_dequant(*int8_weight_stats(module)).float()
+        out_features, in_features = weight.shape
+        has_bias = module.bias is not None
+        if is_conv1d(reference.get_submodule(name)):
+            new = Conv1D(out_features, in_features)
+            new.weight = nn.Parameter(weight.t().contiguous(), requires_grad=False)
+        else:
+            new = nn.Linear(in_features, out_features, bias=has_bias)
+            new.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        if has_bias:
+            new.bias = nn.Parameter(module.bias.data.float().clone(), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+        replaced.append(name)
+    return replaced
+
+
+def merged_model(trial_dir: Path, config: dict):
+    """(model, tokenizer, notes): the trial's base with its adapter (or weights) merged in."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lora_impl import load_adapter, unload
+    from study.models import load_model
+
+    quant = config.get("quant", {})
+    bits = quant.get("bits", 16)
+    model, tokenizer = load_model(
+        config["model"]["name"],
+        quant_bits=bits,
+        quant_type=quant.get("type", "nf4"),
+        double_quant=quant.get("double_quant", False),
+    )
+    notes: dict = {"dequantized_from": None}
+    if bits < 16:
+        dequantize_linears(model)
+        kind = f"{bits}-bit" + (f" {quant.get('type', 'nf4')}" if bits == 4 else " LLM.int8")
+        notes["dequantized_from"] = kind
+    if config["method"] == "lora":
+        load_adapter(model, trial_dir / ADAPTER)
+        unload(model, merge=True)
+    else:  # full fine-tuning: the trained weights are the checkpoint's
+        weights_path = trial_dir / "checkpoint" / "trainable.safetensors"
+        if not weights_path.is_file():
+            raise ExportError(f"{trial_dir} has no checkpoint/trainable.safetensors to export")
+        weights = load_file(weights_path)
+        params = dict(model.named_parameters())
+        unknown = [n for n in weights if n not in params]
+        if unknown:
+            raise ExportError(f"{weights_path} does not match the model: unknown {unknown[:3]}")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.eval(), tokenizer, notes
+
+
+def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = False) -> Path:
+    """Write the trial's adapter (or merged model) to the new directory ``out``; return it.
+
+    Raises:
+        ExportError: not a trial, no adapter, a ``base`` trial, or ``out`` is not empty.
+    """
+    trial_dir, out = Path(trial_dir), Path(out)
+    config = read_trial_config(trial_dir)
+    method = config["method"]
+    if method == "base":
+        name = config.get("model", {}).get("name")
+        raise ExportError(f"{trial_dir} is a method=base trial: nothing was trained ({name})")
+    if method == "full" and not merged:
+        raise ExportError(f"{trial_dir} is full fine-tuning (no adapter): use --merged")
+    if method == "lora" and not (trial_dir / ADAPTER / "adapter_model.safetensors").is_file():
+        raise ExportError(f"{trial_dir} has no adapter/ (did the trial reach its first eval?)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not empty")
+    status = {}
+    if (trial_dir / "status.json").is_file():
+        status = json.loads((trial_dir / "status.json").read_text())
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    notes: dict = {}
+    if merged:
+        model, tokenizer, notes = merged_model(trial_dir, config)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    else:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(trial_dir / ADAPTER / name, tmp / name)
+    shutil.copy2(trial_dir / "config.json", tmp / TRIAL_CONFIG)
+    record = {
+        "trial_dir": str(trial_dir.resolve()),
+        "method": method,
+        "merged": merged,
+        "model": config.get("model", {}).get("name"),
+        "status": status.get("status"),
+        "step": status.get("step"),
+        **notes,
+    }
+    (tmp / "export.json").write_text(json.dumps(record, indent=2))
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(tmp, out)  # a crash never leaves a half-written export under OUT
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export; bad input -> one line on stderr and exit code 2."""
+    args = parse_args(argv)
+    try:
+        path = export(args.trial_dir, args.out, args.merged)
+    except ValueError as err:  # ExportError, or a corrupt adapter from load_adapter
+        print(f"study.export: error: {err}", file=sys.stderr)
+        return 2
+    what = "merged model" if args.merged else "adapter"
+    print(f"{what} written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
