@@ -10,7 +10,7 @@ PIN := -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint demo clean-venv constraints
+.PHONY: install test test-slow lint demo clean-venv constraints chromium
 
 install: $(STAMP)
 
@@ -31,16 +31,34 @@ constraints: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint
+# The report test opens report.html in headless Chromium: install Debian's package when it is
+# missing and this runs as root; otherwise say so (that one test then skips, the rest run).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium with apt-get (for the report's headless-browser test)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null; } || echo "apt-get could not install chromium: that test will be skipped"; \
+	  else \
+	    echo "chromium is missing and cannot be installed here (needs root and apt-get): the" \
+	      "headless-browser report test will be skipped (sudo apt-get install chromium)"; \
+	  fi; }
+
+test: lint chromium
 	$(PY) -m pytest -m "not slow and not gpu"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow"
 
-# A real study on the bundled model with the `default` space (about 10 minutes on 2 CPU cores).
-DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+# A real study on the bundled model with the `default` space (about 10 minutes on 2 CPU cores),
+# then its report. DEMO_NAME is fixed once (`:=`): a recursive `?=` would re-run `date` later.
+ifndef DEMO_NAME
+DEMO_NAME := demo-$(shell date +%Y%m%d-%H%M%S)
+endif
+DEMO_DIR = $(or $(LORA_STUDY_RESULTS),results)/$(DEMO_NAME)
 demo: $(STAMP)
 	$(PY) -m study.tune --name $(DEMO_NAME)
+	$(PY) -m analysis report $(DEMO_DIR)
 
 clean-venv:
 	rm -rf $(VENV)
