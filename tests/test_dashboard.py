@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -64,5 +65,6 @@ def test_dashboard_is_loopback_only_and_needs_the_token(tmp_path):
         assert _status(api, "not-the-token") in (401, 403)
         assert _status(api, token) == 200
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have finished already
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
