@@ -193,6 +193,12 @@ def plan_study(args, argv: list[str]) -> Plan:
 
     _check_counts(args)
     parse_resources(args.resource)
+    auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if args.dashboard and auth != "token":
+        raise UsageError(
+            f"--dashboard needs Ray's token authentication, but RAY_AUTH_MODE={auth}; "
+            "unset it or set RAY_AUTH_MODE=token"
+        )
     objectives = _objectives(args.objective)
     try:
         space = _apply_sets(load_space(args.space), parse_sets(args.set))
@@ -236,8 +242,9 @@ def plan_study(args, argv: list[str]) -> Plan:
 def _ray_init(args) -> None:
     import ray
 
-    if args.dashboard:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Token auth: Ray 2.60 turns it on for a new local cluster when RAY_AUTH_MODE is unset (and
+    # refreshes its cached config; setting the variable here, after ray is imported, would leave
+    # the driver without its token). plan_study refuses --dashboard with any other mode.
     kwargs = {
         "include_dashboard": bool(args.dashboard),
         "log_to_driver": False,

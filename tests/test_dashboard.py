@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,10 +32,9 @@ def _status(url: str, token: str | None = None) -> int:
 
 @pytest.mark.slow
 def test_dashboard_is_loopback_only_and_needs_the_token(tmp_path):
-    home = tmp_path / "home"  # Ray writes its token to ~/.ray/auth_token: keep the user's alone
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home)}
-    env.pop("RAY_AUTH_MODE", None)
+    token = secrets.token_hex(16)  # Ray takes the token from the environment first
+    env = {**os.environ, "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_AUTH_MODE", None)  # --dashboard must turn token auth on by itself
     env.pop("LORA_STUDY_DASHBOARD_HOST", None)
     cmd = [sys.executable, "-m", "study.tune", "--space", "smoke", "--num-samples", "1"]
     cmd += ["--no-baselines", "--set", "train.steps=400", "--set", "eval.every=100"]
@@ -59,7 +59,6 @@ def test_dashboard_is_loopback_only_and_needs_the_token(tmp_path):
             )
             url = match.group(1) if match else None
         assert url and url.startswith("http://127.0.0.1:"), url
-        token = (home / ".ray" / "auth_token").read_text().strip()
         api = url.rstrip("/") + "/api/version"
         assert _status(api) in (401, 403)  # no token: refused
         assert _status(api, "not-the-token") in (401, 403)
@@ -68,3 +67,17 @@ def test_dashboard_is_loopback_only_and_needs_the_token(tmp_path):
         with contextlib.suppress(ProcessLookupError):  # it may have finished already
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_dashboard_without_token_auth_is_refused(tmp_path, monkeypatch, capsys):
+    from study.tune import main
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    args = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), "--dashboard"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "--dashboard needs Ray's token authentication, but RAY_AUTH_MODE=disabled;"
+        " unset it or set RAY_AUTH_MODE=token"
+    )
+    assert not (tmp_path / "r").exists()
