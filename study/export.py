@@ -110,11 +110,9 @@ def dequantize_linears(model) -> list[str]:
 
 def merged_model(trial_dir: Path, config: dict):
     """(model, tokenizer, notes): the trial's base with its adapter (or weights) merged in."""
-    import torch
-    from safetensors.torch import load_file
-
     from lora_impl import load_adapter, unload
     from study.models import load_model
+    from study.trial import load_trainable_weights
 
     quant = config.get("quant", {})
     bits = quant.get("bits", 16)
@@ -136,14 +134,10 @@ def merged_model(trial_dir: Path, config: dict):
         weights_path = trial_dir / "checkpoint" / "trainable.safetensors"
         if not weights_path.is_file():
             raise ExportError(f"{trial_dir} has no checkpoint/trainable.safetensors to export")
-        weights = load_file(weights_path)
-        params = dict(model.named_parameters())
-        unknown = [n for n in weights if n not in params]
-        if unknown:
-            raise ExportError(f"{weights_path} does not match the model: unknown {unknown[:3]}")
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
+        try:
+            load_trainable_weights(model, weights_path)
+        except ValueError as err:
+            raise ExportError(str(err)) from None
     for param in model.parameters():
         param.requires_grad_(False)
     return model.eval(), tokenizer, notes

@@ -166,18 +166,27 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, state: dict) 
     shutil.rmtree(old, ignore_errors=True)
 
 
+def load_trainable_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy a checkpoint's trainable.safetensors into the model's parameters of the same names.
+
+    Raises:
+        ValueError: the file names a parameter the model does not have.
+    """
+    weights = load_file(path)
+    params = dict(model.named_parameters())
+    unknown = [n for n in weights if n not in params]
+    if unknown:
+        raise ValueError(f"{path} does not match the model: unknown {unknown[:3]}")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer) -> dict:
     """Restore what save_checkpoint wrote; return the saved trial progress."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint {path} does not match the model: unknown {missing[:3]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    load_trainable_weights(model, path / "trainable.safetensors")
     tensors = load_file(path / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("rng.cpu"))
     cuda_rng = tensors.pop("rng.cuda", None)
