@@ -6,8 +6,9 @@
 
 The trial's ``config.json`` is run again with the environment of its ``env.json`` (seed, torch
 thread count; the compute dtype follows the config's ``train.dtype`` on the same hardware), up to
-the step it reached (a trial ASHA stopped at step N is re-run to N). Its learning curve (train
-and eval loss at every evaluation) and final quality metrics are compared with the recorded ones:
+the step it reached (a trial ASHA stopped at step N is re-run to N; one that errored, until it
+fails or ends, and the failure is compared too). Its learning curve (train and eval loss at every
+evaluation) and final quality metrics are compared with the recorded ones:
 
 - CPU, same torch build, same thread count: the losses must be **bitwise equal** (exit 0).
 - CUDA: kernels such as atomics in attention backward are not bitwise deterministic; ``--rtol``
@@ -21,7 +22,6 @@ Resource metrics (time, memory) are shown side by side but not judged.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -96,6 +96,15 @@ def _equal(a: float, b: float, rtol: float) -> bool:
     return math.isclose(a, b, rel_tol=rtol, abs_tol=rtol * 1e-3)
 
 
+def _recorded_failure(trial_dir: Path) -> str | None:
+    """The error a study recorded for the trial (status.json), if it errored."""
+    try:
+        status = json.loads((trial_dir / "status.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return status.get("reason") if status.get("status") == "errored" else None
+
+
 def reproduce(
     trial_dir: Path, out_dir: Path, rtol: float | None = None, threads: int | None = None
 ) -> tuple[int, str]:
@@ -106,6 +115,7 @@ def reproduce(
     import torch
 
     from study.config import TrialConfig
+    from study.train import NonFiniteLossError
     from study.trial import run_trial
 
     config = TrialConfig.from_dict(_read_json(trial_dir / "config.json"))
@@ -127,13 +137,21 @@ def reproduce(
     def stop_at_recorded_step(metrics: dict, _checkpoint: str | None) -> None:
         latest.clear()
         latest.update(metrics)
-        if metrics[M.STEP] >= last_step:
-            raise _Stop
+        if recorded_failure is None and metrics[M.STEP] >= last_step:
+            raise _Stop  # an errored trial runs on, to see whether it fails the same way
 
-    with contextlib.suppress(_Stop):
+    failure, recorded_failure = None, _recorded_failure(trial_dir)
+    try:
         run_trial(config, report=stop_at_recorded_step, out_dir=out_dir)
+    except _Stop:
+        pass
+    except NonFiniteLossError as err:  # a diverging trial: compare how far both got, and why
+        failure = str(err)
     again_env = _read_json(out_dir / "env.json")
-    again_curve = _read_curve(out_dir / "curve.jsonl")
+    # a re-run that failed before its first evaluation has no curve yet
+    again_curve = (
+        _read_curve(out_dir / "curve.jsonl") if (out_dir / "curve.jsonl").is_file() else []
+    )
     env_diffs = environment_differences(env, again_env)
     curve_diffs = compare(
         [{k: v for k, v in p.items() if k in (M.STEP, *CURVE_KEYS)} for p in curve],
@@ -151,7 +169,13 @@ def reproduce(
     ]
     for key in SHOWN_RESOURCES:
         lines.append(f"  {key}: recorded {final.get(key)}, re-run {latest.get(key)} (not judged)")
-    diffs = curve_diffs + final_diffs
+    diffs = curve_diffs + ([] if failure else final_diffs)
+    if failure != recorded_failure:
+        diffs.append(
+            f"outcome: recorded {recorded_failure or 'no error'}, re-run {failure or 'no error'}"
+        )
+    elif failure:
+        lines.append(f"  both runs ended with: {failure}")
     lines += [f"  differs: {d}" for d in diffs]
     if env_diffs:
         lines += [f"  environment differs: {d}" for d in env_diffs]

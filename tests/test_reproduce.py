@@ -54,3 +54,35 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"study.reproduce: error: {tmp_path} is not a trial directory (no config.json)"
+
+
+def test_a_diverging_trial_reproduces_its_failure(tmp_path, monkeypatch, capsys):
+    import study.train
+    from study.train import NonFiniteLossError
+
+    original = study.train.causal_lm_loss
+
+    def poisoned(model, batch, reduction="mean"):  # NaN at step `at` of every run
+        loss, n = original(model, batch, reduction)
+        poisoned.calls += 1
+        return (loss * float("nan") if poisoned.calls == poisoned.at else loss), n
+
+    poisoned.calls, poisoned.at = 0, 5
+    monkeypatch.setattr(study.train, "causal_lm_loss", poisoned)
+    trial = tmp_path / "trial"
+    with pytest.raises(NonFiniteLossError) as err:
+        run_trial(tiny_trial(), out_dir=trial)
+    (trial / "status.json").write_text(json.dumps({"status": "errored", "reason": str(err.value)}))
+    poisoned.calls = 0
+    assert main([str(trial), "--out", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert f"both runs ended with: {err.value}" in out and "Reproduced" in out
+    poisoned.calls, poisoned.at = 0, 2  # now it fails before the recorded step 3
+    assert main([str(trial), "--out", str(tmp_path / "third")]) == 1
+    assert "outcome: recorded non-finite training loss (nan) at step 5, re-run non-finite" in (
+        capsys.readouterr().out
+    )
+    (trial / "status.json").unlink()  # no recorded failure: a finished-looking trial
+    poisoned.calls = 0
+    assert main([str(trial), "--out", str(tmp_path / "fourth")]) == 1
+    assert "outcome: recorded no error, re-run non-finite" in capsys.readouterr().out
