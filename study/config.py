@@ -136,6 +136,12 @@ class QuantConfig:
             "one of 4, 8, 16",
         )
         _require(self.type in ("nf4", "fp4"), "quant.type", self.type, "one of nf4, fp4")
+        _require(
+            isinstance(self.double_quant, bool),
+            "quant.double_quant",
+            self.double_quant,
+            "true or false",
+        )
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,7 @@ class TrainConfig:
         _positive_int("train.batch_size", self.batch_size)
         _positive_int("train.grad_accum", self.grad_accum)
         _require(
-            isinstance(self.warmup, int) and self.warmup >= 0,
+            isinstance(self.warmup, int) and not isinstance(self.warmup, bool) and self.warmup >= 0,
             "train.warmup",
             self.warmup,
             "an integer >= 0",
@@ -215,6 +221,12 @@ class TrainConfig:
         )
         _positive_float("train.grad_clip", self.grad_clip)
         _require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        _require(
+            isinstance(self.grad_checkpointing, bool),
+            "train.grad_checkpointing",
+            self.grad_checkpointing,
+            "true or false",
+        )
 
 
 @dataclass(frozen=True)
@@ -330,6 +342,8 @@ def _build(cls: type, section: str, values: dict[str, Any]):
     hints = typing.get_type_hints(cls)
     allowed = {f.name for f in fields(cls)}
     kwargs = {}
+    if cls is TrainConfig and values.get("epochs") is not None and "steps" not in values:
+        kwargs["steps"] = None  # epochs given alone replace the default step count
     for key, value in values.items():
         if key not in allowed:
             raise ValueError(

@@ -64,7 +64,11 @@ def test_integer_where_float_is_declared_is_accepted():
         ({"data.task": "chat"}, "data.task must be one of skills, lm, sft"),
         ({"data.size": -5}, "data.size must be a positive integer"),
         ({"train.dtype": "fp16"}, "train.dtype must be one of auto, fp32, bf16"),
-        ({"train.epochs": 2}, "exactly one of train.steps and train.epochs"),
+        ({"train.epochs": 2, "train.steps": 100}, "exactly one of train.steps and train.epochs"),
+        ({"train.steps": None}, "exactly one of train.steps and train.epochs"),
+        ({"train.warmup": True}, "train.warmup must be an integer >= 0"),
+        ({"train.grad_checkpointing": "yes"}, "train.grad_checkpointing must be true or false"),
+        ({"quant.double_quant": 1}, "quant.double_quant must be true or false"),
         ({"train.lr": float("nan")}, "train.lr must be a number > 0"),
         ({"lora.rnk": 4}, r"unknown config key lora.rnk; allowed: .*lora.rank"),
         ({"optimizer": "sgd"}, "unknown config key 'optimizer'"),
@@ -74,6 +78,13 @@ def test_integer_where_float_is_declared_is_accepted():
 def test_invalid_values_name_the_field_and_the_allowed_values(values, message):
     with pytest.raises(ValueError, match=message):
         TrialConfig.from_dict(values)
+
+
+def test_epochs_alone_replace_the_default_steps():
+    # A YAML file or --set that gives only train.epochs must not collide with steps' default.
+    cfg = TrialConfig.from_dict({"train": {"epochs": 2}})
+    assert (cfg.train.steps, cfg.train.epochs) == (None, 2.0)
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_config_is_frozen():
