@@ -11,6 +11,7 @@ TEST_LOSS, TEST_EXACT_MATCH = "test_loss", "test_exact_match"
 TRAIN_LOSS = "train_loss"
 # resources
 PEAK_MEM_MB, START_MEM_MB = "peak_mem_mb", "start_mem_mb"
+PEAK_RESERVED_MB = "peak_reserved_mb"  # CUDA only: the caching allocator's peak
 TRAIN_TOKENS_PER_S = "train_tokens_per_s"
 FWD_MS, BWD_MS, OPT_MS, STEP_MS = "fwd_ms", "bwd_ms", "opt_ms", "step_ms"
 TRAINABLE_PARAMS, ADAPTER_MB = "trainable_params", "adapter_mb"
@@ -24,6 +25,7 @@ QUALITY = (EVAL_LOSS, EVAL_PPL, EXACT_MATCH, TEST_LOSS, TEST_EXACT_MATCH)
 RESOURCES = (
     PEAK_MEM_MB,
     START_MEM_MB,
+    PEAK_RESERVED_MB,
     TRAIN_TOKENS_PER_S,
     FWD_MS,
     BWD_MS,

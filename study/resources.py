@@ -38,6 +38,7 @@ class PeakMemory:
         self.cuda = device.type == "cuda"
         self.start_mb: float | None = None
         self._peak = 0.0
+        self._peak_reserved = 0.0  # CUDA: what the caching allocator held (allocated + cache)
         self._open = False
 
     def _reset(self) -> float:
@@ -52,6 +53,7 @@ class PeakMemory:
     def _current_peak(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
+            self._peak_reserved = max(self._peak_reserved, torch.cuda.max_memory_reserved() / 2**20)
             return torch.cuda.max_memory_allocated() / 2**20
         return _status_kb("VmHWM") / 1024
 
@@ -71,6 +73,14 @@ class PeakMemory:
     def peak(self) -> float:
         """The highest memory seen in any measured segment so far, in MB."""
         return max(self._peak, self._current_peak()) if self._open else self._peak
+
+    def peak_reserved(self) -> float | None:
+        """CUDA only: the highest memory reserved by the caching allocator (None on CPU)."""
+        if not self.cuda:
+            return None
+        if self._open:
+            self._current_peak()
+        return self._peak_reserved
 
 
 def now(device: torch.device) -> float:

@@ -131,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     bars: list = []  # made at the first step, so load errors print one clean line
+    speed: dict = {}  # training tokens/s (real tokens) as of the latest evaluation
 
     def on_step(step: int, loss: float) -> None:
         if not bars:
             bars.append(tqdm(total=cfg.train.steps, desc="train", unit="step", dynamic_ncols=True))
         bars[0].n = step
-        bars[0].set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bars[0].set_postfix(loss=f"{loss:.3f}", **speed, refresh=False)
         bars[0].refresh()
 
     def on_report(metrics: dict, _checkpoint: str | None) -> None:
+        if metrics.get("train_tokens_per_s"):
+            speed["tok/s"] = f"{metrics['train_tokens_per_s']:.0f}"
         shown = {
             k: metrics[k]
             for k in ("eval_loss", "exact_match", "train_tokens_per_s")

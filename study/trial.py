@@ -330,6 +330,7 @@ def run_trial(
                 M.TRAIN_S: train_s,
                 M.PEAK_MEM_MB: memory.peak() if stats.step_ms else None,
                 M.START_MEM_MB: memory.start_mb,
+                M.PEAK_RESERVED_MB: memory.peak_reserved() if stats.step_ms else None,
                 M.TRAIN_TOKENS_PER_S: tokens_seen / train_s if train_s else None,
                 **{k: summary[k] for k in (M.FWD_MS, M.BWD_MS, M.OPT_MS, M.STEP_MS)},
             }

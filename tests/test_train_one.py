@@ -77,4 +77,7 @@ def test_a_tiny_run_writes_a_trial(tmp_path, capsys):
     assert saved["lora"]["rank"] == 4 and saved["lora"]["targets"] == "qv"  # flag beats file
     assert saved["train"]["lr"] == 0.001
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["step"] == 4
-    assert "eval_loss" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "eval_loss" in captured.out
+    bar = captured.err.split("\r")[-1]  # tqdm's last refresh of the progress bar
+    assert "loss=" in bar and "tok/s=" in bar, captured.err[-500:]

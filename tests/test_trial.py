@@ -72,8 +72,10 @@ def test_trainable_params_counts_requires_grad(tmp_path, monkeypatch):
 
 def test_same_config_twice_gives_bitwise_equal_losses(tmp_path):
     cfg = tiny_trial(**{"lora.dropout": 0.1})
-    a = run_trial(cfg, out_dir=tmp_path / "a")
-    b = run_trial(cfg, out_dir=tmp_path / "b")
+    losses = {"a": [], "b": []}
+    a = run_trial(cfg, out_dir=tmp_path / "a", callbacks=(lambda s, x: losses["a"].append(x),))
+    b = run_trial(cfg, out_dir=tmp_path / "b", callbacks=(lambda s, x: losses["b"].append(x),))
+    assert len(losses["a"]) == cfg.train.steps and losses["a"] == losses["b"]  # every step's loss
     assert curve(tmp_path / "a") == curve(tmp_path / "b")
     assert a["eval_loss"] == b["eval_loss"] and a["test_loss"] == b["test_loss"]
 
@@ -113,18 +115,33 @@ def test_nan_loss_ends_the_trial_naming_the_step(tmp_path, monkeypatch):
         run_trial(tiny_trial(), out_dir=tmp_path)
 
 
-def test_peak_memory_sees_a_500mb_tensor(tmp_path):
+def _peak_with_500mb(tmp_path, device: str) -> tuple[dict, dict]:
     cfg = tiny_trial(**{"train.steps": 4, "eval.every": 4})
     quiet = run_trial(cfg, out_dir=tmp_path / "quiet")
     held = []
 
     def allocate(step, _loss):
         if step == 2:
-            held.append(torch.ones(500 * 2**20 // 4))  # 500 MB, touched
+            held.append(torch.ones(500 * 2**20 // 4, device=device))  # 500 MB, touched
 
     loud = run_trial(cfg, out_dir=tmp_path / "loud", callbacks=(allocate,))
     held.clear()
+    return quiet, loud
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the trial runs on CUDA here")
+def test_peak_memory_sees_a_500mb_tensor(tmp_path):
+    quiet, loud = _peak_with_500mb(tmp_path, "cpu")
     assert loud["peak_mem_mb"] - quiet["peak_mem_mb"] == pytest.approx(500, rel=0.1)
+    assert loud.get("peak_reserved_mb") is None  # a CUDA allocator figure: absent on CPU
+
+
+@pytest.mark.gpu
+def test_cuda_peak_memory_sees_a_500mb_tensor(tmp_path):
+    quiet, loud = _peak_with_500mb(tmp_path, "cuda")
+    assert loud["peak_mem_mb"] - quiet["peak_mem_mb"] == pytest.approx(500, rel=0.1)
+    assert loud["peak_reserved_mb"] >= loud["peak_mem_mb"]
+    assert loud["peak_reserved_mb"] - quiet["peak_reserved_mb"] == pytest.approx(500, rel=0.1)
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path):
