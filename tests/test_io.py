@@ -14,7 +14,6 @@ from study.models import load_model
 from tests.conftest import randomize_lora
 
 peft = pytest.importorskip("peft")
-TOL = 1e-5
 
 
 def adapted(name="tiny-llama", targets="qkvo", **kw):
@@ -56,27 +55,41 @@ def test_compact_targets_keep_exactly_the_adapted_modules(tmp_path):
     assert set(result.replaced) == {n for n, _ in lora_layers(model)}
 
 
-@pytest.mark.parametrize("name, targets", [("tiny-llama", "qkvo"), ("tiny-gpt2", "all-linear")])
-def test_peft_loads_our_adapter(tmp_path, sample_ids, name, targets):
-    model = adapted(name, targets)
+def base_logits(name, ids):
+    return logits(load_model(name)[0], ids)
+
+
+# Cross-loading is checked bitwise: both sides run the same operations in the same order.
+@pytest.mark.parametrize(
+    "name, targets, rslora",
+    [("tiny-llama", "qkvo", False), ("tiny-gpt2", "all-linear", False), ("tiny-neox", "mlp", True)],
+)
+def test_peft_loads_our_adapter(tmp_path, sample_ids, name, targets, rslora):
+    model = adapted(name, targets, rslora=rslora)
     save_adapter(model, tmp_path, base_model_name_or_path=name)
     base, _ = load_model(name)
     theirs = peft.PeftModel.from_pretrained(base, str(tmp_path))
     inner = theirs.base_model.model
     for module_name, layer in lora_layers(model):
-        assert torch.equal(
-            inner.get_submodule(module_name).lora_A["default"].weight, layer.lora_A.weight
-        )
-    diff = (logits(theirs, sample_ids) - logits(model, sample_ids)).abs().max().item()
-    assert diff <= TOL
+        twin = inner.get_submodule(module_name)
+        assert torch.equal(twin.lora_A["default"].weight, layer.lora_A.weight)
+        assert torch.equal(twin.lora_B["default"].weight, layer.lora_B.weight)
+        assert twin.scaling["default"] == layer.scaling
+    ours_logits = logits(model, sample_ids)
+    assert not torch.equal(ours_logits, base_logits(name, sample_ids)), "adapter must matter"
+    assert torch.equal(logits(theirs, sample_ids), ours_logits)
 
 
-@pytest.mark.parametrize("name, targets", [("tiny-qwen2", "all-linear"), ("tiny-gpt2", "qkvo")])
-def test_we_load_peft_adapter(tmp_path, sample_ids, name, targets):
+@pytest.mark.parametrize(
+    "name, targets, rslora",
+    [("tiny-qwen2", "all-linear", False), ("tiny-gpt2", "qkvo", False), ("tiny-neox", "qv", True)],
+)
+def test_we_load_peft_adapter(tmp_path, sample_ids, name, targets, rslora):
     base, _ = load_model(name)
     config = peft.LoraConfig(
         r=4,
         lora_alpha=8,
+        use_rslora=rslora,
         target_modules=expand_targets(base, targets),
         task_type="CAUSAL_LM",
         fan_in_fan_out=(name == "tiny-gpt2"),
@@ -90,11 +103,13 @@ def test_we_load_peft_adapter(tmp_path, sample_ids, name, targets):
     theirs.save_pretrained(str(tmp_path))
     ours, _ = load_model(name)
     load_adapter(ours, tmp_path)
-    diff = (logits(ours, sample_ids) - logits(theirs, sample_ids)).abs().max().item()
-    assert diff <= TOL
+    their_logits = logits(theirs, sample_ids)
+    assert not torch.equal(their_logits, base_logits(name, sample_ids)), "adapter must matter"
+    assert torch.equal(logits(ours, sample_ids), their_logits)
     assert {n for n, _ in lora_layers(ours)} == {
         n for n, m in theirs.base_model.model.named_modules() if hasattr(m, "lora_A")
     }
+    assert all(layer.rslora == rslora for _, layer in lora_layers(ours))
 
 
 def test_bad_adapter_directories(tmp_path):

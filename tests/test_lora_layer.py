@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -59,26 +60,37 @@ def test_adapter_dtype_is_float32_whatever_the_base():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    "kwargs, message",
     [
-        ({"rank": 0}, "rank"),
-        ({"rank": -2}, "rank"),
-        ({"rank": 2.5}, "rank"),
-        ({"alpha": 0}, "alpha"),
-        ({"alpha": -1.0}, "alpha"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"dropout": -0.1}, "dropout"),
-        ({"init": "xavier"}, "init"),
+        ({"rank": 0}, "lora rank must be a positive integer, got 0"),
+        ({"rank": -2}, "lora rank must be a positive integer, got -2"),
+        ({"rank": 2.5}, "lora rank must be a positive integer, got 2.5"),
+        ({"rank": True}, "lora rank must be a positive integer, got True"),
+        ({"alpha": 0}, "lora alpha must be a number > 0, got 0"),
+        ({"alpha": -1.0}, "lora alpha must be a number > 0, got -1.0"),
+        ({"alpha": float("nan")}, "lora alpha must be a number > 0, got nan"),
+        ({"dropout": 1.0}, "lora dropout must be in [0, 1), got 1.0"),
+        ({"dropout": -0.1}, "lora dropout must be in [0, 1), got -0.1"),
+        ({"init": "xavier"}, "lora init must be one of kaiming, gaussian, got 'xavier'"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_the_field(kwargs, field):
+def test_bad_arguments_raise_value_error_naming_field_and_allowed_values(kwargs, message):
     args = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "init": "kaiming"} | kwargs
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=re.escape(message)):
         LoRALinear(nn.Linear(4, 4), **args)
     model, _ = load_model("tiny-llama")
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=re.escape(message)):
         inject_lora(model, "qv", **args)
     assert not list(lora_layers(model)), "a failed inject must leave the model untouched"
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"dropout": 0.0}, {"dropout": 0.999}, {"init": "gaussian"}, {"rank": 1, "alpha": 1}]
+)
+def test_boundary_arguments_are_accepted(kwargs):
+    args = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "init": "kaiming"} | kwargs
+    layer = LoRALinear(nn.Linear(4, 4), **args)
+    assert layer.dropout == args["dropout"] and layer.rank == args["rank"]
 
 
 def test_unsupported_base_layer_is_a_type_error():

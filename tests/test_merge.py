@@ -67,10 +67,26 @@ def test_merge_refuses_non_finite_weights():
     assert torch.equal(layer.base_layer.weight, before)
 
 
+def _state_tensors(qs):
+    """The tensors a 4-bit quant state holds: absmax, and with double quantization the
+    quantized absmax's offset and its own (second-level) absmax and code."""
+    tensors = [qs.absmax]
+    if qs.nested:
+        tensors += [qs.offset, qs.state2.absmax, qs.state2.code]
+    return tensors
+
+
+def _assert_same_state(got, expected):
+    assert got.nested == expected.nested
+    got_t, exp_t = _state_tensors(got), _state_tensors(expected)
+    assert len(got_t) == len(exp_t)
+    assert all(torch.equal(g, e) for g, e in zip(got_t, exp_t))
+
+
 def _snapshot_4bit(base):
     canonical_4bit(base)
     qs = base.weight.quant_state
-    return base.weight.data.clone(), qs.absmax.clone(), qs
+    return base.weight.data.clone(), [t.clone() for t in _state_tensors(qs)], qs
 
 
 def _snapshot_8bit(base):
@@ -78,26 +94,31 @@ def _snapshot_8bit(base):
     return cb.clone(), scb.clone()
 
 
+@pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_4bit_merge_is_requantized_sum_and_unmerge_is_bitwise(quant_type, sample_ids):
-    model, _ = load_model("tiny-llama", quant_bits=4, quant_type=quant_type)
+def test_4bit_merge_is_requantized_sum_and_unmerge_is_bitwise(quant_type, double_quant, sample_ids):
+    model, _ = load_model(
+        "tiny-llama", quant_bits=4, quant_type=quant_type, double_quant=double_quant
+    )
     inject_lora(model, "all-linear", rank=4, alpha=8)
     randomize_lora(model, std=0.2)
     layers = list(lora_layers(model))
     originals = [_snapshot_4bit(layer.base_layer) for _, layer in layers]
+    assert all(qs.nested == double_quant for _, _, qs in originals)
     with torch.no_grad():
         merge(model)
-    for (_, layer), (data, _absmax, qs) in zip(layers, originals):
+    for (_, layer), (data, _state, qs) in zip(layers, originals):
         delta = (layer.lora_B.weight @ layer.lora_A.weight) * layer.scaling
         expected, expected_qs = bnbf.quantize_4bit(
             bnbf.dequantize_4bit(data, qs) + delta,
             blocksize=qs.blocksize,
             quant_type=quant_type,
-            compress_statistics=False,
+            compress_statistics=double_quant,
         )
         got = layer.base_layer.weight
         assert torch.equal(got.data, expected)
-        assert torch.equal(got.quant_state.absmax, expected_qs.absmax)
+        _assert_same_state(got.quant_state, expected_qs)
+        assert got.quant_state.quant_type == quant_type
         assert not torch.equal(got.data, data), "the merge must change the quantized weight"
     for _ in range(10):  # forwards in between re-pack weights for the CPU kernel
         with torch.no_grad():
@@ -106,10 +127,12 @@ def test_4bit_merge_is_requantized_sum_and_unmerge_is_bitwise(quant_type, sample
             merge(model)
             model(sample_ids)
     unmerge(model)
-    for (_, layer), (data, absmax, _qs) in zip(layers, originals):
+    for (_, layer), (data, state, _qs) in zip(layers, originals):
         canonical_4bit(layer.base_layer)
         assert torch.equal(layer.base_layer.weight.data, data)
-        assert torch.equal(layer.base_layer.weight.quant_state.absmax, absmax)
+        restored = _state_tensors(layer.base_layer.weight.quant_state)
+        assert len(restored) == len(state)
+        assert all(torch.equal(r, o) for r, o in zip(restored, state))
 
 
 def test_8bit_merge_is_requantized_sum_and_unmerge_is_bitwise(sample_ids):
@@ -152,3 +175,40 @@ def test_quantized_merged_forward_stays_close(bits, sample_ids):
         merge(model)
         merged = model(sample_ids).logits
     assert (merged - unmerged).abs().max().item() < 0.1 * unmerged.abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "bits, value",
+    [
+        (4, float("inf")),
+        (4, float("nan")),
+        (8, float("inf")),
+        (8, float("nan")),
+        (8, 1e5),  # finite in fp32 but not in the fp16 that Int8Params quantizes from
+    ],
+)
+def test_quantized_merge_refuses_non_finite_weights(bits, value):
+    model, _ = load_model("tiny-llama", quant_bits=bits)
+    inject_lora(model, "qv", rank=2, alpha=4)
+    name, layer = next(lora_layers(model))
+    base = layer.base_layer
+    weight = base.weight
+    if bits == 4:
+        data, state, _ = _snapshot_4bit(base)
+    else:
+        data, state = _snapshot_8bit(base)
+    with torch.no_grad():
+        layer.lora_B.weight.fill_(value)
+        layer.lora_A.weight.fill_(1.0)
+    with pytest.raises(ValueError, match="non-finite") as err:
+        merge(model)
+    assert name in str(err.value)
+    assert not layer.merged and layer._unmerged_base is None
+    assert unmerge(model) == 0, "nothing was merged before the refused layer"
+    assert base.weight is weight, "the refused merge must not replace the quantized weight"
+    if bits == 4:
+        assert torch.equal(base.weight.data, data)
+        assert all(torch.equal(r, o) for r, o in zip(_state_tensors(weight.quant_state), state))
+    else:
+        cb, scb = int8_weight_stats(base)
+        assert torch.equal(cb, data) and torch.equal(scb, state)

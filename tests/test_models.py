@@ -18,8 +18,11 @@ def test_unknown_name_lists_the_registry():
 
 
 def test_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(models.ModelNotFoundError, match="does not exist"):
-        load_model(str(tmp_path / "missing"))
+    missing = str(tmp_path / "missing")
+    with pytest.raises(models.ModelNotFoundError, match="does not exist") as err:
+        load_model(missing)
+    assert missing in str(err.value)
+    assert all(name in str(err.value) for name in REGISTRY)
 
 
 def test_unreachable_hub_id_is_a_clear_error():
@@ -138,3 +141,20 @@ def test_bundled_model_qv_trainable_count(bundled):
     assert len(layers) == 2 * model.config.num_hidden_layers
     # SmolLM2-135M: q 576->576, v 576->192 (3 kv heads of 64)
     assert result.trainable == model.config.num_hidden_layers * rank * ((576 + 576) + (576 + 192))
+
+
+@pytest.mark.parametrize("bits, cls", [(4, bnb.nn.Linear4bit), (8, bnb.nn.Linear8bitLt)])
+def test_bundled_model_quantized_replaces_every_linear_but_the_head(bundled, bits, cls):
+    _, _, calls, cache = bundled
+    converted = len(calls)
+    model, _ = load_model("smollm2-135m", quant_bits=bits, cache_dir=cache)
+    assert len(calls) == converted, "a quantized load reads the cached conversion too"
+    head = model.get_output_embeddings()
+    assert type(head) is torch.nn.Linear and head is model.lm_head
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    quantized = {n for n, m in linears.items() if isinstance(m, cls)}
+    assert set(linears) - quantized == {"lm_head"}
+    # SmolLM2: q, k, v, o, gate, up, down in each decoder layer
+    assert len(quantized) == 7 * model.config.num_hidden_layers
+    if bits == 4:
+        assert all(linears[n].weight.quant_state.quant_type == "nf4" for n in quantized)

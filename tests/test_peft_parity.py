@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bitsandbytes as bnb
 import pytest
 import torch
 
@@ -49,20 +50,45 @@ def lora_grads(model, prefix=""):
     return grads
 
 
+# Every tiny architecture on a float, an 8-bit and a 4-bit (nf4) base; GPT-2's Conv1D layers
+# become bnb linears when quantized. rsLoRA on a float, an 8-bit and a 4-bit base.
 CASES = [(m, 16, "all-linear", False) for m in TINY_MODELS] + [
     ("tiny-llama", 8, "all-linear", False),
+    ("tiny-qwen2", 8, "all-linear", True),
+    ("tiny-gpt2", 8, "qkvo", False),
+    ("tiny-neox", 8, "all-linear", False),
     ("tiny-llama", 4, "all-linear", False),
     ("tiny-qwen2", 4, "qv", False),
-    ("tiny-gpt2", 8, "qkvo", False),
-    ("tiny-llama", 16, "qv", True),
+    ("tiny-gpt2", 4, "all-linear", False),
     ("tiny-neox", 4, "all-linear", True),
+    ("tiny-llama", 16, "qv", True),
 ]
+
+
+def assert_base_kind(model, bits: int) -> None:
+    """Every adapted layer wraps the base the case claims: float, bnb 8-bit or bnb 4-bit nf4."""
+    layers = [layer for _, layer in lora_layers(model)]
+    assert layers
+    for layer in layers:
+        base = layer.base_layer
+        if bits == 8:
+            assert isinstance(base, bnb.nn.Linear8bitLt)
+        elif bits == 4:
+            assert isinstance(base, bnb.nn.Linear4bit)
+            assert base.weight.quant_state.quant_type == "nf4"
+        else:
+            assert not isinstance(base, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))
 
 
 @pytest.mark.parametrize("name, bits, targets, rslora", CASES)
 def test_logits_and_gradients_match_peft(name, bits, targets, rslora, sample_ids):
     ours, theirs = peft_twin(name, bits, targets, rank=4, alpha=12, rslora=rslora)
-    assert len(list(lora_layers(ours))) > 0
+    assert_base_kind(ours, bits)
+    expected_scaling = 12 / 2 if rslora else 12 / 4  # alpha / sqrt(r) vs alpha / r
+    inner = theirs.base_model.model
+    for module_name, layer in lora_layers(ours):
+        assert layer.scaling == expected_scaling
+        assert inner.get_submodule(module_name).scaling["default"] == expected_scaling
     with torch.no_grad():
         diff = (ours(sample_ids).logits - theirs(sample_ids).logits).abs().max().item()
     assert diff <= TOL, f"eval logits differ by {diff}"
