@@ -15,7 +15,10 @@ from study.config import TrialConfig, flatten
 from study.tune import UsageError, check_config, parse_sets, write_study_json
 
 SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
-OBJECTIVES = SELECTABLE_QUALITY + tuple(m for m in M.RESOURCES if m != M.START_MEM_MB)
+# start_mem_mb is context, not a goal; peak_reserved_mb exists on CUDA only.
+OBJECTIVES = SELECTABLE_QUALITY + tuple(
+    m for m in M.RESOURCES if m not in (M.START_MEM_MB, M.PEAK_RESERVED_MB)
+)
 
 
 @dataclass
@@ -166,10 +169,15 @@ def _in_out(module) -> tuple[int, int]:
 
 def estimate_for(config: dict, facts: ModelFacts) -> float:
     """Estimated training peak (MB) of a nested Tune config."""
-    from study.search import estimate_peak_mb
     from study.trainable import trial_config
 
-    cfg = trial_config(config)
+    return estimate_cfg(trial_config(config), facts)
+
+
+def estimate_cfg(cfg: TrialConfig, facts: ModelFacts) -> float:
+    """Estimated training peak (MB) of a TrialConfig (see study.search.estimate_peak_mb)."""
+    from study.search import estimate_peak_mb
+
     if cfg.method == "lora":
         trainable = sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
     else:
@@ -199,31 +207,45 @@ def plan_study(args, argv: list[str]) -> Plan:
             f"--dashboard needs Ray's token authentication, but RAY_AUTH_MODE={auth}; "
             "unset it or set RAY_AUTH_MODE=token"
         )
-    objectives = _objectives(args.objective)
-    try:
-        space = _apply_sets(load_space(args.space), parse_sets(args.set))
-        validate(space)
-    except SpaceError as err:
-        raise UsageError(str(err)) from None
+    if args.dashboard and args.address:
+        raise UsageError(
+            "--dashboard starts the dashboard of a new local Ray; a cluster joined with --address "
+            "has its own (start it with `ray start --head --dashboard-host 127.0.0.1`)"
+        )
     space_name = Path(args.space).stem
     name = args.name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name.startswith("."):
         raise UsageError(f"--name must be a plain directory name, got {name!r}")
     study_dir = args.storage_path / name
+    recorded = None
     if args.resume:
         if not args.name:
             raise UsageError("--resume needs --name of the study to continue")
         if not (study_dir / "study.json").is_file():
             raise UsageError(f"no study to resume at {study_dir} (no study.json)")
+        recorded = _resume_settings(args, argv, study_dir)
     elif study_dir.exists() and any(study_dir.iterdir()):
         raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
     _check_storage(args.storage_path)
+    objectives = _objectives(args.objective)
+    try:
+        if recorded is not None:  # the space as the study resolved it when it started
+            space = recorded["space"]
+        else:
+            space = _apply_sets(load_space(args.space), parse_sets(args.set))
+            space = _apply_max_t(space, args.max_t)
+        validate(space)
+    except SpaceError as err:
+        raise UsageError(str(err)) from None
 
     leaves = flat_leaves(space)
     base_point = check_config(sample_point(space))
+    _check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
     facts, tokenizer = _model_facts(
         base_point, _choices(leaves, "lora.targets") or [base_point.lora.targets]
     )
+    if args.max_mem_mb:
+        _check_some_config_fits(space, facts, args.max_mem_mb)
     sizes = _choices(leaves, "data.size") or [base_point.data.size]
     biggest = check_config({**sample_point(space), "data.size": max(sizes)})
     build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
@@ -235,8 +257,124 @@ def plan_study(args, argv: list[str]) -> Plan:
         common = {**sample_point(space), "data.size": size, "quant.bits": 16}
         for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
             cfg = check_config({**common, "method": method, **extra})
+            estimate = estimate_cfg(cfg, facts)
+            if args.max_mem_mb and method != "base" and estimate > args.max_mem_mb:
+                print(
+                    f"study.tune: the {method} baseline is not run: estimated peak "
+                    f"{estimate:.0f} MB > --max-mem-mb {args.max_mem_mb:.0f}"
+                )
+                continue
             baselines.append(cfg.to_dict())
     return Plan(args, argv, name, study_dir, space, objectives, facts, baselines)
+
+
+# Flags that define a study: --resume takes them from study.json (a different value is refused).
+STUDY_FLAGS = {
+    "space": "--space",
+    "set": "--set",
+    "objective": "--objective",
+    "num_samples": "--num-samples",
+    "max_t": "--max-t",
+    "grace": "--grace",
+    "reduction_factor": "--reduction-factor",
+    "seed": "--seed",
+    "max_mem_mb": "--max-mem-mb",
+    "no_baselines": "--no-baselines",
+}
+
+
+def _resume_settings(args, argv: list[str], study_dir: Path) -> dict:
+    """Fill ``args`` with the study-defining flags recorded in study.json; return the record.
+
+    ``python -m study.tune --name X --resume`` continues X as it was started; repeating the
+    original flags is allowed, changing one is refused (it would be another study).
+    """
+    from study.tune import parse_args
+
+    try:
+        record = json.loads((study_dir / "study.json").read_text())
+        started = parse_args([str(a) for a in record["command"][3:]])
+        record["space"], record["objectives"]  # noqa: B018 (both must be there)
+    except (OSError, ValueError, KeyError, TypeError, SystemExit):
+        raise UsageError(f"{study_dir / 'study.json'} is not a readable study record") from None
+    defaults = parse_args([])
+    for dest, flag in STUDY_FLAGS.items():
+        given, was = getattr(args, dest), getattr(started, dest)
+        named = any(a == flag or a.startswith(f"{flag}=") for a in argv)
+        if (named or given != getattr(defaults, dest)) and given != was:
+            raise UsageError(
+                f"--resume continues {study_dir.name} as it was started, with {flag} {was!r}; "
+                f"got {given!r} (use another --name for a new study)"
+            )
+        setattr(args, dest, was)
+    return record
+
+
+def _apply_max_t(space: dict, max_t: int | None) -> dict:
+    """--max-t is the most steps a trial runs: it sets train.steps (and drops train.epochs)."""
+    from search_spaces import flat_leaves, is_distribution
+
+    if max_t is None:
+        return space
+    leaves = flat_leaves(space)
+    if is_distribution(leaves.get("train.steps")) or is_distribution(leaves.get("train.epochs")):
+        raise UsageError(
+            "--max-t sets train.steps, but this space searches the training length; "
+            "give the steps in the space instead"
+        )
+    sets = {"train.steps": max_t}
+    if leaves.get("train.epochs") is not None:
+        sets["train.epochs"] = None
+    return _apply_sets(space, sets)
+
+
+def _check_objectives_fit_task(objectives: list[str], tasks: list[str]) -> None:
+    """exact_match exists for the skills task only (the one with checkable answers)."""
+    tasks = tasks or [TrialConfig().data.task]
+    if M.EXACT_MATCH in objectives and any(t != "skills" for t in tasks):
+        other = next(t for t in tasks if t != "skills")
+        raise UsageError(
+            f"--objective {M.EXACT_MATCH} needs data.task=skills (checkable answers); this "
+            f"space has data.task={other}: use eval_loss or eval_ppl"
+        )
+
+
+MEMORY_KEYS = (
+    "method",
+    "lora.rank",
+    "lora.targets",
+    "quant.bits",
+    "train.batch_size",
+    "data.seq_len",
+)
+
+
+def _check_some_config_fits(space: dict, facts: ModelFacts, limit: float) -> None:
+    """Refuse --max-mem-mb when even the space's smallest configuration is estimated above it."""
+    import itertools
+
+    from search_spaces import flat_leaves, is_distribution, sample_point
+
+    leaves, point = flat_leaves(space), sample_point(space)
+    options = {}
+    for key in MEMORY_KEYS:
+        leaf = leaves.get(key)
+        if is_distribution(leaf):
+            ((kind, values),) = leaf.items()
+            options[key] = values if kind == "choice" else [values[0]]  # a range: its low end
+    smallest = None
+    for combo in itertools.product(*options.values()):
+        try:
+            cfg = check_config({**point, **dict(zip(options, combo))})
+        except UsageError:
+            continue  # e.g. full fine-tuning with a 4-bit choice: never launched anyway
+        estimate = estimate_cfg(cfg, facts)
+        smallest = estimate if smallest is None else min(smallest, estimate)
+    if smallest is not None and smallest > limit:
+        raise UsageError(
+            f"--max-mem-mb {limit:g}: every configuration of the space is estimated above it "
+            f"(the smallest needs about {smallest:.0f} MB)"
+        )
 
 
 def _ray_init(args) -> None:

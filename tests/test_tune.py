@@ -6,6 +6,8 @@ Each study starts a local Ray instance; the studies are fixtures shared by the t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -67,7 +69,10 @@ def test_summary_lists_the_pareto_set(multi_study):
     listed = [line for line in pareto.splitlines() if "[search/" in line or "[baselines/" in line]
     assert listed and all("peak" in line for line in listed)
     assert f"python -m analysis report {multi_study}" in summary
-    assert "trial" in (multi_study / "stdout.txt").read_text()  # the live table was printed
+    out = (multi_study / "stdout.txt").read_text()
+    header = [line.split() for line in out.splitlines() if "eval_loss" in line and "tok/s" in line]
+    assert header, "the live table was not printed"  # our columns, not Ray's default output
+    assert {"rank", "alpha", "targets", "bits", "size", "exact", "status"} <= set(header[0])
 
 
 def test_multi_objective_optuna_states(multi_study):
@@ -93,25 +98,28 @@ def fault_study(storage, tmp_path_factory):
     space = space_file(tmp_path_factory.mktemp("space"), points=points)
     env = {"LORA_STUDY_FAULT": "nan@2@lora.rank=1,oom@2@lora.rank=2,transient@4@lora.rank=4"}
     os.environ.update(env)
+    out = io.StringIO()
     try:
-        code = main(
-            [
-                "--space",
-                str(space),
-                "--num-samples",
-                "4",
-                "--storage-path",
-                str(storage),
-                "--name",
-                "faults",
-                "--no-baselines",
-                "--grace",
-                "6",
-            ]
-        )
+        with contextlib.redirect_stdout(out):
+            code = main(
+                [
+                    "--space",
+                    str(space),
+                    "--num-samples",
+                    "4",
+                    "--storage-path",
+                    str(storage),
+                    "--name",
+                    "faults",
+                    "--no-baselines",
+                    "--grace",
+                    "6",
+                ]
+            )
     finally:
         os.environ.pop("LORA_STUDY_FAULT")
     assert code == 0
+    (storage / "faults" / "stdout.txt").write_text(out.getvalue())
     return storage / "faults"
 
 
@@ -130,6 +138,11 @@ def test_nan_and_oom_end_one_trial_each_with_their_reason(fault_study):
     assert json.loads((dirs[8] / "status.json").read_text())["status"] == "finished"
     states = [t["state"] for t in json.loads((fault_study / "optuna.json").read_text())["trials"]]
     assert states.count("FAIL") == 2 and states.count("COMPLETE") == 2
+    summary = (fault_study / "stdout.txt").read_text().split("Study faults:")[-1]
+    errored = [line for line in summary.splitlines() if line.strip().startswith("errored [")]
+    assert len(errored) == 2, summary
+    assert any("non-finite training loss" in line for line in errored)
+    assert any("out of memory" in line for line in errored)
 
 
 def test_transient_failure_resumes_from_its_checkpoint(fault_study):
@@ -191,7 +204,11 @@ def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
         time.sleep(0.5)
     proc.wait()
     assert len(finished) >= 2, "the study ended before two trials finished"
-    res = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == -signal.SIGKILL and len(finished) < 5  # killed mid-study
+    # Resume by name alone: the space, counts and ASHA settings come from study.json.
+    resume = [sys.executable, "-m", "study.tune", "--storage-path", str(tmp_path / "res")]
+    resume += ["--name", "killed", "--resume"]
+    res = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-2000:]
     found = statuses(study)
     assert len(found) == 5 and all(s["status"] == "finished" for s in found.values())
@@ -217,6 +234,10 @@ BAD_INPUTS = [
     (["--objective", "accuracy"], "unknown objective 'accuracy'"),
     (["--objective", "peak_mem_mb"], "must be a quality metric"),
     (["--resume"], "--resume needs --name"),
+    (["--objective", "exact_match", "--set", "data.task=lm"], "needs data.task=skills"),
+    (["--max-mem-mb", "1"], "every configuration of the space is estimated above it"),
+    (["--dashboard", "--address", "127.0.0.1:6379"], "a cluster joined with --address"),
+    (["--set", "train.steps={randint: [4, 8]}", "--max-t", "4"], "--max-t sets train.steps"),
 ]
 
 
@@ -228,6 +249,57 @@ def test_bad_input_is_one_line_exit_2_and_no_result_dir(args, message, tmp_path,
     assert code == 2
     assert len(err) == 1 and message in err[0], err
     assert not storage.exists()
+
+
+def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
+    from study.tune import parse_args
+    from study.tune_run import plan_study
+
+    argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), "--max-t", "4"]
+    plan = plan_study(parse_args(argv), argv)
+    assert plan.space["train"]["steps"] == 4  # ASHA's max_t and the trials' length agree
+    assert all(b["train"]["steps"] == 4 for b in plan.baselines)
+
+
+def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
+    from study.tune import parse_args
+    from study.tune_run import estimate_cfg, plan_study
+
+    argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r")]
+    plan = plan_study(parse_args(argv), argv)
+    full = next(b for b in plan.baselines if b["method"] == "full")
+    from study.config import TrialConfig
+
+    full_mb = estimate_cfg(TrialConfig.from_dict(full), plan.facts)
+    lora_mb = min(
+        estimate_cfg(TrialConfig.from_dict({**full, "method": "lora", "quant.bits": b}), plan.facts)
+        for b in (4, 16)
+    )
+    assert lora_mb < full_mb
+    limit = str((lora_mb + full_mb) / 2)
+    plan = plan_study(parse_args([*argv, "--max-mem-mb", limit]), argv)
+    assert [b["method"] for b in plan.baselines] == ["base"]
+    assert "the full baseline is not run" in capsys.readouterr().out
+
+
+def test_resume_takes_the_recorded_study_and_refuses_changed_flags(tmp_path, capsys):
+    from study.tune import parse_args, write_study_json
+    from study.tune_run import plan_study
+
+    storage = tmp_path / "r"
+    started = ["--space", "smoke", "--storage-path", str(storage), "--name", "s"]
+    started += ["--set", "train.steps=4", "--objective", "eval_loss,peak_mem_mb"]
+    first = plan_study(parse_args(started), started)
+    write_study_json(first.study_dir, started, first.space, first.objectives, {})
+    again = ["--storage-path", str(storage), "--name", "s", "--resume"]
+    plan = plan_study(parse_args(again), again)  # no --space: the default space is NOT used
+    assert plan.space == first.space and plan.space["train"]["steps"] == 4
+    assert plan.objectives == ["eval_loss", "peak_mem_mb"]
+    assert plan.facts.total_params == first.facts.total_params
+    assert main([*again, "--space", "default"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "as it was started, with --space 'smoke'" in err[0], err
+    assert main([*again, "--num-samples", "3"]) == 2
 
 
 def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
