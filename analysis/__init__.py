@@ -5,5 +5,6 @@
 
 load.py (directories -> tables), pareto.py (numpy Pareto masks, ranks, hypervolume), select.py
 (fronts, best under a budget), plots.py (what each figure shows), render.py (matplotlib),
-report.py (the HTML report).
+report.py (the HTML report), anytime.py (searchers' best-so-far quality against compute spent,
+for bench/search_efficiency.py).
 """

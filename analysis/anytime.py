@@ -7,6 +7,9 @@ A run is a list of trials in the order they ran, each ``(steps charged, value, f
 lower values are better (eval loss). The best-so-far counts finished trials only. Compute is on
 a shared axis (a share of ``total``, e.g. the grid's trial-steps) so runs of different lengths
 can be summarised by median and spread at every point.
+
+The figure is drawn like :mod:`analysis.render`'s: on a matplotlib Figure with its own Agg
+canvas, without pyplot, so no display is needed and no global matplotlib state changes.
 """
 
 from __future__ import annotations
@@ -66,15 +69,17 @@ def plot_anytime(
     The gap is ``best / reference - 1`` in percent; the dotted line is the tolerance. Only the
     ``highlight`` searcher gets its min-max band, so the medians stay readable.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # As in analysis.render: a Figure on its own Agg canvas, no pyplot, no global state changed
+    # (the caller's backend and open figures are left alone).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     def gap(values: np.ndarray) -> np.ndarray:  # % above the grid's best; floor for log scale
         return np.maximum(100 * (values / info.reference - 1), 0.05)
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
     for i, (name, med) in enumerate(info.median.items()):
         width = 2.4 if name == highlight else 1.4
@@ -101,4 +106,3 @@ def plot_anytime(
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -96,8 +96,10 @@ def _read_json(path: Path, found: list[str], what: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        kind = "truncated" if err.pos >= len(text.rstrip()) else "not valid JSON"
-        _warn(found, f"{path}: {kind} ({err.msg} at char {err.pos}); {what}")
+        # A cut inside a string reports where the string starts, not the end of the text.
+        cut = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+        kind = "truncated" if cut else "not valid JSON"
+        _warn(found, f"{path}: {kind} ({err.msg}: char {err.pos}); {what}")
         return None
 
 

@@ -133,3 +133,30 @@ def multi_study(storage, tmp_path_factory):
     assert code == 0
     (storage / "multi" / "stdout.txt").write_text(out.getvalue())
     return storage / "multi"
+
+
+# A NaN the training loop raises at step 2 (study.trainable's LORA_STUDY_FAULT hook), for rank 1.
+NAN_FAULT = "nan@2@lora.rank=1"
+
+
+@pytest.fixture(scope="session")
+def errored_study(storage, tmp_path_factory):
+    """One searched trial, made by the real study code, that errors on a NaN training loss
+    injected at step 2 (no baselines: 15-20 s, mostly starting Ray)."""
+    from study.tune import main
+
+    points = [{"lora.rank": 1, "lora.targets": "qv", "train.lr": 0.01}]
+    space = space_file(tmp_path_factory.mktemp("space"), points=points)
+    args = f"--space {space} --num-samples 1 --storage-path {storage} "
+    args += "--name errored --no-baselines --grace 6"
+    previous = os.environ.get("LORA_STUDY_FAULT")
+    os.environ["LORA_STUDY_FAULT"] = NAN_FAULT
+    try:
+        code = main(args.split())
+    finally:
+        if previous is None:
+            os.environ.pop("LORA_STUDY_FAULT")
+        else:
+            os.environ["LORA_STUDY_FAULT"] = previous
+    assert code == 0
+    return storage / "errored"

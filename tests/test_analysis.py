@@ -69,6 +69,28 @@ def test_loader_one_row_per_trial_with_statuses_configs_and_metrics(multi_study)
     assert trials[trials["status"] == "stopped"]["test_loss"].isna().all()
 
 
+def test_loader_reports_an_errored_trial_with_its_reason(errored_study):
+    """conftest's `errored_study`: the study code itself ended its one trial on a NaN loss."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResultWarning)  # an errored trial is not a corrupt one
+        data = load_study(errored_study)
+    (trial,) = trial_dirs(errored_study)
+    status = json.loads((trial / "status.json").read_text())  # written by the study
+    assert status["status"] == "errored" and status["step"] == 2
+    assert not (trial / "metrics.json").exists()  # it never reached its end
+
+    assert len(data.trials) == 1
+    row = data.trials.iloc[0]
+    assert (row["study"], row["group"], row["trial"]) == ("errored", "search", trial.name)
+    assert row["method"] == "lora" and row["rank"] == 1 and row["lr"] == 0.01
+    assert row["status"] == "errored" and row["status_step"] == 2
+    assert row["status_reason"] == status["reason"]
+    assert "non-finite training loss" in row["status_reason"] and "nan" in row["status_reason"]
+    for name in ("eval_loss", "test_loss", "peak_mem_mb", "train_s"):
+        assert pd.isna(row[name]), name
+    assert len(data.curves[data.curves["trial"] == trial.name]) == row["evals"]
+
+
 def test_corrupt_copy_warns_for_each_problem_and_returns_the_other_trials(multi_study, tmp_path):
     study = copy_study(multi_study, tmp_path / "multi")
     search = sorted(d for d in (study / "search").iterdir() if d.is_dir())
@@ -125,6 +147,25 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
         except SystemExit as exc:  # argparse errors
             code = exc.code
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ('{"eval_loss": 0.5, "note": "cut in', "truncated"),  # inside a string
+        ('{"eval_loss": 0.5, "step":', "truncated"),
+        ('{"eval_loss": 0.5,, "step": 3}', "not valid JSON"),
+    ],
+)
+def test_truncated_json_is_told_from_invalid_json(tmp_path, text, kind):
+    from analysis.load import _read_json
+
+    (tmp_path / "metrics.json").write_text(text)
+    found: list[str] = []
+    with pytest.warns(ResultWarning) as caught:
+        assert _read_json(tmp_path / "metrics.json", found, "kept") is None
+    (message,) = [str(w.message) for w in caught]
+    assert f"metrics.json: {kind} (" in message and "at at" not in message
 
 
 def test_not_a_study_is_one_line_and_exit_2(multi_study, tmp_path):

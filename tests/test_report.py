@@ -4,6 +4,7 @@ Chromium over the DevTools protocol), and the data behind each figure (analysis.
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import io
 import json
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -87,6 +89,58 @@ def test_report_files_are_valid_png_svg_and_html_is_self_contained(report):
     trials = pd.read_csv(report / "trials.csv")
     assert len(trials) == 8 and "pareto_eval_loss_peak_mem_mb" in trials.columns
     assert len(pd.read_csv(report / "curves.csv")) == trials["evals"].sum()
+
+
+def _leaf_keys(space: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value for every leaf of a search space (a searched one: its choice dict)."""
+    leaves = {}
+    for key, value in space.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not {"choice", "loguniform", "uniform"} & set(value):
+            leaves.update(_leaf_keys(value, f"{name}."))
+        else:
+            leaves[name] = value
+    return leaves
+
+
+def test_report_shows_the_recorded_search_space_and_the_best_trials_examples(
+    report, multi_study, tmp_path
+):
+    page = (report / "report.html").read_text()
+    record = json.loads((multi_study / "study.json").read_text())
+    # the search space recorded by the study, as report.py writes it: JSON, HTML-escaped
+    space = record["space"]
+    searched = {k: v for k, v in _leaf_keys(space).items() if isinstance(v, dict)}
+    assert "lora.rank" in searched  # the smoke space searches the rank, among others
+    for key in searched:
+        leaf = key.rsplit(".", 1)[-1]
+        assert html.escape(json.dumps(leaf)) in page, key  # e.g. &quot;alpha_ratio&quot;
+    shown = re.search(r"<summary>search space</summary><pre>(.*?)</pre>", page, re.S)
+    assert shown and json.loads(html.unescape(shown.group(1))) == space
+
+    # the generations of the best finished trial on eval_loss, under that trial's heading
+    trials = pd.read_csv(report / "trials.csv")
+    best = trials[trials["status"] == "finished"].sort_values("eval_loss").iloc[0]
+    examples = json.loads((Path(best["trial_dir"]) / "examples.json").read_text())
+    assert examples and all(e["prompt"] for e in examples)
+    section = page.split("<h2>Generations of the best trials</h2>")[1].split("<h2>")[0]
+    heading = html.escape(f"{best['study']}/{best['group']}/{best['trial']}: ")
+    assert section.count(f"<h3>{heading}") == 1
+    block = section.split(f"<h3>{heading}")[1].split("<h3>")[0]
+    for example in examples:
+        for field in ("prompt", "target", "output"):
+            if example[field].strip():  # an empty generation leaves nothing to look for
+                assert f">{html.escape(example[field])}</td>" in block, (field, example)
+    assert any(e["output"].strip() for e in examples)
+
+    # a generation with markup in it is shown as text (the real ones above may have none)
+    from analysis.report import build_report
+
+    study = copy_study(multi_study, tmp_path / "multi")
+    tricky = [{**examples[0], "output": '<b>x & "y"</b>'}, *examples[1:]]
+    (study / best["group"] / best["trial"] / "examples.json").write_text(json.dumps(tricky))
+    page = build_report([study], tmp_path / "out").read_text()
+    assert ">&lt;b&gt;x &amp; &quot;y&quot;&lt;/b&gt;</td>" in page and "<b>x" not in page
 
 
 def _chromium() -> str:
@@ -298,3 +352,29 @@ def test_render_draws_errored_stopped_and_baseline_points(tmp_path):
     assert {t.get_text() for t in ax.texts} == {"base", "r8 qv 4b", "full"}
     png, svg = render.save(fig, tmp_path / "p")
     assert png.read_bytes().startswith(PNG_MAGIC) and ET.parse(svg).getroot().tag.endswith("svg")
+
+
+def test_plot_anytime_draws_without_pyplot_or_changing_the_backend(tmp_path):
+    """analysis.anytime draws like analysis.render: no pyplot, the caller's backend untouched
+    (in a fresh interpreter, since this test session may have imported pyplot already)."""
+    from PIL import Image
+
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "from analysis.anytime import anytime_info, plot_anytime\n"
+        "runs = {'a': [[(50, 1.0, True), (50, 0.6, True)]], 'b': [[(100, 0.5, True)]]}\n"
+        "info = anytime_info(runs, total=100, reference=0.5, points=11)\n"
+        f"plot_anytime(info, {str(tmp_path / 'anytime.png')!r}, highlight='a')\n"
+        "print('BACKEND', matplotlib.get_backend())\n"
+        "print('PYPLOT', 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert "BACKEND svg" in lines and "PYPLOT False" in lines, lines
+    data = (tmp_path / "anytime.png").read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (750, 450)  # 7.5 x 4.5 inches at the default 100 dpi
