@@ -4,7 +4,8 @@
   stopped reaches Optuna as PRUNED (stock OptunaSearch tells it COMPLETE with its partial value,
   which teaches TPE that early, worse numbers are final), an errored one as FAIL, and only a
   finished trial (its last result holds the test metrics) as COMPLETE with every objective.
-  Configurations over the memory budget are told FAIL and never launched.
+  Configurations over the memory budget are told FAIL and never launched; a configuration that
+  was already run is not run again (trials are deterministic: Optuna gets the earlier outcome).
 - :class:`StudyASHA`: ASHA on optimizer steps whose rungs can be rebuilt from recorded results
   after ``--resume`` (Ray does not save scheduler state).
 - :func:`estimate_peak_mb`: peak training memory from parameter counts, bits, batch and length.
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
@@ -51,11 +53,25 @@ class StudySearch(OptunaSearch):
         self._max_rejects = max_rejects
         self._record_path = record_path
         self.rejected: list[tuple[dict, str]] = []
+        self.repeats = 0  # suggestions answered from an earlier identical trial
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """A new configuration; one already run is answered from its record, not run again.
+
+        Trials are seeded and deterministic, so a configuration that already finished, was
+        stopped or failed would do exactly the same again: Optuna is told the earlier outcome
+        for the repeat (TPE keeps its model) and asked for another. When a finite space has no
+        untried configuration left, the search ends (``Searcher.FINISHED``).
+        """
+        repeats = 0
         for _ in range(self._max_rejects):
             config = super().suggest(trial_id)
-            reason = self._accept(config) if self._accept and config is not None else None
+            if config is None:
+                return None
+            if self._answer_repeat(trial_id):
+                repeats += 1
+                continue
+            reason = self._accept(config) if self._accept else None
             if reason is None:
                 return config
             ot_trial = self._ot_trials.pop(trial_id)
@@ -63,9 +79,32 @@ class StudySearch(OptunaSearch):
             self.rejected.append((config, reason))
             log.info("not launched: %s", reason)
             self._record()
+        if repeats == self._max_rejects:
+            log.info("every suggestion repeats a configuration already run: search finished")
+            return Searcher.FINISHED
         raise RuntimeError(
             f"{self._max_rejects} suggestions in a row were rejected: {self.rejected[-1][1]}"
         )
+
+    def _answer_repeat(self, trial_id: str) -> bool:
+        """Tell Optuna the earlier outcome if this trial's params were already run; True if so."""
+        ot_trial = self._ot_trials[trial_id]
+        done = (_state("COMPLETE"), _state("PRUNED"), _state("FAIL"))
+        for earlier in self._ot_study.get_trials(deepcopy=False, states=done):
+            if earlier.params != ot_trial.params or earlier.number == ot_trial.number:
+                continue
+            if earlier.state == _state("PRUNED") and not isinstance(self.metric, list):
+                for step, value in earlier.intermediate_values.items():
+                    ot_trial.report(value, step)  # TPE ranks pruned trials by their last value
+            values = earlier.values if earlier.state == _state("COMPLETE") else None
+            if values is not None and not isinstance(self.metric, list):
+                values = values[0]
+            self._ot_study.tell(ot_trial, values, state=earlier.state)
+            self._ot_trials.pop(trial_id)
+            self.repeats += 1
+            self._record()
+            return True
+        return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
@@ -110,6 +149,7 @@ class StudySearch(OptunaSearch):
             "mode": self.mode,
             "trials": trials,
             "rejected": [{"config": c, "reason": r} for c, r in self.rejected],
+            "repeats": self.repeats,
         }
         path = Path(self._record_path)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -172,16 +212,18 @@ class StudyASHA(ASHAScheduler):
 
 
 def tpe_sampler(seed: int, num_samples: int | None = None):
-    """Optuna's TPE, seeded, with its random start sized to the study.
+    """Optuna's TPE, seeded, multivariate, with its random start sized to the study.
 
     TPE samples at random for its first ``n_startup_trials`` (Optuna's default 10) before it
-    models anything. Studies here are often small (the demo runs 8 trials), so a third of the
-    planned trials, between 3 and 10, start at random and the rest are guided.
+    models anything. Studies here are often small (the demo runs 8 trials), so a quarter of the
+    planned trials, between 3 and 10, start at random and the rest are guided. Multivariate TPE
+    models the parameters jointly (rank, alpha, lr and targets interact: the best lr depends on
+    the scaling alpha / r); bench/search_efficiency.py measures both choices.
     """
     from optuna.samplers import TPESampler
 
-    startup = 10 if num_samples is None else max(3, min(10, num_samples // 3))
-    return TPESampler(seed=seed, n_startup_trials=startup)
+    startup = 10 if num_samples is None else max(3, min(10, num_samples // 4))
+    return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
 def make_search(

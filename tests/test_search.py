@@ -86,6 +86,33 @@ def test_search_hand_off_pruned_fail_complete():
     assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0}
 
 
+def test_a_configuration_already_run_is_answered_from_its_record_not_run_again():
+    from ray.tune.search import Searcher
+
+    space = {"lora": {"rank": tune.choice([1, 2])}}
+    searcher = StudySearch(
+        metric="eval_loss", mode="min", seed=0, points_to_evaluate=[{"lora/rank": 1}] * 2
+    )
+    searcher.set_search_properties("eval_loss", "min", space)
+    assert searcher.suggest("t0") == {"lora": {"rank": 1}}
+    searcher.on_trial_result("t0", {"step": 5, "eval_loss": 0.7})
+    searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 0.5, "test_loss": 0.6})
+    # The second queued point repeats rank 1: told COMPLETE with 0.5, and rank 2 is launched.
+    assert searcher.suggest("t1") == {"lora": {"rank": 2}}
+    trials = searcher.optuna_study().get_trials()
+    assert [(t.state.name, t.value) for t in trials[:2]] == [("COMPLETE", 0.5)] * 2
+    assert searcher.repeats == 1
+    searcher.on_trial_result("t1", {"step": 5, "eval_loss": 3.0})
+    searcher.on_trial_complete("t1", {"step": 5, "eval_loss": 3.0})  # stopped by ASHA
+    # Both configurations have run: every further suggestion is a repeat, and the search ends.
+    assert searcher.suggest("t2") == Searcher.FINISHED
+    repeated_pruned = [
+        t for t in searcher.optuna_study().get_trials() if t.params["lora/rank"] == 2
+    ]
+    assert all(t.state.name == "PRUNED" for t in repeated_pruned)
+    assert all(t.intermediate_values == {5: 3.0} for t in repeated_pruned)
+
+
 def test_memory_estimate_grows_with_what_it_should():
     args = dict(total_params=135_000_000, batch=8, seq_len=128, hidden=576, layers=30, vocab=49152)
     e16 = estimate_peak_mb(trainable_params=2_400_000, bits=16, **args)
@@ -108,6 +135,9 @@ def test_builtin_spaces_are_valid_and_convert():
     assert default["lora"]["rank"] == {"choice": [1, 2, 4, 8, 16, 32, 64]}
     assert default["quant"]["bits"] == {"choice": [4, 8, 16]}
     assert default["lora"]["targets"] == {"choice": ["qv", "qkvo", "all-linear"]}
+    seeds = load_space("seeds-qwen2")  # the reports' setting: Qwen2-0.5B, wikitext-2, q and v first
+    assert (seeds["model"]["name"], seeds["data"]["source"]) == ("Qwen/Qwen2-0.5B", "wikitext-2")
+    assert tune_points(seeds)[0]["lora/targets"] == "qv"
 
 
 @pytest.mark.parametrize(
