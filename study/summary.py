@@ -123,7 +123,18 @@ def print_summary(plan) -> None:
         )
     optuna_file = plan.study_dir / "optuna.json"
     if optuna_file.is_file():
-        rejected = json.loads(optuna_file.read_text()).get("rejected", [])
+        record = json.loads(optuna_file.read_text())
+        rejected = record.get("rejected", [])
         if rejected:
             print(f"  not launched (over the memory budget): {len(rejected)} configurations")
+        if record.get("repeats"):
+            print(
+                f"  repeats answered from an earlier identical trial (not trained again): "
+                f"{record['repeats']}"
+            )
+        if len(searched) < plan.args.num_samples and not plan.args.time_budget_s:
+            print(
+                f"  the search ended after {len(searched)} of --num-samples "
+                f"{plan.args.num_samples}: every configuration of this space has run"
+            )
     print(f"\nBuild the report: python -m analysis report {plan.study_dir}")

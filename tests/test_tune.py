@@ -166,6 +166,19 @@ def test_two_studies_in_one_storage_path_keep_their_own_optuna_state(multi_study
     assert (len(multi["trials"]), len(faults["trials"])) == (6, 4)
 
 
+def test_a_small_space_is_searched_without_repeats_and_the_search_ends(tmp_path, capsys):
+    fixed = {"lora.alpha_ratio": 1, "lora.targets": "qv", "quant.bits": 16, "data.size": 32}
+    space = space_file(tmp_path, **fixed, **{"train.lr": 0.01, "lora.rank": {"choice": [1, 2]}})
+    argv = ["--space", str(space), "--num-samples", "4", "--no-baselines", "--name", "two"]
+    assert main([*argv, "--storage-path", str(tmp_path / "res")]) == 0
+    study = tmp_path / "res" / "two"
+    ranks = sorted(
+        json.loads((d / "config.json").read_text())["lora"]["rank"] for d in trial_dirs(study)
+    )
+    assert ranks == [1, 2]  # each configuration once, though 4 samples were asked for
+    assert "the search ended after 2 of --num-samples 4" in capsys.readouterr().out
+
+
 def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
     space = space_file(tmp_path, points=[GOOD], **{"train.steps": 8})
     cmd = [
