@@ -33,7 +33,7 @@ from study.tasks import skills as skills_task
 from study.tasks import text as text_sources
 
 IGNORE = -100
-_FORMAT = 1  # bump when the cached layout or rendering changes
+_FORMAT = 2  # bump when the cached layout or rendering changes
 SKILL_POOL = 3000
 SPLIT_SEED = 1234  # fixed: the same splits for every trial
 
@@ -145,8 +145,14 @@ def _build(cfg: DataConfig, tokenizer) -> TaskData:
         pairs = [(e.prompt, e.response, e.skill) for e in skills_task.skill_pool(SKILL_POOL)]
     else:
         raw = text_sources.sft_pairs(cfg.source)
-        random.Random(SPLIT_SEED).shuffle(raw)
-        pairs = [(p, r, None) for p, r in raw]
+        # One pair per prompt (the first): dialogue sets repeat prompts, and a prompt in both
+        # train and test would make the held-out split not held out.
+        first: dict[str, str] = {}
+        for prompt, response in raw:
+            first.setdefault(prompt, response)
+        unique = list(first.items())
+        random.Random(SPLIT_SEED).shuffle(unique)
+        pairs = [(p, r, None) for p, r in unique]
     examples, dropped = [], 0
     for prompt, response, skill in pairs:
         example = encode_pair(tokenizer, prompt, response, cfg.seq_len)
@@ -156,7 +162,10 @@ def _build(cfg: DataConfig, tokenizer) -> TaskData:
         example.skill = skill
         examples.append(example)
     train, evals, test = _split(examples, cfg, what)
-    return TaskData(train, evals, test, {"pairs": len(pairs), "dropped_too_long": dropped})
+    info = {"pairs": len(pairs), "dropped_too_long": dropped}
+    if cfg.task == "sft":
+        info["dropped_repeated_prompt"] = len(raw) - len(pairs)
+    return TaskData(train, evals, test, info)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -119,6 +119,12 @@ def test_splits_are_disjoint_and_sizes_nested(tok):
     assert len(lm.train) == 20 and all(len(e.input_ids) == 64 for e in lm.test)
 
 
+def test_default_exact_match_splits_hold_50_prompts_per_skill(tok):
+    data = build_data(DataConfig(), tok)  # the defaults every trial starts from
+    for split in (data.eval, data.test):
+        assert [sum(e.skill == s for e in split) for s in skills.SKILLS] == [50, 50, 50]
+
+
 def test_too_large_a_size_names_the_available_count(tok):
     available = build_data(DataConfig(size=1), tok).info["available_train"]
     with pytest.raises(ValueError, match=f"exceeds the {available} training examples"):
@@ -143,6 +149,19 @@ def test_local_sft_jsonl(tmp_path, tok):
         DataConfig(task="sft", source=str(path), size=20, eval_size=10, test_size=10), tok
     )
     assert len(data.train) == 20 and data.train[0].reference.isdigit()
+
+
+def test_sft_splits_share_no_prompt_when_the_source_repeats_prompts(tmp_path, tok):
+    path = tmp_path / "repeats.jsonl"
+    records = [{"instruction": f"Say {i % 30}", "output": f"{i}"} for i in range(60)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = build_data(
+        DataConfig(task="sft", source=str(path), size=10, eval_size=10, test_size=10), tok
+    )
+    prompts = [{e.prompt for e in split} for split in (data.train, data.eval, data.test)]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    assert data.info["dropped_repeated_prompt"] == 30
+    assert {e.reference for e in data.train + data.eval + data.test} <= {str(i) for i in range(30)}
 
 
 def test_two_processes_build_one_cache_at_once(tmp_path):
