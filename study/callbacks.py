@@ -65,8 +65,9 @@ def _error_reason(trial) -> str:
 class StatusWriter(Callback):
     """Writes status.json for every trial of an experiment directory (trial dir = trial id)."""
 
-    def __init__(self, experiment_dir: Path) -> None:
+    def __init__(self, experiment_dir: Path, time_budget_s: float | None = None) -> None:
         self.dir = Path(experiment_dir)
+        self.time_budget_s = time_budget_s
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if read_status(self.dir / trial.trial_id).get("status") != "finished":
@@ -80,11 +81,14 @@ class StatusWriter(Callback):
         elif FINISHED_MARKER in result:
             write_status(self.dir / trial.trial_id, "finished", step=step)
         else:
+            # Tune also ends running trials when --time-budget-s runs out, and does not say
+            # which of the two stopped a trial.
+            by = "ASHA" if not self.time_budget_s else "ASHA or --time-budget-s"
             write_status(
                 self.dir / trial.trial_id,
                 "stopped",
                 step=step,
-                reason=f"stopped by ASHA at step {step}",
+                reason=f"stopped by {by} at step {step}",
             )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

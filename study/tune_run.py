@@ -450,7 +450,8 @@ def _fit(plan: Plan, experiment: str, make_tuner) -> None:
     from ray import tune
 
     exp_dir = plan.study_dir / experiment
-    callbacks = [StatusWriter(exp_dir), LiveTable(exp_dir, label=f"[{experiment}]\n")]
+    budget = plan.args.time_budget_s if experiment == "search" else None
+    callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{experiment}]\n")]
     trainable = _trainable(plan, exp_dir)
     if (exp_dir / "tuner.pkl").is_file():
         tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable=trainable, resume_errored=True)
