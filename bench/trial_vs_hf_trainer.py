@@ -4,7 +4,9 @@
     python bench/trial_vs_hf_trainer.py --rounds 1 --steps 10
 
 Same model (bundled SmolLM2-135M-Instruct), data (400 examples of the skills task, prompts
-masked), LoRA (all-linear, r8, alpha 16), batch 8, steps, warm-up + cosine schedule, AdamW,
+masked), LoRA (all-linear, r8, alpha 16), batch 8, steps, schedule (linear warm-up, then cosine
+decay to 10% of the lr: Trainer's ``cosine_with_min_lr``; our warm-up starts one step further
+in), AdamW (ours fused, one of the levers the comparison allows; Trainer's ``adamw_torch``),
 gradient clipping and dtype (auto: bf16 autocast where the CPU has it). Trainer's logging,
 evaluation and saving are off. Each run is its own process (peak RSS is per process); tokens/s
 counts real (non-padding) tokens; peak memory is the RSS high-water mark over ``train`` only.
@@ -108,7 +110,8 @@ def run_hf(args) -> dict:
         per_device_train_batch_size=8,
         max_steps=args.steps,
         learning_rate=cfg.train.lr,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type="cosine_with_min_lr",  # ours decays to min_lr_ratio x lr, not 0
+        lr_scheduler_kwargs={"min_lr_rate": cfg.train.min_lr_ratio},
         warmup_steps=cfg.train.warmup,
         weight_decay=0.0,
         max_grad_norm=cfg.train.grad_clip,
