@@ -163,8 +163,14 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
     for target, names in groups.items():
         names = [n for n in names if not _inside_lora(n)]
         if not names:
+            hint = ""
+            if isinstance(expanded, str) and any(n.endswith("." + target) for n in modules):
+                hint = (
+                    f" (a string is a regex over full module names, as in PEFT; for module "
+                    f"names pass a list: [{target!r}])"
+                )
             raise ValueError(
-                f"target {target!r} matches no module; {describe_linear_modules(model)}"
+                f"target {target!r} matches no module{hint}; {describe_linear_modules(model)}"
             )
         for name in names:
             module = modules[name]

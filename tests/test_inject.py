@@ -67,6 +67,9 @@ def test_unknown_target_names_the_real_modules():
         inject_lora(model, ["c_attn"])
     assert "q_proj" in str(err.value) and "down_proj" in str(err.value)
     assert not list(lora_layers(model))
+    with pytest.raises(ValueError, match=r"regex over full module names.*\['q_proj'\]"):
+        inject_lora(model, "q_proj")  # a bare name as a string: PEFT's regex rule, with a hint
+    assert inject_lora(model, r".*\.q_proj").replaced  # the same as a regex works
 
 
 def test_output_head_and_non_linear_targets_are_refused():
