@@ -8,7 +8,10 @@
 #
 # torch 2.13.0 from PyPI is built against CUDA 13.0, so the base is CUDA 13.0's runtime (the host
 # needs an NVIDIA driver for CUDA 13, >= 580). Versions come from the project's constraints.txt,
-# the set the tests pass with.
+# the set the tests pass with (on Python 3.11). The image runs Ubuntu 24.04's Python 3.12: every
+# pin, torch included, has a cp312 or pure-Python wheel for x86_64 Linux (checked with
+# `pip install --dry-run --python-version 3.12 --only-binary=:all: -r constraints.txt`), but the
+# test suite itself has not run on 3.12.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
