@@ -61,9 +61,8 @@ def worker(args: argparse.Namespace) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     mem = PeakMemory(device)
     times: dict[str, list[float]] = {"fwd": [], "bwd": [], "opt": [], "step": []}
+    mem.resume()  # the training phase's peak: reset at its start, so loading is not counted
     for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            mem.resume()  # training-phase peak: after load and warm-up allocations settle
         t0 = now(device)
         with autocast:
             loss = model(input_ids=ids, labels=ids).loss
