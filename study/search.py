@@ -54,6 +54,7 @@ class StudySearch(OptunaSearch):
         self._record_path = record_path
         self.rejected: list[tuple[dict, str]] = []
         self.repeats = 0  # suggestions answered from an earlier identical trial
+        self._reported: dict[str, set[int]] = {}  # trial id -> steps told to Optuna
 
     def suggest(self, trial_id: str) -> dict | str | None:
         """A new configuration; one already run is answered from its record, not run again.
@@ -112,6 +113,7 @@ class StudySearch(OptunaSearch):
         value = result.get(self.metric)
         if value is not None and math.isfinite(value):
             self._ot_trials[trial_id].report(value, result[M.STEP])  # steps, not iterations
+            self._reported.setdefault(trial_id, set()).add(result[M.STEP])
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -131,6 +133,17 @@ class StudySearch(OptunaSearch):
                 values = values if isinstance(self.metric, list) else values[0]
         else:
             state, values = "PRUNED", None
+            # The result that made ASHA stop the trial never reached on_trial_result (Tune hides
+            # it from the searcher): record it, so TPE ranks the pruned trial by its last value.
+            value, step = (result or {}).get(self.metric), (result or {}).get(M.STEP)
+            if (
+                not isinstance(self.metric, list)
+                and value is not None
+                and step is not None
+                and math.isfinite(value)
+                and step not in self._reported.get(trial_id, ())
+            ):
+                ot_trial.report(value, step)
         self._ot_study.tell(ot_trial, values, state=_state(state))
         self._completed_trials.add(trial_id)
         self._record()

@@ -78,12 +78,13 @@ def test_search_hand_off_pruned_fail_complete():
     for i in range(3):
         searcher.suggest(f"t{i}")
     searcher.on_trial_result("t0", {"step": 5, "eval_loss": 2.0})
-    searcher.on_trial_complete("t0", {"step": 5, "eval_loss": 2.0})  # stopped by ASHA
+    # stopped by ASHA on its step-10 result, which Tune shows the scheduler but not the searcher
+    searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 2.5})
     searcher.on_trial_complete("t1", {"step": 5, "error": "non-finite loss"})
     searcher.on_trial_complete("t2", {"step": 20, "eval_loss": 1.0, "test_loss": 1.1})
     trials = searcher.optuna_study().get_trials()
     assert [t.state.name for t in trials] == ["PRUNED", "FAIL", "COMPLETE"]
-    assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0}
+    assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0, 10: 2.5}
 
 
 def test_a_configuration_already_run_is_answered_from_its_record_not_run_again():
