@@ -135,10 +135,11 @@ class StudySearch(OptunaSearch):
             state, values = "PRUNED", None
             # The result that made ASHA stop the trial never reached on_trial_result (Tune hides
             # it from the searcher): record it, so TPE ranks the pruned trial by its last value.
-            value, step = (result or {}).get(self.metric), (result or {}).get(M.STEP)
+            single = not isinstance(self.metric, list)  # multi-objective takes no values
+            value = (result or {}).get(self.metric) if single else None
+            step = (result or {}).get(M.STEP)
             if (
-                not isinstance(self.metric, list)
-                and value is not None
+                value is not None
                 and step is not None
                 and math.isfinite(value)
                 and step not in self._reported.get(trial_id, ())

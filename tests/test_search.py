@@ -87,6 +87,22 @@ def test_search_hand_off_pruned_fail_complete():
     assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0, 10: 2.5}
 
 
+def test_multi_objective_hand_off_pruned_without_values():
+    space = {"lora": {"rank": tune.choice([1, 2, 4])}}
+    searcher = StudySearch(metric=["eval_loss", "peak_mem_mb"], mode=["min", "min"], seed=0)
+    searcher.set_search_properties(None, None, space)
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 2.5, "peak_mem_mb": 900.0})
+    done = {"step": 20, "eval_loss": 1.0, "peak_mem_mb": 800.0, "test_loss": 1.1}
+    searcher.on_trial_complete("t1", done)
+    trials = searcher.optuna_study().get_trials()
+    assert [(t.state.name, t.values) for t in trials] == [
+        ("PRUNED", None),
+        ("COMPLETE", [1.0, 800.0]),
+    ]
+
+
 def test_a_configuration_already_run_is_answered_from_its_record_not_run_again():
     from ray.tune.search import Searcher
 
