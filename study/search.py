@@ -92,7 +92,7 @@ class StudySearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         done = (_state("COMPLETE"), _state("PRUNED"), _state("FAIL"))
         for earlier in self._ot_study.get_trials(deepcopy=False, states=done):
-            if earlier.params != ot_trial.params or earlier.number == ot_trial.number:
+            if earlier.params != ot_trial.params:  # (this trial is RUNNING: not among them)
                 continue
             if earlier.state == _state("PRUNED") and not isinstance(self.metric, list):
                 for step, value in earlier.intermediate_values.items():

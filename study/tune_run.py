@@ -257,8 +257,8 @@ def plan_study(args, argv: list[str]) -> Plan:
         common = {**sample_point(space), "data.size": size, "quant.bits": 16}
         for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
             cfg = check_config({**common, "method": method, **extra})
-            estimate = estimate_cfg(cfg, facts)
-            if args.max_mem_mb and method != "base" and estimate > args.max_mem_mb:
+            estimate = estimate_cfg(cfg, facts) if args.max_mem_mb and method != "base" else 0
+            if args.max_mem_mb and estimate > args.max_mem_mb:
                 print(
                     f"study.tune: the {method} baseline is not run: estimated peak "
                     f"{estimate:.0f} MB > --max-mem-mb {args.max_mem_mb:.0f}"
@@ -294,8 +294,9 @@ def _resume_settings(args, argv: list[str], study_dir: Path) -> dict:
     try:
         record = json.loads((study_dir / "study.json").read_text())
         started = parse_args([str(a) for a in record["command"][3:]])
-        record["space"], record["objectives"]  # noqa: B018 (both must be there)
-    except (OSError, ValueError, KeyError, TypeError, SystemExit):
+        if not {"space", "objectives"} <= record.keys():
+            raise KeyError("space or objectives")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SystemExit):
         raise UsageError(f"{study_dir / 'study.json'} is not a readable study record") from None
     defaults = parse_args([])
     for dest, flag in STUDY_FLAGS.items():
