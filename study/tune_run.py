@@ -419,6 +419,38 @@ def replay_curves(experiment_dir: Path) -> list[tuple[str, list[dict]]]:
     return out
 
 
+def restore_missing_checkpoints(experiment_dir: Path) -> list[Path]:
+    """Re-create checkpoints the experiment state names but a kill left deleted; return them.
+
+    With ``num_to_keep=1`` Ray deletes a trial's previous checkpoint when it registers a new one,
+    and snapshots the experiment state a moment later. A driver killed in between leaves a state
+    that names the deleted checkpoint, and ``Tuner.restore`` then fails that trial ("does not
+    exist on storage anymore"). The newer checkpoint is in the trial directory: copy it under
+    the old name, so the trial resumes from its latest progress. Reads Ray's own state file,
+    which holds pickles: as with ``Tuner.restore``, only for storage paths you trust.
+    """
+    import pickle
+    import shutil
+
+    states = sorted(Path(experiment_dir).glob("experiment_state-*.json"))
+    if not states:
+        return []
+    repaired = []
+    for _, runtime in json.loads(states[-1].read_text())["trial_data"]:
+        blob = json.loads(runtime).get("checkpoint_manager") or {}
+        if "value" not in blob:
+            continue
+        latest = pickle.loads(bytes.fromhex(blob["value"])).latest_checkpoint_result
+        if latest is None or latest.checkpoint is None:
+            continue
+        missing = Path(latest.checkpoint.path)
+        newer = sorted(p for p in missing.parent.glob("checkpoint_*") if p.name > missing.name)
+        if not missing.exists() and newer:
+            shutil.copytree(newer[-1], missing)
+            repaired.append(missing)
+    return repaired
+
+
 def _trial_dirname(trial) -> str:
     return trial.trial_id
 
@@ -455,6 +487,8 @@ def _fit(plan: Plan, experiment: str, make_tuner) -> None:
     callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{experiment}]\n")]
     trainable = _trainable(plan, exp_dir)
     if (exp_dir / "tuner.pkl").is_file():
+        for path in restore_missing_checkpoints(exp_dir):
+            print(f"study.tune: {path.parent.name}: resuming from its newer checkpoint")
         tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable=trainable, resume_errored=True)
     else:
         tuner = make_tuner(trainable, _run_config(plan, experiment, callbacks))
