@@ -1,6 +1,6 @@
 """Find target modules by name, wrap them in LoRALinear, freeze everything else.
 
-    result = inject_lora(model, "all-linear", rank=8, alpha=16)
+    result = inject_lora(model, "all-linear", rank=8, alpha=16)   # or a LoraSpec(rank=8, alpha=16)
     print(result.trainable, "of", result.total, "parameters train")
 
 Targets are module names (exact, or a dotted suffix: ``q_proj`` matches
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-import torch
 from torch import nn
 
-from lora_impl.layer import LoRALinear, is_linear_like, lora_layers, validate_lora_args
+from lora_impl.layer import LoRALinear, LoraSpec, is_linear_like, lora_layers
 
 SHORTHANDS = ("qv", "qkvo", "attention", "mlp", "all-linear")
 
@@ -207,31 +206,58 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def inject_lora(
     model: nn.Module,
     targets: str | Sequence[str],
-    rank: int = 8,
-    alpha: float = 16.0,
-    dropout: float = 0.0,
-    rslora: bool = False,
-    init: str = "kaiming",
-    dtype: torch.dtype = torch.float32,
+    spec: LoraSpec | None = None,
+    **kwargs: object,
 ) -> InjectResult:
     """Wrap every target in a LoRALinear in place and freeze all but the ``lora_`` parameters.
 
-    Arguments are validated before the model is touched, so a bad call leaves it unchanged.
+    The adapter is described by ``spec``, or by LoraSpec's fields as keywords (``rank=8,
+    alpha=16.0, dropout=0.0, rslora=False, init="kaiming", dtype=torch.float32`` by default).
+    The spec is built and targets resolved before the model is touched, so a bad call leaves
+    it unchanged.
 
     Raises:
-        ValueError: bad rank / alpha / dropout / init, or a target problem (see resolve_targets).
+        TypeError: both a spec and keywords, a keyword that is no LoraSpec field, or a spec
+            that is not a LoraSpec.
+        ValueError: a bad rank / alpha / dropout / rslora / init / dtype (see LoraSpec), or a
+            target problem (see resolve_targets).
     """
-    validate_lora_args(rank, alpha, dropout, init)
+    spec = _spec_of(spec, kwargs)
     names = resolve_targets(model, targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        base = getattr(parent, child)
-        setattr(parent, child, LoRALinear(base, rank, alpha, dropout, rslora, init, dtype))
+        setattr(parent, child, LoRALinear(getattr(parent, child), spec))
     for param_name, param in model.named_parameters():
         param.requires_grad_("lora_" in param_name)
     trainable, total = count_parameters(model)
     return InjectResult(replaced=tuple(names), trainable=trainable, total=total)
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(LoraSpec))
+_DEFAULT_SPEC_KWARGS = {"rank": 8, "alpha": 16.0}  # the fields LoraSpec itself has no default for
+
+
+def _spec_of(spec: LoraSpec | None, kwargs: dict[str, object]) -> LoraSpec:
+    if spec is not None:
+        if kwargs:
+            raise TypeError(
+                f"inject_lora takes a LoraSpec or keywords, not both (got a spec and "
+                f"{', '.join(kwargs)})"
+            )
+        if not isinstance(spec, LoraSpec):
+            raise TypeError(
+                f"inject_lora's third argument must be a LoraSpec, got {spec!r}; give "
+                f"{', '.join(_SPEC_FIELDS)} as keywords"
+            )
+        return spec
+    unknown = [k for k in kwargs if k not in _SPEC_FIELDS]
+    if unknown:
+        raise TypeError(
+            f"inject_lora got unexpected keyword argument(s) {', '.join(unknown)}; "
+            f"LoraSpec fields are {', '.join(_SPEC_FIELDS)}"
+        )
+    return LoraSpec(**(_DEFAULT_SPEC_KWARGS | kwargs))
 
 
 def compact_targets(model: nn.Module) -> list[str]:

@@ -10,6 +10,7 @@ Weights are read with safetensors only, never with pickle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -20,11 +21,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lora_impl.inject import InjectResult, compact_targets, inject_lora
-from lora_impl.layer import LoRALinear, lora_layers
+from lora_impl.layer import LoRALinear, LoraSpec, lora_layers
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)  # what a saved adapter directory holds
 KEY_PREFIX = "base_model.model."
+
+
+def adapter_weights_file(path: str | os.PathLike) -> Path:
+    """The weights file of the adapter directory ``path`` (which need not exist)."""
+    return Path(path) / WEIGHTS_NAME
+
+
+def has_adapter(path: str | os.PathLike) -> bool:
+    """True if directory ``path`` holds both files of a saved adapter (config and weights)."""
+    return all((Path(path) / name).is_file() for name in ADAPTER_FILES)
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,25 +59,23 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None)
     layers = [layer for _, layer in lora_layers(model)]
     if not layers:
         raise ValueError("the model has no LoRA adapters to save")
-    first = layers[0]
+    spec = layers[0].spec
     for layer in layers[1:]:
-        if (layer.rank, layer.alpha, layer.rslora, layer.dropout) != (
-            first.rank,
-            first.alpha,
-            first.rslora,
-            first.dropout,
-        ):
-            raise ValueError("adapters with different rank/alpha/dropout cannot share one config")
+        if dataclasses.replace(layer.spec, dtype=spec.dtype) != spec:
+            raise ValueError(
+                f"adapters with different rank/alpha/dropout/rslora/init cannot share one "
+                f"config: {spec} and {layer.spec}"
+            )
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
-        "r": first.rank,
-        "lora_alpha": first.alpha,
-        "lora_dropout": first.dropout,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
         "target_modules": compact_targets(model),
-        "use_rslora": first.rslora,
-        "init_lora_weights": True if first.init == "kaiming" else "gaussian",
+        "use_rslora": spec.rslora,
+        "init_lora_weights": True if spec.init == "kaiming" else "gaussian",
         "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers),
         "bias": "none",
         "modules_to_save": None,
@@ -88,7 +98,7 @@ def save_adapter(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = adapter_config(model, base_model_name_or_path)
-    _atomic_write(path / WEIGHTS_NAME, lambda p: save_file(adapter_state_dict(model), p))
+    _atomic_write(adapter_weights_file(path), lambda p: save_file(adapter_state_dict(model), p))
     _atomic_write(path / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     return path
 
@@ -135,6 +145,28 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     return config
 
 
+def spec_from_peft_config(config: dict, dtype: torch.dtype = torch.float32) -> LoraSpec:
+    """The LoraSpec a PEFT LoraConfig dict describes, its adapter weights in ``dtype``.
+
+    Any ``init_lora_weights`` but ``"gaussian"`` maps to kaiming: B is zero for both, and a
+    loaded adapter's weights replace the initial ones anyway.
+
+    Raises:
+        ValueError: ``r`` or ``lora_alpha`` missing, or a value LoraSpec rejects.
+    """
+    missing = [field for field in ("r", "lora_alpha") if field not in config]
+    if missing:
+        raise ValueError(f"adapter config lacks {', '.join(missing)}")
+    return LoraSpec(
+        rank=config["r"],
+        alpha=config["lora_alpha"],
+        dropout=config.get("lora_dropout", 0.0),
+        rslora=config.get("use_rslora", False),
+        init="gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming",
+        dtype=dtype,
+    )
+
+
 def load_adapter(
     model: nn.Module, path: str | os.PathLike, dtype: torch.dtype = torch.float32
 ) -> InjectResult:
@@ -145,20 +177,15 @@ def load_adapter(
             (the model is left with freshly initialised adapters in that case).
     """
     config = read_adapter_config(path)
-    weights_path = Path(path) / WEIGHTS_NAME
+    weights_path = adapter_weights_file(path)
     if not weights_path.is_file():
         raise ValueError(f"no {WEIGHTS_NAME} in {path}")
+    try:
+        spec = spec_from_peft_config(config, dtype)
+    except ValueError as err:
+        raise ValueError(f"{Path(path) / CONFIG_NAME}: {err}") from None
     targets = config["target_modules"]
-    result = inject_lora(
-        model,
-        targets if isinstance(targets, str) else list(targets),
-        rank=config["r"],
-        alpha=config["lora_alpha"],
-        dropout=config.get("lora_dropout", 0.0),
-        rslora=config.get("use_rslora", False),
-        init="gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming",
-        dtype=dtype,
-    )
+    result = inject_lora(model, targets if isinstance(targets, str) else list(targets), spec)
     state = load_file(weights_path)
     expected = dict(_lora_parameters(model))
     missing = sorted(set(expected) - set(state))

@@ -14,6 +14,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,16 +22,66 @@ from torch import nn
 INITS = ("kaiming", "gaussian")
 
 
-def validate_lora_args(rank: object, alpha: object, dropout: object, init: object) -> None:
-    """Raise ValueError naming the field and the allowed values for any bad LoRA argument."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"lora rank must be a positive integer, got {rank!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"lora alpha must be a number > 0, got {alpha!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")
-    if init not in INITS:
-        raise ValueError(f"lora init must be one of {', '.join(INITS)}, got {init!r}")
+@dataclass(frozen=True)
+class LoraSpec:
+    """One adapter's hyperparameters, validated on construction (so every holder may trust them).
+
+    The update is ``s * B @ A`` with A (r, in), B (out, r) and ``s = alpha / r``, or
+    ``s = alpha / sqrt(r)`` with rsLoRA, whose scale keeps the update's magnitude from shrinking
+    as r grows. Targets are not part of a spec: they are resolved against a model.
+
+    Raises:
+        ValueError: a bad field; the message names it and its allowed values, as in
+            ``lora.rank must be a positive integer, got 0``.
+    """
+
+    rank: int
+    """r, the inner dimension of the update B @ A: a positive integer."""
+    alpha: float
+    """The scale numerator, a number > 0: scaling = alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = 0.0
+    """Dropout probability on the adapter's input only, in [0, 1)."""
+    rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r."""
+    init: str = "kaiming"
+    """A's init: kaiming (uniform, a=sqrt(5), PEFT's default) or gaussian (N(0, 1/r)); B is 0."""
+    dtype: torch.dtype = torch.float32
+    """dtype of the adapter weights, whatever the base layer's dtype."""
+
+    def __post_init__(self) -> None:
+        rank, alpha, dropout = self.rank, self.alpha, self.dropout
+        _require(
+            isinstance(rank, int) and not isinstance(rank, bool) and rank > 0,
+            "rank",
+            rank,
+            "a positive integer",
+        )
+        _require(
+            _is_number(alpha) and math.isfinite(alpha) and alpha > 0, "alpha", alpha, "a number > 0"
+        )
+        _require(_is_number(dropout) and 0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
+        _require(isinstance(self.rslora, bool), "rslora", self.rslora, "true or false")
+        _require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
+        _require(
+            isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point,
+            "dtype",
+            self.dtype,
+            "a floating-point torch.dtype",
+        )
+
+    @property
+    def scaling(self) -> float:
+        """s in ``s * B @ A``: alpha / rank, or alpha / sqrt(rank) with rslora."""
+        return self.alpha / math.sqrt(self.rank) if self.rslora else self.alpha / self.rank
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, field: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"lora.{field} must be {allowed}, got {value!r}")
 
 
 def quant_kind(module: nn.Module) -> str | None:
@@ -74,45 +125,30 @@ def base_layer_dims(base: nn.Module) -> tuple[int, int, bool]:
 
 
 class LoRALinear(nn.Module):
-    """A frozen base linear plus a trainable low-rank update ``s * B @ A``.
+    """A frozen base linear plus a trainable low-rank update ``s * B @ A`` (see :class:`LoraSpec`).
 
     Args:
         base_layer: the layer to adapt; it is kept as ``self.base_layer`` and never modified
             except by :func:`lora_impl.merge`.
-        rank: r, the inner dimension of the update (> 0).
-        alpha: the scale numerator (> 0); ``scaling = alpha / rank`` (``alpha / sqrt(rank)``
-            with ``rslora``).
-        dropout: dropout on the adapter's input only, in [0, 1).
-        rslora: use rank-stabilised scaling.
-        init: ``"kaiming"`` (PEFT's default: A Kaiming-uniform with a=sqrt(5)) or ``"gaussian"``
-            (A ~ N(0, 1/r)); B is zero either way, so the initial update is exactly zero.
-        dtype: dtype of the adapter weights, float32 by default whatever the base dtype.
+        spec: the adapter's hyperparameters (already validated); kept as ``self.spec``. A is
+            initialised per ``spec.init`` and B is zero, so the initial update is exactly zero.
 
     Raises:
-        ValueError: a bad rank, alpha, dropout or init (the message names field and allowed values).
-        TypeError: an unsupported base layer.
+        TypeError: ``spec`` is not a LoraSpec, or an unsupported base layer.
     """
 
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        rank: int,
-        alpha: float,
-        dropout: float = 0.0,
-        rslora: bool = False,
-        init: str = "kaiming",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
+    def __init__(self, base_layer: nn.Module, spec: LoraSpec) -> None:
         super().__init__()
-        validate_lora_args(rank, alpha, dropout, init)
+        if not isinstance(spec, LoraSpec):
+            raise TypeError(f"LoRALinear takes a LoraSpec, got {type(spec).__name__}")
         in_features, out_features, fan_in_fan_out = base_layer_dims(base_layer)
+        self.spec = spec
         self.base_layer = base_layer
         self.in_features, self.out_features = in_features, out_features
         self.fan_in_fan_out = fan_in_fan_out
-        self.rank, self.alpha, self.rslora, self.init = rank, alpha, rslora, init
-        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        rank, dtype = spec.rank, spec.dtype
         device = _weight_device(base_layer)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.lora_A = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.lora_B = nn.Linear(rank, out_features, bias=False, device=device, dtype=dtype)
         # B is (out, r) as in PEFT, but stored r-major (strides (1, out)). Its gradient is then
@@ -127,9 +163,34 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     @property
+    def rank(self) -> int:
+        """r, from the spec."""
+        return self.spec.rank
+
+    @property
+    def alpha(self) -> float:
+        """The scale numerator, from the spec."""
+        return self.spec.alpha
+
+    @property
+    def rslora(self) -> bool:
+        """Whether scaling is rank-stabilised, from the spec."""
+        return self.spec.rslora
+
+    @property
+    def init(self) -> str:
+        """A's initialisation scheme, from the spec."""
+        return self.spec.init
+
+    @property
+    def scaling(self) -> float:
+        """s in ``s * B @ A``, from the spec."""
+        return self.spec.scaling
+
+    @property
     def dropout(self) -> float:
-        """The adapter dropout probability."""
-        return self.lora_dropout.p if isinstance(self.lora_dropout, nn.Dropout) else 0.0
+        """The adapter dropout probability, from the spec."""
+        return self.spec.dropout
 
     def reset_lora_parameters(self) -> None:
         """Initialise A (Kaiming-uniform or Gaussian) and set B to zero, as PEFT does."""
@@ -159,6 +220,7 @@ class LoRALinear(nn.Module):
         return (result + delta).to(result.dtype)
 
     def extra_repr(self) -> str:
+        """rank, alpha, scaling, dropout and merged, for ``print(model)``."""
         return (
             f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}, "
             f"dropout={self.dropout}, merged={self.merged}"

@@ -1,10 +1,10 @@
-"""Target resolution: shorthands per architecture, names, regex, and the errors."""
+"""Target resolution (shorthands per architecture, names, regex, errors) and the spec argument."""
 
 from __future__ import annotations
 
 import pytest
 
-from lora_impl import inject_lora, lora_layers, resolve_targets
+from lora_impl import LoraSpec, inject_lora, lora_layers, resolve_targets
 from study.models import load_model
 
 LAYERS = (0, 1)
@@ -103,3 +103,17 @@ def test_trainable_count_is_rank_times_in_plus_out(model_name):
     assert result.trainable == expected
     assert result.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert result.total == sum(p.numel() for p in model.parameters())
+
+
+def test_spec_and_keywords_together_are_a_type_error():
+    model, _ = load_model("tiny-llama")
+    spec = LoraSpec(rank=4, alpha=8)
+    with pytest.raises(TypeError, match="not both"):
+        inject_lora(model, "qv", spec, rank=4)
+    with pytest.raises(TypeError, match="unexpected keyword.*ranks"):
+        inject_lora(model, "qv", ranks=4)
+    with pytest.raises(TypeError, match="must be a LoraSpec"):
+        inject_lora(model, "qv", 4)  # the old positional rank
+    assert not list(lora_layers(model)), "a failed inject must leave the model untouched"
+    result = inject_lora(model, "qv", spec)
+    assert result.replaced and all(layer.spec is spec for _, layer in lora_layers(model))

@@ -8,7 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_impl import inject_lora, load_adapter, lora_layers, save_adapter
+from lora_impl import (
+    LoraSpec,
+    adapter_weights_file,
+    has_adapter,
+    inject_lora,
+    load_adapter,
+    lora_layers,
+    save_adapter,
+    spec_from_peft_config,
+)
 from lora_impl.inject import expand_targets
 from study.models import load_model
 from tests.conftest import randomize_lora
@@ -41,9 +50,13 @@ def test_round_trip_gives_identical_logits(tmp_path, sample_ids, name, targets):
         k.startswith("base_model.model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
         for k in keys
     )
+    assert has_adapter(tmp_path) and adapter_weights_file(tmp_path).is_file()
     fresh, _ = load_model(name)
     load_adapter(fresh, tmp_path)
     assert torch.equal(logits(fresh, sample_ids), logits(model, sample_ids))
+    assert {layer.spec for _, layer in lora_layers(fresh)} == {
+        LoraSpec(rank=4, alpha=8, rslora=True)
+    }
 
 
 def test_compact_targets_keep_exactly_the_adapted_modules(tmp_path):
@@ -126,3 +139,29 @@ def test_bad_adapter_directories(tmp_path):
         load_adapter(model, tmp_path)
     with pytest.raises(ValueError, match="no LoRA adapters"):
         save_adapter(model, tmp_path / "out")
+    assert not has_adapter(tmp_path)
+    (tmp_path / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "target_modules": ["q_proj"], "r": 0, "lora_alpha": 8}'
+    )
+    adapter_weights_file(tmp_path).write_bytes(b"")
+    assert has_adapter(tmp_path)
+    with pytest.raises(ValueError, match=r"adapter_config.json: lora.rank must be a positive"):
+        load_adapter(model, tmp_path)
+    assert not list(lora_layers(model)), "a bad config must leave the model untouched"
+
+
+def test_spec_from_peft_config():
+    config = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "use_rslora": True}
+    spec = spec_from_peft_config(config | {"init_lora_weights": "gaussian"}, torch.bfloat16)
+    assert spec == LoraSpec(8, 16, 0.1, rslora=True, init="gaussian", dtype=torch.bfloat16)
+    assert spec_from_peft_config(config | {"init_lora_weights": True}).init == "kaiming"
+    with pytest.raises(ValueError, match="lacks lora_alpha"):
+        spec_from_peft_config({"r": 8})
+
+
+def test_adapters_with_different_specs_cannot_share_a_config(tmp_path):
+    model, _ = load_model("tiny-llama")
+    inject_lora(model, ["q_proj"], rank=4, alpha=8)
+    inject_lora(model, ["v_proj"], rank=2, alpha=8)
+    with pytest.raises(ValueError, match="adapters with different rank/alpha/dropout"):
+        save_adapter(model, tmp_path)
