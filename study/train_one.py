@@ -6,7 +6,8 @@
 
 The defaults are the default skills recipe: SmolLM2-135M-Instruct, LoRA rank 8 (alpha 16) on all
 linear layers, lr 3e-4 with 10 warm-up steps and cosine decay, 400 examples, 150 steps of batch 8,
-bf16 autocast where the hardware has it. Every flag is a field of study.config.TrialConfig.
+bf16 autocast where the hardware has it. Every field of study.config.TrialConfig is a flag,
+``--section.field`` (``--lora.rank 16``, ``--quant.type fp4``); the short forms above are aliases.
 """
 
 from __future__ import annotations
@@ -17,73 +18,36 @@ from pathlib import Path
 
 from study.cli import OneLineParser
 
-# flag -> dotted TrialConfig key (defaults come from TrialConfig, not from here)
-FLAGS = {
-    "model": ("model.name", str, "registry name, local directory or Hugging Face id"),
-    "method": ("method", str, "lora, full (all parameters) or base (no training)"),
-    "task": ("data.task", str, "skills, lm or sft"),
-    "source": ("data.source", str, "data source: builtin, wikitext-2, hh-rlhf, alpaca or a file"),
-    "size": ("data.size", int, "number of training examples (LM: blocks)"),
-    "seq_len": ("data.seq_len", int, "tokens per LM block / maximum example length"),
-    "rank": ("lora.rank", int, "LoRA rank r"),
-    "alpha": ("lora.alpha", float, "LoRA alpha (scaling = alpha / r)"),
-    "alpha_ratio": ("lora.alpha_ratio", float, "alpha as a multiple of the rank"),
-    "dropout": ("lora.dropout", float, "LoRA dropout in [0, 1)"),
-    "targets": ("lora.targets", str, "qv, qkvo, attention, mlp, all-linear or module names"),
-    "bits": ("quant.bits", int, "base weights: 16, 8 (LLM.int8) or 4"),
-    "quant_type": ("quant.type", str, "4-bit type: nf4 or fp4"),
-    "steps": ("train.steps", int, "optimizer steps"),
-    "epochs": ("train.epochs", float, "epochs instead of steps"),
-    "lr": ("train.lr", float, "peak learning rate"),
-    "batch_size": ("train.batch_size", int, "examples per micro-batch"),
-    "grad_accum": ("train.grad_accum", int, "micro-batches per optimizer step"),
-    "warmup": ("train.warmup", int, "learning-rate warm-up steps"),
-    "dtype": ("train.dtype", str, "auto, fp32 or bf16 (autocast)"),
-    "eval_every": ("eval.every", int, "evaluate every N steps"),
-    "seed": ("seed", int, "random seed"),
-}
 
+def parse_args(argv: list[str] | None = None, cls: type | None = None) -> argparse.Namespace:
+    """The command line: every TrialConfig field as ``--section.field`` (unset flags stay unset)."""
+    from study.config import TrialConfig
+    from study.fields import add_config_flags
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (every flag optional; unset flags keep the config's values)."""
     parser = OneLineParser.for_module("python -m study.train_one", __doc__)
     parser.add_argument("--config", type=Path, help="YAML or JSON file with TrialConfig fields")
     parser.add_argument(
         "--out", type=Path, default=Path("runs/trial"), help="trial directory (default runs/trial)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    parser.add_argument(
-        "--rslora", action="store_true", default=None, help="rank-stabilised scaling"
-    )
-    parser.add_argument(
-        "--grad-checkpointing",
-        action="store_true",
-        default=None,
-        help="recompute activations in backward to save memory",
-    )
-    for flag, (key, kind, text) in FLAGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{text} [{key}]")
+    add_config_flags(parser, cls or TrialConfig)
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace):
-    """File values, then flags; validated by TrialConfig."""
+def build_config(args: argparse.Namespace, cls: type | None = None):
+    """File values, then flags, as one dotted mapping; validated by TrialConfig.from_dict."""
     from study.config import TrialConfig, flatten
+    from study.fields import given_flags
 
+    cls = cls or TrialConfig
     values: dict = {}
     if args.config is not None:
         values = flatten(_read_config_file(args.config))
-    for flag, (key, _, _) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            values[key] = value
-    if args.steps is None and args.epochs is not None:
-        values["train.steps"] = None
-    if args.rslora:
-        values["lora.rslora"] = True
-    if args.grad_checkpointing:
-        values["train.grad_checkpointing"] = True
-    return TrialConfig.from_dict(values)
+    flags = given_flags(args, cls)
+    if "train.epochs" in flags and "train.steps" not in flags:
+        values.pop("train.steps", None)  # epochs on the command line replace the file's steps
+    values.update(flags)
+    return cls.from_dict(values)
 
 
 def _read_config_file(path: Path) -> dict:

@@ -1,0 +1,269 @@
+"""The sections of a trial's config: model, adapter, quantization, data, training, evaluation.
+
+Each is a frozen dataclass whose fields carry their defaults and a one-line docstring (the help
+of the field's flag); ``__post_init__`` refuses a bad value with a ValueError that names the
+field and what is allowed. ``study.config.TrialConfig`` puts them together; a new field goes
+into its section here and reaches the CLI, search spaces and the trial with nothing else edited.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from lora_impl.inject import SHORTHANDS
+from lora_impl.layer import LoraSpec
+
+METHODS = ("lora", "full", "base")
+TASKS = ("skills", "lm", "sft")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    """ValueError ``{name} must be {allowed}, got {value!r}`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        name,
+        value,
+        "a positive integer",
+    )
+
+
+def _positive_float(name: str, value: Any) -> None:
+    require(
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0,
+        name,
+        value,
+        "a number > 0",
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to fine-tune."""
+
+    name: str = "smollm2-135m"
+    """A registry name (study.models.REGISTRY), a local directory or a Hugging Face id."""
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.name, str) and bool(self.name),
+            "model.name",
+            self.name,
+            "a non-empty string",
+        )
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The adapter: y = W x + (alpha / rank) B A dropout(x)."""
+
+    rank: int = 8
+    """Adapter rank r: A is (r, in), B is (out, r)."""
+    alpha: float | None = None
+    """Scale numerator; if unset it is alpha_ratio x rank."""
+    alpha_ratio: float | None = None
+    """alpha / rank (default 2.0 when neither alpha nor alpha_ratio is given)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input, in [0, 1)."""
+    targets: str = "all-linear"
+    """A shorthand (qv, qkvo, attention, mlp, all-linear) or comma-separated module names."""
+    rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r."""
+    init: str = "kaiming"
+    """Initialisation of A: kaiming (PEFT's default) or gaussian; B starts at zero."""
+
+    def __post_init__(self) -> None:
+        _positive_int("lora.rank", self.rank)  # before alpha = ratio x rank is computed
+        if self.alpha_ratio is not None:
+            _positive_float("lora.alpha_ratio", self.alpha_ratio)
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", float((self.alpha_ratio or 2.0) * self.rank))
+        self.spec()  # the adapter's own checks: rank, alpha, dropout, rslora, init
+        if self.alpha_ratio is not None and not math.isclose(
+            self.alpha, self.alpha_ratio * self.rank
+        ):
+            raise ValueError(
+                f"lora.alpha ({self.alpha}) and lora.alpha_ratio ({self.alpha_ratio}) disagree "
+                f"for rank {self.rank}: give one of them"
+            )
+        require(
+            isinstance(self.targets, str) and bool(self.targets.strip()),
+            "lora.targets",
+            self.targets,
+            f"one of {', '.join(SHORTHANDS)} or comma-separated module names",
+        )
+
+    def spec(self) -> LoraSpec:
+        """The adapter as lora_impl takes it (``inject_lora(model, targets, spec)``)."""
+        return LoraSpec(
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            rslora=self.rslora,
+            init=self.init,
+        )
+
+    @property
+    def target_spec(self) -> str | list[str]:
+        """What inject_lora takes: the shorthand, or the list of module names."""
+        if self.targets in SHORTHANDS:
+            return self.targets
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Quantization of the frozen base's linear layers (bitsandbytes)."""
+
+    bits: int = 16
+    """16 (none), 8 (LLM.int8) or 4."""
+    type: str = "nf4"
+    """4-bit data type: nf4 or fp4."""
+    double_quant: bool = False
+    """4-bit only: quantize the block scales too (QLoRA's double quantization)."""
+
+    def __post_init__(self) -> None:
+        require(
+            self.bits in (4, 8, 16) and not isinstance(self.bits, bool),
+            "quant.bits",
+            self.bits,
+            "one of 4, 8, 16",
+        )
+        require(self.type in ("nf4", "fp4"), "quant.type", self.type, "one of nf4, fp4")
+        require(
+            isinstance(self.double_quant, bool),
+            "quant.double_quant",
+            self.double_quant,
+            "true or false",
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The task and how much of it to use."""
+
+    task: str = "skills"
+    """skills (built-in checkable instructions), lm (language modelling) or sft (dialogue)."""
+    source: str = "builtin"
+    """lm: builtin, wikitext-2 or a .txt/.jsonl/.parquet path; sft: hh-rlhf, alpaca or a .jsonl
+    path; skills: builtin."""
+    size: int = 400
+    """Number of training examples (LM: blocks); subsets are nested across sizes."""
+    seq_len: int = 128
+    """Tokens per LM block; the maximum length of an SFT/skills example."""
+    eval_size: int = 150
+    """Examples in the eval split (selection and early stopping)."""
+    test_size: int = 150
+    """Examples in the held-out test split (reported, never used for selection)."""
+
+    def __post_init__(self) -> None:
+        require(self.task in TASKS, "data.task", self.task, f"one of {', '.join(TASKS)}")
+        require(
+            isinstance(self.source, str) and bool(self.source),
+            "data.source",
+            self.source,
+            "a non-empty string",
+        )
+        for name in ("size", "seq_len", "eval_size", "test_size"):
+            _positive_int(f"data.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: AdamW, linear warm-up then cosine decay."""
+
+    lr: float = 3e-4
+    """Peak learning rate of AdamW."""
+    steps: int | None = 150
+    """Optimizer steps; set None and give epochs instead."""
+    epochs: float | None = None
+    """Passes over the training examples instead of a step count."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    warmup: int = 10
+    """Warm-up steps of the learning rate."""
+    min_lr_ratio: float = 0.1
+    """The cosine decay ends at this fraction of the peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value."""
+    dtype: str = "auto"
+    """fp32, bf16 (autocast) or auto: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    grad_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+
+    def __post_init__(self) -> None:
+        _positive_float("train.lr", self.lr)
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of train.steps and train.epochs")
+        if self.steps is not None:
+            _positive_int("train.steps", self.steps)
+        if self.epochs is not None:
+            _positive_float("train.epochs", self.epochs)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_int("train.grad_accum", self.grad_accum)
+        require(
+            isinstance(self.warmup, int) and not isinstance(self.warmup, bool) and self.warmup >= 0,
+            "train.warmup",
+            self.warmup,
+            "an integer >= 0",
+        )
+        require(
+            isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
+            "train.min_lr_ratio",
+            self.min_lr_ratio,
+            "in [0, 1]",
+        )
+        require(
+            isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+            "train.weight_decay",
+            self.weight_decay,
+            "a number >= 0",
+        )
+        _positive_float("train.grad_clip", self.grad_clip)
+        require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        require(
+            isinstance(self.grad_checkpointing, bool),
+            "train.grad_checkpointing",
+            self.grad_checkpointing,
+            "true or false",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """When and how quality is measured."""
+
+    every: int = 50
+    """Evaluate (and report) every this many optimizer steps, and at the end."""
+    max_new_tokens: int = 24
+    """Greedy generation length for exact match."""
+    num_examples: int = 6
+    """Generations saved to examples.json."""
+    latency_tokens: int = 32
+    """Tokens decoded per prompt when measuring latency."""
+    latency_prompts: int = 3
+    """Prompts decoded when measuring latency (merged and unmerged)."""
+
+    def __post_init__(self) -> None:
+        for name in ("every", "max_new_tokens", "latency_tokens", "latency_prompts"):
+            _positive_int(f"eval.{name}", getattr(self, name))
+        require(
+            isinstance(self.num_examples, int) and self.num_examples >= 0,
+            "eval.num_examples",
+            self.num_examples,
+            "an integer >= 0",
+        )
