@@ -11,19 +11,30 @@ reported as warnings and the rest of the study is used.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
-from study.cli import OneLineParser
 from study.metrics import EVAL_LOSS, PEAK_MEM_MB
 
 PROG = "python -m analysis"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) and exits with code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """``PROG: error: message`` on stderr, exit code 2 (subcommands' parsers too)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: list[str] | None):
     """The command line."""
-    parser = OneLineParser.for_module(PROG, __doc__)
+    parser = OneLineParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{report,pareto,best}")
     report = sub.add_parser("report", help="HTML report, figures and trials.csv")
     report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="study directories")
@@ -72,9 +83,9 @@ def _report(args) -> int:
 
 
 def _pareto(args) -> int:
+    from analysis.figure_data import TEST_OF
     from analysis.load import load_studies
-    from analysis.plots import TEST_OF
-    from analysis.select import check_metric, format_table, front_rows, label
+    from analysis.selection import check_metric, format_table, front_rows, label
 
     trials = load_studies(args.dirs).trials
     check_metric(trials, args.x)
@@ -95,7 +106,7 @@ def _pareto(args) -> int:
 
 def _best(args) -> int:
     from analysis.load import load_studies
-    from analysis.select import best_trial, describe, train_one_command
+    from analysis.selection import best_trial, describe, train_one_command
 
     trials = load_studies(args.dirs).trials
     row = best_trial(trials, args.objective, args.max_mem_mb)

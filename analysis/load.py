@@ -5,16 +5,16 @@
     data.curves.query("trial == 'a1b2c3d4'")[["step", "eval_loss"]]
 
 Only the trial files of DESIGN.md are read (config.json, metrics.json, curve.jsonl, status.json,
-examples.json) plus the study's study.json and optuna.json; Ray's files are never opened and
-nothing is unpickled. A truncated or corrupt file gives a :class:`ResultWarning` naming it: a
-trial without a readable config.json is skipped, one without readable metrics keeps its config,
-status and curve; the other trials still load.
+examples.json) plus the study's study.json and optuna.json, all through :mod:`study.record`;
+Ray's files are never opened and nothing is unpickled. A truncated or corrupt file gives a
+:class:`ResultWarning` naming it: a trial without a readable config.json is skipped, one without
+readable metrics keeps its config, status and curve; the other trials still load.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -22,8 +22,10 @@ from typing import NamedTuple
 import pandas as pd
 
 from study import metrics as M
+from study import record
+from study.record import RecordError
 
-GROUPS = ("search", "baselines")
+GROUPS = record.GROUPS
 # config.json keys -> column names (the design card's parameter names, flattened)
 CONFIG_COLUMNS = {
     "method": ("method",),
@@ -41,9 +43,9 @@ CONFIG_COLUMNS = {
     "seed": ("seed",),
 }
 LORA_ONLY = ("rank", "alpha", "targets", "dropout")
-METRICS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
+METRIC_COLUMNS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
 CURVE_COLUMNS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
-STATUSES = ("finished", "stopped", "errored", "running", "unknown")
+STATUSES = (*record.STATUSES, "unknown")
 DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")  # Optuna trials that must have a directory
 TRIAL_COLUMNS = [
     "study",
@@ -55,7 +57,7 @@ TRIAL_COLUMNS = [
     "status",
     "status_step",
     "status_reason",
-    *METRICS,
+    *METRIC_COLUMNS,
     *(f"best_{m}{s}" for m in (M.EVAL_LOSS, M.EXACT_MATCH) for s in ("", "_step")),
     "evals",
 ]
@@ -83,24 +85,19 @@ def _warn(found: list[str], message: str) -> None:
     warnings.warn(message, ResultWarning, stacklevel=3)
 
 
+def _read(read, where: Path, found: list[str], what: str):
+    """``read(where)`` (a :mod:`study.record` reader), or None with a warning ``"{err}; {what}"``
+    when the file is missing, unreadable, truncated, not valid JSON or not a JSON object."""
+    try:
+        return read(where)
+    except RecordError as err:
+        _warn(found, f"{err}; {what}")
+        return None
+
+
 def _read_json(path: Path, found: list[str], what: str):
     """Parsed JSON, or None (with a warning) when the file is missing, truncated or invalid."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        _warn(found, f"{path}: missing; {what}")
-        return None
-    except (OSError, UnicodeDecodeError) as err:
-        _warn(found, f"{path}: unreadable ({type(err).__name__}); {what}")
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        # A cut inside a string reports where the string starts, not the end of the text.
-        cut = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
-        kind = "truncated" if cut else "not valid JSON"
-        _warn(found, f"{path}: {kind} ({err.msg}: char {err.pos}); {what}")
-        return None
+    return _read(record.read_json, path, found, what)
 
 
 def check_study_dir(path: str | Path) -> Path:
@@ -110,14 +107,14 @@ def check_study_dir(path: str | Path) -> Path:
         raise NotAStudyError(f"{p} does not exist")
     if not p.is_dir():
         raise NotAStudyError(f"{p} is a file, not a study directory")
-    if (p / "config.json").is_file() and not (p / "study.json").is_file():
+    if record.is_trial_dir(p):
         raise NotAStudyError(
             f"{p} is a trial directory, not a study; give its study directory ({p.parent.parent})"
         )
-    if not ((p / "study.json").is_file() or any((p / g).is_dir() for g in GROUPS)):
+    if not record.is_study_dir(p):
         raise NotAStudyError(
-            f"{p} is not a study directory (no study.json, search/ or baselines/); "
-            "studies are made by python -m study.tune"
+            f"{p} is not a study directory (no {record.STUDY}, {record.SEARCH}/ or "
+            f"{record.BASELINES}/); studies are made by python -m study.tune"
         )
     return p
 
@@ -139,47 +136,43 @@ def _scalar(value):
     return math.nan
 
 
-def _curve(path: Path, found: list[str]) -> list[dict]:
-    if not path.is_file():
-        return []
-    points = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            point = json.loads(line)
-        except json.JSONDecodeError:
-            _warn(found, f"{path}: line {number} is not valid JSON; that point is skipped")
-            continue
-        if isinstance(point, dict) and M.STEP in point:
-            points.append(point)
+def _curve(d: Path, found: list[str]) -> list[dict]:
+    """The trial's curve points that have a step; a warning for each damaged line."""
+    points, bad = record.read_curve(d)
+    for number in bad:
+        _warn(
+            found, f"{record.curve_path(d)}: line {number} is not valid JSON; that point is skipped"
+        )
     return points
 
 
 def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict, list, dict]:
     """One trial's row, curve points and config, or ({}, [], {}) without a readable config."""
-    config = _read_json(d / "config.json", found, "trial skipped")
-    if not isinstance(config, dict) or not isinstance(config.get("method"), str):
-        if config is not None:
-            _warn(found, f"{d / 'config.json'}: not a trial config; trial skipped")
+    try:
+        config = record.read_config(d)
+    except RecordError as err:
+        if err.problem == "not a JSON object":
+            _warn(found, f"{err.path}: not a trial config; trial skipped")
+        else:
+            _warn(found, f"{err}; trial skipped")
+        return {}, [], {}
+    if not isinstance(config.get("method"), str):
+        _warn(found, f"{record.config_path(d)}: not a trial config; trial skipped")
         return {}, [], {}
     row: dict = {"study": study, "group": group, "trial": d.name, "trial_dir": str(d)}
     for column, keys in CONFIG_COLUMNS.items():
         value = _get(config, keys)
         row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
-    row["baseline"] = group == "baselines"
+    row["baseline"] = group == record.BASELINES
     status = _status(d, found)
     row["status"] = status.get("status") if status.get("status") in STATUSES else "unknown"
     row["status_step"] = _scalar(status.get("step"))
     row["status_reason"] = status.get("reason")
     metrics = {}
-    if (d / "metrics.json").exists() or row["status"] in ("finished", "stopped"):
-        metrics = _read_json(d / "metrics.json", found, "trial loaded without its metrics") or {}
-    if not isinstance(metrics, dict):
-        _warn(found, f"{d / 'metrics.json'}: not a JSON object; trial loaded without its metrics")
-        metrics = {}
-    row.update({name: _scalar(metrics.get(name)) for name in METRICS})
-    curve = _curve(d / "curve.jsonl", found)
+    if record.has_metrics(d) or row["status"] in (record.FINISHED, record.STOPPED):
+        metrics = _read(record.read_metrics, d, found, "trial loaded without its metrics") or {}
+    row.update({name: _scalar(metrics.get(name)) for name in METRIC_COLUMNS})
+    curve = _curve(d, found)
     for name in (M.EVAL_LOSS, M.EXACT_MATCH):
         values = [(p[M.STEP], _scalar(p.get(name))) for p in curve]
         values = [(s, v) for s, v in values if not math.isnan(v)]
@@ -195,19 +188,23 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
 
 
 def _status(d: Path, found: list[str]) -> dict:
-    if not (d / "status.json").exists():
-        return {}  # a trial made outside a study (study.train_one) has no status
-    status = _read_json(d / "status.json", found, "status unknown")
-    return status if isinstance(status, dict) else {}
+    """The trial's status.json, {} when there is none (a trial made outside a study, e.g. by
+    study.train_one) and {} with a warning when it is damaged."""
+    try:
+        return record.read_status_strict(d) or {}
+    except RecordError as err:
+        _warn(found, f"{err}; status unknown")
+        return {}
 
 
-def _missing_trials(study_dir: Path, record: dict, configs: dict, found: list[str]) -> None:
+def _missing_trials(study_dir: Path, study_info: dict, configs: dict, found: list[str]) -> None:
     """Warn about trials that the study recorded but whose directory is gone or unreadable."""
-    optuna = study_dir / "optuna.json"
-    searched = [c for (group, _), c in configs.items() if group == "search"]
-    if optuna.is_file():
-        data = _read_json(optuna, found, "deleted search trials cannot be detected")
-        recorded = data.get("trials", []) if isinstance(data, dict) else []
+    searched = [c for (group, _), c in configs.items() if group == record.SEARCH]
+    if record.has_optuna(study_dir):
+        what = "deleted search trials cannot be detected"
+        data = _read(record.read_optuna, study_dir, found, what) or {}
+        recorded = data.get("trials", [])
+        recorded = recorded if isinstance(recorded, list) else []
         unmatched = list(searched)
         for trial in recorded:
             # a RUNNING trial of a live study may not have written its config.json yet
@@ -221,12 +218,13 @@ def _missing_trials(study_dir: Path, record: dict, configs: dict, found: list[st
                 text = ", ".join(f"{k.replace('/', '.')}={v}" for k, v in params.items())
                 _warn(
                     found,
-                    f"{study_dir / 'search'}: Optuna trial #{trial.get('number')} ({text}) has no "
-                    "readable trial directory (deleted or corrupt)",
+                    f"{record.group_dir(study_dir, record.SEARCH)}: Optuna trial "
+                    f"#{trial.get('number')} ({text}) has no readable trial directory "
+                    "(deleted or corrupt)",
                 )
     # baselines run before the search: only once the search started must they all be there
-    expected = (_get(record, ("fixed", "baselines")) or []) if searched else []
-    have = [c["method"] for (group, _), c in configs.items() if group == "baselines"]
+    expected = (_get(study_info, ("fixed", "baselines")) or []) if searched else []
+    have = [c["method"] for (group, _), c in configs.items() if group == record.BASELINES]
     for baseline in expected:
         method = baseline.get("method") if isinstance(baseline, dict) else None
         if method in have:
@@ -234,15 +232,16 @@ def _missing_trials(study_dir: Path, record: dict, configs: dict, found: list[st
         else:
             _warn(
                 found,
-                f"{study_dir / 'baselines'}: the {method} baseline has no readable trial directory"
-                " (deleted or corrupt)",
+                f"{record.group_dir(study_dir, record.BASELINES)}: the {method} baseline has no "
+                "readable trial directory (deleted or corrupt)",
             )
 
 
 def _same_params(config: dict, params: dict) -> bool:
-    """Whether a trial's config has the values Optuna recorded (keys like ``lora/rank``)."""
+    """Whether a trial's config has the values Optuna recorded (keys ``lora/rank`` or
+    ``lora.rank``)."""
     for key, value in params.items():
-        mine = _get(config, tuple(key.split("/")))
+        mine = _get(config, tuple(re.split(r"[/.]", key)))
         if isinstance(value, float) or isinstance(mine, float):
             try:
                 if not math.isclose(float(mine), float(value), rel_tol=1e-9):
@@ -259,27 +258,25 @@ def load_study(path: str | Path, name: str | None = None) -> StudyData:
     study_dir = check_study_dir(path)
     name = name or study_dir.resolve().name
     found: list[str] = []
-    record = {}
-    if (study_dir / "study.json").is_file():
-        record = _read_json(study_dir / "study.json", found, "command and space unknown") or {}
+    study_info = {}
+    if record.has_study(study_dir):
+        what = "command and space unknown"
+        study_info = _read(record.read_study, study_dir, found, what) or {}
     rows, points, configs = [], [], {}
     for group in GROUPS:
-        base = study_dir / group
-        if not base.is_dir():
-            continue
-        for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not (d / "config.json").exists() and not (d / "metrics.json").exists():
+        for d in record.trial_dirs(study_dir, group):
+            if not record.has_config(d) and not record.has_metrics(d):
                 # an empty directory or one of a trial that is only starting is no problem
-                if any(d.iterdir()) and _status(d, found).get("status") != "running":
-                    _warn(found, f"{d}: no config.json; trial skipped")
+                if any(d.iterdir()) and _status(d, found).get("status") != record.RUNNING:
+                    _warn(found, f"{d}: no {record.CONFIG}; trial skipped")
                 continue
             row, curve, config = _trial_row(name, group, d, found)
             if row:
                 rows.append(row)
                 points.extend(curve)
                 configs[group, d.name] = config
-    _missing_trials(study_dir, record, configs, found)
-    return StudyData(_trials_frame(rows), _curves_frame(points), {name: record}, found)
+    _missing_trials(study_dir, study_info, configs, found)
+    return StudyData(_trials_frame(rows), _curves_frame(points), {name: study_info}, found)
 
 
 def _trials_frame(rows: list[dict]) -> pd.DataFrame:
@@ -325,8 +322,4 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 def read_examples(trial_dir: str | Path) -> list[dict]:
     """A trial's examples.json (prompt, target, output), or [] when absent or unreadable."""
-    try:
-        data = json.loads(Path(trial_dir, "examples.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+    return record.read_examples(Path(trial_dir))

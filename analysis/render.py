@@ -1,4 +1,4 @@
-"""Draw the figures of :mod:`analysis.plots` with matplotlib (Agg: no display needed).
+"""Draw the figures of :mod:`analysis.figure_data` with matplotlib (Agg: no display needed).
 
     fig = pareto_figure(pareto_info(trials, "peak_mem_mb", "eval_loss"))
     save(fig, out_dir / "pareto_eval_loss_peak_mem_mb")   # -> .png and .svg
@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.plots import CurvesInfo, FactorInfo, ParetoInfo, SeedsInfo
+from analysis.figure_data import CurvesInfo, FactorInfo, ParetoInfo, SeedsInfo
 from study import metrics as M
 
 STYLE = {"font.size": 9, "svg.hashsalt": "lora-study"}  # a fixed salt: stable SVG ids

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots, render
+from analysis import figure_data, render
 from analysis.load import StudyData, load_studies, read_examples
-from analysis.select import (
+from analysis.selection import (
     PARETO_COLUMN,
     describe,
     front_hypervolumes,
@@ -31,6 +31,7 @@ from analysis.select import (
     with_pareto_column,
 )
 from study import metrics as M
+from study import record
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -90,6 +91,7 @@ class _Figures:
         self.files: list[Path] = []
 
     def add(self, fig, name: str, caption: str) -> str:
+        """Save ``fig`` as ``figures/<name>.png`` and ``.svg``; return its HTML figure."""
         png, svg = render.save(fig, self.dir / name)
         self.files += [png, svg]
         data = base64.b64encode(png.read_bytes()).decode("ascii")
@@ -101,12 +103,12 @@ class _Figures:
 
 def _pareto_section(trials: pd.DataFrame, figs: _Figures, include_stopped: bool) -> str:
     parts = []
-    for y in plots.FRONT_QUALITY:
+    for y in figure_data.FRONT_QUALITY:
         if not trials[y].notna().any():
             continue
         items = []
-        for x in plots.FRONT_RESOURCES:
-            info = plots.pareto_info(trials, x, y, include_stopped)
+        for x in figure_data.FRONT_RESOURCES:
+            info = figure_data.pareto_info(trials, x, y, include_stopped)
             if not len(info.points):
                 continue
             caption = f"{y} vs {x}" + (" (log scale)" if info.log_x else "")
@@ -117,10 +119,10 @@ def _pareto_section(trials: pd.DataFrame, figs: _Figures, include_stopped: bool)
 
 def _factors_section(trials: pd.DataFrame, figs: _Figures) -> str:
     rows = []
-    for metric in plots.FRONT_QUALITY:
+    for metric in figure_data.FRONT_QUALITY:
         if not trials[metric].notna().any():
             continue
-        infos = [plots.factor_info(trials, f, metric) for f in plots.FACTORS]
+        infos = [figure_data.factor_info(trials, f, metric) for f in figure_data.FACTORS]
         infos = [i for i in infos if i.levels]
         if infos:
             rows.append(infos)
@@ -171,16 +173,16 @@ def _hypervolume_text(trials: pd.DataFrame, include_stopped: bool) -> str:
 
 def _studies_section(data: StudyData) -> str:
     parts = []
-    for name, record in data.studies.items():
+    for name, info in data.studies.items():
         mine = data.trials[data.trials["study"] == name]
         counts = mine.groupby(["group", "status"]).size()
         text = ", ".join(f"{g} {s}: {n}" for (g, s), n in counts.items()) or "no trials"
-        command = shlex.join(record.get("command", [])) or "(study.json missing)"
-        space = json.dumps(record.get("space", {}), indent=1)
+        command = shlex.join(info.get("command", [])) or f"({record.STUDY} missing)"
+        space = json.dumps(info.get("space", {}), indent=1)
         parts.append(
             f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}; objectives "
-            f"{html.escape(', '.join(record.get('objectives', [])) or '-')}; created "
-            f"{html.escape(str(record.get('created', '-')))}</p>"
+            f"{html.escape(', '.join(info.get('objectives', [])) or '-')}; created "
+            f"{html.escape(str(info.get('created', '-')))}</p>"
             f"<pre>{html.escape(command)}</pre><details><summary>search space</summary>"
             f"<pre>{html.escape(space)}</pre></details>"
         )
@@ -198,8 +200,9 @@ def build_report(
     Raises:
         NotAStudyError: a directory that is not a study. ValueError: an unknown factor.
     """
-    if curves_by not in plots.FACTORS:
-        raise ValueError(f"unknown factor {curves_by!r}; use one of {', '.join(plots.FACTORS)}")
+    if curves_by not in figure_data.FACTORS:
+        factors = ", ".join(figure_data.FACTORS)
+        raise ValueError(f"unknown factor {curves_by!r}; use one of {factors}")
     data = load_studies(dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,12 +230,12 @@ def build_report(
     sections.append(("Quality vs resources", _pareto_section(trials, figs, include_stopped)))
     sections.append(("Factor effects", _factors_section(trials, figs)))
     if len(data.curves):
-        info = plots.curves_info(trials, data.curves, curves_by)
+        info = figure_data.curves_info(trials, data.curves, curves_by)
         caption = f"learning curves coloured by {curves_by}"
         sections.append(
             ("Learning curves", figs.add(render.curves_figure(info), "curves", caption))
         )
-    seeds = plots.seeds_info(trials)
+    seeds = figure_data.seeds_info(trials)
     if seeds.labels:
         caption = "LoRA vs full fine-tuning: parameters, step time, memory, quality"
         sections.append(

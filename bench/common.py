@@ -50,4 +50,5 @@ def machine_line(info: dict) -> str:
 
 
 def median(xs: list[float]) -> float:
+    """The median of ``xs``, NaN when it is empty."""
     return statistics.median(xs) if xs else float("nan")

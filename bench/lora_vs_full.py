@@ -15,7 +15,6 @@ bench/out/lora_vs_full.md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.common import machine, machine_line  # noqa: E402
+from study import record  # noqa: E402
 
 OUT = HERE / "out" / "lora_vs_full"
 VARIANTS = {
@@ -35,6 +35,7 @@ VARIANTS = {
 
 
 def main() -> None:
+    """Train each variant in its own process and write the table."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,7 +65,7 @@ def main() -> None:
             *flags,
         ]
         subprocess.run(cmd, cwd=HERE.parent, check=True, stdout=subprocess.DEVNULL)
-        m = json.loads((out / "metrics.json").read_text())
+        m = record.read_metrics(out)
         print(f"{name}: done", file=sys.stderr, flush=True)
         lines.append(
             f"| {name} | {m['trainable_params']:,} | {m['fwd_ms']:.0f} | {m['bwd_ms']:.0f} | "

@@ -113,6 +113,7 @@ def load_times() -> dict:
 
 
 def run_variant(impl: str, targets: str, dtype: str, args: argparse.Namespace) -> dict:
+    """Run one variant in a fresh worker process; return the JSON line it prints."""
     cmd = [
         sys.executable,
         __file__,
@@ -147,6 +148,7 @@ def paired_ratios(runs: list[dict], targets: str, dtype: str) -> list[float]:
 
 
 def table(runs: list[dict], info: dict, loads: dict, args: argparse.Namespace) -> str:
+    """The markdown table of every variant's medians and the paired ours/PEFT ratios."""
     lines = [
         f"Machine: {machine_line(info)}",
         f"Batch {args.batch} x {args.seq} tokens, rank 8, alpha 16, AdamW; {args.rounds} rounds "
@@ -197,6 +199,7 @@ def table(runs: list[dict], info: dict, loads: dict, args: argparse.Namespace) -
 
 
 def main() -> None:
+    """A worker run (``--worker``), or every round of every variant and the table."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

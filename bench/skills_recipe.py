@@ -10,7 +10,7 @@ wall time of each command. Results: bench/out/skills_recipe/ and stdout (markdow
 
 from __future__ import annotations
 
-import json
+import argparse
 import subprocess
 import sys
 import time
@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.common import machine, machine_line  # noqa: E402
+from study import record  # noqa: E402
 
 OUT = HERE / "out" / "skills_recipe"
 
@@ -28,13 +29,17 @@ def run(name: str, *flags: str) -> tuple[dict, float]:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "study.train_one", "--out", str(OUT / name), *flags]
     subprocess.run(cmd, cwd=HERE.parent, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((OUT / name / "metrics.json").read_text()), time.perf_counter() - t0
+    return record.read_metrics(OUT / name), time.perf_counter() - t0
 
 
 def main() -> None:
+    """Run both commands and print the table (``--help`` only shows this module's docstring)."""
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     base, base_s = run("base", "--method", "base")
     lora, lora_s = run("lora")
-    env = json.loads((OUT / "lora" / "env.json").read_text())
+    env = record.read_env(OUT / "lora")
     rows = [("base (no training)", base, base_s), ("default recipe (LoRA)", lora, lora_s)]
     lines = [
         f"Machine: {machine_line(machine())}; compute {env['compute_dtype']}",

@@ -12,7 +12,6 @@ against ``base``. Table: stdout and bench/out/study_overhead.md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -21,22 +20,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.common import machine, machine_line  # noqa: E402
+from study import record  # noqa: E402
 
 
 def analyse(study: Path, wall_s: float | None, started: float | None = None) -> str:
     """The overhead table and the quality found, from a study directory."""
-    from study.summary import collect, describe
+    from analysis.summary import collect, describe
 
-    record = json.loads((study / "study.json").read_text())
+    cmd = record.read_study(study)["command"]
     rows = collect(study)
     concurrency = 1
-    cmd = record["command"]
     if "--max-concurrent" in cmd:
         concurrency = int(cmd[cmd.index("--max-concurrent") + 1])
     train = sum(r["metrics"].get("train_s") or 0 for r in rows)
     evals = sum(r["metrics"].get("eval_s") or 0 for r in rows)
     load = sum(r["metrics"].get("load_s") or 0 for r in rows)
-    searched = [r for r in rows if r["group"] == "search"]
+    searched = [r for r in rows if r["group"] == record.SEARCH]
     status = [r["status"].get("status") for r in searched]
     lines = [
         f"Machine: {machine_line(machine())}",
@@ -75,7 +74,7 @@ def _time_table(study, rows, wall_s, started, concurrency, train, evals, load) -
     """
     spans = sorted(
         (
-            (study / r["group"] / r["trial"] / "config.json").stat().st_mtime,
+            record.config_mtime(record.group_dir(study, r["group"]) / r["trial"]),
             r["status"].get("time"),
             r["metrics"],
         )
@@ -115,6 +114,7 @@ def _time_table(study, rows, wall_s, started, concurrency, train, evals, load) -
 
 
 def main() -> None:
+    """Run the demo study (or take ``--study``), then write and print the table."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -44,13 +44,12 @@ def run_ours(args) -> dict:
 
     from lora_impl import inject_lora
     from study.resources import PeakMemory
-    from study.train import train_loop
-    from study.trial import make_optimizer
+    from study.train import make_optimizer, train_loop
 
     cfg, model, tok, data = _setup(args)
     torch.manual_seed(0)
     inject_lora(model, cfg.lora.target_spec, rank=cfg.lora.rank, alpha=cfg.lora.alpha)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
     memory = PeakMemory(torch.device("cpu"))
     t0 = time.perf_counter()
     stats = train_loop(
@@ -151,6 +150,7 @@ def run_hf(args) -> dict:
 
 
 def main() -> None:
+    """A worker run (``--worker``), or every round of both implementations and the table."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -1,7 +1,7 @@
 """Named search spaces as plain data, and the one converter to Ray Tune domains.
 
     space = load_space("default")          # or a path to the user's own YAML
-    param_space = to_tune(space)           # nested dict of Tune domains and fixed values
+    param_space = to_tune(space)           # {"lora.rank": tune.choice(...), "train.lr": 3e-4, ...}
 
 A space is shaped like ``TrialConfig`` (``lora.rank``, ``train.lr``, ...). A leaf is either a fixed
 value or a one-key mapping naming a distribution:
@@ -157,32 +157,31 @@ def validate(space: dict[str, Any]) -> None:
 
 
 def tune_points(space: dict[str, Any]) -> list[dict[str, Any]]:
-    """``points_to_evaluate`` as OptunaSearch wants them: every searched key, '/'-joined."""
+    """``points_to_evaluate``: every searched key (dotted), unset ones from the first choice."""
     leaves = flat_leaves(space)
     defaults = sample_point(space)
     searched = [k for k, leaf in leaves.items() if is_distribution(leaf)]
-    return [
-        {k.replace(".", "/"): point.get(k, defaults[k]) for k in searched}
-        for point in space.get(POINTS) or []
-    ]
+    return [{k: point.get(k, defaults[k]) for k in searched} for point in space.get(POINTS) or []]
 
 
 def to_tune(space: dict[str, Any]) -> dict[str, Any]:
-    """The space as Ray Tune's ``param_space``: distributions become Tune domains."""
+    """The space as Ray Tune's ``param_space``: dotted keys, distributions as Tune domains.
+
+    The keys are ``TrialConfig``'s dotted names (``lora.rank``), the same in Optuna's record and
+    in the config a trial receives, which ``TrialConfig.from_dict`` takes as it is.
+    """
     from ray import tune
 
     def convert(value: Any) -> Any:
-        if is_distribution(value):
-            ((kind, args),) = value.items()
-            if kind == "choice":
-                return tune.choice(list(args))
-            if kind == "loguniform":
-                return tune.loguniform(*args)
-            if kind == "uniform":
-                return tune.uniform(*args)
-            return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is exclusive
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        return value
+        if not is_distribution(value):
+            return value
+        ((kind, args),) = value.items()
+        if kind == "choice":
+            return tune.choice(list(args))
+        if kind == "loguniform":
+            return tune.loguniform(*args)
+        if kind == "uniform":
+            return tune.uniform(*args)
+        return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is exclusive
 
-    return convert({k: v for k, v in space.items() if k != POINTS})
+    return {key: convert(leaf) for key, leaf in flat_leaves(space).items()}

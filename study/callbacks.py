@@ -1,6 +1,6 @@
 """Tune callbacks of a study: each trial's status.json, and a live table with our columns.
 
-status.json (written by the study, not by the trial):
+status.json (written by the study, not by the trial; see ``study.record``):
     {"status": "running"}                       while it trains
     {"status": "finished", "step": N}           ran to the end (its metrics hold test_*)
     {"status": "stopped", "step": N}            stopped early by ASHA at step N
@@ -9,17 +9,15 @@ status.json (written by the study, not by the trial):
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
 from study import metrics as M
-from study.search import FINISHED_MARKER
+from study import record
+from study.config import TrialConfig
 
-STATUS = "status.json"
 COLUMNS = [
     ("trial", 8),
     ("rank", 4),
@@ -34,22 +32,6 @@ COLUMNS = [
     ("tok/s", 6),
     ("status", 16),
 ]
-
-
-def write_status(trial_dir: Path, status: str, **fields) -> None:
-    """Atomically write a trial's status.json."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    tmp = trial_dir / f".{STATUS}.tmp"
-    tmp.write_text(json.dumps({"status": status, **fields, "time": time.time()}))
-    os.replace(tmp, trial_dir / STATUS)
-
-
-def read_status(trial_dir: Path) -> dict:
-    """A trial's status.json, or {} when absent or unreadable."""
-    try:
-        return json.loads((trial_dir / STATUS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _error_reason(trial) -> str:
@@ -70,30 +52,27 @@ class StatusWriter(Callback):
         self.time_budget_s = time_budget_s
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if read_status(self.dir / trial.trial_id).get("status") != "finished":
-            write_status(self.dir / trial.trial_id, "running")
+        if record.read_status(self.dir / trial.trial_id).get("status") != record.FINISHED:
+            record.write_status(self.dir / trial.trial_id, record.RUNNING)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        step = result.get(M.STEP)
+        step, trial_dir = result.get(M.STEP), self.dir / trial.trial_id
         if result.get("error"):
-            write_status(self.dir / trial.trial_id, "errored", step=step, reason=result["error"])
-        elif FINISHED_MARKER in result:
-            write_status(self.dir / trial.trial_id, "finished", step=step)
+            record.write_status(trial_dir, record.ERRORED, step=step, reason=result["error"])
+        elif record.is_final(result):
+            record.write_status(trial_dir, record.FINISHED, step=step)
         else:
             # Tune also ends running trials when --time-budget-s runs out, and does not say
             # which of the two stopped a trial.
             by = "ASHA" if not self.time_budget_s else "ASHA or --time-budget-s"
-            write_status(
-                self.dir / trial.trial_id,
-                "stopped",
-                step=step,
-                reason=f"stopped by {by} at step {step}",
-            )
+            reason = f"stopped by {by} at step {step}"
+            record.write_status(trial_dir, record.STOPPED, step=step, reason=reason)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         step = (trial.last_result or {}).get(M.STEP)
-        write_status(self.dir / trial.trial_id, "errored", step=step, reason=_error_reason(trial))
+        reason = _error_reason(trial)
+        record.write_status(self.dir / trial.trial_id, record.ERRORED, step=step, reason=reason)
 
 
 def _cell(value, width: int, fmt: str = "{}") -> str:
@@ -111,22 +90,20 @@ class LiveTable(Callback):
         self._last = 0.0
 
     def _row(self, trial) -> str:
-        cfg = trial.config.get("baseline", trial.config)  # baselines are wrapped
-        lora, quant, data = cfg.get("lora", {}), cfg.get("quant", {}), cfg.get("data", {})
+        cfg = TrialConfig.from_dict(trial.config.get("baseline", trial.config))  # (wrapped)
         r = trial.last_result or {}
-        status = read_status(self.dir / trial.trial_id)
+        status = record.read_status(self.dir / trial.trial_id)
         state = status.get("status", trial.status.lower())
-        if state == "stopped":
+        if state == record.STOPPED:
             state = f"stopped@{status.get('step')}"
-        alpha = lora.get("alpha") or (lora.get("alpha_ratio") or 2) * lora.get("rank", 8)
-        method = cfg.get("method", "lora")
+        lora = cfg.method == "lora"
         values = [
             trial.trial_id[-8:],
-            lora.get("rank") if method == "lora" else method,
-            alpha if method == "lora" else None,
-            lora.get("targets") if method == "lora" else None,
-            quant.get("bits", 16),
-            data.get("size"),
+            cfg.lora.rank if lora else cfg.method,
+            cfg.lora.alpha if lora else None,
+            cfg.lora.targets if lora else None,
+            cfg.quant.bits,
+            cfg.data.size,
             r.get(M.STEP),
             r.get(M.EVAL_LOSS),
             r.get(M.EXACT_MATCH),

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from study.config import DataConfig
 from study.models import cache_root
+from study.sections import DataConfig
 from study.tasks import skills as skills_task
 from study.tasks import text as text_sources
 

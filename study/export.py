@@ -30,10 +30,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from lora_impl.io import ADAPTER_FILES, has_adapter
+from study import record
 from study.cli import OneLineParser
 
-ADAPTER = "adapter"
-TRIAL_CONFIG = "trial_config.json"  # not config.json: a merged export's config.json is the model's
+# The trial's config under another name: a merged export's own config file is the model's.
+TRIAL_CONFIG = "trial_config.json"
 
 
 class ExportError(ValueError):
@@ -53,15 +55,14 @@ def parse_args(argv: list[str] | None = None):
 
 def read_trial_config(trial_dir: Path) -> dict:
     """The trial's config.json, or ExportError naming what is wrong."""
-    path = Path(trial_dir) / "config.json"
-    if not path.is_file():
-        raise ExportError(f"{trial_dir} is not a trial directory (no config.json)")
+    if not record.has_config(trial_dir):
+        raise ExportError(f"{trial_dir} is not a trial directory (no {record.CONFIG})")
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ExportError(f"{path} is corrupt (not valid JSON)") from None
-    if not isinstance(config, dict) or "method" not in config:
-        raise ExportError(f"{path} is not a trial config")
+        config = record.read_config(trial_dir)
+    except record.RecordError as err:
+        raise ExportError(f"{err.path} is corrupt ({err.problem})") from None
+    if "method" not in config:
+        raise ExportError(f"{Path(trial_dir, record.CONFIG)} is not a trial config")
     return config
 
 
@@ -111,8 +112,8 @@ def dequantize_linears(model) -> list[str]:
 def merged_model(trial_dir: Path, config: dict):
     """(model, tokenizer, notes): the trial's base with its adapter (or weights) merged in."""
     from lora_impl import load_adapter, unload
+    from study.checkpoint import load_trainable_weights
     from study.models import load_model
-    from study.trial import load_trainable_weights
 
     quant = config.get("quant", {})
     bits = quant.get("bits", 16)
@@ -128,14 +129,14 @@ def merged_model(trial_dir: Path, config: dict):
         kind = f"{bits}-bit" + (f" {quant.get('type', 'nf4')}" if bits == 4 else " LLM.int8")
         notes["dequantized_from"] = kind
     if config["method"] == "lora":
-        load_adapter(model, trial_dir / ADAPTER)
+        load_adapter(model, record.adapter_dir(trial_dir))
         unload(model, merge=True)
     else:  # full fine-tuning: the trained weights are the checkpoint's
-        weights_path = trial_dir / "checkpoint" / "trainable.safetensors"
-        if not weights_path.is_file():
-            raise ExportError(f"{trial_dir} has no checkpoint/trainable.safetensors to export")
+        checkpoint = record.checkpoint_dir(trial_dir)
+        if not checkpoint.is_dir():
+            raise ExportError(f"{trial_dir} has no {record.CHECKPOINT}/ to export")
         try:
-            load_trainable_weights(model, weights_path)
+            load_trainable_weights(model, checkpoint)
         except ValueError as err:
             raise ExportError(str(err)) from None
     for param in model.parameters():
@@ -157,13 +158,13 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
         raise ExportError(f"{trial_dir} is a method=base trial: nothing was trained ({name})")
     if method == "full" and not merged:
         raise ExportError(f"{trial_dir} is full fine-tuning (no adapter): use --merged")
-    if method == "lora" and not (trial_dir / ADAPTER / "adapter_model.safetensors").is_file():
-        raise ExportError(f"{trial_dir} has no adapter/ (did the trial reach its first eval?)")
+    if method == "lora" and not has_adapter(record.adapter_dir(trial_dir)):
+        raise ExportError(
+            f"{trial_dir} has no {record.ADAPTER}/ (did the trial reach its first eval?)"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not empty")
-    status = {}
-    if (trial_dir / "status.json").is_file():
-        status = json.loads((trial_dir / "status.json").read_text())
+    status = record.read_status(trial_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -173,10 +174,10 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     else:
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copy2(trial_dir / ADAPTER / name, tmp / name)
-    shutil.copy2(trial_dir / "config.json", tmp / TRIAL_CONFIG)
-    record = {
+        for name in ADAPTER_FILES:
+            shutil.copy2(record.adapter_dir(trial_dir) / name, tmp / name)
+    (tmp / TRIAL_CONFIG).write_text(json.dumps(config, indent=2))
+    what = {
         "trial_dir": str(trial_dir.resolve()),
         "method": method,
         "merged": merged,
@@ -185,7 +186,7 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
         "step": status.get("step"),
         **notes,
     }
-    (tmp / "export.json").write_text(json.dumps(record, indent=2))
+    (tmp / "export.json").write_text(json.dumps(what, indent=2))
     if out.exists():
         out.rmdir()  # empty (checked above)
     os.replace(tmp, out)  # a crash never leaves a half-written export under OUT

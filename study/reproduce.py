@@ -22,13 +22,13 @@ Resource metrics (time, memory) are shown side by side but not judged.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import tempfile
 from pathlib import Path
 
 from study import metrics as M
+from study import record
 from study.cli import OneLineParser
 
 CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH)
@@ -42,19 +42,20 @@ class _Stop(Exception):
     """Raised from the report hook once the recorded last step is reached."""
 
 
-def _read_json(path: Path) -> dict | list:
+def _read(read, trial_dir: Path):
+    """A record of the trial, or ValueError in one line (what is missing or damaged)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"{path} is missing or not valid JSON ({err.__class__.__name__})"
-        ) from None
+        return read(trial_dir)
+    except record.RecordError as err:
+        raise ValueError(f"{err.path} is {err.problem}: not a readable trial record") from None
 
 
-def _read_curve(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: not a trial directory")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _read_curve(trial_dir: Path) -> list[dict]:
+    points, damaged = record.read_curve(trial_dir)
+    if damaged:
+        where = record.curve_path(trial_dir)
+        raise ValueError(f"{where}: line {damaged[0]} is damaged; the recorded curve is incomplete")
+    return points
 
 
 def environment_differences(recorded: dict, now: dict) -> list[str]:
@@ -98,11 +99,8 @@ def _equal(a: float, b: float, rtol: float) -> bool:
 
 def _recorded_failure(trial_dir: Path) -> str | None:
     """The error a study recorded for the trial (status.json), if it errored."""
-    try:
-        status = json.loads((trial_dir / "status.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return status.get("reason") if status.get("status") == "errored" else None
+    status = record.read_status(trial_dir)
+    return status.get("reason") if status.get("status") == record.ERRORED else None
 
 
 def reproduce(
@@ -118,12 +116,13 @@ def reproduce(
     from study.train import NonFiniteLossError
     from study.trial import run_trial
 
-    config = TrialConfig.from_dict(_read_json(trial_dir / "config.json"))
-    env = _read_json(trial_dir / "env.json")
-    curve = _read_curve(trial_dir / "curve.jsonl")
-    final = _read_json(trial_dir / "metrics.json")
+    config = TrialConfig.from_dict(_read(record.read_config, trial_dir))
+    env = _read(record.read_env, trial_dir)
+    curve = _read_curve(trial_dir)
+    final = _read(record.read_metrics, trial_dir)
     if not curve:
-        raise ValueError(f"{trial_dir / 'curve.jsonl'} is empty: the trial never reported")
+        where = record.curve_path(trial_dir)
+        raise ValueError(f"{where} is missing or empty: the trial never reported")
     last_step = curve[-1][M.STEP]
 
     threads = threads or env.get("threads")
@@ -147,11 +146,8 @@ def reproduce(
         pass
     except NonFiniteLossError as err:  # a diverging trial: compare how far both got, and why
         failure = str(err)
-    again_env = _read_json(out_dir / "env.json")
-    # a re-run that failed before its first evaluation has no curve yet
-    again_curve = (
-        _read_curve(out_dir / "curve.jsonl") if (out_dir / "curve.jsonl").is_file() else []
-    )
+    again_env = _read(record.read_env, out_dir)
+    again_curve = _read_curve(out_dir)  # [] for a re-run that failed before its first evaluation
     env_diffs = environment_differences(env, again_env)
     curve_diffs = compare(
         [{k: v for k, v in p.items() if k in (M.STEP, *CURVE_KEYS)} for p in curve],
@@ -192,10 +188,12 @@ def reproduce(
     return 0, "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Re-run and compare; bad input -> one line, exit code 2."""
+def parse_args(argv: list[str] | None = None):
+    """The command line (a bad value: one line, exit code 2)."""
     parser = OneLineParser.for_module("python -m study.reproduce", __doc__)
-    parser.add_argument("trial_dir", type=Path, help="a trial directory (config.json, env.json)")
+    parser.add_argument(
+        "trial_dir", type=Path, help=f"a trial directory ({record.CONFIG}, {record.ENV})"
+    )
     parser.add_argument("--out", type=Path, help="where the re-run goes (default: a temp dir)")
     parser.add_argument(
         "--rtol", type=float, help="relative tolerance (default 0 on CPU: bitwise; 1e-3 on CUDA)"
@@ -212,9 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} exists and is not empty (nothing is overwritten)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-run and compare; bad input -> one line, exit code 2."""
+    args = parse_args(argv)
     try:
-        if not (args.trial_dir / "config.json").is_file():
-            raise ValueError(f"{args.trial_dir} is not a trial directory (no config.json)")
+        if not record.has_config(args.trial_dir):
+            raise ValueError(f"{args.trial_dir} is not a trial directory (no {record.CONFIG})")
         if args.out is None:
             with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
                 code, text = reproduce(args.trial_dir, Path(tmp), args.rtol, args.threads)

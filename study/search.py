@@ -3,20 +3,17 @@
 - :class:`StudySearch`: Ray's ``OptunaSearch`` (TPE) with the hand-off fixed: a trial that ASHA
   stopped reaches Optuna as PRUNED (stock OptunaSearch tells it COMPLETE with its partial value,
   which teaches TPE that early, worse numbers are final), an errored one as FAIL, and only a
-  finished trial (its last result holds the test metrics) as COMPLETE with every objective.
+  finished trial (its last report is marked ``final``) as COMPLETE with every objective.
   Configurations over the memory budget are told FAIL and never launched; a configuration that
   was already run is not run again (trials are deterministic: Optuna gets the earlier outcome).
 - :class:`StudyASHA`: ASHA on optimizer steps whose rungs can be rebuilt from recorded results
   after ``--resume`` (Ray does not save scheduler state).
-- :func:`estimate_peak_mb`: peak training memory from parameter counts, bits, batch and length.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,12 +21,11 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.utils.util import unflatten_dict
 
 from study import metrics as M
+from study import record
 
 log = logging.getLogger(__name__)
-FINISHED_MARKER = M.TEST_LOSS  # only the last report of a finished trial carries test metrics
 
 
 class StudySearch(OptunaSearch):
@@ -45,13 +41,13 @@ class StudySearch(OptunaSearch):
         *args,
         accept: Callable[[dict], str | None] | None = None,
         max_rejects: int = 200,
-        record_path: str | None = None,
+        record_dir: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._accept = accept
         self._max_rejects = max_rejects
-        self._record_path = record_path
+        self._record_dir = record_dir
         self.rejected: list[tuple[dict, str]] = []
         self.repeats = 0  # suggestions answered from an earlier identical trial
         self._reported: dict[str, set[int]] = {}  # trial id -> steps told to Optuna
@@ -124,7 +120,7 @@ class StudySearch(OptunaSearch):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if error or (result and result.get("error")):
             state, values = "FAIL", None
-        elif result and FINISHED_MARKER in result:
+        elif result and record.is_final(result):
             values = [result.get(m) for m in metrics]
             if any(v is None or not math.isfinite(v) for v in values):
                 state, values = "FAIL", None
@@ -151,13 +147,13 @@ class StudySearch(OptunaSearch):
 
     def _record(self) -> None:
         """Write the Optuna study as JSON (states, values, params) and the rejected configs."""
-        if not self._record_path:
+        if not self._record_dir:
             return
         trials = [
             {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params}
             for t in self._ot_study.get_trials(deepcopy=False)
         ]
-        record = {
+        searcher_record = {
             "study_name": self._ot_study.study_name,
             "metric": self.metric,
             "mode": self.mode,
@@ -165,10 +161,7 @@ class StudySearch(OptunaSearch):
             "rejected": [{"config": c, "reason": r} for c, r in self.rejected],
             "repeats": self.repeats,
         }
-        path = Path(self._record_path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, path)
+        record.write_optuna(Path(self._record_dir), searcher_record)
 
     def optuna_study(self):
         """The underlying optuna.Study (for summaries and tests)."""
@@ -250,7 +243,7 @@ def make_search(
     points: list[dict] | None = None,
     study_name: str | None = None,
     accept: Callable[[dict], str | None] | None = None,
-    record_path: str | None = None,
+    record_dir: str | None = None,
     replay: Callable[[], Iterable[tuple[str, list[dict]]]] | None = None,
     num_samples: int | None = None,
 ) -> tuple[StudySearch, StudyASHA]:
@@ -267,7 +260,7 @@ def make_search(
         sampler=tpe_sampler(seed, num_samples),
         points_to_evaluate=points or None,
         accept=accept,
-        record_path=record_path,
+        record_dir=record_dir,
         **({"study_name": study_name} if study_name else {}),
     )
     scheduler = StudyASHA(
@@ -280,35 +273,3 @@ def make_search(
         replay=replay,
     )
     return searcher, scheduler
-
-
-def estimate_peak_mb(
-    total_params: int,
-    trainable_params: int,
-    bits: int,
-    batch: int,
-    seq_len: int,
-    hidden: int,
-    layers: int,
-    vocab: int,
-    overhead_mb: float = 450.0,
-) -> float:
-    """Rough training-phase peak (MB): weights + trainable state + activations + runtime.
-
-    - frozen weights: 4 bytes/param at 16 bits (held in fp32 here), 1 at 8, 0.5 (+6%) at 4;
-    - trainable parameters: fp32 weight, gradient and two Adam moments (16 bytes each);
-    - activations: ~34 x hidden values per token per layer saved for backward (attention and
-      MLP inputs/outputs, fp32), plus the logits of the target positions;
-    - a fixed runtime overhead (CPU: interpreter and libraries; CUDA: context).
-    """
-    frozen = total_params - trainable_params
-    weight_bytes = {16: 4.0, 8: 1.0, 4: 0.53}[bits] * frozen
-    state_bytes = 16.0 * trainable_params
-    tokens = batch * seq_len
-    act_bytes = 34 * hidden * layers * tokens * 4 + tokens * vocab * 4 * 2
-    return (weight_bytes + state_bytes + act_bytes) / 2**20 + overhead_mb
-
-
-def unflatten(config: dict) -> dict:
-    """Ray's '/'-flattened keys -> nested dict."""
-    return unflatten_dict(config)

@@ -19,9 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.config import TrainConfig
 from study.data import IGNORE, BatchOrder, Example, collate
 from study.resources import PeakMemory, now
+from study.sections import TrainConfig
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig):
+    """AdamW over ``params`` (None when nothing trains), fused where torch supports it."""
+    if not params:
+        return None
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    try:  # one fused kernel for all parameters (CPU and CUDA since torch 2.4)
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, **kwargs)
 
 
 class NonFiniteLossError(RuntimeError):

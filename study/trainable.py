@@ -14,7 +14,6 @@ specs are separated by commas.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from study import metrics as M
-from study.callbacks import read_status
+from study import record
 from study.config import TrialConfig
 from study.resources import rss_mb
 from study.train import NonFiniteLossError
@@ -46,9 +45,7 @@ def _memory_guard(limit_mb: float):
 
 def _faults(trial_dir: Path, cfg: TrialConfig) -> list:
     """Callbacks for the LORA_STUDY_FAULT specs (comma-separated) that apply to this trial."""
-    from study.config import flatten
-
-    values = flatten(cfg.to_dict())
+    values = cfg.to_flat()
     out = []
     for spec in filter(None, os.environ.get("LORA_STUDY_FAULT", "").split(",")):
         kind, _, rest = spec.strip().partition("@")
@@ -77,7 +74,7 @@ def _fault(kind: str, at: int, marker: Path):
 
 
 def trial_config(config: dict) -> TrialConfig:
-    """Tune's config (searched values, or one baseline wrapped as ``{"baseline": {...}}``)."""
+    """Tune's config: dotted keys (``lora.rank``), or a baseline as ``{"baseline": {...}}``."""
     return TrialConfig.from_dict(config.get("baseline", config))
 
 
@@ -88,8 +85,8 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
 
     cfg = trial_config(config)
     trial_dir = Path(experiment_dir) / tune.get_context().get_trial_id()
-    if read_status(trial_dir).get("status") == "finished":  # done before a crash: don't retrain
-        tune.report(json.loads((trial_dir / "metrics.json").read_text()))
+    if record.read_status(trial_dir).get("status") == record.FINISHED:  # before a crash: report
+        tune.report(record.read_metrics(trial_dir))  # it again, don't retrain
         return
     callbacks = []
     if max_mem_mb:

@@ -13,43 +13,37 @@ and the decode latencies.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import random
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
-from importlib import metadata
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from lora_impl import count_parameters, inject_lora, merge, save_adapter, unmerge
+from lora_impl import (
+    adapter_weights_file,
+    count_parameters,
+    inject_lora,
+    merge,
+    save_adapter,
+    unmerge,
+)
 from study import metrics as M
+from study import record
+from study.checkpoint import load_checkpoint, save_checkpoint
 from study.config import TrialConfig
-from study.data import Example, build_data
+from study.data import Example, TaskData, build_data
+from study.environment import environment
 from study.evaluate import exact_match, generate, per_skill, perplexity, split_loss
 from study.models import load_model
 from study.resources import PeakMemory, decode_latency_ms
-from study.train import StepStats, autocast_dtype, train_loop
+from study.train import StepStats, autocast_dtype, make_optimizer, train_loop
 
 Report = Callable[[dict, "str | None"], None]
-CHECKPOINT = "checkpoint"
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=str))
+CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
 
 
 def _finite_or_none(value):
@@ -57,65 +51,16 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def environment(cfg: TrialConfig, device: torch.device, amp: torch.dtype | None) -> dict:
-    """What a result depends on besides its config: versions, hardware, threads, dtype, seed."""
-    packages = {}
-    for pkg in ("torch", "transformers", "bitsandbytes", "safetensors", "ray", "optuna"):
-        try:
-            packages[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            packages[pkg] = None
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    return {
-        "python": platform.python_version(),
-        "packages": packages,
-        "git_commit": commit,
-        "cpu": cpu,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device": device.type,
-        "threads": torch.get_num_threads(),
-        "compute_dtype": "bf16 autocast" if amp is not None else "fp32",
-        "weights": f"{cfg.quant.bits}-bit" + (f" {cfg.quant.type}" if cfg.quant.bits == 4 else ""),
-        "seed": cfg.seed,
-    }
-
-
 def _prepare(model: torch.nn.Module, cfg: TrialConfig) -> None:
     if cfg.method == "lora":
-        inject_lora(
-            model,
-            cfg.lora.target_spec,
-            rank=cfg.lora.rank,
-            alpha=cfg.lora.alpha,
-            dropout=cfg.lora.dropout,
-            rslora=cfg.lora.rslora,
-            init=cfg.lora.init,
-        )
+        inject_lora(model, cfg.lora.target_spec, cfg.lora.spec())
     else:
         for param in model.parameters():
             param.requires_grad_(cfg.method == "full")
     if cfg.train.grad_checkpointing and cfg.method != "base":
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; the old name still works there, with a deprecation warning
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
 
 
@@ -133,95 +78,179 @@ def _lm_prompts(examples: list[Example], tokenizer, n: int, prefix: int = 32) ->
     ]
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, state: dict) -> None:
-    """Trainable weights, optimizer state, RNG state and trial progress, swapped in atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }
-    save_file(weights, tmp / "trainable.safetensors")
-    opt_tensors = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        opt_tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    scalars: dict = {}
-    groups = []
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        groups = sd["param_groups"]
-        for idx, st in sd["state"].items():
-            for key, value in st.items():
-                if torch.is_tensor(value):
-                    opt_tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    scalars.setdefault(str(idx), {})[key] = value
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    _write_json(tmp / "state.json", {"param_groups": groups, "scalars": scalars, **state})
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+@dataclass
+class Progress:
+    """What a checkpoint carries besides tensors: how far the trial got, and its curve so far."""
+
+    step: int = 0
+    curve: list[dict] = field(default_factory=list)
+    tokens_seen: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    recent_losses: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        """The progress fields of a checkpoint's state (other keys are the optimizer's)."""
+        return cls(**{k: state[k] for k in asdict(cls()) if k in state})
 
 
-def load_trainable_weights(model: torch.nn.Module, path: Path) -> None:
-    """Copy a checkpoint's trainable.safetensors into the model's parameters of the same names.
+class _Trial:
+    """One loaded trial: model, data, optimizer and progress; ``evaluate`` writes and reports."""
 
-    Raises:
-        ValueError: the file names a parameter the model does not have.
-    """
-    weights = load_file(path)
-    params = dict(model.named_parameters())
-    unknown = [n for n in weights if n not in params]
-    if unknown:
-        raise ValueError(f"{path} does not match the model: unknown {unknown[:3]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    def __init__(self, cfg: TrialConfig, out: Path, report: Report | None, resume_from) -> None:
+        self.cfg, self.out, self.report = cfg, out, report
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        t_load = time.perf_counter()
+        self.model, self.tokenizer = load_model(
+            cfg.model.name,
+            quant_bits=cfg.quant.bits,
+            quant_type=cfg.quant.type,
+            double_quant=cfg.quant.double_quant,
+        )
+        self.model.to(self.device)
+        _prepare(self.model, cfg)
+        self.data: TaskData = build_data(cfg.data, self.tokenizer)
+        self.load_s = time.perf_counter() - t_load
+        self.amp = autocast_dtype(cfg.train.dtype, self.device)
+        record.write_env(out, environment(cfg, self.device, self.amp))
 
+        self.pad_id = self.tokenizer.pad_token_id
+        per_step = cfg.train.batch_size * cfg.train.grad_accum
+        self.total_steps = cfg.train.steps or math.ceil(
+            cfg.train.epochs * len(self.data.train) / per_step
+        )
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.trainable, cfg.train)
+        generative = cfg.data.task != "lm"
+        self.eval_prompts = self.data.eval if generative else self._lm(self.data.eval)
+        self.test_prompts = self.data.test if generative else self._lm(self.data.test)
+        self.progress = Progress()
+        self.resumed_from_step = None
+        if resume_from is not None:
+            state = load_checkpoint(Path(resume_from), self.model, self.optimizer)
+            self.progress = Progress.from_state(state)
+            self.resumed_from_step = self.progress.step
+        self.memory = PeakMemory(self.device)
+        self.stats = StepStats(losses=list(self.progress.recent_losses))
+        self.base_tokens, self.base_seconds = self.progress.tokens_seen, self.progress.train_s
+        self.latest: dict = {}
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer) -> dict:
-    """Restore what save_checkpoint wrote; return the saved trial progress."""
-    path = Path(path)
-    state = json.loads((path / "state.json").read_text())
-    load_trainable_weights(model, path / "trainable.safetensors")
-    tensors = load_file(path / "optimizer.safetensors")
-    torch.set_rng_state(tensors.pop("rng.cpu"))
-    cuda_rng = tensors.pop("rng.cuda", None)
-    if cuda_rng is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda_rng)
-    if optimizer is not None and state["param_groups"]:
-        opt_state: dict = {}
-        for key, value in tensors.items():
-            _, idx, name = key.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = value
-        for idx, extra in state["scalars"].items():
-            opt_state.setdefault(int(idx), {}).update(extra)
-        # safetensors stores tensors contiguous; give each state tensor its parameter's strides
-        # again (lora_B is r-major), since fused AdamW walks param and state memory in lockstep.
-        params_by_idx = [p for group in optimizer.param_groups for p in group["params"]]
-        for idx, entries in opt_state.items():
-            param = params_by_idx[idx]
-            for name, value in entries.items():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    entries[name] = torch.empty_strided(
-                        param.shape, param.stride(), dtype=value.dtype, device=param.device
-                    ).copy_(value)
-        optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    return state
+    def _lm(self, examples: list[Example]) -> list[Example]:
+        return _lm_prompts(examples, self.tokenizer, 16)
 
+    def quality(self, split: str) -> tuple[dict, list[tuple[Example, str]]]:
+        """Loss (and perplexity, exact match) on ``split`` ("eval" or "test"), and generations."""
+        examples = self.data.eval if split == "eval" else self.data.test
+        prompts = self.eval_prompts if split == "eval" else self.test_prompts
+        loss = split_loss(self.model, examples, self.pad_id, autocast=self.amp)
+        result = {f"{split}_loss": loss}
+        if split == "eval":
+            result[M.EVAL_PPL] = perplexity(loss)
+        skills = self.cfg.data.task == "skills"  # every prompt is checked; else a few are shown
+        chosen = prompts if skills else prompts[: self.cfg.eval.num_examples]
+        outputs = generate(
+            self.model, self.tokenizer, chosen, self.cfg.eval.max_new_tokens, autocast=self.amp
+        )
+        if skills:
+            result[M.EXACT_MATCH if split == "eval" else M.TEST_EXACT_MATCH] = exact_match(
+                outputs, chosen
+            )
+            result[f"{split}_exact_match_by_skill"] = per_skill(outputs, chosen)
+        return result, list(zip(chosen, outputs))
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: TrialConfig):
-    """AdamW over ``params`` (None when nothing trains), fused where torch supports it."""
-    if not params:
-        return None
-    kwargs = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}
-    try:  # one fused kernel for all parameters (CPU and CUDA since torch 2.4)
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, **kwargs)
+    def _training_metrics(self, step: int) -> dict:
+        summary = self.stats.summary()
+        tokens_seen = self.base_tokens + self.stats.tokens
+        train_s = self.base_seconds + self.stats.seconds
+        measured = bool(self.stats.step_ms)  # a base trial (or a resumed final one) trained 0 steps
+        return {
+            M.STEP: step,
+            "resumed_from_step": self.resumed_from_step,
+            M.TOKENS_SEEN: tokens_seen,
+            M.TRAIN_LOSS: summary["train_loss"],
+            M.TRAINABLE_PARAMS: count_parameters(self.model)[0],
+            M.LOAD_S: self.load_s,
+            M.TRAIN_S: train_s,
+            M.PEAK_MEM_MB: self.memory.peak() if measured else None,
+            M.START_MEM_MB: self.memory.start_mb,
+            M.PEAK_RESERVED_MB: self.memory.peak_reserved() if measured else None,
+            M.TRAIN_TOKENS_PER_S: tokens_seen / train_s if train_s else None,
+            **{k: summary[k] for k in (M.FWD_MS, M.BWD_MS, M.OPT_MS, M.STEP_MS)},
+        }
+
+    def _save_adapter(self) -> float:
+        """Write the adapter (LoRA) and return its size in MB; full/base: the trainable size."""
+        if self.cfg.method != "lora":
+            return sum(p.numel() * p.element_size() for p in self.trainable) / 2**20
+        path = save_adapter(
+            self.model, record.adapter_dir(self.out), base_model_name_or_path=self.cfg.model.name
+        )
+        return adapter_weights_file(path).stat().st_size / 2**20
+
+    def evaluate(self, step: int) -> None:
+        """Measure, write every trial file and the checkpoint, then report (which may stop us)."""
+        t_eval = time.perf_counter()
+        final = step >= self.total_steps
+        metrics, pairs = self.quality("eval")
+        metrics.update(self._training_metrics(step))
+        metrics[M.ADAPTER_MB] = self._save_adapter()
+        if final:
+            test, test_pairs = self.quality("test")
+            metrics.update(test)
+            pairs += test_pairs
+            metrics.update(
+                _latencies(self.model, self.test_prompts, self.cfg, self.pad_id, self.amp)
+            )
+            metrics[record.FINAL] = True
+        self.progress.eval_s += time.perf_counter() - t_eval
+        metrics[M.EVAL_S] = self.progress.eval_s
+        metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+        point = {k: metrics[k] for k in CURVE_KEYS if k in metrics}
+        self.progress.curve = [p for p in self.progress.curve if p["step"] < step] + [point]
+        self.progress.step = step
+        self.progress.tokens_seen = metrics[M.TOKENS_SEEN]
+        self.progress.train_s = metrics[M.TRAIN_S]
+        self.progress.recent_losses = self.stats.losses[-10:]
+        record.write_metrics(self.out, metrics)
+        record.write_curve(self.out, self.progress.curve)
+        examples = [
+            {"prompt": e.prompt, "target": e.reference, "output": o}
+            for e, o in pairs[: self.cfg.eval.num_examples]
+        ]
+        record.write_examples(self.out, examples)
+        checkpoint = None
+        if self.cfg.method != "base":
+            checkpoint = record.checkpoint_dir(self.out)
+            save_checkpoint(checkpoint, self.model, self.optimizer, asdict(self.progress))
+        self.latest = metrics
+        if self.report is not None:
+            self.report(dict(metrics), str(checkpoint) if checkpoint else None)
+
+    def run(self, callbacks: tuple[Callable[[int, float], None], ...]) -> dict:
+        """Train to the end (evaluating every ``eval.every`` steps); the last metrics."""
+        if self.cfg.method == "base":  # nothing to train: evaluate the untouched model once
+            self.total_steps = 0
+            self.evaluate(0)
+        elif self.progress.step >= self.total_steps:  # resumed from the final checkpoint
+            self.evaluate(self.progress.step)
+        else:
+            train_loop(
+                self.model,
+                self.data.train,
+                self.cfg.train,
+                self.cfg.seed,
+                self.optimizer,
+                self.total_steps,
+                self.pad_id,
+                start_step=self.progress.step,
+                on_eval=self.evaluate,
+                every=self.cfg.eval.every,
+                callbacks=callbacks,
+                memory=self.memory,
+                stats=self.stats,
+            )
+        return self.latest
 
 
 def run_trial(
@@ -237,169 +266,21 @@ def run_trial(
         config: the trial.
         report: called as ``report(metrics, checkpoint_dir)`` after every evaluation, with the
             trial files and the checkpoint already written; it may stop the trial by raising.
+            The last report of a trial that ran to its end has ``"final": True``.
         resume_from: a checkpoint directory written by an earlier run of the same config.
-        out_dir: the trial directory (config.json, metrics.json, curve.jsonl, adapter/,
-            examples.json, env.json, checkpoint/).
+        out_dir: the trial directory (its files are listed in ``study.record``).
         callbacks: ``callback(step, loss)`` after every optimizer step (progress bars).
 
     Raises:
         ValueError: a bad model, target, data size or source. NonFiniteLossError: the loss
             diverged (the message names the step).
     """
-    cfg = config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _write_json(out / "config.json", cfg.to_dict())
-
-    t_load = time.perf_counter()
-    model, tokenizer = load_model(
-        cfg.model.name,
-        quant_bits=cfg.quant.bits,
-        quant_type=cfg.quant.type,
-        double_quant=cfg.quant.double_quant,
-    )
-    model.to(device)
-    _prepare(model, cfg)
-    data = build_data(cfg.data, tokenizer)
-    load_s = time.perf_counter() - t_load
-    amp = autocast_dtype(cfg.train.dtype, device)
-    _write_json(out / "env.json", environment(cfg, device, amp))
-
-    pad_id = tokenizer.pad_token_id
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
-    total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(data.train) / per_step)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg)
-    generative = cfg.data.task != "lm"
-    eval_prompts = data.eval if generative else _lm_prompts(data.eval, tokenizer, 16)
-    test_prompts = data.test if generative else _lm_prompts(data.test, tokenizer, 16)
-
-    progress = {
-        "step": 0,
-        "curve": [],
-        "tokens_seen": 0,
-        "train_s": 0.0,
-        "eval_s": 0.0,
-        "recent_losses": [],
-    }
-    if resume_from is not None:
-        progress = {
-            k: v
-            for k, v in load_checkpoint(Path(resume_from), model, optimizer).items()
-            if k in progress
-        }
-    resumed_from_step = progress["step"] if resume_from is not None else None
-    memory = PeakMemory(device)
-    stats = StepStats(losses=list(progress["recent_losses"]))
-    base_tokens, base_seconds = progress["tokens_seen"], progress["train_s"]
-    latest: dict = {}
-
-    def quality(examples: list[Example], prompts: list[Example], prefix: str, n_gen: int | None):
-        loss = split_loss(model, examples, pad_id, autocast=amp)
-        result = {f"{prefix}loss": loss}
-        if prefix == "eval_":
-            result[M.EVAL_PPL] = perplexity(loss)
-        chosen = prompts if n_gen is None else prompts[:n_gen]
-        outputs = generate(model, tokenizer, chosen, cfg.eval.max_new_tokens, autocast=amp)
-        if cfg.data.task == "skills":
-            result[M.EXACT_MATCH if prefix == "eval_" else M.TEST_EXACT_MATCH] = exact_match(
-                outputs, chosen
-            )
-            result[f"{prefix}exact_match_by_skill"] = per_skill(outputs, chosen)
-        return result, list(zip(chosen, outputs))
-
-    def on_eval(step: int) -> None:
-        t_eval = time.perf_counter()
-        final = step >= total_steps
-        n_gen = None if cfg.data.task == "skills" else cfg.eval.num_examples
-        metrics, pairs = quality(data.eval, eval_prompts, "eval_", n_gen)
-        summary = stats.summary()
-        tokens_seen = base_tokens + stats.tokens
-        train_s = base_seconds + stats.seconds
-        metrics.update(
-            {
-                M.STEP: step,
-                "resumed_from_step": resumed_from_step,
-                M.TOKENS_SEEN: tokens_seen,
-                M.TRAIN_LOSS: summary["train_loss"],
-                M.TRAINABLE_PARAMS: count_parameters(model)[0],
-                M.LOAD_S: load_s,
-                M.TRAIN_S: train_s,
-                M.PEAK_MEM_MB: memory.peak() if stats.step_ms else None,
-                M.START_MEM_MB: memory.start_mb,
-                M.PEAK_RESERVED_MB: memory.peak_reserved() if stats.step_ms else None,
-                M.TRAIN_TOKENS_PER_S: tokens_seen / train_s if train_s else None,
-                **{k: summary[k] for k in (M.FWD_MS, M.BWD_MS, M.OPT_MS, M.STEP_MS)},
-            }
-        )
-        if cfg.method == "lora":
-            save_adapter(model, out / "adapter", base_model_name_or_path=cfg.model.name)
-            metrics[M.ADAPTER_MB] = (
-                out / "adapter" / "adapter_model.safetensors"
-            ).stat().st_size / 2**20
-        else:
-            metrics[M.ADAPTER_MB] = sum(p.numel() * p.element_size() for p in trainable) / 2**20
-        if final:
-            test, test_pairs = quality(data.test, test_prompts, "test_", n_gen)
-            metrics.update(test)
-            pairs += test_pairs
-            metrics.update(_latencies(model, test_prompts, cfg, pad_id, amp))
-        progress["eval_s"] += time.perf_counter() - t_eval
-        metrics[M.EVAL_S] = progress["eval_s"]
-        metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
-        curve_point = {
-            k: metrics[k]
-            for k in (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
-            if k in metrics
-        }
-        progress["curve"] = [p for p in progress["curve"] if p["step"] < step] + [curve_point]
-        progress.update(
-            step=step, tokens_seen=tokens_seen, train_s=train_s, recent_losses=stats.losses[-10:]
-        )
-        _write_json(out / "metrics.json", metrics)
-        _write_text(out / "curve.jsonl", "".join(json.dumps(p) + "\n" for p in progress["curve"]))
-        _write_json(
-            out / "examples.json",
-            [
-                {"prompt": e.prompt, "target": e.reference, "output": o}
-                for e, o in pairs[: cfg.eval.num_examples]
-            ],
-        )
-        checkpoint = None
-        if cfg.method != "base":
-            checkpoint = out / CHECKPOINT
-            save_checkpoint(checkpoint, model, optimizer, dict(progress))
-        latest.clear()
-        latest.update(metrics)
-        if report is not None:
-            report(dict(metrics), str(checkpoint) if checkpoint else None)
-
-    if cfg.method == "base":  # nothing to train: evaluate the untouched model once
-        total_steps = 0
-        on_eval(0)
-        return latest
-    if progress["step"] >= total_steps:  # resumed from the final checkpoint: report it again
-        on_eval(progress["step"])
-        return latest
-    train_loop(
-        model,
-        data.train,
-        cfg.train,
-        cfg.seed,
-        optimizer,
-        total_steps,
-        pad_id,
-        start_step=progress["step"],
-        on_eval=on_eval,
-        every=cfg.eval.every,
-        callbacks=callbacks,
-        memory=memory,
-        stats=stats,
-    )
-    return latest
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    record.write_config(out, config.to_dict())
+    return _Trial(config, out, report, resume_from).run(callbacks)
 
 
 def _latencies(model, prompts: list[Example], cfg: TrialConfig, pad_id: int, amp) -> dict:

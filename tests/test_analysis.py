@@ -221,7 +221,7 @@ def number(text: str) -> float:
 
 @pytest.fixture(scope="module")
 def trials_csv(multi_study, tmp_path_factory) -> Path:
-    from analysis.select import with_pareto_column
+    from analysis.selection import with_pareto_column
 
     path = tmp_path_factory.mktemp("csv") / "trials.csv"
     with_pareto_column(load_study(multi_study).trials).to_csv(path, index=False)

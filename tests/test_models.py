@@ -98,9 +98,9 @@ def bundled(tmp_path_factory, monkeypatch_module):
     """The bundled model loaded twice from a fresh cache, counting GGUF conversions."""
     cache = tmp_path_factory.mktemp("cache")
     calls = []
-    convert = models._convert_gguf
+    convert = models.bundled._convert_gguf
     monkeypatch_module.setattr(
-        models, "_convert_gguf", lambda *a: (calls.append(a), convert(*a))[1]
+        models.bundled, "_convert_gguf", lambda *a: (calls.append(a), convert(*a))[1]
     )
     load_model("smollm2-135m", cache_dir=cache)
     model, tok = load_model("smollm2-135m", cache_dir=cache)

@@ -1,5 +1,5 @@
 """`python -m analysis report`: valid figures, a self-contained report.html (checked in headless
-Chromium over the DevTools protocol), and the data behind each figure (analysis.plots)."""
+Chromium over the DevTools protocol), and the data behind each figure (analysis.figure_data)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
+from analysis import figure_data
 from analysis.__main__ import default_out, main
 from analysis.load import TRIAL_COLUMNS
 from tests.conftest import copy_study
@@ -61,7 +61,7 @@ def test_report_files_are_valid_png_svg_and_html_is_self_contained(report):
     assert len(pngs) >= 10 and [p.stem for p in pngs] == [s.stem for s in svgs]
     names = {p.stem for p in pngs}
     assert {"pareto_eval_loss_peak_mem_mb", "factors", "curves", "seeds"} <= names
-    assert {f"pareto_eval_loss_{r}" for r in plots.FRONT_RESOURCES} <= names
+    assert {f"pareto_eval_loss_{r}" for r in figure_data.FRONT_RESOURCES} <= names
     for png in pngs:
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC), png
@@ -241,7 +241,7 @@ def test_pareto_info_front_of_finished_trials_and_step_line():
             {"eval_loss": np.nan, "peak_mem_mb": 10, "status": "errored"},
         ]
     )
-    info = plots.pareto_info(trials, "peak_mem_mb", "eval_loss")
+    info = figure_data.pareto_info(trials, "peak_mem_mb", "eval_loss")
     front = info.fronts["s"]
     assert front["trial"].tolist() == ["t0", "t1", "t4"]
     assert front["label"].tolist() == ["r2 qv 4b", "r8 qv 16b", "full 16b"]
@@ -249,19 +249,20 @@ def test_pareto_info_front_of_finished_trials_and_step_line():
     assert info.steps["s"][1].tolist() == [3.0, 2.0, 1.5, 1.5]
     assert info.where == "post" and not info.log_x and info.missing == 1
     assert set(info.points["status"]) == {"finished", "stopped"}
-    with_stopped = plots.pareto_info(trials, "peak_mem_mb", "eval_loss", include_stopped=True)
+    with_stopped = figure_data.pareto_info(trials, "peak_mem_mb", "eval_loss", include_stopped=True)
     assert with_stopped.fronts["s"]["trial"].tolist() == ["t3"]
     # exact_match is maximised: the front rises with memory
     em = trials.assign(exact_match=[0.2, 0.5, 0.1, 0.9, 0.4, np.nan])
-    em_front = plots.pareto_info(em, "peak_mem_mb", "exact_match").fronts["s"]
+    em_front = figure_data.pareto_info(em, "peak_mem_mb", "exact_match").fronts["s"]
     assert em_front["trial"].tolist() == ["t0", "t1"]
-    assert plots.pareto_info(trials, "trainable_params", "eval_loss").log_x
+    assert figure_data.pareto_info(trials, "trainable_params", "eval_loss").log_x
 
 
 def test_pareto_info_overlays_studies_with_their_own_fronts():
     one = table([{"eval_loss": 2.0, "peak_mem_mb": 100}, {"eval_loss": 1.0, "peak_mem_mb": 300}])
     two = table([{"eval_loss": 1.5, "peak_mem_mb": 200}]).assign(study="q4")
-    info = plots.pareto_info(pd.concat([one, two], ignore_index=True), "peak_mem_mb", "eval_loss")
+    both = pd.concat([one, two], ignore_index=True)
+    info = figure_data.pareto_info(both, "peak_mem_mb", "eval_loss")
     assert list(info.fronts) == ["s", "q4"]
     assert len(info.fronts["s"]) == 2 and len(info.fronts["q4"]) == 1
 
@@ -277,14 +278,15 @@ def test_factor_info_levels_points_and_medians():
             {"targets": None, "method": "full", "eval_loss": 0.5},  # not a LoRA trial
         ]
     )
-    info = plots.factor_info(trials, "targets")
+    info = figure_data.factor_info(trials, "targets")
     assert info.levels == ["qv", "qkvo", "all-linear"]
     assert sorted(info.points["level"].tolist()) == [0, 0, 1, 2]
     assert info.medians["s"].tolist() == [2.5, 2.5, 1.0]
-    ranks = plots.factor_info(table([{"rank": r, "eval_loss": r} for r in (16, 2, 8)]), "rank")
+    by_rank = table([{"rank": r, "eval_loss": r} for r in (16, 2, 8)])
+    ranks = figure_data.factor_info(by_rank, "rank")
     assert ranks.levels == ["2", "8", "16"]
     with pytest.raises(ValueError, match="unknown factor"):
-        plots.factor_info(trials, "colour")
+        figure_data.factor_info(trials, "colour")
 
 
 def test_curves_info_marks_asha_stops():
@@ -304,7 +306,7 @@ def test_curves_info_marks_asha_stops():
         ],
         columns=["study", "group", "trial", "step", "eval_loss"],
     )
-    info = plots.curves_info(trials, curves, "rank")
+    info = figure_data.curves_info(trials, curves, "rank")
     assert info.levels == ["2", "4", "full"]
     assert [(line.trial, line.level, line.steps.tolist()) for line in info.lines] == [
         ("t0", "4", [2.0, 4.0]),
@@ -324,7 +326,7 @@ def test_seeds_info_full_first_then_lora_variants_by_size():
             {"method": "base", "baseline": True, "bits": 16, "trainable_params": 0},
         ]
     )
-    info = plots.seeds_info(trials)
+    info = figure_data.seeds_info(trials)
     assert info.labels == ["full 16b", "r2 qv 16b", "r8 qv 16b"]
     assert info.methods == ["full", "lora", "lora"]
     assert info.counts.tolist() == [1, 1, 2]
@@ -345,7 +347,7 @@ def test_render_draws_errored_stopped_and_baseline_points(tmp_path):
         ]
     )
     trials["test_loss"] = trials["eval_loss"] + 0.1
-    fig = render.pareto_figure(plots.pareto_info(trials, "peak_mem_mb", "eval_loss"))
+    fig = render.pareto_figure(figure_data.pareto_info(trials, "peak_mem_mb", "eval_loss"))
     ax = fig.axes[0]
     # 5 trials, plus the test values of the 3 front points (base, r8, full)
     assert sum(len(c.get_offsets()) for c in ax.collections) == 5 + 3

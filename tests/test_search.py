@@ -9,7 +9,8 @@ import pytest
 from ray import tune
 
 from search_spaces import SpaceError, load_space, to_tune, tune_points, validate
-from study.search import StudyASHA, StudySearch, estimate_peak_mb
+from study.estimate import estimate_peak_mb
+from study.search import StudyASHA, StudySearch
 
 
 def _asha(**kw):
@@ -81,7 +82,8 @@ def test_search_hand_off_pruned_fail_complete():
     # stopped by ASHA on its step-10 result, which Tune shows the scheduler but not the searcher
     searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 2.5})
     searcher.on_trial_complete("t1", {"step": 5, "error": "non-finite loss"})
-    searcher.on_trial_complete("t2", {"step": 20, "eval_loss": 1.0, "test_loss": 1.1})
+    finished = {"step": 20, "eval_loss": 1.0, "test_loss": 1.1, "final": True}  # its last report
+    searcher.on_trial_complete("t2", finished)
     trials = searcher.optuna_study().get_trials()
     assert [t.state.name for t in trials] == ["PRUNED", "FAIL", "COMPLETE"]
     assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0, 10: 2.5}
@@ -94,7 +96,7 @@ def test_multi_objective_hand_off_pruned_without_values():
     searcher.suggest("t0")
     searcher.suggest("t1")
     searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 2.5, "peak_mem_mb": 900.0})
-    done = {"step": 20, "eval_loss": 1.0, "peak_mem_mb": 800.0, "test_loss": 1.1}
+    done = {"step": 20, "eval_loss": 1.0, "peak_mem_mb": 800.0, "test_loss": 1.1, "final": True}
     searcher.on_trial_complete("t1", done)
     trials = searcher.optuna_study().get_trials()
     assert [(t.state.name, t.values) for t in trials] == [
@@ -113,7 +115,8 @@ def test_a_configuration_already_run_is_answered_from_its_record_not_run_again()
     searcher.set_search_properties("eval_loss", "min", space)
     assert searcher.suggest("t0") == {"lora": {"rank": 1}}
     searcher.on_trial_result("t0", {"step": 5, "eval_loss": 0.7})
-    searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 0.5, "test_loss": 0.6})
+    finished = {"step": 10, "eval_loss": 0.5, "test_loss": 0.6, "final": True}
+    searcher.on_trial_complete("t0", finished)
     # The second queued point repeats rank 1: told COMPLETE with 0.5, and rank 2 is launched.
     assert searcher.suggest("t1") == {"lora": {"rank": 2}}
     trials = searcher.optuna_study().get_trials()
@@ -147,14 +150,14 @@ def test_builtin_spaces_are_valid_and_convert():
     for name in ("default", "smoke", "seeds-qwen2"):
         space = load_space(name)
         converted = to_tune(space)
-        assert "rank" in converted["lora"]
+        assert "lora.rank" in converted  # dotted TrialConfig names, the same all the way
     default = load_space("default")
     assert default["lora"]["rank"] == {"choice": [1, 2, 4, 8, 16, 32, 64]}
     assert default["quant"]["bits"] == {"choice": [4, 8, 16]}
     assert default["lora"]["targets"] == {"choice": ["qv", "qkvo", "all-linear"]}
     seeds = load_space("seeds-qwen2")  # the reports' setting: Qwen2-0.5B, wikitext-2, q and v first
     assert (seeds["model"]["name"], seeds["data"]["source"]) == ("Qwen/Qwen2-0.5B", "wikitext-2")
-    assert tune_points(seeds)[0]["lora/targets"] == "qv"
+    assert tune_points(seeds)[0]["lora.targets"] == "qv"
 
 
 @pytest.mark.parametrize(
@@ -183,4 +186,4 @@ def test_points_to_evaluate_fill_every_searched_key():
         "points_to_evaluate": [{"lora.rank": 8}],
     }
     validate(space)
-    assert tune_points(space) == [{"lora/rank": 8, "lora/targets": "qv"}]
+    assert tune_points(space) == [{"lora.rank": 8, "lora.targets": "qv"}]

@@ -19,10 +19,10 @@ def curve(path):
 
 def test_lora_trial_learns_and_writes_its_files(tmp_path):
     base = run_trial(tiny_trial(method="base"), out_dir=tmp_path / "base")
-    reports = []
+    reports, reports_metrics = [], []
     final = run_trial(
         tiny_trial(**{"train.steps": 30, "train.lr": 1e-2, "eval.every": 10}),
-        report=lambda m, ck: reports.append((m["step"], ck)),
+        report=lambda m, ck: (reports.append((m["step"], ck)), reports_metrics.append(m)),
         out_dir=tmp_path / "lora",
     )
     assert final["eval_loss"] < base["eval_loss"] - 0.2  # ln(259) = 5.56 at random init
@@ -31,14 +31,18 @@ def test_lora_trial_learns_and_writes_its_files(tmp_path):
     assert [p["step"] for p in curve(tmp_path / "lora")] == [10, 20, 30]
     for key in (
         "test_loss",
-        "test_exact_match",
         "latency_ms_per_token_unmerged",
         "latency_ms_per_token_merged",
         "peak_mem_mb",
         "train_tokens_per_s",
         "fwd_ms",
+        "bwd_ms",
     ):
-        assert final[key] is not None and final[key] >= 0, key
+        assert final[key] is not None and 0 < final[key] < float("inf"), key
+    assert 0 <= final["test_exact_match"] <= 1
+    assert final["peak_mem_mb"] >= final["start_mem_mb"] > 0
+    # only the last report says the trial ran to its end (the study marks it finished from that)
+    assert [m.get("final") for m in reports_metrics] == [None, None, True]
     saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert saved["step"] == 30 and saved["eval_loss"] == final["eval_loss"]
     env = json.loads((tmp_path / "lora" / "env.json").read_text())
@@ -144,7 +148,27 @@ def test_cuda_peak_memory_sees_a_500mb_tensor(tmp_path):
     assert loud["peak_reserved_mb"] - quiet["peak_reserved_mb"] == pytest.approx(500, rel=0.1)
 
 
-def test_gradient_checkpointing_gives_the_same_training(tmp_path):
-    plain = run_trial(tiny_trial(), out_dir=tmp_path / "plain")
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
+    import study.trial
+
+    calls = {"n": 0}
+    prepare = study.trial._prepare
+
+    def count_training_layer_calls(model, cfg):
+        prepare(model, cfg)
+        # A checkpointed layer runs again in backward. A pre-hook: torch's recompute stops as soon
+        # as the saved tensors it needs exist again, before the mlp's forward hooks would fire.
+        for layer in model.model.layers:
+            layer.mlp.register_forward_pre_hook(
+                lambda mod, *_: calls.__setitem__("n", calls["n"] + mod.training)
+            )
+
+    monkeypatch.setattr(study.trial, "_prepare", count_training_layer_calls)
+    cfg = tiny_trial()
+    plain = run_trial(cfg, out_dir=tmp_path / "plain")
+    plain_calls, calls["n"] = calls["n"], 0
     ckpt = run_trial(tiny_trial(**{"train.grad_checkpointing": True}), out_dir=tmp_path / "gc")
+    layers = 2  # tiny-llama
+    assert plain_calls == cfg.train.steps * layers  # one forward per layer and step
+    assert calls["n"] == 2 * cfg.train.steps * layers  # and a recompute in each backward
     assert ckpt["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)

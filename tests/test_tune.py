@@ -59,7 +59,7 @@ def test_study_runs_searched_trials_baselines_and_asha_stops(multi_study, capsys
 
 
 def test_summary_lists_the_pareto_set(multi_study):
-    from study.summary import collect
+    from analysis.summary import collect
 
     assert len(collect(multi_study)) == 8
     summary = (multi_study / "stdout.txt").read_text().split("Study multi:")[-1]
@@ -275,8 +275,8 @@ def test_bad_input_is_one_line_exit_2_and_no_result_dir(args, message, tmp_path,
 
 
 def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
+    from study.plan import plan_study
     from study.tune import parse_args
-    from study.tune_run import plan_study
 
     argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), "--max-t", "4"]
     plan = plan_study(parse_args(argv), argv)
@@ -285,8 +285,9 @@ def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
 
 
 def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
+    from study.estimate import estimate_cfg
+    from study.plan import plan_study
     from study.tune import parse_args
-    from study.tune_run import estimate_cfg, plan_study
 
     argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r")]
     plan = plan_study(parse_args(argv), argv)
@@ -306,14 +307,15 @@ def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
 
 
 def test_resume_takes_the_recorded_study_and_refuses_changed_flags(tmp_path, capsys):
-    from study.tune import parse_args, write_study_json
-    from study.tune_run import plan_study
+    from study import record
+    from study.plan import plan_study, study_record
+    from study.tune import parse_args
 
     storage = tmp_path / "r"
     started = ["--space", "smoke", "--storage-path", str(storage), "--name", "s"]
     started += ["--set", "train.steps=4", "--objective", "eval_loss,peak_mem_mb"]
     first = plan_study(parse_args(started), started)
-    write_study_json(first.study_dir, started, first.space, first.objectives, {})
+    record.write_study(first.study_dir, study_record(first))
     again = ["--storage-path", str(storage), "--name", "s", "--resume"]
     plan = plan_study(parse_args(again), again)  # no --space: the default space is NOT used
     assert plan.space == first.space and plan.space["train"]["steps"] == 4

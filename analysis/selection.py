@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.pareto import hypervolume_2d, pareto_mask
 from study import metrics as M
+from study import record
 
 PARETO_COLUMN = f"pareto_{M.EVAL_LOSS}_{M.PEAK_MEM_MB}"
 
@@ -150,11 +151,9 @@ def best_trial(
 
 def train_one_command(row: pd.Series | dict) -> str:
     """A ready-to-run ``python -m study.train_one`` command that repeats the trial's config."""
-    config = Path(row["trial_dir"]).resolve() / "config.json"
+    config = str(record.config_path(Path(row["trial_dir"]).resolve()))
     out = Path("runs") / f"{row['study']}-{row['trial']}".replace("/", "-")
-    return shlex.join(
-        ["python", "-m", "study.train_one", "--config", str(config), "--out", str(out)]
-    )
+    return shlex.join(["python", "-m", "study.train_one", "--config", config, "--out", str(out)])
 
 
 def format_table(rows: pd.DataFrame, columns: list[str]) -> str:

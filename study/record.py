@@ -1,0 +1,344 @@
+"""The trial and study directories: every file name, one atomic write, typed reads and writes.
+
+    record.write_metrics(trial_dir, metrics)          # atomically: readers never see half a file
+    record.read_status(trial_dir)["status"]           # "running", "finished", "stopped", "errored"
+    for d in record.trial_dirs(study_dir, record.SEARCH): ...
+
+This module is the contract between ``study`` (which writes) and ``analysis`` (which reads), and
+its only owner: no other module names one of these files or opens one. It imports neither torch
+nor Ray, so ``analysis`` may use it. What lies *inside* ``adapter/`` is PEFT's format (owned by
+``lora_impl.io``) and inside ``checkpoint/`` the checkpoint format (owned by
+``study.checkpoint``); this module owns the two directories' names.
+
+A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.train_one``)::
+
+    config.json    the resolved TrialConfig (nested)
+    metrics.json   the latest metrics; the last report of a finished trial has "final": true
+    curve.jsonl    one line per evaluation
+    examples.json  a few generations: prompt, target, output
+    env.json       versions, hardware, threads, dtype, seed
+    status.json    written by the study: running / finished / stopped / errored
+    adapter/       the adapter in PEFT format (method lora)
+    checkpoint/    trainable weights, optimizer and RNG state, trial progress
+
+A study directory holds ``study.json`` (command, resolved space, objectives, schema version),
+``optuna.json`` (the searcher's record) and the ``search/`` and ``baselines/`` groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+CURVE = "curve.jsonl"
+EXAMPLES = "examples.json"
+ENV = "env.json"
+STATUS = "status.json"
+ADAPTER = "adapter"
+CHECKPOINT = "checkpoint"
+STUDY = "study.json"
+OPTUNA = "optuna.json"
+TRIAL_FILES = (CONFIG, METRICS, CURVE, EXAMPLES, ENV, STATUS, ADAPTER, CHECKPOINT)
+STUDY_FILES = (STUDY, OPTUNA)
+FILE_NAMES = TRIAL_FILES + STUDY_FILES
+
+# The two groups of a study directory; each is one Ray experiment.
+SEARCH, BASELINES = "search", "baselines"
+GROUPS = (SEARCH, BASELINES)
+
+# status.json's "status"; "final": true in a report (and metrics.json) marks the last report of
+# a trial that ran to its end. ("done" would collide with Ray Tune's own result key.)
+RUNNING, FINISHED, STOPPED, ERRORED = "running", "finished", "stopped", "errored"
+STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
+FINAL = "final"
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record file that is missing, unreadable, truncated or not valid JSON.
+
+    ``str(err)`` is one line naming the file and the problem; ``problem`` is one of
+    ``missing``, ``unreadable``, ``truncated``, ``not valid JSON``, ``not a JSON object``.
+    """
+
+    def __init__(self, path: Path, problem: str, detail: str = "") -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}" + (f" ({detail})" if detail else ""))
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, fsync, rename.
+
+    A reader (or a resume after a kill) sees the old file or the new one, never a torn one; the
+    temporary name is unique, so two writers never share it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON (non-JSON values as their str)."""
+    atomic_write(path, json.dumps(data, indent=2, default=str))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parsed JSON of ``path``.
+
+    Raises:
+        RecordError: missing, unreadable, truncated (a write cut short) or not valid JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecordError(path, "missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecordError(path, "unreadable", type(err).__name__) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        # A cut inside a string reports where the string starts, not the end of the text.
+        cut = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+        raise RecordError(
+            path, "truncated" if cut else "not valid JSON", f"{err.msg}: char {err.pos}"
+        ) from None
+
+
+def _read_object(path: Path) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise RecordError(path, "not a JSON object")
+    return data
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """(the JSON objects of a JSON-lines file, numbers of the lines that are not one).
+
+    A kill during a write can leave a half line at the end; such lines are reported, not
+    raised, so the rest of the file still counts. A missing file is ``([], [])``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return [], []
+    points, bad = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            point = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if isinstance(point, dict):
+            points.append(point)
+        else:
+            bad.append(number)
+    return points, bad
+
+
+# --- a trial directory ----------------------------------------------------------------------
+
+
+def write_config(trial_dir: Path, config: dict) -> None:
+    """The resolved TrialConfig (``TrialConfig.to_dict()``)."""
+    write_json(Path(trial_dir) / CONFIG, config)
+
+
+def read_config(trial_dir: Path) -> dict:
+    """The trial's config.json (RecordError when it is missing or damaged)."""
+    return _read_object(Path(trial_dir) / CONFIG)
+
+
+def config_path(trial_dir: Path) -> Path:
+    """Where config.json is (for messages and for a command that reruns the trial)."""
+    return Path(trial_dir) / CONFIG
+
+
+def has_config(trial_dir: Path) -> bool:
+    """Whether the directory holds a config.json (is, or was becoming, a trial directory)."""
+    return (Path(trial_dir) / CONFIG).is_file()
+
+
+def write_metrics(trial_dir: Path, metrics: dict) -> None:
+    """The trial's latest metrics."""
+    write_json(Path(trial_dir) / METRICS, metrics)
+
+
+def read_metrics(trial_dir: Path) -> dict:
+    """The trial's metrics.json (RecordError when it is missing or damaged)."""
+    return _read_object(Path(trial_dir) / METRICS)
+
+
+def has_metrics(trial_dir: Path) -> bool:
+    """Whether the trial has reported at least once."""
+    return (Path(trial_dir) / METRICS).is_file()
+
+
+def is_final(metrics: dict) -> bool:
+    """Whether a report (or metrics.json) is the last one of a trial that ran to its end."""
+    return metrics.get(FINAL) is True
+
+
+def write_curve(trial_dir: Path, points: list[dict]) -> None:
+    """The learning curve, one JSON object per evaluation (rewritten whole, atomically)."""
+    atomic_write(Path(trial_dir) / CURVE, "".join(json.dumps(p) + "\n" for p in points))
+
+
+def read_curve(trial_dir: Path) -> tuple[list[dict], list[int]]:
+    """(curve points that have a ``step``, numbers of damaged lines); see :func:`read_jsonl`."""
+    points, bad = read_jsonl(Path(trial_dir) / CURVE)
+    return [p for p in points if "step" in p], bad
+
+
+def curve_path(trial_dir: Path) -> Path:
+    """Where the curve is (for messages and modification times)."""
+    return Path(trial_dir) / CURVE
+
+
+def write_examples(trial_dir: Path, examples: list[dict]) -> None:
+    """A few generations: ``{"prompt", "target", "output"}`` each."""
+    write_json(Path(trial_dir) / EXAMPLES, examples)
+
+
+def read_examples(trial_dir: Path) -> list[dict]:
+    """The trial's examples, or [] when absent or unreadable (they are illustrations only)."""
+    try:
+        data = read_json(Path(trial_dir) / EXAMPLES)
+    except RecordError:
+        return []
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def write_env(trial_dir: Path, env: dict) -> None:
+    """What the result depends on besides its config (see ``study.environment``)."""
+    write_json(Path(trial_dir) / ENV, env)
+
+
+def read_env(trial_dir: Path) -> dict:
+    """The trial's env.json (RecordError when it is missing or damaged)."""
+    return _read_object(Path(trial_dir) / ENV)
+
+
+def write_status(trial_dir: Path, status: str, **fields: Any) -> None:
+    """The trial's status.json: ``status`` (one of STATUSES), ``step``, ``reason``, ``time``."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    write_json(Path(trial_dir) / STATUS, {"status": status, **fields, "time": time.time()})
+
+
+def read_status(trial_dir: Path) -> dict:
+    """The trial's status.json, or {} when absent or unreadable (a status is then unknown)."""
+    try:
+        return _read_object(Path(trial_dir) / STATUS)
+    except RecordError:
+        return {}
+
+
+def read_status_strict(trial_dir: Path) -> dict | None:
+    """status.json; None without one (a trial run outside a study); RecordError if damaged."""
+    path = Path(trial_dir) / STATUS
+    return _read_object(path) if path.exists() else None
+
+
+def adapter_dir(trial_dir: Path) -> Path:
+    """Where the trial's adapter is saved (PEFT format, see ``lora_impl.io``)."""
+    return Path(trial_dir) / ADAPTER
+
+
+def checkpoint_dir(trial_dir: Path) -> Path:
+    """Where the trial's checkpoint is saved (see ``study.checkpoint``)."""
+    return Path(trial_dir) / CHECKPOINT
+
+
+def config_mtime(trial_dir: Path) -> float:
+    """When config.json was written: the moment ``run_trial`` started (for overhead figures)."""
+    return (Path(trial_dir) / CONFIG).stat().st_mtime
+
+
+# --- a study directory ----------------------------------------------------------------------
+
+
+def is_study_dir(path: Path) -> bool:
+    """Whether ``path`` holds a study.json or one of the trial groups."""
+    path = Path(path)
+    return (path / STUDY).is_file() or any((path / g).is_dir() for g in GROUPS)
+
+
+def is_trial_dir(path: Path) -> bool:
+    """Whether ``path`` is a trial directory rather than a study (a config.json, no study.json)."""
+    path = Path(path)
+    return (path / CONFIG).is_file() and not (path / STUDY).is_file()
+
+
+def group_dir(study_dir: Path, group: str) -> Path:
+    """``<study>/search`` or ``<study>/baselines``: one Ray experiment each."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
+    return Path(study_dir) / group
+
+
+def trial_dirs(study_dir: Path, group: str) -> list[Path]:
+    """Every trial directory of a group, sorted (hidden and plain files left out)."""
+    base = group_dir(study_dir, group)
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def write_study(study_dir: Path, record: dict) -> None:
+    """The study's own record (schema version added)."""
+    write_json(Path(study_dir) / STUDY, {"schema_version": SCHEMA_VERSION, **record})
+
+
+def has_study(study_dir: Path) -> bool:
+    """Whether the study directory holds its study.json."""
+    return (Path(study_dir) / STUDY).is_file()
+
+
+def read_study(study_dir: Path) -> dict:
+    """The study's study.json (RecordError when it is missing or damaged)."""
+    return _read_object(Path(study_dir) / STUDY)
+
+
+def study_path(study_dir: Path) -> Path:
+    """Where study.json is (for messages)."""
+    return Path(study_dir) / STUDY
+
+
+def write_optuna(study_dir: Path, record: dict) -> None:
+    """The searcher's record: Optuna trials (state, values, params), rejected configurations."""
+    write_json(Path(study_dir) / OPTUNA, record)
+
+
+def has_optuna(study_dir: Path) -> bool:
+    """Whether the study has a searcher record yet."""
+    return (Path(study_dir) / OPTUNA).is_file()
+
+
+def read_optuna(study_dir: Path) -> dict:
+    """The searcher's record (RecordError when it is missing or damaged)."""
+    return _read_object(Path(study_dir) / OPTUNA)

@@ -1,0 +1,161 @@
+"""The Ray wiring of a study: start Ray, run the baselines and the search as two Tune experiments.
+
+    run_study(plan)     # a checked Plan (study.plan); writes study.json, then the trials
+
+This module, the searcher and scheduler (``study.search``), the callbacks (``study.callbacks``)
+and the trainable (``study.trainable``) are the only ones that import Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import ray
+from ray import tune
+from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+from ray.tune.search import ConcurrencyLimiter
+
+from search_spaces import to_tune, tune_points
+from study import record
+from study.callbacks import LiveTable, StatusWriter
+from study.config import TrialConfig
+from study.estimate import ModelFacts, estimate_cfg
+from study.options import StudyOptions, parse_resources
+from study.plan import Plan, study_record
+from study.resume import replay_curves, restore_missing_checkpoints
+from study.search import make_search
+from study.trainable import trainable
+
+
+def _ray_init(options: StudyOptions) -> None:
+    # Token auth: Ray 2.60 turns it on for a new local cluster when RAY_AUTH_MODE is unset (and
+    # refreshes its cached config; setting the variable here, after ray is imported, would leave
+    # the driver without its token). plan_study refuses --dashboard with any other mode.
+    kwargs = {
+        "include_dashboard": bool(options.dashboard),
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
+    # Loopback only. The Docker image sets 0.0.0.0: inside a container that is the container's
+    # own interface, which `docker run -p 127.0.0.1:8265:8265` publishes to the host's loopback.
+    host = os.environ.get("LORA_STUDY_DASHBOARD_HOST", "127.0.0.1")
+    if options.dashboard:
+        kwargs.update(dashboard_host=host)
+    context = ray.init(address=options.address, **kwargs)
+    if options.dashboard:
+        print(f"Ray dashboard: http://{context.dashboard_url} (token auth; bound to {host})")
+
+
+def _resources(options: StudyOptions) -> dict:
+    import torch
+
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = float(torch.cuda.is_available())
+    cpus = options.cpus_per_trial or max(1.0, (os.cpu_count() or 1) / options.max_concurrent)
+    return {"cpu": cpus, "gpu": gpus, **parse_resources(options.resource)}
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _fit(plan: Plan, group: str, make_tuner) -> None:
+    """Run (or, after a kill, restore and continue) the Tune experiment of one group."""
+    exp_dir = record.group_dir(plan.study_dir, group)
+    budget = plan.options.time_budget_s if group == record.SEARCH else None
+    callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{group}]\n")]
+    fn = tune.with_parameters(
+        trainable, experiment_dir=str(exp_dir.resolve()), max_mem_mb=plan.options.max_mem_mb
+    )
+    fn = tune.with_resources(fn, _resources(plan.options))
+    if (exp_dir / "tuner.pkl").is_file():  # Ray's own file: the experiment started before
+        for path in restore_missing_checkpoints(exp_dir):
+            print(f"study.tune: {path.parent.name}: resuming from its newer checkpoint")
+        tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable=fn, resume_errored=True)
+    else:
+        run_config = RunConfig(
+            name=group,
+            storage_path=str(plan.study_dir.resolve()),
+            verbose=0,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=plan.options.max_failures),
+            callbacks=callbacks,
+        )
+        tuner = make_tuner(fn, run_config)
+    tuner.fit()
+
+
+def _baselines_done(plan: Plan) -> bool:
+    done = [
+        d
+        for d in record.trial_dirs(plan.study_dir, record.BASELINES)
+        if record.read_status(d).get("status") in (record.FINISHED, record.ERRORED)
+    ]
+    return len(done) >= len(plan.baselines)
+
+
+def _over_budget(config: dict, facts: ModelFacts, limit: float) -> str | None:
+    estimate = estimate_cfg(TrialConfig.from_dict(config), facts)
+    if estimate > limit:
+        return f"estimated peak {estimate:.0f} MB > --max-mem-mb {limit:.0f}"
+    return None
+
+
+def _baseline_tuner(plan: Plan, fn, run_config):
+    return tune.Tuner(
+        fn,
+        run_config=run_config,
+        param_space={"baseline": tune.grid_search(list(plan.baselines))},
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=_trial_dirname,
+            max_concurrent_trials=plan.options.max_concurrent,
+        ),
+    )
+
+
+def _search_tuner(plan: Plan, fn, run_config):
+    options = plan.options
+    accept = None
+    if options.max_mem_mb:
+        accept = functools.partial(_over_budget, facts=plan.facts, limit=options.max_mem_mb)
+    searcher, scheduler = make_search(
+        plan.objectives,
+        seed=options.seed,
+        max_t=plan.max_t,
+        grace=plan.grace,
+        reduction_factor=options.reduction_factor,
+        points=tune_points(plan.space),
+        study_name=plan.name,
+        accept=accept,
+        record_dir=str(plan.study_dir.resolve()),
+        replay=functools.partial(replay_curves, plan.study_dir, record.SEARCH),
+        num_samples=options.num_samples,
+    )
+    return tune.Tuner(
+        fn,
+        param_space=to_tune(plan.space),
+        run_config=run_config,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent),
+            scheduler=scheduler,
+            num_samples=options.num_samples,
+            time_budget_s=options.time_budget_s,
+            trial_dirname_creator=_trial_dirname,
+        ),
+    )
+
+
+def run_study(plan: Plan) -> None:
+    """Write study.json (a new study), start Ray, run the baselines, then the search."""
+    if not plan.options.resume:
+        record.write_study(plan.study_dir, study_record(plan))
+    _ray_init(plan.options)
+    try:
+        if plan.baselines and not _baselines_done(plan):
+            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, plan))
+        _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
+    finally:
+        ray.shutdown()
