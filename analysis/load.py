@@ -138,7 +138,11 @@ def _scalar(value):
 
 def _curve(d: Path, found: list[str]) -> list[dict]:
     """The trial's curve points that have a step; a warning for each damaged line."""
-    points, bad = record.read_curve(d)
+    try:
+        points, bad = record.read_curve(d)
+    except RecordError as err:
+        _warn(found, f"{err}; the trial's curve is left out")
+        return []
     for number in bad:
         _warn(
             found, f"{record.curve_path(d)}: line {number} is not valid JSON; that point is skipped"
@@ -210,7 +214,8 @@ def _missing_trials(study_dir: Path, study_info: dict, configs: dict, found: lis
             # a RUNNING trial of a live study may not have written its config.json yet
             if not isinstance(trial, dict) or trial.get("state") not in DONE_STATES:
                 continue
-            params = trial.get("params") or {}
+            params = trial.get("params")
+            params = params if isinstance(params, dict) else {}  # a damaged record: match any
             match = next((c for c in unmatched if _same_params(c, params)), None)
             if match is not None:
                 unmatched.remove(match)

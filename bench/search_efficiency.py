@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 from analysis.anytime import anytime_info, plot_anytime  # noqa: E402
 from bench.search_grid import AXES, FIXED, GRID_FILE, OUT, key_of, run_grid  # noqa: E402
 from study import metrics as M  # noqa: E402
+from study import record  # noqa: E402
 
 MAX_T, GRACE = FIXED["train.steps"], FIXED["eval.every"]  # study.tune: grace = eval.every
 TOLERANCE = 0.01  # "within 1% of the grid's best eval loss"
@@ -133,12 +134,13 @@ def searchers(seed: int, num_samples: int) -> dict[str, tuple]:
 
 
 def results_of(entry: dict) -> list[dict]:
-    """The reports a trial of this config makes: its curve; the last one carries test metrics."""
+    """The reports a trial of this config makes: its curve; the last one is marked final."""
     out = [
         {"training_iteration": i + 1, M.STEP: p[M.STEP], M.EVAL_LOSS: p[M.EVAL_LOSS]}
         for i, p in enumerate(entry["curve"])
     ]
-    out[-1][M.TEST_LOSS] = entry[M.TEST_LOSS]  # what marks a finished trial (FINISHED_MARKER)
+    out[-1][M.TEST_LOSS] = entry[M.TEST_LOSS]
+    out[-1][record.FINAL] = True  # what a trial that ran to its end says in its last report
     return out
 
 

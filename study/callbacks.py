@@ -80,6 +80,22 @@ def _cell(value, width: int, fmt: str = "{}") -> str:
     return text[:width].rjust(width)
 
 
+def _config_cells(config: dict) -> list:
+    """rank, alpha, targets, bits, size of a trial's config ("bad" and dashes: an invalid one)."""
+    try:
+        cfg = TrialConfig.from_dict(config)
+    except ValueError:  # a combination the space allows but a config refuses: the trial errors
+        return ["bad", None, None, None, None]
+    lora = cfg.method == "lora"
+    return [
+        cfg.lora.rank if lora else cfg.method,
+        cfg.lora.alpha if lora else None,
+        cfg.lora.targets if lora else None,
+        cfg.quant.bits,
+        cfg.data.size,
+    ]
+
+
 class LiveTable(Callback):
     """Prints a compact table of every trial at most every ``interval`` seconds."""
 
@@ -90,20 +106,14 @@ class LiveTable(Callback):
         self._last = 0.0
 
     def _row(self, trial) -> str:
-        cfg = TrialConfig.from_dict(trial.config.get("baseline", trial.config))  # (wrapped)
         r = trial.last_result or {}
         status = record.read_status(self.dir / trial.trial_id)
         state = status.get("status", trial.status.lower())
         if state == record.STOPPED:
             state = f"stopped@{status.get('step')}"
-        lora = cfg.method == "lora"
         values = [
             trial.trial_id[-8:],
-            cfg.lora.rank if lora else cfg.method,
-            cfg.lora.alpha if lora else None,
-            cfg.lora.targets if lora else None,
-            cfg.quant.bits,
-            cfg.data.size,
+            *_config_cells(trial.config.get("baseline", trial.config)),  # baselines are wrapped
             r.get(M.STEP),
             r.get(M.EVAL_LOSS),
             r.get(M.EXACT_MATCH),

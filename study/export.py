@@ -54,16 +54,29 @@ def parse_args(argv: list[str] | None = None):
 
 
 def read_trial_config(trial_dir: Path) -> dict:
-    """The trial's config.json, or ExportError naming what is wrong."""
+    """The trial's config.json, checked to make a TrialConfig (ExportError naming what is wrong)."""
     if not record.has_config(trial_dir):
         raise ExportError(f"{trial_dir} is not a trial directory (no {record.CONFIG})")
     try:
         config = record.read_config(trial_dir)
     except record.RecordError as err:
         raise ExportError(f"{err.path} is corrupt ({err.problem})") from None
-    if "method" not in config:
-        raise ExportError(f"{Path(trial_dir, record.CONFIG)} is not a trial config")
+    from study.config import TrialConfig
+
+    if "method" not in config:  # written by run_trial, config.json always names its method
+        raise ExportError(f"{record.config_path(trial_dir)} is not a trial config")
+    try:
+        TrialConfig.from_dict(config)
+    except ValueError as err:
+        where = record.config_path(trial_dir)
+        raise ExportError(f"{where} is not a valid trial config: {err}") from None
     return config
+
+
+def _model_name(config: dict) -> str:
+    from study.config import TrialConfig
+
+    return TrialConfig.from_dict(config).model.name
 
 
 def dequantize_linears(model) -> list[str]:
@@ -113,22 +126,23 @@ def merged_model(trial_dir: Path, config: dict):
     """(model, tokenizer, notes): the trial's base with its adapter (or weights) merged in."""
     from lora_impl import load_adapter, unload
     from study.checkpoint import load_trainable_weights
+    from study.config import TrialConfig
     from study.models import load_model
 
-    quant = config.get("quant", {})
-    bits = quant.get("bits", 16)
+    cfg = TrialConfig.from_dict(config)
+    quant = cfg.quant
     model, tokenizer = load_model(
-        config["model"]["name"],
-        quant_bits=bits,
-        quant_type=quant.get("type", "nf4"),
-        double_quant=quant.get("double_quant", False),
+        cfg.model.name,
+        quant_bits=quant.bits,
+        quant_type=quant.type,
+        double_quant=quant.double_quant,
     )
     notes: dict = {"dequantized_from": None}
-    if bits < 16:
+    if quant.bits < 16:
         dequantize_linears(model)
-        kind = f"{bits}-bit" + (f" {quant.get('type', 'nf4')}" if bits == 4 else " LLM.int8")
+        kind = f"{quant.bits}-bit" + (f" {quant.type}" if quant.bits == 4 else " LLM.int8")
         notes["dequantized_from"] = kind
-    if config["method"] == "lora":
+    if cfg.method == "lora":
         load_adapter(model, record.adapter_dir(trial_dir))
         unload(model, merge=True)
     else:  # full fine-tuning: the trained weights are the checkpoint's
@@ -154,7 +168,7 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
     config = read_trial_config(trial_dir)
     method = config["method"]
     if method == "base":
-        name = config.get("model", {}).get("name")
+        name = _model_name(config)
         raise ExportError(f"{trial_dir} is a method=base trial: nothing was trained ({name})")
     if method == "full" and not merged:
         raise ExportError(f"{trial_dir} is full fine-tuning (no adapter): use --merged")
@@ -168,6 +182,18 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_export(trial_dir, tmp, config, merged, status)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(tmp, out)  # a crash never leaves a half-written export under OUT
+    return out
+
+
+def _write_export(trial_dir: Path, tmp: Path, config: dict, merged: bool, status: dict) -> None:
     notes: dict = {}
     if merged:
         model, tokenizer, notes = merged_model(trial_dir, config)
@@ -179,18 +205,14 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
     (tmp / TRIAL_CONFIG).write_text(json.dumps(config, indent=2))
     what = {
         "trial_dir": str(trial_dir.resolve()),
-        "method": method,
+        "method": config["method"],
         "merged": merged,
-        "model": config.get("model", {}).get("name"),
+        "model": _model_name(config),
         "status": status.get("status"),
         "step": status.get("step"),
         **notes,
     }
     (tmp / "export.json").write_text(json.dumps(what, indent=2))
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    os.replace(tmp, out)  # a crash never leaves a half-written export under OUT
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

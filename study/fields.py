@@ -5,10 +5,10 @@
     add_config_flags(parser)                      # --lora.rank, --train.lr, ... (+ short aliases)
     TrialConfig.from_dict(given_flags(args))      # the flags a user gave, as dotted keys
 
-A field is defined once, in ``study.config``, with its docstring; its flag, its help text and
-its place in a search space follow from that definition. The help is the attribute docstring
-(read from the source once, since Python drops attribute docstrings at run time) or, for a
-field made without source, ``field(metadata={"help": ...})``.
+A field is defined once, in its section in ``study.sections``, with its docstring; its flag,
+its help text and its place in a search space follow from that definition. The help is the
+attribute docstring (read from the source once, since Python drops attribute docstrings at run
+time) or, for a field made without source, ``field(metadata={"help": ...})``.
 """
 
 from __future__ import annotations

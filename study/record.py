@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,21 +78,38 @@ class RecordError(ValueError):
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``path`` whole or not at all: a temporary file beside it, fsync, rename.
 
-    A reader (or a resume after a kill) sees the old file or the new one, never a torn one; the
-    temporary name is unique, so two writers never share it.
+    A reader (or a resume after a kill) sees the old file or the new one, never a torn one. The
+    temporary name is this process's and thread's own, so two writers never share one; it is
+    created with the usual permissions (0666 less the umask), as a plain ``open`` would.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (a crash of the machine, not only of the process)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not fsync directories
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -138,14 +155,19 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
 
     A kill during a write can leave a half line at the end; such lines are reported, not
     raised, so the rest of the file still counts. A missing file is ``([], [])``.
+
+    Raises:
+        RecordError: the file exists but cannot be read (a directory, no permission).
     """
     path = Path(path)
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         return [], []
+    except OSError as err:
+        raise RecordError(path, "unreadable", type(err).__name__) from None
     points, bad = [], []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # JSON escapes every other separator
         if not line.strip():
             continue
         try:
@@ -209,7 +231,11 @@ def write_curve(trial_dir: Path, points: list[dict]) -> None:
 
 
 def read_curve(trial_dir: Path) -> tuple[list[dict], list[int]]:
-    """(curve points that have a ``step``, numbers of damaged lines); see :func:`read_jsonl`."""
+    """(curve points that have a ``step``, numbers of damaged lines); see :func:`read_jsonl`.
+
+    Raises:
+        RecordError: curve.jsonl exists but cannot be read.
+    """
     points, bad = read_jsonl(Path(trial_dir) / CURVE)
     return [p for p in points if "step" in p], bad
 

@@ -51,7 +51,7 @@ def _read(read, trial_dir: Path):
 
 
 def _read_curve(trial_dir: Path) -> list[dict]:
-    points, damaged = record.read_curve(trial_dir)
+    points, damaged = _read(record.read_curve, trial_dir)
     if damaged:
         where = record.curve_path(trial_dir)
         raise ValueError(f"{where}: line {damaged[0]} is damaged; the recorded curve is incomplete")

@@ -8,6 +8,8 @@ but a kill deleted is re-created (:func:`restore_missing_checkpoints`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import pickle
 import shutil
@@ -25,9 +27,12 @@ def recorded_options(options: StudyOptions, argv: list[str], study_dir: Path):
     """
     try:
         started_record = record.read_study(study_dir)
-        started = parse_options([str(a) for a in started_record["command"][3:]])
+        with contextlib.redirect_stderr(io.StringIO()):  # one line for the user: ours, below
+            started = parse_options([str(a) for a in started_record["command"][3:]])
         if not {"space", "objectives"} <= started_record.keys():
             raise KeyError("space or objectives")
+        if not isinstance(started_record["space"], dict):
+            raise TypeError("space is not a mapping")
     except (ValueError, KeyError, TypeError, AttributeError, SystemExit):
         raise UsageError(f"{record.study_path(study_dir)} is not a readable study record") from None
     return with_recorded(options, argv, started, study_dir.name), started_record
@@ -37,9 +42,14 @@ def replay_curves(study_dir: Path, group: str) -> list[tuple[str, list[dict]]]:
     """(trial id, recorded curve) of every trial of a group, for rebuilding ASHA's rungs."""
     out = []
     for trial_dir in record.trial_dirs(study_dir, group):
-        if record.has_config(trial_dir):
-            points, _damaged = record.read_curve(trial_dir)
-            out.append((trial_dir.name, points))
+        if not record.has_config(trial_dir):
+            continue
+        try:
+            points, _damaged = record.read_curve(trial_dir)  # damaged lines: left out
+        except record.RecordError as err:
+            print(f"study.tune: {err}: that trial's results are not replayed into ASHA")
+            continue
+        out.append((trial_dir.name, points))
     return out
 
 

@@ -44,7 +44,7 @@ def build_config(args: argparse.Namespace, cls: type | None = None):
     if args.config is not None:
         values = flatten(_read_config_file(args.config))
     flags = given_flags(args, cls)
-    if "train.epochs" in flags and "train.steps" not in flags:
+    if flags.get("train.epochs") is not None and "train.steps" not in flags:
         values.pop("train.steps", None)  # epochs on the command line replace the file's steps
     values.update(flags)
     return cls.from_dict(values)

@@ -86,7 +86,8 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
     cfg = trial_config(config)
     trial_dir = Path(experiment_dir) / tune.get_context().get_trial_id()
     if record.read_status(trial_dir).get("status") == record.FINISHED:  # before a crash: report
-        tune.report(record.read_metrics(trial_dir))  # it again, don't retrain
+        # it again, don't retrain (marked final: metrics of older versions lack the marker)
+        tune.report({**record.read_metrics(trial_dir), record.FINAL: True})
         return
     callbacks = []
     if max_mem_mb:

@@ -187,3 +187,39 @@ def test_points_to_evaluate_fill_every_searched_key():
     }
     validate(space)
     assert tune_points(space) == [{"lora.rank": 8, "lora.targets": "qv"}]
+
+
+def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, monkeypatch):
+    """After a driver kill, Tune may start a finished trial again: it must not retrain, and its
+    re-report must say final (metrics.json of older versions lacks the marker)."""
+    from types import SimpleNamespace
+
+    import ray.tune
+
+    from study import record
+    from study.trainable import trainable
+
+    trial_dir = tmp_path / "t1"
+    record.write_metrics(trial_dir, {"step": 6, "eval_loss": 0.5, "test_loss": 0.6})
+    record.write_status(trial_dir, record.FINISHED, step=6)
+    reports = []
+    context = SimpleNamespace(get_trial_id=lambda: "t1")
+    monkeypatch.setattr(ray.tune, "get_context", lambda: context)
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
+    trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
+    assert reports == [{"step": 6, "eval_loss": 0.5, "test_loss": 0.6, "final": True}]
+
+
+def test_the_live_table_survives_a_config_the_space_allows_but_a_trial_refuses():
+    from types import SimpleNamespace
+
+    from study.callbacks import LiveTable
+
+    def trial(config):
+        return SimpleNamespace(trial_id="abcdef12", config=config, last_result={}, status="RUNNING")
+
+    table = LiveTable("/nonexistent").table(
+        [trial({"method": "full", "quant.bits": 4}), trial({"lora.rank": 4, "lora.targets": "qv"})]
+    )
+    invalid, valid = table.splitlines()[1:]
+    assert invalid.split()[1] == "bad" and valid.split()[1:4] == ["4", "8", "qv"]

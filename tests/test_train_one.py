@@ -114,6 +114,15 @@ def test_flags_parse_to_the_fields_types():
     assert build_config(parse_args(["--lora.alpha", "none", "--rank", "4"])).lora.alpha == 8.0
 
 
+def test_epochs_on_the_command_line_replace_the_files_steps_and_none_does_not(tmp_path):
+    config = tmp_path / "trial.yaml"
+    config.write_text("train:\n  steps: 20\n")
+    given = build_config(parse_args(["--config", str(config), "--epochs", "1"])).train
+    assert (given.steps, given.epochs) == (None, 1.0)
+    cleared = build_config(parse_args(["--config", str(config), "--epochs", "none"])).train
+    assert (cleared.steps, cleared.epochs) == (20, None)  # the file's steps, not the default
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
