@@ -9,6 +9,7 @@ status.json (written by the study, not by the trial; see ``study.record``):
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -76,7 +77,9 @@ class StatusWriter(Callback):
 
 
 def _cell(value, width: int, fmt: str = "{}") -> str:
-    text = "-" if value is None else (fmt.format(value) if not isinstance(value, str) else value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # not measured (yet)
+        return "-".rjust(width)
+    text = value if isinstance(value, str) else fmt.format(value)
     return text[:width].rjust(width)
 
 

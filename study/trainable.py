@@ -73,6 +73,17 @@ def _fault(kind: str, at: int, marker: Path):
     return inject
 
 
+def tune_result(metrics: dict) -> dict:
+    """A report as Tune gets it: every metric present, NaN where it is not measured (yet).
+
+    Tune refuses a result without the searcher's and the scheduler's metrics, and latencies exist
+    only in a trial's last report; the searcher and ASHA read NaN as "not known yet".
+    """
+    nan = float("nan")
+    known = {k: v for k, v in metrics.items() if v is not None}
+    return {**{m: nan for m in M.QUALITY + M.RESOURCES}, **known}
+
+
 def trial_config(config: dict) -> TrialConfig:
     """Tune's config: dotted keys (``lora.rank``), or a baseline as ``{"baseline": {...}}``."""
     return TrialConfig.from_dict(config.get("baseline", config))
@@ -87,7 +98,7 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
     trial_dir = Path(experiment_dir) / tune.get_context().get_trial_id()
     if record.read_status(trial_dir).get("status") == record.FINISHED:  # before a crash: report
         # it again, don't retrain (marked final: metrics of older versions lack the marker)
-        tune.report({**record.read_metrics(trial_dir), record.FINAL: True})
+        tune.report(tune_result({**record.read_metrics(trial_dir), record.FINAL: True}))
         return
     callbacks = []
     if max_mem_mb:
@@ -101,10 +112,8 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
     callbacks.insert(0, track)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        flat = {k: v for k, v in metrics.items() if v is not None}
-        tune.report(
-            flat, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        )
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(tune_result(metrics), checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     try:
@@ -121,7 +130,4 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
         reason = f"{kind}: {err}" if kind else str(err)
         # Every metric is present (as NaN) because Tune checks that the scheduler's and the
         # searcher's metrics are in each result; the "error" key marks the trial as errored.
-        nan = float("nan")
-        tune.report(
-            {"error": reason, M.STEP: last["step"], **{m: nan for m in M.QUALITY + M.RESOURCES}}
-        )
+        tune.report(tune_result({"error": reason, M.STEP: last["step"]}))

@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 from ray.tune.search import ConcurrencyLimiter
 
-from search_spaces import to_tune, tune_points
+from search_spaces import sample_point, to_tune, tune_points
 from study import record
 from study.callbacks import LiveTable, StatusWriter
 from study.config import TrialConfig
@@ -97,8 +97,13 @@ def _baselines_done(plan: Plan) -> bool:
     return len(done) >= len(plan.baselines)
 
 
-def _over_budget(config: dict, facts: ModelFacts, limit: float) -> str | None:
-    estimate = estimate_cfg(TrialConfig.from_dict(config), facts)
+def _over_budget(config: dict, fixed: dict, facts: ModelFacts, limit: float) -> str | None:
+    """Why a suggestion is not launched, or None; judged on the whole config it would run.
+
+    The searcher suggests the searched values only: the space's fixed values (batch size,
+    sequence length, targets, bits, ...) come from ``fixed``, not from TrialConfig's defaults.
+    """
+    estimate = estimate_cfg(TrialConfig.from_dict({**fixed, **config}), facts)
     if estimate > limit:
         return f"estimated peak {estimate:.0f} MB > --max-mem-mb {limit:.0f}"
     return None
@@ -120,7 +125,12 @@ def _search_tuner(plan: Plan, fn, run_config):
     options = plan.options
     accept = None
     if options.max_mem_mb:
-        accept = functools.partial(_over_budget, facts=plan.facts, limit=options.max_mem_mb)
+        accept = functools.partial(
+            _over_budget,
+            fixed=sample_point(plan.space),
+            facts=plan.facts,
+            limit=options.max_mem_mb,
+        )
     searcher, scheduler = make_search(
         plan.objectives,
         seed=options.seed,

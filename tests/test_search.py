@@ -207,7 +207,14 @@ def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, mo
     monkeypatch.setattr(ray.tune, "get_context", lambda: context)
     monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
     trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
-    assert reports == [{"step": 6, "eval_loss": 0.5, "test_loss": 0.6, "final": True}]
+    (report,) = reports
+    assert (report["step"], report["eval_loss"], report["final"]) == (6, 0.5, True)
+    # and, as every report, it carries every metric (NaN where the file has none)
+    import math
+
+    from study import metrics as M
+
+    assert set(M.QUALITY + M.RESOURCES) <= set(report) and math.isnan(report["peak_mem_mb"])
 
 
 def test_the_live_table_survives_a_config_the_space_allows_but_a_trial_refuses():

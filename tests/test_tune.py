@@ -179,6 +179,34 @@ def test_a_small_space_is_searched_without_repeats_and_the_search_ends(tmp_path,
     assert "the search ended after 2 of --num-samples 4" in capsys.readouterr().out
 
 
+def test_a_fixed_target_set_under_a_memory_budget_is_judged_on_the_whole_config(tmp_path):
+    """The in-search memory gate saw only the sampled values and filled the rest with defaults:
+    a space with `lora.targets: qv` fixed died with KeyError 'all-linear' (issue 11, bug 1)."""
+    fixed = {"lora.targets": "qv", "quant.bits": 16, "data.size": 32, "lora.alpha_ratio": 1}
+    space = space_file(tmp_path, **fixed, **{"train.lr": 0.01, "lora.rank": {"choice": [1, 2]}})
+    argv = ["--space", str(space), "--num-samples", "2", "--no-baselines", "--name", "qv"]
+    argv += ["--grace", "6"]  # no ASHA stops: both run to the end
+    code = main([*argv, "--max-mem-mb", "20000", "--storage-path", str(tmp_path / "res")])
+    assert code == 0
+    found = statuses(tmp_path / "res" / "qv")
+    assert len(found) == 2 and {s["status"] for s in found.values()} == {"finished"}
+
+
+def test_a_latency_objective_study_runs_to_its_pareto_set(tmp_path, capsys):
+    """Latencies exist only in a trial's last report: every report must still carry every
+    metric (NaN until measured), or Tune refuses the first report (issue 11, bug 2)."""
+    fixed = {"lora.targets": "qv", "quant.bits": 16, "data.size": 32, "lora.alpha_ratio": 1}
+    space = space_file(tmp_path, **fixed, **{"train.lr": 0.01, "lora.rank": {"choice": [1, 2]}})
+    argv = ["--space", str(space), "--num-samples", "2", "--no-baselines", "--name", "lat"]
+    argv += ["--objective", "eval_loss,latency_ms_per_token_merged", "--grace", "6"]
+    assert main([*argv, "--storage-path", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "best latency_ms_per_token_merged" in out and "Pareto set" in out
+    record = json.loads((tmp_path / "res" / "lat" / "optuna.json").read_text())
+    assert [t["state"] for t in record["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert all(len(t["values"]) == 2 for t in record["trials"])
+
+
 def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
     space = space_file(tmp_path, points=[GOOD], **{"train.steps": 8})
     cmd = [
