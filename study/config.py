@@ -11,6 +11,7 @@ field and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -118,6 +119,7 @@ def _nest(data: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+@functools.cache  # a class's fields do not change; from_dict runs for every trial and table row
 def field_types(cls: type) -> dict[str, Any]:
     """Each field's type, resolved; a sub-config class made inside a function resolves too."""
     factories = [f.default_factory for f in fields(cls)]

@@ -53,8 +53,8 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args(argv)
 
 
-def read_trial_config(trial_dir: Path) -> dict:
-    """The trial's config.json, checked to make a TrialConfig (ExportError naming what is wrong)."""
+def read_trial_config(trial_dir: Path):
+    """(config.json as written, its TrialConfig), or ExportError naming what is wrong."""
     if not record.has_config(trial_dir):
         raise ExportError(f"{trial_dir} is not a trial directory (no {record.CONFIG})")
     try:
@@ -66,17 +66,10 @@ def read_trial_config(trial_dir: Path) -> dict:
     if "method" not in config:  # written by run_trial, config.json always names its method
         raise ExportError(f"{record.config_path(trial_dir)} is not a trial config")
     try:
-        TrialConfig.from_dict(config)
+        return config, TrialConfig.from_dict(config)
     except ValueError as err:
         where = record.config_path(trial_dir)
         raise ExportError(f"{where} is not a valid trial config: {err}") from None
-    return config
-
-
-def _model_name(config: dict) -> str:
-    from study.config import TrialConfig
-
-    return TrialConfig.from_dict(config).model.name
 
 
 def dequantize_linears(model) -> list[str]:
@@ -122,14 +115,12 @@ def dequantize_linears(model) -> list[str]:
     return replaced
 
 
-def merged_model(trial_dir: Path, config: dict):
+def merged_model(trial_dir: Path, cfg):
     """(model, tokenizer, notes): the trial's base with its adapter (or weights) merged in."""
     from lora_impl import load_adapter, unload
     from study.checkpoint import load_trainable_weights
-    from study.config import TrialConfig
     from study.models import load_model
 
-    cfg = TrialConfig.from_dict(config)
     quant = cfg.quant
     model, tokenizer = load_model(
         cfg.model.name,
@@ -165,10 +156,10 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
         ExportError: not a trial, no adapter, a ``base`` trial, or ``out`` is not empty.
     """
     trial_dir, out = Path(trial_dir), Path(out)
-    config = read_trial_config(trial_dir)
-    method = config["method"]
+    config, cfg = read_trial_config(trial_dir)
+    method = cfg.method
     if method == "base":
-        name = _model_name(config)
+        name = cfg.model.name
         raise ExportError(f"{trial_dir} is a method=base trial: nothing was trained ({name})")
     if method == "full" and not merged:
         raise ExportError(f"{trial_dir} is full fine-tuning (no adapter): use --merged")
@@ -183,7 +174,7 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_export(trial_dir, tmp, config, merged, status)
+        _write_export(trial_dir, tmp, config, cfg, merged, status)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing behind
         raise
@@ -193,10 +184,10 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
     return out
 
 
-def _write_export(trial_dir: Path, tmp: Path, config: dict, merged: bool, status: dict) -> None:
+def _write_export(trial_dir: Path, tmp: Path, config: dict, cfg, merged: bool, status: dict):
     notes: dict = {}
     if merged:
-        model, tokenizer, notes = merged_model(trial_dir, config)
+        model, tokenizer, notes = merged_model(trial_dir, cfg)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     else:
@@ -205,9 +196,9 @@ def _write_export(trial_dir: Path, tmp: Path, config: dict, merged: bool, status
     (tmp / TRIAL_CONFIG).write_text(json.dumps(config, indent=2))
     what = {
         "trial_dir": str(trial_dir.resolve()),
-        "method": config["method"],
+        "method": cfg.method,
         "merged": merged,
-        "model": _model_name(config),
+        "model": cfg.model.name,
         "status": status.get("status"),
         "step": status.get("step"),
         **notes,
