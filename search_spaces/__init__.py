@@ -1,6 +1,7 @@
-"""Named search spaces as plain data, and the one converter to Ray Tune domains.
+"""Named search spaces as plain data, and their converters to Optuna and Ray Tune.
 
     space = load_space("default")          # or a path to the user's own YAML
+    distributions = to_optuna(space)       # {"lora.rank": CategoricalDistribution(...), ...}
     param_space = to_tune(space)           # {"lora.rank": tune.choice(...), "train.lr": 3e-4, ...}
 
 A space is shaped like ``TrialConfig`` (``lora.rank``, ``train.lr``, ...). A leaf is either a fixed
@@ -185,3 +186,66 @@ def to_tune(space: dict[str, Any]) -> dict[str, Any]:
         return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is exclusive
 
     return {key: convert(leaf) for key, leaf in flat_leaves(space).items()}
+
+
+def searched_keys(space: dict[str, Any]) -> list[str]:
+    """The dotted keys the search chooses, in the space's order."""
+    return [k for k, leaf in flat_leaves(space).items() if is_distribution(leaf)]
+
+
+def fixed_values(space: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys the space fixes, with their values."""
+    return {k: leaf for k, leaf in flat_leaves(space).items() if not is_distribution(leaf)}
+
+
+def to_optuna(space: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters as Optuna distributions (dotted names, the space's order).
+
+    The same distributions Ray's ``OptunaSearch.convert_search_space(to_tune(space))`` builds
+    (tests/test_search.py checks it), so a searcher on these asks what Ray's would.
+    """
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out = {}
+    for key, leaf in flat_leaves(space).items():
+        if not is_distribution(leaf):
+            continue
+        ((kind, args),) = leaf.items()
+        if kind == "choice":
+            out[key] = CategoricalDistribution(list(args))
+        elif kind == "loguniform":
+            out[key] = FloatDistribution(args[0], args[1], log=True)
+        elif kind == "uniform":
+            out[key] = FloatDistribution(args[0], args[1])
+        else:
+            out[key] = IntDistribution(args[0], args[1])  # both ends included, as in the space
+    return out
+
+
+def grid(space: dict[str, Any], limit: int = 100_000) -> list[dict[str, Any]] | None:
+    """Every configuration of a finite space (searched keys only), or None.
+
+    None when a parameter is continuous (``uniform`` / ``loguniform``) or the space has more
+    than ``limit`` configurations: such a space is never exhausted by a search.
+    """
+    import itertools
+    import math
+
+    axes = {}
+    for key, leaf in flat_leaves(space).items():
+        if not is_distribution(leaf):
+            continue
+        ((kind, args),) = leaf.items()
+        if kind == "choice":
+            axes[key] = list(args)
+        elif kind == "randint":
+            axes[key] = list(range(args[0], args[1] + 1))
+        else:
+            return None
+    if math.prod(len(v) for v in axes.values()) > limit:
+        return None
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
