@@ -5,7 +5,8 @@
     data.curves.query("trial == 'a1b2c3d4'")[["step", "eval_loss"]]
 
 Only the trial files of DESIGN.md are read (config.json, metrics.json, curve.jsonl, status.json,
-examples.json) plus the study's study.json and optuna.json, all through :mod:`study.record`;
+examples.json) plus the study's study.json (through :mod:`study.record`) and its Optuna journal
+(through :mod:`study.journal`, with Optuna's own reader);
 Ray's files are never opened and nothing is unpickled. A truncated or corrupt file gives a
 :class:`ResultWarning` naming it: a trial without a readable config.json is skipped, one without
 readable metrics keeps its config, status and curve; the other trials still load.
@@ -14,15 +15,14 @@ readable metrics keeps its config, status and curve; the other trials still load
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
+from study import journal, record
 from study import metrics as M
-from study import record
 from study.record import RecordError
 
 GROUPS = record.GROUPS
@@ -204,29 +204,16 @@ def _status(d: Path, found: list[str]) -> dict:
 def _missing_trials(study_dir: Path, study_info: dict, configs: dict, found: list[str]) -> None:
     """Warn about trials that the study recorded but whose directory is gone or unreadable."""
     searched = [c for (group, _), c in configs.items() if group == record.SEARCH]
-    if record.has_optuna(study_dir):
-        what = "deleted search trials cannot be detected"
-        data = _read(record.read_optuna, study_dir, found, what) or {}
-        recorded = data.get("trials", [])
-        recorded = recorded if isinstance(recorded, list) else []
-        unmatched = list(searched)
-        for trial in recorded:
-            # a RUNNING trial of a live study may not have written its config.json yet
-            if not isinstance(trial, dict) or trial.get("state") not in DONE_STATES:
-                continue
-            params = trial.get("params")
-            params = params if isinstance(params, dict) else {}  # a damaged record: match any
-            match = next((c for c in unmatched if _same_params(c, params)), None)
-            if match is not None:
-                unmatched.remove(match)
-            else:
-                text = ", ".join(f"{k.replace('/', '.')}={v}" for k, v in params.items())
-                _warn(
-                    found,
-                    f"{record.group_dir(study_dir, record.SEARCH)}: Optuna trial "
-                    f"#{trial.get('number')} ({text}) has no readable trial directory "
-                    "(deleted or corrupt)",
-                )
+    have = {name for group, name in configs if group == record.SEARCH}
+    for number, params, trial_dir in _launched_trials(study_dir, found):
+        if trial_dir in have:
+            continue
+        text = ", ".join(f"{k}={v}" for k, v in params.items())
+        _warn(
+            found,
+            f"{record.group_dir(study_dir, record.SEARCH)}: Optuna trial #{number} ({text}) "
+            f"has no readable trial directory {trial_dir} (deleted or corrupt)",
+        )
     # baselines run before the search: only once the search started must they all be there
     expected = (_get(study_info, ("fixed", "baselines")) or []) if searched else []
     have = [c["method"] for (group, _), c in configs.items() if group == record.BASELINES]
@@ -242,20 +229,23 @@ def _missing_trials(study_dir: Path, study_info: dict, configs: dict, found: lis
             )
 
 
-def _same_params(config: dict, params: dict) -> bool:
-    """Whether a trial's config has the values Optuna recorded (keys ``lora/rank`` or
-    ``lora.rank``)."""
-    for key, value in params.items():
-        mine = _get(config, tuple(re.split(r"[/.]", key)))
-        if isinstance(value, float) or isinstance(mine, float):
-            try:
-                if not math.isclose(float(mine), float(value), rel_tol=1e-9):
-                    return False
-            except (TypeError, ValueError):
-                return False
-        elif mine != value:
-            return False
-    return True
+def _launched_trials(study_dir: Path, found: list[str]) -> list[tuple[int, dict, str]]:
+    """(number, params, trial directory) of every finished launched trial in the journal.
+
+    A trial still RUNNING in a live study may not have written its config.json yet: left out.
+    """
+    try:
+        study = journal.load(study_dir)
+    except RecordError as err:
+        _warn(found, f"{err}; deleted search trials cannot be detected")
+        return []
+    if study is None:
+        return []
+    return [
+        (t.number, t.params, t.user_attrs[journal.TRIAL_DIR])
+        for t in journal.launched(study)
+        if t.state.name in DONE_STATES
+    ]
 
 
 def load_study(path: str | Path, name: str | None = None) -> StudyData:

@@ -2,8 +2,9 @@
 
     print_summary(study_dir, objectives, num_samples=8, estimate=estimator(facts))
 
-Read from the trial directories only (through ``study.record``, as the rest of ``analysis``), so
-it is the same after a resume as after an uninterrupted run. ``python -m study.tune`` prints it
+Read from the trial directories (through ``study.record``, as the rest of ``analysis``) and the
+Optuna journal (``study.journal``), so it is the same after a resume as after an uninterrupted
+run. ``python -m study.tune`` prints it
 when a study ends.
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from analysis.pareto import pareto_mask
+from study import journal, record
 from study import metrics as M
-from study import record
 
 
 def collect(study_dir: Path) -> list[dict]:
@@ -123,24 +124,42 @@ def print_summary(
             f"  memory estimate vs measured peak: mean error {np.mean(errors):+.0f}%, "
             f"range {min(errors):+.0f}% to {max(errors):+.0f}% over {len(errors)} trials"
         )
-    searcher = {}
-    if record.has_optuna(study_dir):
-        try:
-            searcher = record.read_optuna(study_dir)
-        except record.RecordError as err:
-            print(f"  {err}")
-    if searcher:
-        rejected = searcher.get("rejected", [])
-        if rejected:
-            print(f"  not launched (over the memory budget): {len(rejected)} configurations")
-        if searcher.get("repeats"):
-            print(
-                f"  repeats answered from an earlier identical trial (not trained again): "
-                f"{searcher['repeats']}"
-            )
-        if len(searched) < num_samples and not time_budget_s:
-            print(
-                f"  the search ended after {len(searched)} of --num-samples "
-                f"{num_samples}: every configuration of this space has run"
-            )
+    _print_search(study_dir, len(searched), num_samples, time_budget_s)
     print(f"\nBuild the report: python -m analysis report {study_dir}")
+
+
+def _print_search(
+    study_dir: Path, searched: int, num_samples: int, time_budget_s: float | None
+) -> None:
+    """What the Optuna journal says of the search: suggestions not trained, why it ended."""
+    try:
+        study = journal.load(study_dir)
+    except record.RecordError as err:
+        print(f"  {err}")
+        return
+    if study is None:
+        return
+    facts = journal.outcomes(study)
+    if facts["not_launched"]:
+        print(
+            f"  not launched (over the memory budget): {facts['not_launched']} suggestions, "
+            "told to Optuna as PRUNED with their excess as a constraint"
+        )
+    if facts["repeats"] or facts["duplicates"]:
+        print(
+            "  suggestions answered from an identical trial (not trained again): "
+            f"{facts['repeats'] + facts['duplicates']}"
+        )
+    if facts["interrupted"]:
+        count = facts["interrupted"]
+        print(f"  trials a kill interrupted, resumed from their own checkpoints: {count}")
+    if facts["search_ended"]:
+        print(
+            f"  the search ended after {searched} of --num-samples {num_samples}: "
+            f"{facts['search_ended']}"
+        )
+    elif searched < num_samples and time_budget_s:
+        print(
+            f"  the search ended after {searched} of --num-samples {num_samples}: "
+            f"--time-budget-s {time_budget_s:g} ran out"
+        )

@@ -11,7 +11,8 @@
    table goes to ``bench/data/search_grid.json`` (committed: the replays need no training).
 2. **Replay** (the tabular-benchmark method of HPOBench / LCBench): each searcher runs one trial
    at a time against the recorded curves, through the very objects ``study.tune`` builds
-   (``study.search.make_search``: ``StudySearch`` + ``StudyASHA``), and is charged the optimizer
+   (``study.search.make_search``: ``StudySearch``, our ask/tell searcher on Optuna, and
+   ``StudyASHA``, our ASHA on Tune's public scheduler interface), and is charged the optimizer
    steps each trial actually ran. Compared: random search (Optuna's RandomSampler in the same
    searcher, no early stopping), TPE without early stopping, TPE + ASHA (ours, the default of
    ``study.tune``, ASHA-stopped trials told PRUNED) and Ray's stock ``OptunaSearch`` +
@@ -65,11 +66,16 @@ REDUCTION = _reduction_factor()
 
 
 # ------------------------------------------------------------------------------------- replay
+def grid_space() -> dict:
+    """The grid as a search space (dotted keys, as study.tune's spaces)."""
+    return {k: {"choice": v} for k, v in AXES.items()}
+
+
 def tune_space() -> dict:
-    """The grid as a search space, through the same converter as `study.tune`."""
+    """The grid as Tune's param_space, through the same converter as `study.tune`."""
     from search_spaces import to_tune
 
-    return to_tune({k: {"choice": v} for k, v in AXES.items()})  # dotted keys, as study.tune
+    return to_tune(grid_space())
 
 
 def _asha():
@@ -95,17 +101,19 @@ def searchers(seed: int, num_samples: int) -> dict[str, tuple]:
     class RerunRepeats(StudySearch):
         """Ours without skipping configurations already run (each repeat is trained again)."""
 
-        def _answer_repeat(self, trial_id: str) -> bool:
-            return False
+        def _resolved(self) -> dict:
+            return {}
 
-    sampler = optuna.samplers.RandomSampler(seed=seed)
+    space = grid_space()
     tpe = functools.partial(tpe_sampler, seed, num_samples)  # study.tune's TPE settings
+
+    def ours(sampler, cls=StudySearch):
+        return cls([M.EVAL_LOSS], ["min"], space=space, sampler=sampler)
+
+    search_args = dict(seed=seed, max_t=MAX_T, grace=GRACE, reduction_factor=REDUCTION)
     out = {
-        "random search": (StudySearch(metric=M.EVAL_LOSS, mode="min", sampler=sampler), None),
-        "TPE, no early stopping": (
-            StudySearch(metric=M.EVAL_LOSS, mode="min", sampler=tpe()),
-            None,
-        ),
+        "random search": (ours(optuna.samplers.RandomSampler(seed=seed)), None),
+        "TPE, no early stopping": (ours(tpe()), None),
         "stock OptunaSearch + ASHA": (
             OptunaSearch(metric=M.EVAL_LOSS, mode="min", seed=seed),
             _asha(),
@@ -115,21 +123,13 @@ def searchers(seed: int, num_samples: int) -> dict[str, tuple]:
             _asha(),
         ),
         NO_REPEAT_SKIP: (
-            RerunRepeats(metric=M.EVAL_LOSS, mode="min", sampler=tpe()),
-            _asha(),
+            ours(tpe(), RerunRepeats),
+            make_search([M.EVAL_LOSS], space=space, **search_args)[1],
         ),
-        OURS: make_search(
-            [M.EVAL_LOSS],
-            seed=seed,
-            max_t=MAX_T,
-            grace=GRACE,
-            reduction_factor=REDUCTION,
-            num_samples=num_samples,
-        ),
+        OURS: make_search([M.EVAL_LOSS], space=space, num_samples=num_samples, **search_args),
     }
-    space = tune_space()
     for searcher, _ in out.values():
-        searcher.set_search_properties(None, None, space)  # as Tune does with param_space
+        searcher.set_search_properties(None, None, tune_space())  # as Tune does
     return out
 
 
@@ -207,8 +207,9 @@ def check_tuner(table: dict, seed: int, budget: int) -> str:
         for result in results_of(table[key_of(config)]):
             tune.report(result)
 
-    searcher, scheduler = make_search(  # fresh: the Tuner gives it the space, as in study.tune
+    searcher, scheduler = make_search(  # fresh, as study.tune builds it
         [M.EVAL_LOSS],
+        space=grid_space(),
         seed=seed,
         max_t=MAX_T,
         grace=GRACE,

@@ -45,20 +45,25 @@ def _error_reason(trial) -> str:
     return "the trial raised an error (see Ray's error file)"
 
 
+def _dir(experiment_dir: Path, trial) -> Path:
+    """The trial's directory: its name (a study names trials by directory, see study.tuner)."""
+    return experiment_dir / str(trial)
+
+
 class StatusWriter(Callback):
-    """Writes status.json for every trial of an experiment directory (trial dir = trial id)."""
+    """Writes status.json for every trial of an experiment directory."""
 
     def __init__(self, experiment_dir: Path, time_budget_s: float | None = None) -> None:
         self.dir = Path(experiment_dir)
         self.time_budget_s = time_budget_s
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if record.read_status(self.dir / trial.trial_id).get("status") != record.FINISHED:
-            record.write_status(self.dir / trial.trial_id, record.RUNNING)
+        if record.read_status(_dir(self.dir, trial)).get("status") != record.FINISHED:
+            record.write_status(_dir(self.dir, trial), record.RUNNING)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        step, trial_dir = result.get(M.STEP), self.dir / trial.trial_id
+        step, trial_dir = result.get(M.STEP), _dir(self.dir, trial)
         if result.get("error"):
             record.write_status(trial_dir, record.ERRORED, step=step, reason=result["error"])
         elif record.is_final(result):
@@ -73,7 +78,7 @@ class StatusWriter(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         step = (trial.last_result or {}).get(M.STEP)
         reason = _error_reason(trial)
-        record.write_status(self.dir / trial.trial_id, record.ERRORED, step=step, reason=reason)
+        record.write_status(_dir(self.dir, trial), record.ERRORED, step=step, reason=reason)
 
 
 def _cell(value, width: int, fmt: str = "{}") -> str:
@@ -106,16 +111,16 @@ class LiveTable(Callback):
         self.dir = Path(experiment_dir)
         self.interval = interval
         self.label = label
-        self._last = 0.0
+        self.last_print = 0.0
 
     def _row(self, trial) -> str:
         r = trial.last_result or {}
-        status = record.read_status(self.dir / trial.trial_id)
+        status = record.read_status(_dir(self.dir, trial))
         state = status.get("status", trial.status.lower())
         if state == record.STOPPED:
             state = f"stopped@{status.get('step')}"
         values = [
-            trial.trial_id[-8:],
+            str(trial)[-8:],
             *_config_cells(trial.config.get("baseline", trial.config)),  # baselines are wrapped
             r.get(M.STEP),
             r.get(M.EVAL_LOSS),
@@ -146,8 +151,8 @@ class LiveTable(Callback):
         return "\n".join([header] + [self._row(t) for t in trials])
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if time.monotonic() - self._last >= self.interval:
-            self._last = time.monotonic()
+        if time.monotonic() - self.last_print >= self.interval:
+            self.last_print = time.monotonic()
             print(f"\n{self.label}{self.table(trials)}", flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:

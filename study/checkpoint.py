@@ -1,10 +1,13 @@
 """A trial's checkpoint: trainable weights, optimizer state, RNG state and progress.
 
     save_checkpoint(record.checkpoint_dir(trial_dir), model, optimizer, progress)
-    progress = load_checkpoint(record.checkpoint_dir(trial_dir), model, optimizer)
+    path = find_checkpoint(record.checkpoint_dir(trial_dir))    # None: start from scratch
+    progress = load_checkpoint(path, model, optimizer)
 
-The directory is replaced whole (written beside it, then renamed), so a kill leaves the previous
-checkpoint or the new one. Tensors are stored with safetensors and read back without pickle:
+The directory is replaced whole: the new one is written complete beside it (``state.json``
+last), the old one renamed aside, the new one renamed in. A kill leaves the previous checkpoint
+or the new one, and :func:`find_checkpoint` puts back whichever is complete. Tensors are stored
+with safetensors and read back without pickle:
 ``trainable.safetensors`` (parameters that train), ``optimizer.safetensors`` (AdamW moments and
 the RNG states) and ``state.json`` (param groups, scalar optimizer state, trial progress).
 """
@@ -56,6 +59,23 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, state: dict) 
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(path: Path) -> Path | None:
+    """The complete checkpoint at ``path``, repairing a swap a kill interrupted; None if none.
+
+    Between the two renames of :func:`save_checkpoint` there is no ``path``: the new checkpoint
+    (complete, since ``state.json`` is written last) is beside it, and is moved in.
+    """
+    path = Path(path)
+    if (path / STATE).is_file():
+        return path
+    for aside in (path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")):
+        if (aside / STATE).is_file():
+            shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover, if any
+            os.replace(aside, path)
+            return path
+    return None
 
 
 def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:

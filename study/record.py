@@ -22,7 +22,8 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
     checkpoint/    trainable weights, optimizer and RNG state, trial progress
 
 A study directory holds ``study.json`` (command, resolved space, objectives, schema version),
-``optuna.json`` (the searcher's record) and the ``search/`` and ``baselines/`` groups.
+``optuna.journal`` (the Optuna study, in Optuna's journal storage; its content is owned by
+``study.journal``) and the ``search/`` and ``baselines/`` groups.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ STATUS = "status.json"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint"
 STUDY = "study.json"
-OPTUNA = "optuna.json"
+OPTUNA = "optuna.journal"
 TRIAL_FILES = (CONFIG, METRICS, CURVE, EXAMPLES, ENV, STATUS, ADAPTER, CHECKPOINT)
 STUDY_FILES = (STUDY, OPTUNA)
 FILE_NAMES = TRIAL_FILES + STUDY_FILES
@@ -56,6 +57,7 @@ GROUPS = (SEARCH, BASELINES)
 # a trial that ran to its end. ("done" would collide with Ray Tune's own result key.)
 RUNNING, FINISHED, STOPPED, ERRORED = "running", "finished", "stopped", "errored"
 STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
+ENDED = (FINISHED, STOPPED, ERRORED)
 FINAL = "final"
 SCHEMA_VERSION = 1
 
@@ -355,16 +357,11 @@ def study_path(study_dir: Path) -> Path:
     return Path(study_dir) / STUDY
 
 
-def write_optuna(study_dir: Path, record: dict) -> None:
-    """The searcher's record: Optuna trials (state, values, params), rejected configurations."""
-    write_json(Path(study_dir) / OPTUNA, record)
+def journal_path(study_dir: Path) -> Path:
+    """Where the study's Optuna journal is (read and written through ``study.journal``)."""
+    return Path(study_dir) / OPTUNA
 
 
-def has_optuna(study_dir: Path) -> bool:
-    """Whether the study has a searcher record yet."""
-    return (Path(study_dir) / OPTUNA).is_file()
-
-
-def read_optuna(study_dir: Path) -> dict:
-    """The searcher's record (RecordError when it is missing or damaged)."""
-    return _read_object(Path(study_dir) / OPTUNA)
+def has_journal(study_dir: Path) -> bool:
+    """Whether the study has an Optuna journal yet."""
+    return journal_path(study_dir).is_file()

@@ -1,221 +1,293 @@
-"""The searcher and scheduler of a study, and the memory estimate that gates launches.
+"""The searcher of a study: Optuna's ask/tell API behind Tune's public ``Searcher`` interface.
 
-- :class:`StudySearch`: Ray's ``OptunaSearch`` (TPE) with the hand-off fixed: a trial that ASHA
-  stopped reaches Optuna as PRUNED (stock OptunaSearch tells it COMPLETE with its partial value,
-  which teaches TPE that early, worse numbers are final), an errored one as FAIL, and only a
-  finished trial (its last report is marked ``final``) as COMPLETE with every objective.
-  Configurations over the memory budget are told FAIL and never launched; a configuration that
-  was already run is not run again (trials are deterministic: Optuna gets the earlier outcome).
-- :class:`StudyASHA`: ASHA on optimizer steps whose rungs can be rebuilt from recorded results
-  after ``--resume`` (Ray does not save scheduler state).
+    searcher, scheduler = make_search(objectives, space=space, seed=0, max_t=40, grace=10, ...)
+
+:class:`StudySearch` asks an Optuna study (in the study's ``optuna.journal`` when it runs under
+``study.tune``; see ``study.journal`` for what the record holds) and tells it each outcome:
+
+- a trial that ran to its end (its last report is marked ``final``) is COMPLETE with every
+  objective; one that ASHA stopped is PRUNED with its intermediate values (Ray's stock
+  ``OptunaSearch`` tells it COMPLETE with its partial value, which teaches TPE that early, worse
+  numbers are final); one that errored is FAIL;
+- a configuration over ``--max-mem-mb`` (estimated on the whole config it would run, the space's
+  fixed values included) is not launched: PRUNED with no value and its excess as the constraint
+  ``memory_mb``, which TPE reads (it ignores FAIL) and the importance evaluators skip;
+- a configuration that already ran is not run again (trials are seeded and deterministic): the
+  new suggestion is told the earlier outcome; one suggested while the same configuration runs
+  waits and is told that trial's outcome when it ends, so no configuration runs twice at once;
+- the search ends (``Searcher.FINISHED``, the reason kept as the study attribute
+  ``search_ended``) after ``num_samples`` launched trials, when a finite space has no untried
+  configuration under the budget left, or after ``max_tries`` suggestions in a row that could
+  not be launched;
+- on ``--resume`` a trial a kill left RUNNING is marked FAIL and its parameters are asked again
+  (first), into the same trial directory, so every configuration is resolved exactly once.
+
+Only this module and ``study.asha`` (the scheduler) know Tune's searcher and scheduler hooks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import random
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from types import SimpleNamespace
 
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from search_spaces import fixed_values, grid, to_optuna
+from study import journal, record
 from study import metrics as M
-from study import record
+from study.asha import StudyASHA
 
 log = logging.getLogger(__name__)
 
 
-class StudySearch(OptunaSearch):
-    """OptunaSearch with PRUNED / FAIL hand-off and a launch filter (see the module docstring).
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+class StudySearch(Searcher):
+    """Tune searcher on an Optuna study (see the module docstring).
 
     Args:
-        accept: called with a suggested config (nested dict); False -> the config is told FAIL
-            and another is asked for (at most ``max_rejects`` times in a row).
+        objectives, modes: the metrics Optuna optimizes and their directions ("min" / "max").
+        space: the search space (``search_spaces``): its searched keys become Optuna
+            distributions, its fixed values complete a suggestion for the memory estimate.
+        sampler: an Optuna sampler (:func:`tpe_sampler` in a study).
+        storage: Optuna storage (``study.journal.storage``); None keeps the study in memory.
+        study_name: the Optuna study's name (a study's ``--name``).
+        points: configurations (searched keys) to try first; enqueued once, when the Optuna
+            study is created (a resumed study still holds the ones not asked yet).
+        estimate_mb: the estimated peak memory of a whole config; with ``max_mem_mb``, the
+            budget a configuration must fit to be launched.
+        num_samples: the most trials launched in the whole study (None: no limit).
+        max_tries: suggestions in a row that may be answered without a launch before the
+            search ends (a finite space gets one untried configuration enqueued first).
     """
 
     def __init__(
         self,
-        *args,
-        accept: Callable[[dict], str | None] | None = None,
-        max_rejects: int = 200,
-        record_dir: str | None = None,
-        **kwargs,
+        objectives: list[str],
+        modes: list[str],
+        *,
+        space: dict,
+        sampler=None,
+        storage=None,
+        study_name: str | None = None,
+        points: list[dict] | None = None,
+        estimate_mb: Callable[[dict], float] | None = None,
+        max_mem_mb: float | None = None,
+        num_samples: int | None = None,
+        max_tries: int = 200,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self._accept = accept
-        self._max_rejects = max_rejects
-        self._record_dir = record_dir
-        self.rejected: list[tuple[dict, str]] = []
-        self.repeats = 0  # suggestions answered from an earlier identical trial
-        self._reported: dict[str, set[int]] = {}  # trial id -> steps told to Optuna
+        import optuna
+
+        multi = len(objectives) > 1
+        super().__init__(
+            metric=list(objectives) if multi else objectives[0],
+            mode=list(modes) if multi else modes[0],
+        )
+        self.objectives, self.single = list(objectives), not multi
+        self.distributions = to_optuna(space)
+        self.fixed = fixed_values(space)
+        self.estimate_mb, self.max_mem_mb = estimate_mb, max_mem_mb
+        self.num_samples, self.max_tries = num_samples, max_tries
+        directions = ["maximize" if m == "max" else "minimize" for m in modes]
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            study_name=study_name,
+            directions=directions,
+            load_if_exists=True,
+        )
+        if [d.name.lower() for d in self.study.directions] != directions:
+            raise ValueError(f"the Optuna study {study_name!r} has other objectives")
+        if not self.study.trials:
+            for point in points or []:
+                self.study.enqueue_trial(point)
+        else:
+            self._mark_interrupted()
+        self.live: dict[str, object] = {}  # Ray trial id -> optuna.Trial, launched and running
+        self.dirs: dict[str, str] = {}  # Ray trial id -> trial directory name
+        self.waiting: dict[int, list] = {}  # running trial number -> duplicates told at its end
+        self.reported: dict[str, set[int]] = {}  # Ray trial id -> steps told to Optuna
+        self.admissible = self._admissible(grid(space))
+        self.rng = random.Random(0)  # picks an untried configuration when the sampler stalls
+
+    # ------------------------------------------------------------------ what the study holds
+    def _admissible(self, configs: list[dict] | None) -> set[str] | None:
+        """Keys of a finite space's configurations under the budget (None: infinite space)."""
+        if configs is None:
+            return None
+        return {_key(c) for c in configs if self._excess(c) <= 0}
+
+    def _excess(self, params: dict) -> float:
+        """Estimated peak minus the budget, in MB (<= 0 fits; -inf without a budget)."""
+        if self.estimate_mb is None or not self.max_mem_mb:
+            return -math.inf
+        return self.estimate_mb({**self.fixed, **params}) - self.max_mem_mb
+
+    def _mark_interrupted(self) -> None:
+        """RUNNING trials of an earlier driver -> FAIL, and their parameters asked again."""
+        from optuna.trial import TrialState
+
+        interrupted = list(self.study.user_attrs.get(journal.INTERRUPTED, []))
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study.tell(trial.number, state=TrialState.FAIL)
+            interrupted.append(trial.number)
+            if journal.DUPLICATE_OF in trial.user_attrs:
+                continue  # its configuration is resolved by the trial it waited for
+            attrs = {journal.RESUMES: trial.number}
+            if journal.TRIAL_DIR in trial.user_attrs:
+                attrs[journal.RESUME_DIR] = trial.user_attrs[journal.TRIAL_DIR]
+            self.study.enqueue_trial(trial.params, user_attrs=attrs)
+            log.info("trial #%d was running when the study stopped: asked again", trial.number)
+        self.study.set_user_attr(journal.INTERRUPTED, interrupted)
+
+    def _resolved(self) -> dict[str, object]:
+        """Key -> the launched trial that resolved it (finished, stopped or errored)."""
+        interrupted = set(self.study.user_attrs.get(journal.INTERRUPTED, []))
+        out = {}
+        for trial in journal.launched(self.study):
+            if trial.state.is_finished() and trial.number not in interrupted:
+                out.setdefault(_key(trial.params), trial)
+        return out
+
+    def running(self) -> dict[str, object]:
+        return {_key(t.params): t for t in self.live.values()}
+
+    def _launched(self) -> int:
+        return len(journal.launched(self.study))
+
+    def _end(self, reason: str) -> str:
+        log.info("search finished: %s", reason)
+        self.study.set_user_attr(journal.SEARCH_ENDED, reason)
+        return Searcher.FINISHED
+
+    # ------------------------------------------------------------------------ Tune's hooks
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        """The space, metric and mode are given at construction; Tune's are not needed."""
+        return True
+
+    def trial_dir(self, trial_id: str) -> str:
+        """The trial directory name of a Ray trial (its id, or the one it resumes)."""
+        return self.dirs.get(trial_id, trial_id)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """A new configuration; one already run is answered from its record, not run again.
-
-        Trials are seeded and deterministic, so a configuration that already finished, was
-        stopped or failed would do exactly the same again: Optuna is told the earlier outcome
-        for the repeat (TPE keeps its model) and asked for another. When a finite space has no
-        untried configuration left, the search ends (``Searcher.FINISHED``).
-        """
-        repeats = 0
-        for _ in range(self._max_rejects):
-            config = super().suggest(trial_id)
-            if config is None:
-                return None
-            if self._answer_repeat(trial_id):
-                repeats += 1
-                continue
-            reason = self._accept(config) if self._accept else None
-            if reason is None:
-                return config
-            ot_trial = self._ot_trials.pop(trial_id)
-            self._ot_study.tell(ot_trial, None, state=_state("FAIL"))
-            self.rejected.append((config, reason))
-            log.info("not launched: %s", reason)
-            self._record()
-        if repeats == self._max_rejects:
-            log.info("every suggestion repeats a configuration already run: search finished")
+        """The next configuration to launch (searched keys), or ``Searcher.FINISHED``."""
+        if self.num_samples is not None and self._launched() >= self.num_samples:
             return Searcher.FINISHED
-        raise RuntimeError(
-            f"{self._max_rejects} suggestions in a row were rejected: {self.rejected[-1][1]}"
+        for _ in range(self.max_tries):
+            resolved, running = self._resolved(), self.running()
+            if self.admissible is not None and self.admissible <= resolved.keys() | running:
+                return self._end(self._exhausted_reason())
+            trial = self.study.ask(self.distributions)
+            key = _key(trial.params)
+            if key in resolved:
+                self._tell_like(trial, resolved[key], journal.REPEAT_OF)
+                continue
+            if key in running:
+                trial.set_user_attr(journal.DUPLICATE_OF, running[key].number)
+                self.waiting.setdefault(running[key].number, []).append(trial)
+                continue
+            excess = self._excess(trial.params)
+            if excess > 0:
+                self._not_launched(trial, excess)
+                continue
+            if self.max_mem_mb and self.estimate_mb is not None:
+                trial.set_constraint(journal.MEMORY, excess)  # feasible: <= 0
+            name = trial.user_attrs.get(journal.RESUME_DIR, trial_id)
+            trial.set_user_attr(journal.TRIAL_DIR, name)
+            self.live[trial_id], self.dirs[trial_id] = trial, name
+            return dict(trial.params)
+        if self.admissible is not None:
+            # The sampler keeps proposing what is resolved: try an untried one of the space.
+            untried = sorted(self.admissible - self._resolved().keys() - self.running().keys())
+            if untried:
+                self.study.enqueue_trial(json.loads(self.rng.choice(untried)))
+                return self.suggest(trial_id)
+        return self._end(
+            f"{self.max_tries} suggestions in a row were configurations already run or over "
+            "--max-mem-mb"
         )
 
-    def _answer_repeat(self, trial_id: str) -> bool:
-        """Tell Optuna the earlier outcome if this trial's params were already run; True if so."""
-        ot_trial = self._ot_trials[trial_id]
-        done = (_state("COMPLETE"), _state("PRUNED"), _state("FAIL"))
-        for earlier in self._ot_study.get_trials(deepcopy=False, states=done):
-            if earlier.params != ot_trial.params:  # (this trial is RUNNING: not among them)
-                continue
-            if earlier.state == _state("PRUNED") and not isinstance(self.metric, list):
-                for step, value in earlier.intermediate_values.items():
-                    ot_trial.report(value, step)  # TPE ranks pruned trials by their last value
-            values = earlier.values if earlier.state == _state("COMPLETE") else None
-            if values is not None and not isinstance(self.metric, list):
-                values = values[0]
-            self._ot_study.tell(ot_trial, values, state=earlier.state)
-            self._ot_trials.pop(trial_id)
-            self.repeats += 1
-            self._record()
-            return True
-        return False
+    def _exhausted_reason(self) -> str:
+        if self.max_mem_mb and self.estimate_mb is not None:
+            limit = f"{self.max_mem_mb:g}"
+            return f"every configuration of the space under --max-mem-mb {limit} has run"
+        return "every configuration of the space has run"
+
+    def _not_launched(self, trial, excess: float) -> None:
+        from optuna.trial import TrialState
+
+        estimate = excess + self.max_mem_mb
+        reason = f"estimated peak {estimate:.0f} MB > --max-mem-mb {self.max_mem_mb:g}"
+        trial.set_user_attr(journal.NOT_LAUNCHED, reason)
+        trial.set_constraint(journal.MEMORY, excess)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        log.info("not launched: %s", reason)
+
+    def _tell_like(self, trial, earlier, attr: str) -> None:
+        """Tell ``trial`` the outcome of ``earlier`` (same params), marked with ``attr``."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr(attr, earlier.number)
+        for name, value in earlier.constraints.items():
+            trial.set_constraint(name, value)
+        if earlier.state == TrialState.PRUNED and self.single:
+            for step, value in earlier.intermediate_values.items():
+                trial.report(value, step)  # TPE ranks pruned trials by their last value
+        values = earlier.values if earlier.state == TrialState.COMPLETE else None
+        if values is not None and self.single:
+            values = values[0]
+        self.study.tell(trial, values, state=earlier.state)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+        if not self.single or trial_id not in self.live:
             return  # Optuna takes intermediate values for single-objective studies only
-        value = result.get(self.metric)
-        if value is not None and math.isfinite(value):
-            self._ot_trials[trial_id].report(value, result[M.STEP])  # steps, not iterations
-            self._reported.setdefault(trial_id, set()).add(result[M.STEP])
+        value, step = result.get(self.objectives[0]), result.get(M.STEP)
+        known = self.reported.setdefault(trial_id, set())
+        if value is not None and step is not None and math.isfinite(value) and step not in known:
+            self.live[trial_id].report(value, step)  # steps, not Ray iterations
+            known.add(step)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        from optuna.trial import TrialState
+
+        trial = self.live.get(trial_id)
+        if trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if error or (result and result.get("error")):
-            state, values = "FAIL", None
-        elif result and record.is_final(result):
-            values = [result.get(m) for m in metrics]
+        result = result or {}
+        if not (error or result.get("error")):
+            # The result on which ASHA stopped the trial (a weak one, or the last one at max_t)
+            # never reached on_trial_result (Tune hides it from the searcher): record it, so
+            # TPE ranks a pruned trial by its last value and every evaluation is in Optuna.
+            self.on_trial_result(trial_id, result)
+        self.live.pop(trial_id)
+        if error or result.get("error"):
+            state, values = TrialState.FAIL, None
+        elif record.is_final(result):
+            values = [result.get(m) for m in self.objectives]
             if any(v is None or not math.isfinite(v) for v in values):
-                state, values = "FAIL", None
+                state, values = TrialState.FAIL, None
             else:
-                state = "COMPLETE"
-                values = values if isinstance(self.metric, list) else values[0]
+                state = TrialState.COMPLETE
+                values = values if not self.single else values[0]
         else:
-            state, values = "PRUNED", None
-            # The result that made ASHA stop the trial never reached on_trial_result (Tune hides
-            # it from the searcher): record it, so TPE ranks the pruned trial by its last value.
-            single = not isinstance(self.metric, list)  # multi-objective takes no values
-            value = (result or {}).get(self.metric) if single else None
-            step = (result or {}).get(M.STEP)
-            if (
-                value is not None
-                and step is not None
-                and math.isfinite(value)
-                and step not in self._reported.get(trial_id, ())
-            ):
-                ot_trial.report(value, step)
-        self._ot_study.tell(ot_trial, values, state=_state(state))
-        self._completed_trials.add(trial_id)
-        self._record()
+            state, values = TrialState.PRUNED, None
+        frozen = self.study.tell(trial, values, state=state)
+        for duplicate in self.waiting.pop(frozen.number, []):
+            self._tell_like(duplicate, frozen, journal.DUPLICATE_OF)
 
-    def _record(self) -> None:
-        """Write the Optuna study as JSON (states, values, params) and the rejected configs."""
-        if not self._record_dir:
-            return
-        trials = [
-            {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params}
-            for t in self._ot_study.get_trials(deepcopy=False)
-        ]
-        searcher_record = {
-            "study_name": self._ot_study.study_name,
-            "metric": self.metric,
-            "mode": self.mode,
-            "trials": trials,
-            "rejected": [{"config": c, "reason": r} for c, r in self.rejected],
-            "repeats": self.repeats,
-        }
-        record.write_optuna(Path(self._record_dir), searcher_record)
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the Optuna journal is the searcher's state (Tune calls this)."""
 
-    def optuna_study(self):
-        """The underlying optuna.Study (for summaries and tests)."""
-        return self._ot_study
-
-
-def _state(name: str):
-    from optuna.trial import TrialState
-
-    return getattr(TrialState, name)
-
-
-class StudyASHA(ASHAScheduler):
-    """ASHA whose rungs are rebuilt from recorded results when a study resumes.
-
-    Args:
-        replay: returns (trial_id, curve points) recorded before the resume; called once, when
-            the first trial is added, so the rungs hold every recorded result before any new one
-            is judged.
-    """
-
-    def __init__(
-        self, *args, replay: Callable[[], Iterable[tuple[str, list[dict]]]] | None = None, **kwargs
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._replay = replay
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        if self._replay is not None:
-            replay, self._replay = self._replay, None
-            self.rebuild(replay())
-        if trial.trial_id not in self._trial_info:
-            super().on_trial_add(tune_controller, trial)
-
-    def rebuild(self, curves: Iterable[tuple[str, list[dict]]]) -> int:
-        """Pass every recorded (step, metric) point through its bracket; return #points.
-
-        ``_Bracket.on_result`` fills the rungs exactly as the live run did; the stop decisions it
-        returns concern the past and are ignored. With several brackets a trial joins the least
-        filled one (the original choice was random and is not recorded).
-        """
-        points = 0
-        for trial_id, curve in curves:
-            if trial_id not in self._trial_info:
-                sizes = [sum(len(r) for _, r in b._rungs) for b in self._brackets]
-                self._trial_info[trial_id] = self._brackets[sizes.index(min(sizes))]
-            bracket = self._trial_info[trial_id]
-            stand_in = SimpleNamespace(trial_id=trial_id)
-            for point in curve:
-                value, step = point.get(self._metric), point.get(self._time_attr)
-                if value is not None and step is not None:
-                    bracket.on_result(stand_in, step, value * self._metric_op)
-                    points += 1
-        return points
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a resumed study reads its Optuna journal (see __init__)."""
 
 
 def tpe_sampler(seed: int, num_samples: int | None = None):
@@ -236,40 +308,46 @@ def tpe_sampler(seed: int, num_samples: int | None = None):
 def make_search(
     objectives: list[str],
     *,
+    space: dict,
     seed: int,
     max_t: int,
     grace: int,
     reduction_factor: float,
     points: list[dict] | None = None,
+    storage=None,
     study_name: str | None = None,
-    accept: Callable[[dict], str | None] | None = None,
-    record_dir: str | None = None,
+    estimate_mb: Callable[[dict], float] | None = None,
+    max_mem_mb: float | None = None,
     replay: Callable[[], Iterable[tuple[str, list[dict]]]] | None = None,
     num_samples: int | None = None,
 ) -> tuple[StudySearch, StudyASHA]:
     """The study's searcher (TPE on every objective) and scheduler (ASHA on the first one).
 
     One place builds both, so ``study.tune`` and ``bench/search_efficiency.py`` run the same
-    search. ASHA counts optimizer steps (``step``), not Ray iterations.
+    search. ASHA counts optimizer steps (``step``), not Ray iterations, and knows a trial by its
+    directory (the searcher's name for it), so a resumed trial keeps its place in the rungs.
     """
     modes = [M.mode(o) for o in objectives]
-    multi = len(objectives) > 1
     searcher = StudySearch(
-        metric=objectives if multi else objectives[0],
-        mode=modes if multi else modes[0],
+        objectives,
+        modes,
+        space=space,
         sampler=tpe_sampler(seed, num_samples),
-        points_to_evaluate=points or None,
-        accept=accept,
-        record_dir=record_dir,
-        **({"study_name": study_name} if study_name else {}),
+        storage=storage,
+        study_name=study_name,
+        points=points,
+        estimate_mb=estimate_mb,
+        max_mem_mb=max_mem_mb,
+        num_samples=num_samples,
     )
     scheduler = StudyASHA(
         time_attr=M.STEP,
         metric=objectives[0],
         mode=modes[0],
         max_t=max_t,
-        grace_period=min(grace, max_t),
+        grace=min(grace, max_t),
         reduction_factor=reduction_factor,
+        key=lambda trial: searcher.trial_dir(trial.trial_id),
         replay=replay,
     )
     return searcher, scheduler

@@ -2,8 +2,8 @@
 
 Errors that retrying cannot fix (a diverged loss, out of memory, the memory budget) end the trial
 with a final ``{"error": reason}`` report: the study marks it errored, Optuna is told FAIL, and
-the other trials go on. Anything else propagates, and Ray retries the trial from its last
-checkpoint (``--max-failures``).
+the other trials go on. Anything else propagates, and Ray retries the trial (``--max-failures``),
+which resumes from the last checkpoint in its trial directory.
 
 ``LORA_STUDY_FAULT`` injects faults for testing the study's fault handling, once per trial:
 ``transient@STEP`` (a RuntimeError after STEP, retried by Ray), ``nan@STEP`` (the error the
@@ -15,13 +15,13 @@ specs are separated by commas.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from study import metrics as M
 from study import record
+from study.checkpoint import find_checkpoint
 from study.config import TrialConfig
 from study.resources import rss_mb
 from study.train import NonFiniteLossError
@@ -90,12 +90,17 @@ def trial_config(config: dict) -> TrialConfig:
 
 
 def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None) -> None:
-    """Run one trial of a study inside Ray Tune (a function trainable)."""
+    """Run one trial of a study inside Ray Tune (a function trainable).
+
+    The trial directory is named by the study (``<experiment_dir>/<trial name>``; a trial
+    resumed after a kill keeps its directory), and the trial resumes from the checkpoint there
+    when one exists: a retry after a crash (``--max-failures``) or a ``--resume``. Ray keeps no
+    checkpoint of its own.
+    """
     from ray import tune
-    from ray.tune import Checkpoint
 
     cfg = trial_config(config)
-    trial_dir = Path(experiment_dir) / tune.get_context().get_trial_id()
+    trial_dir = Path(experiment_dir) / tune.get_context().get_trial_name()
     if record.read_status(trial_dir).get("status") == record.FINISHED:  # before a crash: report
         # it again, don't retrain (marked final: metrics of older versions lack the marker)
         tune.report(tune_result({**record.read_metrics(trial_dir), record.FINAL: True}))
@@ -111,20 +116,17 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
 
     callbacks.insert(0, track)
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(tune_result(metrics), checkpoint=checkpoint)
+    def report(metrics: dict, _checkpoint_dir: str | None) -> None:
+        tune.report(tune_result(metrics))  # the checkpoint is in the trial directory already
 
-    checkpoint = tune.get_checkpoint()
     try:
-        with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_from:
-            run_trial(
-                cfg,
-                report=report,
-                resume_from=resume_from,
-                out_dir=trial_dir,
-                callbacks=tuple(callbacks),
-            )
+        run_trial(
+            cfg,
+            report=report,
+            resume_from=find_checkpoint(record.checkpoint_dir(trial_dir)),
+            out_dir=trial_dir,
+            callbacks=tuple(callbacks),
+        )
     except (NonFiniteLossError, MemoryBudgetExceeded, torch.OutOfMemoryError) as err:
         kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else None
         reason = f"{kind}: {err}" if kind else str(err)

@@ -13,17 +13,17 @@ import os
 
 import ray
 from ray import tune
-from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+from ray.tune import FailureConfig, RunConfig
 from ray.tune.search import ConcurrencyLimiter
 
-from search_spaces import sample_point, to_tune, tune_points
-from study import record
+from search_spaces import to_tune, tune_points
+from study import journal, record
 from study.callbacks import LiveTable, StatusWriter
 from study.config import TrialConfig
 from study.estimate import ModelFacts, estimate_cfg
 from study.options import StudyOptions, parse_resources
 from study.plan import Plan, study_record
-from study.resume import replay_curves, restore_missing_checkpoints
+from study.resume import replay_curves
 from study.search import make_search
 from study.trainable import trainable
 
@@ -58,12 +58,13 @@ def _resources(options: StudyOptions) -> dict:
     return {"cpu": cpus, "gpu": gpus, **parse_resources(options.resource)}
 
 
-def _trial_dirname(trial) -> str:
-    return trial.trial_id
-
-
 def _fit(plan: Plan, group: str, make_tuner) -> None:
-    """Run (or, after a kill, restore and continue) the Tune experiment of one group."""
+    """Run one group's Tune experiment; after a kill, a fresh one that continues the group.
+
+    Nothing of Ray's own experiment state is read back: the Optuna journal says which
+    configurations are resolved, the recorded curves rebuild ASHA's rungs, and a trial that was
+    cut short resumes from the checkpoint in its own directory.
+    """
     exp_dir = record.group_dir(plan.study_dir, group)
     budget = plan.options.time_budget_s if group == record.SEARCH else None
     callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{group}]\n")]
@@ -71,51 +72,43 @@ def _fit(plan: Plan, group: str, make_tuner) -> None:
         trainable, experiment_dir=str(exp_dir.resolve()), max_mem_mb=plan.options.max_mem_mb
     )
     fn = tune.with_resources(fn, _resources(plan.options))
-    if (exp_dir / "tuner.pkl").is_file():  # Ray's own file: the experiment started before
-        for path in restore_missing_checkpoints(exp_dir):
-            print(f"study.tune: {path.parent.name}: resuming from its newer checkpoint")
-        tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable=fn, resume_errored=True)
-    else:
-        run_config = RunConfig(
-            name=group,
-            storage_path=str(plan.study_dir.resolve()),
-            verbose=0,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=plan.options.max_failures),
-            callbacks=callbacks,
-        )
-        tuner = make_tuner(fn, run_config)
-    tuner.fit()
+    run_config = RunConfig(
+        name=group,
+        storage_path=str(plan.study_dir.resolve()),
+        verbose=0,
+        failure_config=FailureConfig(max_failures=plan.options.max_failures),
+        callbacks=callbacks,
+    )
+    make_tuner(fn, run_config).fit()
 
 
-def _baselines_done(plan: Plan) -> bool:
-    done = [
-        d
+def _baselines_left(plan: Plan) -> list[dict]:
+    """The baselines not yet finished or errored (each trial directory is named by method)."""
+    done = {
+        d.name
         for d in record.trial_dirs(plan.study_dir, record.BASELINES)
         if record.read_status(d).get("status") in (record.FINISHED, record.ERRORED)
-    ]
-    return len(done) >= len(plan.baselines)
+    }
+    return [b for b in plan.baselines if b["method"] not in done]
 
 
-def _over_budget(config: dict, fixed: dict, facts: ModelFacts, limit: float) -> str | None:
-    """Why a suggestion is not launched, or None; judged on the whole config it would run.
-
-    The searcher suggests the searched values only: the space's fixed values (batch size,
-    sequence length, targets, bits, ...) come from ``fixed``, not from TrialConfig's defaults.
-    """
-    estimate = estimate_cfg(TrialConfig.from_dict({**fixed, **config}), facts)
-    if estimate > limit:
-        return f"estimated peak {estimate:.0f} MB > --max-mem-mb {limit:.0f}"
-    return None
+def _estimate(config: dict, facts: ModelFacts) -> float:
+    """The estimated peak MB of a whole (dotted) config."""
+    return estimate_cfg(TrialConfig.from_dict(config), facts)
 
 
-def _baseline_tuner(plan: Plan, fn, run_config):
+def _baseline_name(trial) -> str:
+    return trial.config["baseline"]["method"]
+
+
+def _baseline_tuner(baselines: list[dict], plan: Plan, fn, run_config):
     return tune.Tuner(
         fn,
         run_config=run_config,
-        param_space={"baseline": tune.grid_search(list(plan.baselines))},
+        param_space={"baseline": tune.grid_search(baselines)},
         tune_config=tune.TuneConfig(
-            trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_baseline_name,
+            trial_dirname_creator=_baseline_name,
             max_concurrent_trials=plan.options.max_concurrent,
         ),
     )
@@ -123,27 +116,27 @@ def _baseline_tuner(plan: Plan, fn, run_config):
 
 def _search_tuner(plan: Plan, fn, run_config):
     options = plan.options
-    accept = None
-    if options.max_mem_mb:
-        accept = functools.partial(
-            _over_budget,
-            fixed=sample_point(plan.space),
-            facts=plan.facts,
-            limit=options.max_mem_mb,
-        )
+    if options.resume and (repaired := journal.repair(plan.study_dir)):
+        print(f"study.tune: {repaired}")
     searcher, scheduler = make_search(
         plan.objectives,
+        space=plan.space,
         seed=options.seed,
         max_t=plan.max_t,
         grace=plan.grace,
         reduction_factor=options.reduction_factor,
         points=tune_points(plan.space),
+        storage=journal.storage(plan.study_dir),
         study_name=plan.name,
-        accept=accept,
-        record_dir=str(plan.study_dir.resolve()),
+        estimate_mb=functools.partial(_estimate, facts=plan.facts),
+        max_mem_mb=options.max_mem_mb,
         replay=functools.partial(replay_curves, plan.study_dir, record.SEARCH),
         num_samples=options.num_samples,
     )
+
+    def name(trial) -> str:
+        return searcher.trial_dir(trial.trial_id)
+
     return tune.Tuner(
         fn,
         param_space=to_tune(plan.space),
@@ -151,9 +144,10 @@ def _search_tuner(plan: Plan, fn, run_config):
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent),
             scheduler=scheduler,
-            num_samples=options.num_samples,
+            num_samples=-1,  # the searcher counts --num-samples over the whole study
             time_budget_s=options.time_budget_s,
-            trial_dirname_creator=_trial_dirname,
+            trial_name_creator=name,
+            trial_dirname_creator=name,
         ),
     )
 
@@ -164,8 +158,8 @@ def run_study(plan: Plan) -> None:
         record.write_study(plan.study_dir, study_record(plan))
     _ray_init(plan.options)
     try:
-        if plan.baselines and not _baselines_done(plan):
-            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, plan))
+        if baselines := _baselines_left(plan):
+            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan))
         _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
     finally:
         ray.shutdown()

@@ -135,6 +135,19 @@ def test_corrupt_copy_warns_for_each_problem_and_returns_the_other_trials(multi_
     assert sum(line.startswith("python -m analysis: warning: ") for line in err.splitlines()) == 4
 
 
+def test_a_damaged_optuna_journal_is_named_and_the_trials_still_load(multi_study, tmp_path):
+    study = copy_study(multi_study, tmp_path / "multi")
+    journal = study / "optuna.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:3] + [b"{not json\n"] + lines[3:]))  # a torn write
+    with pytest.warns(ResultWarning) as record:
+        data = load_study(study)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and str(journal) in messages[0] and "damaged" in messages[0]
+    assert "deleted search trials cannot be detected" in messages[0]
+    assert len(data.trials) == 8  # every trial directory still loads
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """main() in-process, with stdout and stderr captured."""
     import contextlib

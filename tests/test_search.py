@@ -2,135 +2,259 @@
 
 from __future__ import annotations
 
+import math
 import random
 from types import SimpleNamespace
 
 import pytest
-from ray import tune
+from optuna.samplers import TPESampler
 
 from search_spaces import SpaceError, load_space, to_tune, tune_points, validate
+from study import metrics as M
+from study.asha import StudyASHA
 from study.estimate import estimate_peak_mb
-from study.search import StudyASHA, StudySearch
+from study.search import StudySearch
 
 
 def _asha(**kw):
-    return StudyASHA(
-        time_attr="step",
-        metric="eval_loss",
-        mode="min",
-        max_t=40,
-        grace_period=5,
-        reduction_factor=2,
-        **kw,
-    )
+    args = dict(time_attr="step", metric="eval_loss", mode="min", max_t=40, reduction_factor=2)
+    return StudyASHA(**{**args, "grace": 5, **kw})
+
+
+def _ray_asha(**kw):
+    from ray.tune.schedulers import ASHAScheduler
+
+    args = dict(time_attr="step", metric="eval_loss", mode="min", max_t=40, reduction_factor=2)
+    return ASHAScheduler(**{**args, "grace_period": 5, **kw})
+
+
+def _run(scheduler, curves: dict[str, list[dict]]) -> dict[str, int]:
+    """Feed each trial's curve in turn, as Tune does; the step each trial was stopped at."""
+    stopped_at = {}
+    for trial_id, curve in curves.items():
+        trial = SimpleNamespace(trial_id=trial_id)
+        scheduler.on_trial_add(None, trial)
+        for point in curve:
+            if scheduler.on_trial_result(None, trial, point) == "STOP":
+                stopped_at[trial_id] = point["step"]
+                break
+        scheduler.on_trial_complete(None, trial, point)
+    return stopped_at
+
+
+def _ended(curves: dict) -> list:
+    return [(key, curve, True) for key, curve in curves.items()]
+
+
+def _curves(seed: int, n: int = 16, steps=(5, 10, 20, 40), prefix: str = "t") -> dict:
+    rng = random.Random(seed)
+    out = {}
+    for t in range(n):
+        chosen = sorted(rng.sample(steps, rng.randint(1, len(steps))))  # some skip rungs
+        out[f"{prefix}{t}"] = [{"step": s, "eval_loss": rng.uniform(1, 3) / s} for s in chosen]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rf, mode", [(2, "min"), (3, "min"), (3, "max")])
+def test_asha_decides_as_rays_asha(seed, rf, mode):
+    curves = _curves(seed, steps=(5, 10, 15, 20, 30, 40))
+    ours = _run(_asha(reduction_factor=rf, mode=mode), curves)
+    rays = _run(_ray_asha(reduction_factor=rf, mode=mode), curves)
+    assert ours == rays
+    assert any(step < 40 for step in ours.values())  # some trials were stopped early
 
 
 def test_asha_rungs_are_rebuilt_from_recorded_curves():
-    rng = random.Random(0)
+    past, future = _curves(0, n=12), _curves(1, n=8, prefix="new")
     live = _asha()
-    curves = {}
-    for t in range(12):
-        trial = SimpleNamespace(trial_id=f"t{t}")
-        live.on_trial_add(None, trial)
-        curves[trial.trial_id] = []
-        for step in (5, 10, 20, 40):
-            point = {"step": step, "eval_loss": rng.uniform(1, 3) / step}
-            curves[trial.trial_id].append(point)
-            if live.on_trial_result(None, trial, point) == "STOP":
-                break
-        live.on_trial_complete(None, trial, point)  # as Tune does when a trial ends
-    rebuilt = _asha(replay=lambda: list(curves.items()))
-    rebuilt.on_trial_add(None, SimpleNamespace(trial_id="new"))
-    assert rebuilt._brackets[0]._rungs == live._brackets[0]._rungs
-    assert any(recorded for _, recorded in live._brackets[0]._rungs[1:])
-    # a new trial is now judged against the recorded rungs, as it would have been live
-    worst = {"step": 5, "eval_loss": 10.0}
-    assert rebuilt.on_trial_result(None, SimpleNamespace(trial_id="new"), worst) == "STOP"
+    stopped = _run(live, past)
+    # what the trial directories hold: each curve up to where ASHA stopped it
+    past = {k: [p for p in c if p["step"] <= stopped.get(k, 40)] for k, c in past.items()}
+    rebuilt = _asha(replay=lambda: _ended(past))
+    # every new trial is judged against the recorded rungs exactly as the live run would
+    assert _run(rebuilt, future) == _run(live, future)
     fresh = _asha()
-    assert fresh.on_trial_result(None, _added(fresh), worst) == "CONTINUE"
+    assert _run(fresh, future) != _run(_asha(replay=lambda: _ended(past)), future)
 
 
-def _added(scheduler):
-    trial = SimpleNamespace(trial_id="x")
-    scheduler.on_trial_add(None, trial)
-    return trial
+def test_asha_treats_nan_as_not_known_yet():
+    asha = _asha()
+    _run(asha, {f"t{i}": [{"step": 5, "eval_loss": 0.1 * (i + 1)}] for i in range(4)})
+    trial = SimpleNamespace(trial_id="nan")
+    asha.on_trial_add(None, trial)
+    # a NaN at the rung is neither judged nor recorded: the next finite value is
+    assert asha.on_trial_result(None, trial, {"step": 5, "eval_loss": math.nan}) == "CONTINUE"
+    assert asha.on_trial_result(None, trial, {"step": 6, "eval_loss": 9.0}) == "STOP"
 
 
-def test_search_rejects_over_budget_configs_as_fail_and_asks_again():
-    space = {"lora": {"rank": tune.choice([1, 64])}, "train": {"lr": tune.loguniform(1e-4, 1e-2)}}
-    searcher = StudySearch(
-        metric="eval_loss",
-        mode="min",
-        seed=0,
-        accept=lambda c: "too big" if c["lora"]["rank"] == 64 else None,
-    )
-    searcher.set_search_properties("eval_loss", "min", space)
+def _searcher(space, objectives=("eval_loss",), **kw):
+    modes = [M.mode(o) for o in objectives]
+    return StudySearch(list(objectives), modes, space=space, sampler=TPESampler(seed=0), **kw)
+
+
+FINAL = {"test_loss": 1.1, "final": True}
+
+
+def launched(searcher) -> list:
+    """The Optuna trials that were launched (not repeats, duplicates or over-budget ones)."""
+    return [t for t in searcher.study.get_trials() if "trial_dir" in t.user_attrs]
+
+
+def test_search_does_not_launch_over_budget_configs_and_tells_optuna_why():
+    space = {"lora": {"rank": {"choice": [1, 64]}}, "train": {"lr": {"loguniform": [1e-4, 1e-2]}}}
+    seen = []
+
+    def estimate(config):  # the whole config: the searched values and the space's fixed ones
+        seen.append(config)
+        return 100.0 * config["lora.rank"]
+
+    searcher = _searcher(space, estimate_mb=estimate, max_mem_mb=1000)
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
-    assert all(c["lora"]["rank"] == 1 for c in configs)
-    states = [t.state.name for t in searcher.optuna_study().get_trials()]
-    assert states.count("FAIL") == len(searcher.rejected) > 0
-    assert {reason for _, reason in searcher.rejected} == {"too big"}
+    assert all(c["lora.rank"] == 1 for c in configs)
+    trials = searcher.study.get_trials()
+    over = [t for t in trials if "not_launched" in t.user_attrs]
+    assert over and all(t.state.name == "PRUNED" and t.values is None for t in over)
+    assert all(t.constraints == {"memory_mb": 5400.0} for t in over)  # 6400 MB - 1000 MB
+    launched = [t for t in trials if "trial_dir" in t.user_attrs]
+    assert len(launched) == 6 and all(t.constraints["memory_mb"] == -900.0 for t in launched)
+    assert "estimated peak 6400 MB > --max-mem-mb 1000" in over[0].user_attrs["not_launched"]
 
 
 def test_search_hand_off_pruned_fail_complete():
-    space = {"lora": {"rank": tune.choice([1, 2, 4])}}
-    searcher = StudySearch(metric="eval_loss", mode="min", seed=0)
-    searcher.set_search_properties("eval_loss", "min", space)
+    searcher = _searcher({"lora": {"rank": {"choice": [1, 2, 4]}}})
     for i in range(3):
         searcher.suggest(f"t{i}")
     searcher.on_trial_result("t0", {"step": 5, "eval_loss": 2.0})
+    searcher.on_trial_result("t0", {"step": 6, "eval_loss": math.nan})  # not measured: skipped
     # stopped by ASHA on its step-10 result, which Tune shows the scheduler but not the searcher
     searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 2.5})
     searcher.on_trial_complete("t1", {"step": 5, "error": "non-finite loss"})
-    finished = {"step": 20, "eval_loss": 1.0, "test_loss": 1.1, "final": True}  # its last report
-    searcher.on_trial_complete("t2", finished)
-    trials = searcher.optuna_study().get_trials()
+    searcher.on_trial_complete("t2", {"step": 20, "eval_loss": 1.0, **FINAL})  # its last report
+    trials = launched(searcher)
     assert [t.state.name for t in trials] == ["PRUNED", "FAIL", "COMPLETE"]
     assert trials[2].value == 1.0 and trials[0].intermediate_values == {5: 2.0, 10: 2.5}
 
 
 def test_multi_objective_hand_off_pruned_without_values():
-    space = {"lora": {"rank": tune.choice([1, 2, 4])}}
-    searcher = StudySearch(metric=["eval_loss", "peak_mem_mb"], mode=["min", "min"], seed=0)
-    searcher.set_search_properties(None, None, space)
+    searcher = _searcher({"lora": {"rank": {"choice": [1, 2, 4]}}}, ("eval_loss", "peak_mem_mb"))
     searcher.suggest("t0")
     searcher.suggest("t1")
     searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 2.5, "peak_mem_mb": 900.0})
-    done = {"step": 20, "eval_loss": 1.0, "peak_mem_mb": 800.0, "test_loss": 1.1, "final": True}
-    searcher.on_trial_complete("t1", done)
-    trials = searcher.optuna_study().get_trials()
+    searcher.on_trial_complete("t1", {"step": 20, "eval_loss": 1.0, "peak_mem_mb": 800.0, **FINAL})
+    trials = launched(searcher)
     assert [(t.state.name, t.values) for t in trials] == [
         ("PRUNED", None),
         ("COMPLETE", [1.0, 800.0]),
     ]
 
 
-def test_a_configuration_already_run_is_answered_from_its_record_not_run_again():
+def test_a_configuration_already_run_is_answered_from_its_record_and_the_space_ends():
     from ray.tune.search import Searcher
 
-    space = {"lora": {"rank": tune.choice([1, 2])}}
-    searcher = StudySearch(
-        metric="eval_loss", mode="min", seed=0, points_to_evaluate=[{"lora/rank": 1}] * 2
-    )
-    searcher.set_search_properties("eval_loss", "min", space)
-    assert searcher.suggest("t0") == {"lora": {"rank": 1}}
+    points = [{"lora.rank": 1}] * 2
+    searcher = _searcher({"lora": {"rank": {"choice": [1, 2]}}}, points=points)
+    assert searcher.suggest("t0") == {"lora.rank": 1}
     searcher.on_trial_result("t0", {"step": 5, "eval_loss": 0.7})
-    finished = {"step": 10, "eval_loss": 0.5, "test_loss": 0.6, "final": True}
-    searcher.on_trial_complete("t0", finished)
+    searcher.on_trial_complete("t0", {"step": 10, "eval_loss": 0.5, **FINAL})
     # The second queued point repeats rank 1: told COMPLETE with 0.5, and rank 2 is launched.
-    assert searcher.suggest("t1") == {"lora": {"rank": 2}}
-    trials = searcher.optuna_study().get_trials()
+    assert searcher.suggest("t1") == {"lora.rank": 2}
+    trials = searcher.study.get_trials()
     assert [(t.state.name, t.value) for t in trials[:2]] == [("COMPLETE", 0.5)] * 2
-    assert searcher.repeats == 1
+    assert trials[1].user_attrs["repeat_of"] == 0
     searcher.on_trial_result("t1", {"step": 5, "eval_loss": 3.0})
     searcher.on_trial_complete("t1", {"step": 5, "eval_loss": 3.0})  # stopped by ASHA
-    # Both configurations have run: every further suggestion is a repeat, and the search ends.
+    # Both configurations have run: the search ends at once, and says why.
+    before = len(searcher.study.trials)
     assert searcher.suggest("t2") == Searcher.FINISHED
-    repeated_pruned = [
-        t for t in searcher.optuna_study().get_trials() if t.params["lora/rank"] == 2
-    ]
-    assert all(t.state.name == "PRUNED" for t in repeated_pruned)
-    assert all(t.intermediate_values == {5: 3.0} for t in repeated_pruned)
+    assert len(searcher.study.trials) == before  # no flood of repeat trials at the end
+    assert searcher.study.user_attrs["search_ended"] == "every configuration of the space has run"
+
+
+def test_a_configuration_running_is_never_started_twice_at_once():
+    """Repeats were matched among finished trials only (issue 11, bug 4)."""
+    points = [{"lora.rank": 1}, {"lora.rank": 1}]
+    searcher = _searcher({"lora": {"rank": {"choice": [1, 2, 4]}}}, points=points)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert first == {"lora.rank": 1} and second != first  # t0 still runs: rank 1 waits for it
+    waiting = [t for t in searcher.study.get_trials() if "duplicate_of" in t.user_attrs]
+    assert [t.state.name for t in waiting] == ["RUNNING"]
+    searcher.on_trial_result("t0", {"step": 5, "eval_loss": 0.9})
+    searcher.on_trial_complete("t0", {"step": 5, "eval_loss": 0.9})  # stopped by ASHA
+    (told,) = [t for t in searcher.study.get_trials() if "duplicate_of" in t.user_attrs]
+    assert (told.state.name, told.intermediate_values) == ("PRUNED", {5: 0.9})
+
+
+def test_an_exhausted_budget_ends_the_search_and_says_so():
+    """The configurations under the budget ran out while over-budget ones were never suggested:
+    `suggest` raised RuntimeError after 200 tries (issue 11, bug 3)."""
+    from ray.tune.search import Searcher
+
+    space = {"lora": {"rank": {"choice": [1, 2, 32, 64]}}}
+    searcher = _searcher(space, estimate_mb=lambda c: c["lora.rank"] * 100.0, max_mem_mb=1000)
+    ranks = []
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        ranks.append(config["lora.rank"])
+        searcher.on_trial_complete(f"t{i}", {"step": 10, "eval_loss": 1.0, **FINAL})
+    assert sorted(ranks) == [1, 2] and config == Searcher.FINISHED
+    ended = searcher.study.user_attrs["search_ended"]
+    assert ended == "every configuration of the space under --max-mem-mb 1000 has run"
+
+
+def test_a_resumed_search_asks_again_what_a_kill_left_running(tmp_path):
+    from study import journal
+
+    space = {"lora": {"rank": {"choice": [1, 2, 4, 8]}}}
+
+    def searcher():
+        return _searcher(space, storage=journal.storage(tmp_path), study_name="s", num_samples=3)
+
+    first = searcher()
+    done, cut = first.suggest("a0"), first.suggest("a1")
+    first.on_trial_complete("a0", {"step": 10, "eval_loss": 1.0, **FINAL})
+    del first  # the driver is killed: a1 is RUNNING in the journal
+    again = searcher()
+    assert again.suggest("b0") == cut and again.trial_dir("b0") == "a1"  # its own directory
+    study = journal.load(tmp_path)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "RUNNING"] and study.user_attrs["interrupted"] == [1]
+    assert journal.outcomes(study)["searched"] == 2  # the interrupted trial counts once
+    again.on_trial_complete("b0", {"step": 10, "eval_loss": 2.0, **FINAL})
+    third = again.suggest("b1")
+    assert third not in (done, cut)
+    again.on_trial_complete("b1", {"step": 10, "eval_loss": 3.0, **FINAL})
+    assert again.suggest("b2") == "FINISHED"  # --num-samples 3 over the whole study
+
+
+def test_a_half_written_journal_line_is_cut_before_appending(tmp_path):
+    from study import journal
+
+    space = {"lora": {"rank": {"choice": [1, 2]}}}
+    s = _searcher(space, storage=journal.storage(tmp_path), study_name="s")
+    first = s.suggest("t0")
+    path = tmp_path / "optuna.journal"
+    path.write_bytes(path.read_bytes() + b'{"op_code": 5, "worker_id"')  # a kill mid-append
+    assert "cut a half-written last entry" in journal.repair(tmp_path)
+    assert journal.repair(tmp_path) is None
+    again = _searcher(space, storage=journal.storage(tmp_path), study_name="s")
+    assert again.suggest("t1") == first  # the interrupted t0, asked again, into t0's directory
+    assert [t.state.name for t in journal.load(tmp_path).trials] == ["FAIL", "RUNNING"]
+    assert again.trial_dir("t1") == "t0"
+
+
+def test_optuna_distributions_equal_rays_conversion():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces import to_optuna
+
+    for name in ("default", "smoke", "seeds-qwen2"):
+        space = load_space(name)
+        assert to_optuna(space) == OptunaSearch.convert_search_space(to_tune(space))
+    ints = {"train": {"steps": {"randint": [4, 8]}}}
+    assert to_optuna(ints) == OptunaSearch.convert_search_space(to_tune(ints))
 
 
 def test_memory_estimate_grows_with_what_it_should():
@@ -203,7 +327,7 @@ def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, mo
     record.write_metrics(trial_dir, {"step": 6, "eval_loss": 0.5, "test_loss": 0.6})
     record.write_status(trial_dir, record.FINISHED, step=6)
     reports = []
-    context = SimpleNamespace(get_trial_id=lambda: "t1")
+    context = SimpleNamespace(get_trial_name=lambda: "t1")
     monkeypatch.setattr(ray.tune, "get_context", lambda: context)
     monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
     trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
@@ -222,8 +346,12 @@ def test_the_live_table_survives_a_config_the_space_allows_but_a_trial_refuses()
 
     from study.callbacks import LiveTable
 
+    class Trial(SimpleNamespace):
+        def __str__(self) -> str:  # a Ray trial's name: its directory in a study
+            return "abcdef12"
+
     def trial(config):
-        return SimpleNamespace(trial_id="abcdef12", config=config, last_result={}, status="RUNNING")
+        return Trial(config=config, last_result={}, status="RUNNING")
 
     table = LiveTable("/nonexistent").table(
         [trial({"method": "full", "quant.bits": 4}), trial({"lora.rank": 4, "lora.targets": "qv"})]

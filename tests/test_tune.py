@@ -29,6 +29,24 @@ def trial_dirs(study: Path, group: str = "search") -> list[Path]:
     return sorted(p.parent for p in (study / group).glob("*/config.json"))
 
 
+def optuna_study(study: Path):
+    """The study's Optuna record, read the way a user would: Optuna's own API on the journal."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(study / "optuna.journal")))
+    return optuna.load_study(study_name=study.name, storage=storage)
+
+
+def launched(study: Path) -> list:
+    """The Optuna trials that trained (each names its trial directory); a trial a kill left
+    RUNNING is marked FAIL and listed as interrupted, and its relaunch is the one counted."""
+    ot = optuna_study(study)
+    cut = set(ot.user_attrs.get("interrupted", []))
+    return [t for t in ot.trials if "trial_dir" in t.user_attrs and t.number not in cut]
+
+
 def statuses(study: Path, group: str = "search") -> dict[str, dict]:
     return {d.name: json.loads((d / "status.json").read_text()) for d in trial_dirs(study, group)}
 
@@ -76,18 +94,18 @@ def test_summary_lists_the_pareto_set(multi_study):
 
 
 def test_multi_objective_optuna_states(multi_study):
-    record = json.loads((multi_study / "optuna.json").read_text())
-    assert record["metric"] == ["eval_loss", "peak_mem_mb"]
-    states = {}
+    ot = optuna_study(multi_study)
+    assert [d.name for d in ot.directions] == ["MINIMIZE", "MINIMIZE"]  # eval_loss, peak_mem_mb
     by_status = statuses(multi_study)
-    trials = record["trials"]
-    assert len(trials) == 6
+    trials = launched(multi_study)
+    assert sorted(t.user_attrs["trial_dir"] for t in trials) == sorted(by_status)
     for trial in trials:
-        states.setdefault(trial["state"], []).append(trial)
-    assert len(states["PRUNED"]) == sum(s["status"] == "stopped" for s in by_status.values())
-    assert all(t["values"] is None for t in states["PRUNED"])
-    assert len(states["COMPLETE"]) == sum(s["status"] == "finished" for s in by_status.values())
-    assert all(len(t["values"]) == 2 for t in states["COMPLETE"])
+        status = by_status[trial.user_attrs["trial_dir"]]["status"]
+        expected = {"stopped": "PRUNED", "finished": "COMPLETE", "errored": "FAIL"}[status]
+        assert trial.state.name == expected, trial
+        assert (trial.values is None) == (expected != "COMPLETE")
+        assert trial.values is None or len(trial.values) == 2
+    assert "PRUNED" in {t.state.name for t in trials}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +154,7 @@ def test_nan_and_oom_end_one_trial_each_with_their_reason(fault_study):
     assert nan["status"] == "errored" and "non-finite training loss" in nan["reason"]
     assert oom["status"] == "errored" and "out of memory" in oom["reason"]
     assert json.loads((dirs[8] / "status.json").read_text())["status"] == "finished"
-    states = [t["state"] for t in json.loads((fault_study / "optuna.json").read_text())["trials"]]
+    states = [t.state.name for t in launched(fault_study)]
     assert states.count("FAIL") == 2 and states.count("COMPLETE") == 2
     summary = (fault_study / "stdout.txt").read_text().split("Study faults:")[-1]
     errored = [line for line in summary.splitlines() if line.strip().startswith("errored [")]
@@ -159,11 +177,23 @@ def test_transient_failure_resumes_from_its_checkpoint(fault_study):
     ]
 
 
+def test_optuna_holds_every_searched_trial_with_its_intermediate_values(fault_study):
+    trials = launched(fault_study)
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
+    for trial in trials:
+        path = fault_study / "search" / trial.user_attrs["trial_dir"] / "curve.jsonl"
+        # (the NaN and OOM trials fail at step 2, before their first evaluation: no curve)
+        lines = path.read_text().splitlines() if path.is_file() else []
+        curve = [json.loads(line) for line in lines]
+        # every evaluation the trial reported (the transient crash's retry included), by step
+        assert trial.intermediate_values == {p["step"]: p["eval_loss"] for p in curve}, trial
+    assert sum(bool(t.intermediate_values) for t in trials) == 2
+
+
 def test_two_studies_in_one_storage_path_keep_their_own_optuna_state(multi_study, fault_study):
-    multi = json.loads((multi_study / "optuna.json").read_text())
-    faults = json.loads((fault_study / "optuna.json").read_text())
-    assert (multi["study_name"], faults["study_name"]) == ("multi", "faults")
-    assert (len(multi["trials"]), len(faults["trials"])) == (6, 4)
+    multi, faults = optuna_study(multi_study), optuna_study(fault_study)
+    assert (multi.study_name, faults.study_name) == ("multi", "faults")
+    assert (len(launched(multi_study)), len(launched(fault_study))) == (6, 4)
 
 
 def test_a_small_space_is_searched_without_repeats_and_the_search_ends(tmp_path, capsys):
@@ -202,9 +232,59 @@ def test_a_latency_objective_study_runs_to_its_pareto_set(tmp_path, capsys):
     assert main([*argv, "--storage-path", str(tmp_path / "res")]) == 0
     out = capsys.readouterr().out
     assert "best latency_ms_per_token_merged" in out and "Pareto set" in out
-    record = json.loads((tmp_path / "res" / "lat" / "optuna.json").read_text())
-    assert [t["state"] for t in record["trials"]] == ["COMPLETE", "COMPLETE"]
-    assert all(len(t["values"]) == 2 for t in record["trials"])
+    trials = launched(tmp_path / "res" / "lat")
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all(len(t.values) == 2 for t in trials)
+
+
+def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_once(
+    tmp_path, capsys
+):
+    """Under --max-mem-mb only batch 2 and 4 fit: the search raised RuntimeError after 200 tries
+    once they had run (issue 11, bug 3); with --max-concurrent 2 the same configuration, queued
+    twice, ran twice at once (bug 4). Now each runs once, the repeat waits for its outcome, the
+    over-budget one is told PRUNED with its excess, and the search ends saying why."""
+    from search_spaces import sample_point
+    from study.config import TrialConfig
+    from study.estimate import estimate_cfg
+    from study.plan import plan_study
+    from study.tune import parse_args
+
+    fixed = {"lora.targets": "qv", "quant.bits": 16, "data.size": 32, "lora.alpha_ratio": 1}
+    fixed |= {"train.lr": 0.01, "lora.rank": 1, "train.batch_size": {"choice": [2, 4, 256]}}
+    points = [{"train.batch_size": b} for b in (2, 2, 256)]
+    space = space_file(tmp_path, points=points, **fixed)
+    argv = ["--space", str(space), "--num-samples", "4", "--no-baselines", "--name", "budget"]
+    argv += ["--storage-path", str(tmp_path / "res"), "--max-concurrent", "2", "--grace", "6"]
+    plan = plan_study(parse_args(argv), argv)
+    fits, over = (
+        estimate_cfg(TrialConfig.from_dict({**sample_point(plan.space), "train.batch_size": b}),
+                     plan.facts)
+        for b in (4, 256)
+    )
+    limit = f"{(fits + over) / 2:.0f}"
+    assert main([*argv, "--max-mem-mb", limit]) == 0
+    out = capsys.readouterr().out
+    study = tmp_path / "res" / "budget"
+    batches = sorted(json.loads((d / "config.json").read_text())["train"]["batch_size"]
+                     for d in trial_dirs(study))
+    assert batches == [2, 4]
+    assert (
+        f"the search ended after 2 of --num-samples 4: every configuration of the space under "
+        f"--max-mem-mb {limit} has run" in out
+    )
+    assert "not launched (over the memory budget)" in out
+    trials = optuna_study(study).trials
+    ran = {t.number: t for t in trials if "trial_dir" in t.user_attrs}
+    not_launched = [t for t in trials if "not_launched" in t.user_attrs]
+    assert not_launched and all(t.params["train.batch_size"] == 256 for t in not_launched)
+    assert all(t.state.name == "PRUNED" and t.constraints["memory_mb"] > 0 for t in not_launched)
+    waited = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert waited  # the second batch-2 point came while the first ran
+    for t in waited:
+        original = ran[t.user_attrs["duplicate_of"]]
+        assert (t.state, t.value, t.params) == (original.state, original.value, original.params)
+    assert "RUNNING" not in {t.state.name for t in trials}
 
 
 def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
@@ -231,6 +311,7 @@ def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
     )
     deadline = time.time() + 240
     finished: dict[str, float] = {}
+    cut: list[str] = []  # trials killed mid-training with a checkpoint
     while time.time() < deadline and proc.poll() is None:
         done = {
             d.name: (d / "metrics.json").stat().st_mtime
@@ -239,23 +320,16 @@ def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
             and json.loads((d / "status.json").read_text())["status"] == "finished"
         }
         unfinished_with_checkpoint = [
-            d for d in study.glob("search/*") if d.name not in done and list(d.glob("checkpoint_*"))
+            d for d in study.glob("search/*") if d.name not in done and (d / "checkpoint").is_dir()
         ]
         if len(done) >= 2 and (unfinished_with_checkpoint or len(done) >= 4):
-            finished = done
+            finished, cut = done, [d.name for d in unfinished_with_checkpoint]
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray processes
             break
         time.sleep(0.5)
     proc.wait()
     assert len(finished) >= 2, "the study ended before two trials finished"
     assert proc.returncode == -signal.SIGKILL and len(finished) < 5  # killed mid-study
-    # The race a kill can hit: Ray registered a newer checkpoint and deleted the one its last
-    # experiment-state snapshot names, then died before the next snapshot. Recreate it here.
-    for trial in study.glob("search/*"):
-        points = sorted(trial.glob("checkpoint_*"))
-        if trial.name not in finished and points:
-            index = int(points[-1].name.split("_")[1])
-            points[-1].rename(trial / f"checkpoint_{index + 1:06d}")
     # Resume by name alone: the space, counts and ASHA settings come from study.json.
     resume = [sys.executable, "-m", "study.tune", "--storage-path", str(tmp_path / "res")]
     resume += ["--name", "killed", "--resume"]
@@ -270,7 +344,20 @@ def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
     assert len(set(configs)) == 5
     for name, mtime in finished.items():
         assert (study / "search" / name / "metrics.json").stat().st_mtime == mtime, name
-    assert len(json.loads((study / "optuna.json").read_text())["trials"]) >= 5
+    # Optuna: no trial left RUNNING, each configuration counted once, and an interrupted trial
+    # went on in its own directory from its own checkpoint (the only one it holds)
+    ot = optuna_study(study)
+    assert "RUNNING" not in {t.state.name for t in ot.trials}
+    trials = launched(study)
+    assert len(trials) == 5 and sorted(t.user_attrs["trial_dir"] for t in trials) == sorted(found)
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    interrupted = {ot.trials[n].user_attrs.get("trial_dir") for n in ot.user_attrs["interrupted"]}
+    assert set(cut) <= interrupted
+    for name in cut:
+        metrics = json.loads((study / "search" / name / "metrics.json").read_text())
+        assert metrics["resumed_from_step"] > 0, name
+    for trial in study.glob("search/*"):
+        assert not list(trial.glob("checkpoint_*")), trial  # no Ray copy beside it
 
 
 BAD_INPUTS = [
@@ -438,10 +525,10 @@ def test_two_node_cluster_trial_survives_losing_its_worker(tmp_path):
     )
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and not list(study.glob("search/*/checkpoint_*")):
+        while time.time() < deadline and not list(study.glob("search/*/checkpoint/state.json")):
             assert proc.poll() is None, proc.stderr.read()[-2000:]
             time.sleep(0.2)
-        assert list(study.glob("search/*/checkpoint_*")), "no checkpoint was persisted"
+        assert list(study.glob("search/*/checkpoint/state.json")), "no checkpoint was written"
         cluster.remove_node(worker)
         cluster.add_node(num_cpus=1, resources={"pinned": 1})
         assert proc.wait(timeout=400) == 0, proc.stderr.read()[-2000:]

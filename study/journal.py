@@ -1,0 +1,131 @@
+"""The study's Optuna record: ``optuna.journal``, Optuna's own JournalStorage on a file.
+
+    study = journal.load(study_dir)          # an optuna.Study, None when there is no journal yet
+    facts = journal.outcomes(study)          # what the summary and the report say of the search
+
+The searcher (``study.search``) is its only writer; Optuna's tools read it while the study runs
+and after, with no code of ours::
+
+    optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(PATH)))
+    optuna-dashboard results/NAME/optuna.journal
+
+Besides Optuna's states, values and intermediate values, the study keeps these user attributes
+on its trials (the names below), so the journal alone says what happened to every suggestion:
+
+- ``trial_dir``: a launched trial's directory under ``search/``;
+- ``not_launched``: why a configuration was not run (over ``--max-mem-mb``); the trial is
+  PRUNED with no value and its estimated excess as the constraint ``memory_mb`` (> 0 is
+  infeasible: TPE ranks it below every feasible trial; the GP sampler, which reads COMPLETE
+  trials only, cannot learn the budget);
+- ``repeat_of``: a configuration that had run already; told the earlier trial's outcome, not
+  trained again (trials are seeded and deterministic);
+- ``duplicate_of``: suggested while the same configuration was running; told its outcome when
+  that trial ended;
+- ``resumes``: asked again on ``--resume`` for an earlier trial a kill left RUNNING (that one is
+  marked FAIL; the study's ``interrupted`` attribute lists it), into the same directory.
+
+and on the study: ``interrupted`` (those trial numbers) and ``search_ended`` (why the search
+stopped before ``--num-samples``: the space or the budget was exhausted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from study import record
+
+TRIAL_DIR = "trial_dir"
+RESUME_DIR = "resume_dir"  # on an enqueued trial: the directory it resumes into
+NOT_LAUNCHED = "not_launched"
+REPEAT_OF = "repeat_of"
+DUPLICATE_OF = "duplicate_of"
+RESUMES = "resumes"
+INTERRUPTED = "interrupted"
+SEARCH_ENDED = "search_ended"
+MEMORY = "memory_mb"  # the constraint: estimated peak minus --max-mem-mb
+
+
+def storage(study_dir: Path):
+    """Optuna's JournalStorage on the study's ``optuna.journal`` (created when missing)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(record.journal_path(study_dir))))
+
+
+def repair(study_dir: Path) -> str | None:
+    """Cut a half-written last line (a kill during an append); say so, or None.
+
+    Optuna skips such a line when it reads, but the next append would join it and make the
+    journal unreadable; the cut entry never took effect, so nothing is lost.
+    """
+    path = record.journal_path(study_dir)
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return f"{path}: cut a half-written last entry ({len(data) - keep} bytes) a kill left"
+
+
+def load(study_dir: Path):
+    """The study's optuna.Study, or None when it has no journal yet.
+
+    Raises:
+        record.RecordError: the journal is damaged or holds no single study.
+    """
+    import optuna
+
+    path = record.journal_path(study_dir)
+    if not path.is_file():
+        return None
+    try:
+        names = optuna.get_all_study_names(storage(study_dir))
+        if len(names) != 1:
+            raise ValueError(f"it holds {len(names)} studies, not one")
+        return optuna.load_study(study_name=names[0], storage=storage(study_dir))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise record.RecordError(path, "damaged: Optuna cannot read it", str(err)) from None
+
+
+def outcomes(study) -> dict:
+    """What the search did, from the journal: counts by kind and why it ended (if it did early).
+
+    ``searched`` counts launched trials (a trial resumed after a kill once); ``states`` their
+    Optuna states; ``not_launched`` / ``repeats`` / ``duplicates`` the suggestions answered
+    without training; ``interrupted`` the trials a kill left RUNNING (each asked again).
+    """
+    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
+    out = {"searched": 0, "states": {}, "not_launched": 0, "repeats": 0, "duplicates": 0}
+    out["interrupted"] = len(interrupted)
+    out["search_ended"] = study.user_attrs.get(SEARCH_ENDED)
+    out["running"] = 0
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if trial.number in interrupted:
+            continue
+        if trial.state.name == "RUNNING":
+            out["running"] += 1
+        if NOT_LAUNCHED in attrs:
+            out["not_launched"] += 1
+        elif REPEAT_OF in attrs:
+            out["repeats"] += 1
+        elif DUPLICATE_OF in attrs:
+            out["duplicates"] += 1
+        elif TRIAL_DIR in attrs:
+            out["searched"] += 1
+            out["states"][trial.state.name] = out["states"].get(trial.state.name, 0) + 1
+    return out
+
+
+def launched(study) -> list:
+    """The launched trials (FrozenTrial), a trial resumed after a kill once, in number order."""
+    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if TRIAL_DIR in t.user_attrs and t.number not in interrupted
+    ]
