@@ -245,6 +245,21 @@ def test_a_half_written_journal_line_is_cut_before_appending(tmp_path):
     assert again.trial_dir("t1") == "t0"
 
 
+def test_the_search_decides_on_the_recorded_grid_as_it_did_on_rays_classes():
+    """The decisions (configuration and steps of every trial, in order) of every searcher of
+    bench/search_efficiency.py, replayed on the recorded grid, equal those recorded on commit
+    7aed8f6, when the search subclassed Ray's OptunaSearch and ASHAScheduler."""
+    import json
+
+    from bench.search_decisions import RECORDED, compare, decisions
+
+    recorded = {k: v[:2] for k, v in json.loads(RECORDED.read_text()).items()}
+    now = decisions(seeds=2)
+    assert set(now) == set(recorded) and compare(recorded, now) == []
+    changed = {k: [list(reversed(seed)) for seed in v] for k, v in now.items()}
+    assert len(compare(recorded, changed)) == 2 * len(now)  # and it would see a difference
+
+
 def test_optuna_distributions_equal_rays_conversion():
     from ray.tune.search.optuna import OptunaSearch
 
