@@ -16,8 +16,8 @@ from pathlib import Path
 
 from search_spaces import SpaceError, flat_leaves, is_distribution, load_space, sample_point
 from search_spaces import validate as validate_space
+from study import journal, record
 from study import metrics as M
-from study import record
 from study.config import TrialConfig
 from study.data import build_data
 from study.estimate import ModelFacts, estimate_cfg, model_facts, smallest_estimate
@@ -209,6 +209,10 @@ def _study_dir(options: StudyOptions, argv: list[str]) -> tuple[StudyOptions, Pa
     if not record.has_study(study_dir):
         raise UsageError(f"no study to resume at {study_dir} (no {record.STUDY})")
     options, recorded = recorded_options(options, argv, study_dir)
+    try:  # the searcher continues from the journal: it must be readable (a cut last line is)
+        journal.load(study_dir)
+    except record.RecordError as err:
+        raise UsageError(f"cannot resume: {err}") from None
     return options, study_dir, recorded
 
 

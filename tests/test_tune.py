@@ -442,6 +442,35 @@ def test_resume_takes_the_recorded_study_and_refuses_changed_flags(tmp_path, cap
     assert main([*again, "--num-samples", "3"]) == 2
 
 
+def test_resume_refuses_a_damaged_journal_in_one_line_and_takes_a_cut_last_entry(
+    tmp_path, capsys
+):
+    from study import journal, record
+    from study.plan import plan_study, study_record
+    from study.search import StudySearch
+    from study.tune import parse_args
+
+    storage = tmp_path / "r"
+    started = ["--space", "smoke", "--storage-path", str(storage), "--name", "s"]
+    first = plan_study(parse_args(started), started)
+    record.write_study(first.study_dir, study_record(first))
+    searcher = StudySearch(
+        ["eval_loss"], ["min"], space=first.space, storage=journal.storage(first.study_dir),
+        study_name="s",
+    )
+    searcher.suggest("t0")
+    path = first.study_dir / "optuna.journal"
+    good = path.read_bytes()
+    again = ["--storage-path", str(storage), "--name", "s", "--resume"]
+    path.write_bytes(good + b'{"op_code": 4, "stud')  # a kill mid-append: resumable
+    assert plan_study(parse_args(again), again).name == "s"
+    lines = good.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b"\x00garbage\n"] + lines[2:]))  # damaged inside
+    assert main(again) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and str(path) in err[0], err
+
+
 def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora: {rank: [unclosed\n")
