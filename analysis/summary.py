@@ -152,7 +152,7 @@ def _print_search(
         )
     if facts["interrupted"]:
         count = facts["interrupted"]
-        print(f"  trials a kill interrupted, resumed from their own checkpoints: {count}")
+        print(f"  trials a kill interrupted, continued in their own directories: {count}")
     if facts["search_ended"]:
         print(
             f"  the search ended after {searched} of --num-samples {num_samples}: "

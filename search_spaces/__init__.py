@@ -107,6 +107,21 @@ def _check_leaf(key: str, leaf: dict) -> None:
         raise SpaceError(f"{key}: randint needs integers, got {args!r}")
 
 
+def _check_in_space(key: str, value: Any, leaf: dict) -> None:
+    """A point's value must be one the distribution can hold: one of a choice's values (Optuna
+    refuses any other), a number for a range. A number outside a range is tried as given
+    (Optuna warns): a point may be a known reference outside the searched range."""
+    ((kind, args),) = leaf.items()
+    if kind == "choice":
+        if value not in args:
+            raise SpaceError(f"{POINTS}: {key}={value!r} is not one of its choices {args}")
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind == "randint" and value % 1):
+        what = "an integer" if kind == "randint" else "a number"
+        raise SpaceError(f"{POINTS}: {key}={value!r} must be {what} (its {kind} range {args})")
+
+
 def sample_point(space: dict[str, Any]) -> dict[str, Any]:
     """One concrete config (dotted keys): the first choice / the low end of each range."""
     point = {}
@@ -151,6 +166,8 @@ def validate(space: dict[str, Any]) -> None:
                 f"{POINTS}: {extra[0]} is not a searched parameter; searched: "
                 f"{', '.join(sorted(searched))}"
             )
+        for key, value in point.items():
+            _check_in_space(key, value, leaves[key])
         try:
             TrialConfig.from_dict({**choice_points[0], **point})
         except ValueError as err:

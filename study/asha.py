@@ -70,6 +70,7 @@ class StudyASHA(FIFOScheduler):
         self.key = key or (lambda trial: trial.trial_id)
         self.replay = replay
         self.stopped = 0
+        self.pending_stop: set[str] = set()  # keys stopped at their next result (see rebuild)
 
     @property
     def metric(self) -> str:
@@ -103,12 +104,19 @@ class StudyASHA(FIFOScheduler):
 
         ``curves``: (key, results in order, whether the trial has ended). Each result goes
         the way Tune's ``on_trial_result`` sent it, and an ended trial's last result once more
-        the way ``on_trial_complete`` did. The stop decisions concern the past and are ignored.
+        the way ``on_trial_complete`` did. The stop decisions concern the past, except one on
+        the last result of a trial that has not ended: a kill cut it short, and the trial is
+        stopped at its next result.
         """
         points = 0
         for key, curve, ended in curves:
             for point in curve:
-                points += self.judge(key, point) is not None
+                action = self.judge(key, point)
+                points += action is not None
+                if action == TrialScheduler.STOP and not ended and point is curve[-1]:
+                    # a kill came between this result and the stop: stop the trial when it
+                    # reports again (it resumes from the checkpoint of that result)
+                    self.pending_stop.add(key)
             if ended and curve:
                 self.complete(key, curve[-1])
         return points
@@ -133,7 +141,12 @@ class StudyASHA(FIFOScheduler):
             self.rebuild(replay())
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        action = self.judge(self.key(trial), result) or TrialScheduler.CONTINUE
+        key = self.key(trial)
+        if key in self.pending_stop:
+            self.pending_stop.discard(key)
+            self.stopped += 1
+            return TrialScheduler.STOP
+        action = self.judge(key, result) or TrialScheduler.CONTINUE
         self.stopped += action == TrialScheduler.STOP
         return action
 

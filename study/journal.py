@@ -22,10 +22,13 @@ on its trials (the names below), so the journal alone says what happened to ever
 - ``duplicate_of``: suggested while the same configuration was running; told its outcome when
   that trial ended;
 - ``resumes``: asked again on ``--resume`` for an earlier trial a kill left RUNNING (that one is
-  marked FAIL; the study's ``interrupted`` attribute lists it), into the same directory.
+  marked FAIL; the study's ``interrupted`` attribute lists it), into the same directory, with
+  the intermediate values it had;
+- ``enqueued`` / ``resume_dir``: on a queued trial, its fixed parameters and directory.
 
-and on the study: ``interrupted`` (those trial numbers) and ``search_ended`` (why the search
-stopped before ``--num-samples``: the space or the budget was exhausted).
+and on the study: ``interrupted`` (those trial numbers), ``points_asked`` (how many of the
+space's ``points_to_evaluate`` were queued) and ``search_ended`` (why the search stopped before
+``--num-samples``: the space or the budget was exhausted).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from study import record
 
 TRIAL_DIR = "trial_dir"
 RESUME_DIR = "resume_dir"  # on an enqueued trial: the directory it resumes into
+ENQUEUED = "enqueued"  # on an enqueued trial: its fixed parameters (kept if a kill cuts the ask)
+POINTS_ASKED = "points_asked"  # on the study: how many points_to_evaluate were queued
 NOT_LAUNCHED = "not_launched"
 REPEAT_OF = "repeat_of"
 DUPLICATE_OF = "duplicate_of"
@@ -87,7 +92,7 @@ def load(study_dir: Path):
         if len(names) != 1:
             raise ValueError(f"it holds {len(names)} studies, not one")
         return optuna.load_study(study_name=names[0], storage=storage(study_dir))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+    except (ValueError, KeyError, TypeError, IndexError, AssertionError, UnicodeDecodeError) as err:
         raise record.RecordError(path, "damaged: Optuna cannot read it", str(err)) from None
 
 
@@ -96,14 +101,15 @@ def outcomes(study) -> dict:
 
     ``searched`` counts launched trials (a trial resumed after a kill once); ``states`` their
     Optuna states; ``not_launched`` / ``repeats`` / ``duplicates`` the suggestions answered
-    without training; ``interrupted`` the trials a kill left RUNNING (each asked again).
+    without training; ``interrupted`` the launched trials a kill cut (each continued).
     """
     interrupted = set(study.user_attrs.get(INTERRUPTED, []))
+    trials = study.get_trials(deepcopy=False)
     out = {"searched": 0, "states": {}, "not_launched": 0, "repeats": 0, "duplicates": 0}
-    out["interrupted"] = len(interrupted)
+    out["interrupted"] = sum(TRIAL_DIR in trials[n].user_attrs for n in interrupted)
     out["search_ended"] = study.user_attrs.get(SEARCH_ENDED)
     out["running"] = 0
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         attrs = trial.user_attrs
         if trial.number in interrupted:
             continue
@@ -129,3 +135,38 @@ def launched(study) -> list:
         for t in study.get_trials(deepcopy=False)
         if TRIAL_DIR in t.user_attrs and t.number not in interrupted
     ]
+
+
+def mark_interrupted(study) -> None:
+    """RUNNING trials of an earlier driver -> FAIL, listed as interrupted (asked again).
+
+    The list is written before any trial is told, so a kill in between loses nothing: the
+    next resume finds the rest still RUNNING, and :func:`pending_resumes` reads the list.
+    """
+    from optuna.trial import TrialState
+
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if not running:
+        return
+    before = study.user_attrs.get(INTERRUPTED, [])
+    study.set_user_attr(INTERRUPTED, sorted({*before, *running}))
+    for number in running:
+        study.tell(number, state=TrialState.FAIL)
+
+
+def pending_resumes(study):
+    """(number, params, directory) of interrupted trials not asked again yet, oldest first.
+
+    Parked duplicates and suggestions answered without a launch resolve nothing to resume;
+    a trial cut mid-ask has only the parameters it was enqueued with (kept as
+    ``enqueued``).
+    """
+    trials = study.get_trials(deepcopy=False)
+    resumed = {t.user_attrs[RESUMES] for t in trials if RESUMES in t.user_attrs}
+    skip = (DUPLICATE_OF, REPEAT_OF, NOT_LAUNCHED)
+    for number in study.user_attrs.get(INTERRUPTED, []):
+        attrs = trials[number].user_attrs
+        if number in resumed or any(a in attrs for a in skip):
+            continue
+        params = {**attrs.get(ENQUEUED, {}), **trials[number].params}
+        yield number, params, attrs.get(TRIAL_DIR) or attrs.get(RESUME_DIR)

@@ -201,8 +201,7 @@ def _study_dir(options: StudyOptions, argv: list[str]) -> tuple[StudyOptions, Pa
         raise UsageError(f"--name must be a plain directory name, got {name!r}")
     study_dir = options.storage_path / name
     if not options.resume:
-        if study_dir.exists() and any(study_dir.iterdir()):
-            raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
+        _check_new(study_dir)
         return options, study_dir, None
     if not options.name:
         raise UsageError("--resume needs --name of the study to continue")
@@ -214,6 +213,38 @@ def _study_dir(options: StudyOptions, argv: list[str]) -> tuple[StudyOptions, Pa
     except record.RecordError as err:
         raise UsageError(f"cannot resume: {err}") from None
     return options, study_dir, recorded
+
+
+def _check_new(study_dir: Path) -> None:
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
+
+
+def claim(plan: Plan):
+    """Take the study's lock (one process writes a study), or UsageError; returns the lock.
+
+    Held by the driver for the whole run; the OS releases it when the process dies, so a study
+    killed with -9 can be resumed at once. A new study is checked again under the lock: two
+    started together with one --name cannot both pass the check made before it.
+    """
+    import filelock
+
+    plan.study_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(record.lock_path(plan.study_dir))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise UsageError(
+            f"study {plan.study_dir} is being run by another process; wait for it to end "
+            "(then --resume it if it stopped early) or give another --name"
+        ) from None
+    if not plan.options.resume:
+        try:
+            _check_new(plan.study_dir)
+        except UsageError:
+            lock.release()
+            raise
+    return lock
 
 
 def plan_study(options: StudyOptions, argv: list[str]) -> Plan:

@@ -57,7 +57,6 @@ GROUPS = (SEARCH, BASELINES)
 # a trial that ran to its end. ("done" would collide with Ray Tune's own result key.)
 RUNNING, FINISHED, STOPPED, ERRORED = "running", "finished", "stopped", "errored"
 STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
-ENDED = (FINISHED, STOPPED, ERRORED)
 FINAL = "final"
 SCHEMA_VERSION = 1
 
@@ -355,6 +354,12 @@ def read_study(study_dir: Path) -> dict:
 def study_path(study_dir: Path) -> Path:
     """Where study.json is (for messages)."""
     return Path(study_dir) / STUDY
+
+
+def lock_path(study_dir: Path) -> Path:
+    """The study's lock file, beside its directory (held while a process runs the study)."""
+    study_dir = Path(study_dir)
+    return study_dir.parent / f".{study_dir.name}.lock"
 
 
 def journal_path(study_dir: Path) -> Path:

@@ -40,8 +40,9 @@ def recorded_options(options: StudyOptions, argv: list[str], study_dir: Path):
 def replay_curves(study_dir: Path, group: str) -> list[tuple[str, list[dict], bool]]:
     """(trial directory name, recorded curve, ended) of every trial of a group, for ASHA.
 
-    ``ended``: the study wrote the trial's end (finished, stopped or errored); a trial a kill
-    interrupted is still ``running`` and goes on when the study resumes.
+    ``ended``: the trial finished or was stopped, so its last result went to ASHA once more as
+    it ended; an errored trial's last report held no value, and one a kill interrupted is still
+    ``running`` and goes on when the study resumes.
     """
     out = []
     for trial_dir in record.trial_dirs(study_dir, group):
@@ -52,6 +53,6 @@ def replay_curves(study_dir: Path, group: str) -> list[tuple[str, list[dict], bo
         except record.RecordError as err:
             print(f"study.tune: {err}: that trial's results are not replayed into ASHA")
             continue
-        ended = record.read_status(trial_dir).get("status") in record.ENDED
+        ended = record.read_status(trial_dir).get("status") in (record.FINISHED, record.STOPPED)
         out.append((trial_dir.name, points, ended))
     return out

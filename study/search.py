@@ -104,11 +104,8 @@ class StudySearch(Searcher):
         )
         if [d.name.lower() for d in self.study.directions] != directions:
             raise ValueError(f"the Optuna study {study_name!r} has other objectives")
-        if not self.study.trials:
-            for point in points or []:
-                self.study.enqueue_trial(point)
-        else:
-            self._mark_interrupted()
+        self.points = list(points or [])  # asked one at a time, after pending resumes
+        journal.mark_interrupted(self.study)
         self.live: dict[str, object] = {}  # Ray trial id -> optuna.Trial, launched and running
         self.dirs: dict[str, str] = {}  # Ray trial id -> trial directory name
         self.waiting: dict[int, list] = {}  # running trial number -> duplicates told at its end
@@ -129,22 +126,29 @@ class StudySearch(Searcher):
             return -math.inf
         return self.estimate_mb({**self.fixed, **params}) - self.max_mem_mb
 
-    def _mark_interrupted(self) -> None:
-        """RUNNING trials of an earlier driver -> FAIL, and their parameters asked again."""
+    def _enqueue(self, params: dict, **attrs) -> None:
+        self.study.enqueue_trial(params, user_attrs={journal.ENQUEUED: params, **attrs})
+
+    def _queue_next(self) -> None:
+        """Put the next fixed configuration in Optuna's queue: a pending resume, else a point.
+
+        One at a time (Optuna asks its queue oldest first), so resumes go before the points
+        left and nothing queued outlives the --num-samples budget unasked.
+        """
         from optuna.trial import TrialState
 
-        interrupted = list(self.study.user_attrs.get(journal.INTERRUPTED, []))
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study.tell(trial.number, state=TrialState.FAIL)
-            interrupted.append(trial.number)
-            if journal.DUPLICATE_OF in trial.user_attrs:
-                continue  # its configuration is resolved by the trial it waited for
-            attrs = {journal.RESUMES: trial.number}
-            if journal.TRIAL_DIR in trial.user_attrs:
-                attrs[journal.RESUME_DIR] = trial.user_attrs[journal.TRIAL_DIR]
-            self.study.enqueue_trial(trial.params, user_attrs=attrs)
-            log.info("trial #%d was running when the study stopped: asked again", trial.number)
-        self.study.set_user_attr(journal.INTERRUPTED, interrupted)
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        for number, params, directory in journal.pending_resumes(self.study):
+            attrs = {journal.RESUMES: number}
+            if directory:
+                attrs[journal.RESUME_DIR] = directory
+            self._enqueue(params, **attrs)
+            return
+        asked = self.study.user_attrs.get(journal.POINTS_ASKED, 0)
+        if asked < len(self.points):
+            self._enqueue(self.points[asked])  # (a kill here asks the point twice: a repeat)
+            self.study.set_user_attr(journal.POINTS_ASKED, asked + 1)
 
     def _resolved(self) -> dict[str, object]:
         """Key -> the launched trial that resolved it (finished, stopped or errored)."""
@@ -183,6 +187,7 @@ class StudySearch(Searcher):
             resolved, running = self._resolved(), self.running()
             if self.admissible is not None and self.admissible <= resolved.keys() | running:
                 return self._end(self._exhausted_reason())
+            self._queue_next()
             trial = self.study.ask(self.distributions)
             key = _key(trial.params)
             if key in resolved:
@@ -198,20 +203,32 @@ class StudySearch(Searcher):
                 continue
             if self.max_mem_mb and self.estimate_mb is not None:
                 trial.set_constraint(journal.MEMORY, excess)  # feasible: <= 0
-            name = trial.user_attrs.get(journal.RESUME_DIR, trial_id)
-            trial.set_user_attr(journal.TRIAL_DIR, name)
-            self.live[trial_id], self.dirs[trial_id] = trial, name
-            return dict(trial.params)
+            return self._launch(trial_id, trial)
         if self.admissible is not None:
             # The sampler keeps proposing what is resolved: try an untried one of the space.
             untried = sorted(self.admissible - self._resolved().keys() - self.running().keys())
             if untried:
-                self.study.enqueue_trial(json.loads(self.rng.choice(untried)))
+                self._enqueue(json.loads(self.rng.choice(untried)))
                 return self.suggest(trial_id)
         return self._end(
             f"{self.max_tries} suggestions in a row were configurations already run or over "
             "--max-mem-mb"
         )
+
+    def _launch(self, trial_id: str, trial) -> dict:
+        """Start ``trial`` under Ray trial ``trial_id``; a resumed one keeps its directory and
+        its intermediate values so far."""
+        name = trial.user_attrs.get(journal.RESUME_DIR, trial_id)
+        trial.set_user_attr(journal.TRIAL_DIR, name)
+        self.live[trial_id], self.dirs[trial_id] = trial, name
+        if journal.RESUMES in trial.user_attrs and self.single:
+            earlier = self.study.get_trials(deepcopy=False)[trial.user_attrs[journal.RESUMES]]
+            for step, value in earlier.intermediate_values.items():
+                trial.report(value, step)
+            self.reported[trial_id] = set(earlier.intermediate_values)
+        if self.study.user_attrs.get(journal.SEARCH_ENDED):
+            self.study.set_user_attr(journal.SEARCH_ENDED, None)  # an earlier end, now moot
+        return dict(trial.params)
 
     def _exhausted_reason(self) -> str:
         if self.max_mem_mb and self.estimate_mb is not None:

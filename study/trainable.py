@@ -89,6 +89,22 @@ def trial_config(config: dict) -> TrialConfig:
     return TrialConfig.from_dict(config.get("baseline", config))
 
 
+def _finished(trial_dir: Path) -> bool:
+    """Whether the trial ran to its end already: the study said so, or its last metrics are
+    final (a kill or a lost worker came after the final report, before the study wrote it).
+
+    Evaluating again from the final checkpoint would train nothing and so measure no peak
+    memory or speed; the recorded final metrics are the trial's result. (Metrics of older
+    versions lack the marker: status.json decides for them.)
+    """
+    if record.read_status(trial_dir).get("status") == record.FINISHED:
+        return True
+    try:
+        return record.has_metrics(trial_dir) and record.is_final(record.read_metrics(trial_dir))
+    except record.RecordError:
+        return False  # damaged: run the trial again from its checkpoint
+
+
 def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None) -> None:
     """Run one trial of a study inside Ray Tune (a function trainable).
 
@@ -101,8 +117,7 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
 
     cfg = trial_config(config)
     trial_dir = Path(experiment_dir) / tune.get_context().get_trial_name()
-    if record.read_status(trial_dir).get("status") == record.FINISHED:  # before a crash: report
-        # it again, don't retrain (marked final: metrics of older versions lack the marker)
+    if _finished(trial_dir):  # before a crash: report it again, don't retrain
         tune.report(tune_result({**record.read_metrics(trial_dir), record.FINAL: True}))
         return
     callbacks = []

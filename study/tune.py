@@ -28,15 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     from analysis.summary import print_summary  # the entry point may use analysis; study may not
     from study.estimate import estimator
-    from study.plan import plan_study
+    from study.plan import claim, plan_study
     from study.tuner import run_study
 
     try:
         plan = plan_study(options, argv if argv is not None else sys.argv[1:])
+        lock = claim(plan)  # one process per study, from here to the end of the run
     except (UsageError, ValueError) as err:
         print(f"study.tune: error: {err}", file=sys.stderr)
         return 2
-    run_study(plan)
+    try:
+        run_study(plan)
+    finally:
+        lock.release()
     print_summary(
         plan.study_dir,
         plan.objectives,

@@ -144,7 +144,8 @@ def _search_tuner(plan: Plan, fn, run_config):
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent),
             scheduler=scheduler,
-            num_samples=-1,  # the searcher counts --num-samples over the whole study
+            # a cap only: the searcher counts --num-samples over the whole study (resumes too)
+            num_samples=options.num_samples,
             time_budget_s=options.time_budget_s,
             trial_name_creator=name,
             trial_dirname_creator=name,

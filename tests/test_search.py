@@ -229,6 +229,71 @@ def test_a_resumed_search_asks_again_what_a_kill_left_running(tmp_path):
     assert again.suggest("b2") == "FINISHED"  # --num-samples 3 over the whole study
 
 
+def _journal_searcher(tmp_path, space, **kw):
+    from study import journal
+
+    return _searcher(space, storage=journal.storage(tmp_path), study_name="s", **kw)
+
+
+def test_interrupted_trials_go_before_the_points_left_and_keep_their_values(tmp_path):
+    """With more points than --num-samples, the points left must not take the budget of the
+    trials a kill interrupted (they would never resume)."""
+    space = {"lora": {"rank": {"choice": [1, 2, 4, 8, 16]}}}
+    points = [{"lora.rank": r} for r in (1, 2, 4, 8, 16)]
+    first = _journal_searcher(tmp_path, space, points=points, num_samples=3)
+    assert [first.suggest(f"a{i}") for i in range(2)] == points[:2]
+    first.on_trial_result("a1", {"step": 5, "eval_loss": 0.8})
+    # killed: a0 and a1 RUNNING
+    again = _journal_searcher(tmp_path, space, points=points, num_samples=3)
+    resumed = [again.suggest(f"b{i}") for i in range(3)]
+    assert resumed == points[:3] and [again.trial_dir(f"b{i}") for i in range(2)] == ["a0", "a1"]
+    assert again.suggest("b3") == "FINISHED"
+    (relaunch,) = [t for t in again.study.trials if t.user_attrs.get("resumes") == 1]
+    assert relaunch.intermediate_values == {5: 0.8}  # what the interrupted trial had reported
+
+
+def test_a_kill_in_the_middle_of_an_ask_or_of_the_resume_loses_nothing(tmp_path):
+    space = {"lora": {"rank": {"choice": [1, 2, 4, 8]}}}
+    points = [{"lora.rank": 8}]
+    first = _journal_searcher(tmp_path, space, points=points, num_samples=2)
+    first._queue_next()  # the point is queued, then a kill cuts the ask: RUNNING, no params yet
+    assert first.study.ask().params == {}
+    again = _journal_searcher(tmp_path, space, points=points, num_samples=2)
+    assert again.suggest("b0") == {"lora.rank": 8}  # the point, not a fresh sample
+    # a resume marks b0 (RUNNING) FAIL and is killed before it asks b0 again: the next resume
+    # still continues b0, in b0's directory
+    marked = _journal_searcher(tmp_path, space, num_samples=2).study
+    assert [t.state.name for t in marked.trials][-1] == "FAIL"
+    cut = _journal_searcher(tmp_path, space, num_samples=2)
+    config = cut.suggest("c0")
+    assert config == {"lora.rank": 8} and cut.trial_dir("c0") == "b0"
+    from study import journal
+
+    assert journal.outcomes(journal.load(tmp_path))["searched"] == 1
+
+
+def test_points_a_distribution_cannot_hold_are_refused_before_the_search():
+    space = {"lora": {"rank": {"choice": [1, 2]}}, "train": {"lr": {"loguniform": [1e-4, 1e-2]}}}
+    for point, message in [
+        ({"lora.rank": 12}, "lora.rank=12 is not one of its choices"),
+        ({"train.lr": "x"}, "train.lr='x' must be a number"),
+    ]:
+        with pytest.raises(SpaceError, match=message):
+            validate({**space, "points_to_evaluate": [point]})
+    validate({**space, "points_to_evaluate": [{"train.lr": 0.5}]})  # a reference: tried as given
+
+
+def test_a_stop_a_kill_cut_short_is_made_when_the_trial_reports_again():
+    past = {f"t{i}": [{"step": 5, "eval_loss": 0.1 * (i + 1)}] for i in range(4)}
+    curves = [(k, c, True) for k, c in past.items()]
+    curves.append(("cut", [{"step": 5, "eval_loss": 9.0}], False))  # its STOP never arrived
+    asha = _asha(replay=lambda: curves)
+    asha.on_trial_add(None, SimpleNamespace(trial_id="cut"))
+    good = {"step": 10, "eval_loss": 0.01}
+    assert asha.key(SimpleNamespace(trial_id="cut")) == "cut"
+    assert asha.on_trial_result(None, SimpleNamespace(trial_id="cut"), good) == "STOP"
+
+
 def test_a_half_written_journal_line_is_cut_before_appending(tmp_path):
     from study import journal
 
@@ -348,6 +413,11 @@ def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, mo
     trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
     (report,) = reports
     assert (report["step"], report["eval_loss"], report["final"]) == (6, 0.5, True)
+    # a kill after the final report, before the study wrote "finished": the metrics say final
+    record.write_status(trial_dir, record.RUNNING)
+    record.write_metrics(trial_dir, {"step": 6, "eval_loss": 0.5, "final": True})
+    trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
+    assert len(reports) == 2 and reports[1]["final"] is True
     # and, as every report, it carries every metric (NaN where the file has none)
     import math
 

@@ -471,6 +471,37 @@ def test_resume_refuses_a_damaged_journal_in_one_line_and_takes_a_cut_last_entry
     assert len(err) == 1 and "cannot resume" in err[0] and str(path) in err[0], err
 
 
+def test_a_study_another_process_runs_is_refused_new_or_resumed(tmp_path, capsys):
+    """Two studies started together with one --name both ran and merged; --resume of a running
+    study was accepted (issue 12, bugs 1 and 2). The driver holds the study's lock."""
+    from study import record, tune
+    from study.plan import plan_study, study_record
+
+    storage = tmp_path / "r"
+    argv = ["--space", "smoke", "--storage-path", str(storage), "--name", "s"]
+    plan = plan_study(tune.parse_args(argv), argv)
+    storage.mkdir()
+    code = (
+        "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    lock = str(record.lock_path(plan.study_dir))
+    holder = subprocess.Popen([sys.executable, "-c", code, lock], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # the other process has passed the "already exists" check and not written yet
+        assert main(argv) == 2
+        record.write_study(plan.study_dir, study_record(plan))  # now it has
+        assert main(["--storage-path", str(storage), "--name", "s", "--resume"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("is being run by another process" in x for x in lines), lines
+    assert sorted(p.name for p in storage.iterdir()) == [".s.lock", "s"]  # nothing else written
+    assert sorted(p.name for p in plan.study_dir.iterdir()) == ["study.json"]
+
+
 def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora: {rank: [unclosed\n")
