@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search_spaces import SpaceError, flat_leaves, is_distribution, load_space, sample_point
+from search_spaces import (
+    SpaceError,
+    flat_leaves,
+    is_distribution,
+    load_space,
+    load_yaml,
+    sample_point,
+)
 from search_spaces import validate as validate_space
 from study import journal, record
 from study import metrics as M
@@ -66,7 +73,11 @@ def parse_sets(items: tuple[str, ...]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = load_yaml(value)
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0]
+            raise UsageError(f"--set {item}: the value does not parse ({first})") from None
     return out
 
 

@@ -49,10 +49,13 @@ def replay_curves(study_dir: Path, group: str) -> list[tuple[str, list[dict], bo
         if not record.has_config(trial_dir):
             continue
         try:
-            points, _damaged = record.read_curve(trial_dir)  # damaged lines: left out
+            points, damaged = record.read_curve(trial_dir)
         except record.RecordError as err:
             print(f"study.tune: {err}: that trial's results are not replayed into ASHA")
             continue
+        if damaged:  # a kill during a write leaves a torn last line; the trial rewrites it
+            lines = ", ".join(map(str, damaged))
+            print(f"study.tune: {record.curve_path(trial_dir)}: damaged line {lines} left out")
         ended = record.read_status(trial_dir).get("status") in (record.FINISHED, record.STOPPED)
         out.append((trial_dir.name, points, ended))
     return out

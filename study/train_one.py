@@ -55,11 +55,13 @@ def _read_config_file(path: Path) -> dict:
 
     import yaml
 
+    from search_spaces import load_yaml
+
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"config file {path} does not parse: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

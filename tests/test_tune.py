@@ -376,6 +376,7 @@ BAD_INPUTS = [
     (["--max-mem-mb", "1"], "every configuration of the space is estimated above it"),
     (["--dashboard", "--address", "127.0.0.1:6379"], "a cluster joined with --address"),
     (["--set", "train.steps={randint: [4, 8]}", "--max-t", "4"], "--max-t sets train.steps"),
+    (["--set", "lora.rank=[1, 2"], "--set lora.rank=[1, 2: the value does not parse"),
 ]
 
 
@@ -387,6 +388,22 @@ def test_bad_input_is_one_line_exit_2_and_no_result_dir(args, message, tmp_path,
     assert code == 2
     assert len(err) == 1 and message in err[0], err
     assert not storage.exists()
+
+
+def test_numbers_are_read_as_people_type_them(tmp_path):
+    """`--set train.lr=3e-4` was refused: YAML 1.1 reads 3e-4 as a string (issue 12, bug 7)."""
+    from study.plan import plan_study
+    from study.tune import parse_args
+
+    space = tmp_path / "s.yaml"
+    space.write_text("model: {name: tiny-llama}\ntrain: {lr: {loguniform: [1e-5, 1e-2]}}\n")
+    argv = ["--space", str(space), "--storage-path", str(tmp_path / "r")]
+    argv += ["--set", "train.weight_decay=1e-2"]
+    plan = plan_study(parse_args(argv), argv)
+    assert plan.space["train"]["lr"] == {"loguniform": [1e-5, 1e-2]}
+    assert plan.space["train"]["weight_decay"] == 0.01
+    argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), "--set", "train.lr=3e-4"]
+    assert plan_study(parse_args(argv), argv).space["train"]["lr"] == 3e-4
 
 
 def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
