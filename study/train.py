@@ -36,7 +36,11 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the step."""
+    """The loss became NaN or inf; the message names the step, and so does ``step``."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def cpu_has_bf16() -> bool:
@@ -164,7 +168,9 @@ def train_loop(
             step_loss += loss.item() / cfg.grad_accum  # a sync point, once per micro-batch
             stats.tokens += int(batch["attention_mask"].sum())
         if not math.isfinite(step_loss):
-            raise NonFiniteLossError(f"non-finite training loss ({step_loss}) at step {step + 1}")
+            raise NonFiniteLossError(
+                f"non-finite training loss ({step_loss}) at step {step + 1}", step=step + 1
+            )
         t3 = now(device)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()

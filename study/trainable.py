@@ -67,7 +67,9 @@ def _fault(kind: str, at: int, marker: Path):
         if kind == "oom":
             raise torch.OutOfMemoryError(f"injected out-of-memory at step {step}")
         if kind == "nan":  # what train_loop raises on a NaN loss (tested there on its own)
-            raise NonFiniteLossError(f"non-finite training loss (nan, injected) at step {step}")
+            raise NonFiniteLossError(
+                f"non-finite training loss (nan, injected) at step {step}", step=step
+            )
         raise ValueError(f"LORA_STUDY_FAULT: unknown fault kind {kind!r}")
 
     return inject
@@ -142,9 +144,22 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
             out_dir=trial_dir,
             callbacks=tuple(callbacks),
         )
-    except (NonFiniteLossError, MemoryBudgetExceeded, torch.OutOfMemoryError) as err:
-        kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else None
-        reason = f"{kind}: {err}" if kind else str(err)
+    except (NonFiniteLossError, MemoryBudgetExceeded, MemoryError, RuntimeError) as err:
+        if not (isinstance(err, (NonFiniteLossError, MemoryBudgetExceeded)) or out_of_memory(err)):
+            raise  # possibly transient: Ray retries the trial from its checkpoint
+        reason = f"out of memory: {err}" if out_of_memory(err) else str(err)
+        step = getattr(err, "step", None) or last["step"]  # a NaN names its own step
         # Every metric is present (as NaN) because Tune checks that the scheduler's and the
         # searcher's metrics are in each result; the "error" key marks the trial as errored.
-        tune.report(tune_result({"error": reason, M.STEP: last["step"]}))
+        tune.report(tune_result({"error": reason, M.STEP: step}))
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether an error is a failed memory allocation (CUDA, or the CPU allocator), which a
+    retry would only repeat."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text
+    )

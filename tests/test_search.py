@@ -460,3 +460,41 @@ def test_a_torn_curve_line_is_left_out_of_asha_replay_with_a_line_naming_it(tmp_
     ((name, points, ended),) = replay_curves(tmp_path, record.SEARCH)
     assert (name, [p["step"] for p in points], ended) == ("t0", [2, 4], False)
     assert f"{path}: damaged line 3 left out" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "error, reason, step",
+    [
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 2 GB"),
+         "out of memory: DefaultCPUAllocator", 0),
+        (MemoryError(), "out of memory", 0),
+        ("nan", "non-finite training loss (nan) at step 2", 2),
+    ],
+)
+def test_failures_a_retry_would_repeat_end_the_trial_with_their_own_step(
+    tmp_path, monkeypatch, error, reason, step
+):
+    """A CPU allocation failure was retried like a crash; a NaN at step 2 was recorded at step 1
+    (issue 12, bug 8). Anything else still propagates, for Ray to retry."""
+    import ray.tune
+
+    from study import trainable as T
+    from study.train import NonFiniteLossError
+
+    if error == "nan":
+        error = NonFiniteLossError("non-finite training loss (nan) at step 2", step=2)
+    reports = []
+    context = SimpleNamespace(get_trial_name=lambda: "t")
+    monkeypatch.setattr(ray.tune, "get_context", lambda: context)
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(T, "run_trial", fail)
+    T.trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
+    (report,) = reports
+    assert report["error"].startswith(reason) and report["step"] == step
+    monkeypatch.setattr(T, "run_trial", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError, match="x"):
+        T.trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
