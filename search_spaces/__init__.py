@@ -205,9 +205,8 @@ def validate(space: dict[str, Any]) -> None:
 
 def tune_points(space: dict[str, Any]) -> list[dict[str, Any]]:
     """``points_to_evaluate``: every searched key (dotted), unset ones from the first choice."""
-    leaves = flat_leaves(space)
     defaults = sample_point(space)
-    searched = [k for k, leaf in leaves.items() if is_distribution(leaf)]
+    searched = _searched(space)
     return [{k: point.get(k, defaults[k]) for k in searched} for point in space.get(POINTS) or []]
 
 
@@ -234,9 +233,14 @@ def to_tune(space: dict[str, Any]) -> dict[str, Any]:
     return {key: convert(leaf) for key, leaf in flat_leaves(space).items()}
 
 
-def searched_keys(space: dict[str, Any]) -> list[str]:
-    """The dotted keys the search chooses, in the space's order."""
-    return [k for k, leaf in flat_leaves(space).items() if is_distribution(leaf)]
+def _searched(space: dict[str, Any]) -> dict[str, tuple[str, list]]:
+    """Dotted key -> (distribution kind, its arguments) of every searched parameter, in order."""
+    out = {}
+    for key, leaf in flat_leaves(space).items():
+        if is_distribution(leaf):
+            ((kind, args),) = leaf.items()
+            out[key] = (kind, args)
+    return out
 
 
 def fixed_values(space: dict[str, Any]) -> dict[str, Any]:
@@ -257,10 +261,7 @@ def to_optuna(space: dict[str, Any]) -> dict[str, Any]:
     )
 
     out = {}
-    for key, leaf in flat_leaves(space).items():
-        if not is_distribution(leaf):
-            continue
-        ((kind, args),) = leaf.items()
+    for key, (kind, args) in _searched(space).items():
         if kind == "choice":
             out[key] = CategoricalDistribution(list(args))
         elif kind == "loguniform":
@@ -282,10 +283,7 @@ def grid(space: dict[str, Any], limit: int = 100_000) -> list[dict[str, Any]] | 
     import math
 
     axes = {}
-    for key, leaf in flat_leaves(space).items():
-        if not is_distribution(leaf):
-            continue
-        ((kind, args),) = leaf.items()
+    for key, (kind, args) in _searched(space).items():
         if kind == "choice":
             axes[key] = list(args)
         elif kind == "randint":

@@ -145,5 +145,5 @@ def smallest_estimate(space: dict, facts: ModelFacts) -> float | None:
 
 
 def estimator(facts: ModelFacts):
-    """A function config dict (nested or dotted) -> estimated peak MB, for the summary."""
+    """A function config dict (nested or dotted) -> estimated peak MB (the summary, the gate)."""
     return lambda config: estimate_cfg(TrialConfig.from_dict(config), facts)

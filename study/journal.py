@@ -1,7 +1,7 @@
 """The study's Optuna record: ``optuna.journal``, Optuna's own JournalStorage on a file.
 
     study = journal.load(study_dir)          # an optuna.Study, None when there is no journal yet
-    facts = journal.outcomes(study)          # what the summary and the report say of the search
+    facts = journal.outcomes(study)          # what the end-of-study summary says of the search
 
 The searcher (``study.search``) is its only writer; Optuna's tools read it while the study runs
 and after, with no code of ours::
@@ -88,10 +88,11 @@ def load(study_dir: Path):
     if not path.is_file():
         return None
     try:
-        names = optuna.get_all_study_names(storage(study_dir))
+        journal = storage(study_dir)  # reads the whole journal: once
+        names = optuna.get_all_study_names(journal)
         if len(names) != 1:
             raise ValueError(f"it holds {len(names)} studies, not one")
-        return optuna.load_study(study_name=names[0], storage=storage(study_dir))
+        return optuna.load_study(study_name=names[0], storage=journal)
     except (ValueError, KeyError, TypeError, IndexError, AssertionError, UnicodeDecodeError) as err:
         raise record.RecordError(path, "damaged: Optuna cannot read it", str(err)) from None
 
@@ -99,32 +100,21 @@ def load(study_dir: Path):
 def outcomes(study) -> dict:
     """What the search did, from the journal: counts by kind and why it ended (if it did early).
 
-    ``searched`` counts launched trials (a trial resumed after a kill once); ``states`` their
-    Optuna states; ``not_launched`` / ``repeats`` / ``duplicates`` the suggestions answered
-    without training; ``interrupted`` the launched trials a kill cut (each continued).
+    ``searched`` counts launched trials (a trial resumed after a kill once);
+    ``not_launched`` / ``repeats`` / ``duplicates`` the suggestions answered without training;
+    ``interrupted`` the launched trials a kill cut (each continued).
     """
     interrupted = set(study.user_attrs.get(INTERRUPTED, []))
     trials = study.get_trials(deepcopy=False)
-    out = {"searched": 0, "states": {}, "not_launched": 0, "repeats": 0, "duplicates": 0}
-    out["interrupted"] = sum(TRIAL_DIR in trials[n].user_attrs for n in interrupted)
-    out["search_ended"] = study.user_attrs.get(SEARCH_ENDED)
-    out["running"] = 0
-    for trial in trials:
-        attrs = trial.user_attrs
-        if trial.number in interrupted:
-            continue
-        if trial.state.name == "RUNNING":
-            out["running"] += 1
-        if NOT_LAUNCHED in attrs:
-            out["not_launched"] += 1
-        elif REPEAT_OF in attrs:
-            out["repeats"] += 1
-        elif DUPLICATE_OF in attrs:
-            out["duplicates"] += 1
-        elif TRIAL_DIR in attrs:
-            out["searched"] += 1
-            out["states"][trial.state.name] = out["states"].get(trial.state.name, 0) + 1
-    return out
+    current = [t.user_attrs for t in trials if t.number not in interrupted]
+    return {
+        "searched": len(launched(study)),
+        "not_launched": sum(NOT_LAUNCHED in a for a in current),
+        "repeats": sum(REPEAT_OF in a for a in current),
+        "duplicates": sum(DUPLICATE_OF in a for a in current),
+        "interrupted": sum(TRIAL_DIR in trials[n].user_attrs for n in interrupted),
+        "search_ended": study.user_attrs.get(SEARCH_ENDED),
+    }
 
 
 def launched(study) -> list:

@@ -57,8 +57,9 @@ class StudySearch(Searcher):
         sampler: an Optuna sampler (:func:`tpe_sampler` in a study).
         storage: Optuna storage (``study.journal.storage``); None keeps the study in memory.
         study_name: the Optuna study's name (a study's ``--name``).
-        points: configurations (searched keys) to try first; enqueued once, when the Optuna
-            study is created (a resumed study still holds the ones not asked yet).
+        points: configurations (searched keys) to try first, queued one at a time after any
+            pending resume; the journal counts those asked (``points_asked``), so a resumed
+            study goes on with the next.
         estimate_mb: the estimated peak memory of a whole config; with ``max_mem_mb``, the
             budget a configuration must fit to be launched.
         num_samples: the most trials launched in the whole study (None: no limit).
@@ -152,10 +153,9 @@ class StudySearch(Searcher):
 
     def _resolved(self) -> dict[str, object]:
         """Key -> the launched trial that resolved it (finished, stopped or errored)."""
-        interrupted = set(self.study.user_attrs.get(journal.INTERRUPTED, []))
         out = {}
-        for trial in journal.launched(self.study):
-            if trial.state.is_finished() and trial.number not in interrupted:
+        for trial in journal.launched(self.study):  # (interrupted trials are not among them)
+            if trial.state.is_finished():
                 out.setdefault(_key(trial.params), trial)
         return out
 

@@ -91,20 +91,22 @@ def trial_config(config: dict) -> TrialConfig:
     return TrialConfig.from_dict(config.get("baseline", config))
 
 
-def _finished(trial_dir: Path) -> bool:
-    """Whether the trial ran to its end already: the study said so, or its last metrics are
-    final (a kill or a lost worker came after the final report, before the study wrote it).
+def _final_metrics(trial_dir: Path) -> dict | None:
+    """The trial's final metrics if it ran to its end already, else None: the study said so,
+    or its last metrics are final (a kill or a lost worker came after the final report,
+    before the study wrote it).
 
     Evaluating again from the final checkpoint would train nothing and so measure no peak
     memory or speed; the recorded final metrics are the trial's result. (Metrics of older
     versions lack the marker: status.json decides for them.)
     """
     if record.read_status(trial_dir).get("status") == record.FINISHED:
-        return True
+        return {**record.read_metrics(trial_dir), record.FINAL: True}
     try:
-        return record.has_metrics(trial_dir) and record.is_final(record.read_metrics(trial_dir))
+        metrics = record.read_metrics(trial_dir) if record.has_metrics(trial_dir) else {}
     except record.RecordError:
-        return False  # damaged: run the trial again from its checkpoint
+        return None  # damaged: run the trial again from its checkpoint
+    return metrics if record.is_final(metrics) else None
 
 
 def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None) -> None:
@@ -119,8 +121,9 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
 
     cfg = trial_config(config)
     trial_dir = Path(experiment_dir) / tune.get_context().get_trial_name()
-    if _finished(trial_dir):  # before a crash: report it again, don't retrain
-        tune.report(tune_result({**record.read_metrics(trial_dir), record.FINAL: True}))
+    final = _final_metrics(trial_dir)
+    if final is not None:  # it ran to its end before a crash: report it again, don't retrain
+        tune.report(tune_result(final))
         return
     callbacks = []
     if max_mem_mb:
@@ -144,10 +147,11 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
             out_dir=trial_dir,
             callbacks=tuple(callbacks),
         )
-    except (NonFiniteLossError, MemoryBudgetExceeded, MemoryError, RuntimeError) as err:
-        if not (isinstance(err, (NonFiniteLossError, MemoryBudgetExceeded)) or out_of_memory(err)):
+    except (RuntimeError, MemoryError) as err:  # (NonFiniteLossError, ... are RuntimeErrors)
+        oom = out_of_memory(err)
+        if not (oom or isinstance(err, (NonFiniteLossError, MemoryBudgetExceeded))):
             raise  # possibly transient: Ray retries the trial from its checkpoint
-        reason = f"out of memory: {err}" if out_of_memory(err) else str(err)
+        reason = f"out of memory: {err}" if oom else str(err)
         step = getattr(err, "step", None) or last["step"]  # a NaN names its own step
         # Every metric is present (as NaN) because Tune checks that the scheduler's and the
         # searcher's metrics are in each result; the "error" key marks the trial as errored.

@@ -19,8 +19,7 @@ from ray.tune.search import ConcurrencyLimiter
 from search_spaces import to_tune, tune_points
 from study import journal, record
 from study.callbacks import LiveTable, StatusWriter
-from study.config import TrialConfig
-from study.estimate import ModelFacts, estimate_cfg
+from study.estimate import estimator
 from study.options import StudyOptions, parse_resources
 from study.plan import Plan, study_record
 from study.resume import replay_curves
@@ -92,11 +91,6 @@ def _baselines_left(plan: Plan) -> list[dict]:
     return [b for b in plan.baselines if b["method"] not in done]
 
 
-def _estimate(config: dict, facts: ModelFacts) -> float:
-    """The estimated peak MB of a whole (dotted) config."""
-    return estimate_cfg(TrialConfig.from_dict(config), facts)
-
-
 def _baseline_name(trial) -> str:
     return trial.config["baseline"]["method"]
 
@@ -128,7 +122,7 @@ def _search_tuner(plan: Plan, fn, run_config):
         points=tune_points(plan.space),
         storage=journal.storage(plan.study_dir),
         study_name=plan.name,
-        estimate_mb=functools.partial(_estimate, facts=plan.facts),
+        estimate_mb=estimator(plan.facts),
         max_mem_mb=options.max_mem_mb,
         replay=functools.partial(replay_curves, plan.study_dir, record.SEARCH),
         num_samples=options.num_samples,
