@@ -19,6 +19,7 @@ parameters only; the rest take their first choice / low end) that the searcher t
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,8 @@ def _check_leaf(key: str, leaf: dict) -> None:
     ):
         raise SpaceError(f"{key}: {kind} needs [low, high], got {args!r}")
     low, high = args
+    if not all(math.isfinite(a) for a in args):
+        raise SpaceError(f"{key}: {kind} needs finite [low, high], got {args!r}")
     if not low < high or (kind == "loguniform" and low <= 0):
         raise SpaceError(
             f"{key}: {kind} needs 0 < low < high for loguniform, low < high otherwise; got {args!r}"
@@ -176,9 +179,10 @@ def validate(space: dict[str, Any]) -> None:
         if is_distribution(leaf):
             _check_leaf(key, leaf)
     choice_points = [sample_point(space)]
-    for key, leaf in leaves.items():  # every categorical value must be a valid config value
-        if is_distribution(leaf) and "choice" in leaf:
-            for value in leaf["choice"][1:]:
+    for key, leaf in leaves.items():  # every choice, and both ends of a range, must be valid
+        if is_distribution(leaf):
+            ((kind, values),) = leaf.items()
+            for value in values[1:] if kind == "choice" else values[-1:]:
                 choice_points.append({**choice_points[0], key: value})
     for point in choice_points:
         try:

@@ -15,3 +15,21 @@ class OneLineParser(argparse.ArgumentParser):
     def for_module(cls, prog: str, doc: str | None) -> OneLineParser:
         """A parser whose help is the module docstring, kept as written."""
         return cls(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as torch's default uses)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """ValueError unless ``threads`` is unset or 1..the usable cores (more only oversubscribes
+    the machine; 0 or less has no meaning)."""
+    cores = usable_cores()
+    if threads is not None and not 1 <= threads <= cores:
+        raise ValueError(f"--threads must be between 1 and the {cores} usable cores, got {threads}")

@@ -147,3 +147,30 @@ def smallest_estimate(space: dict, facts: ModelFacts) -> float | None:
 def estimator(facts: ModelFacts):
     """A function config dict (nested or dotted) -> estimated peak MB (the summary, the gate)."""
     return lambda config: estimate_cfg(TrialConfig.from_dict(config), facts)
+
+
+def check_rank(rank: int, targets: str, dims: list[tuple[int, int]], model: str) -> None:
+    """ValueError unless ``rank`` fits every targeted layer: a rank above a layer's smaller
+    dimension adds nothing an update of that layer can express, only memory (a typo such as
+    1000000000 would try to allocate hundreds of GB)."""
+    if not dims:
+        return
+    limit = min(min(i, o) for i, o in dims)
+    if rank > limit:
+        raise ValueError(
+            f"lora.rank {rank} exceeds the smaller dimension of the layers lora.targets={targets} "
+            f"selects in {model} ({limit}); use lora.rank <= {limit}"
+        )
+
+
+def check_space_ranks(space: dict, facts: ModelFacts, model: str) -> None:
+    """:func:`check_rank` for the largest rank a space can draw, with every target choice."""
+    leaf = flat_leaves(space).get("lora.rank", TrialConfig().lora.rank)
+    if is_distribution(leaf):
+        ((_, values),) = leaf.items()
+        numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        leaf = max(numbers, default=0)
+    if not isinstance(leaf, int):
+        return
+    for spec, dims in facts.target_dims.items():
+        check_rank(leaf, spec, dims, model)

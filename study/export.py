@@ -33,6 +33,7 @@ from pathlib import Path
 from lora_impl.io import ADAPTER_FILES, has_adapter
 from study import record
 from study.cli import OneLineParser
+from study.outdir import check_output_dir
 
 # The trial's config under another name: a merged export's own config file is the model's.
 TRIAL_CONFIG = "trial_config.json"
@@ -167,8 +168,10 @@ def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = 
         raise ExportError(
             f"{trial_dir} has no {record.ADAPTER}/ (did the trial reach its first eval?)"
         )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} exists and is not empty")
+    try:
+        check_output_dir(out, "OUT", must_be_empty=True)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     status = record.read_status(trial_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from study import metrics as M
 from study import record
-from study.cli import OneLineParser
+from study.cli import OneLineParser, check_threads
+from study.outdir import check_output_dir
 
 CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH)
 FINAL_KEYS = (M.EVAL_LOSS, M.EXACT_MATCH, M.TEST_LOSS, M.TEST_EXACT_MATCH)
@@ -206,10 +207,12 @@ def parse_args(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     if args.rtol is not None and args.rtol < 0:
         parser.error(f"--rtol must be >= 0, got {args.rtol:g}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
-        parser.error(f"--out {args.out} exists and is not empty (nothing is overwritten)")
+    try:
+        check_threads(args.threads)
+        if args.out is not None:  # nothing is overwritten
+            check_output_dir(args.out, "--out", must_be_empty=True)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 

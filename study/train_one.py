@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from study.cli import OneLineParser
+from study.cli import OneLineParser, check_threads
+from study.outdir import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None, cls: type | None = None) -> argparse.Namespace:
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trial; bad input -> one line on stderr and exit code 2."""
     args = parse_args(argv)
     try:
+        check_threads(args.threads)
         cfg = build_config(args)
+        check_output_dir(args.out, "--out")
     except ValueError as err:
         print(f"train_one: error: {err}", file=sys.stderr)
         return 2
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.train import NonFiniteLossError
     from study.trial import run_trial
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     bars: list = []  # made at the first step, so load errors print one clean line
     speed: dict = {}  # training tokens/s (real tokens) as of the latest evaluation

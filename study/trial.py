@@ -28,15 +28,18 @@ from lora_impl import (
     count_parameters,
     inject_lora,
     merge,
+    resolve_targets,
     save_adapter,
     unmerge,
 )
+from lora_impl.layer import base_layer_dims
 from study import metrics as M
 from study import record
 from study.checkpoint import load_checkpoint, save_checkpoint
 from study.config import TrialConfig
 from study.data import Example, TaskData, build_data
 from study.environment import environment
+from study.estimate import check_rank
 from study.evaluate import exact_match, generate, per_skill, perplexity, split_loss
 from study.models import load_model
 from study.resources import PeakMemory, decode_latency_ms
@@ -53,6 +56,9 @@ def _finite_or_none(value):
 
 def _prepare(model: torch.nn.Module, cfg: TrialConfig) -> None:
     if cfg.method == "lora":
+        names = resolve_targets(model, cfg.lora.target_spec)
+        dims = [base_layer_dims(model.get_submodule(n))[:2] for n in names]
+        check_rank(cfg.lora.rank, cfg.lora.targets, dims, cfg.model.name)
         inject_lora(model, cfg.lora.target_spec, cfg.lora.spec())
     else:
         for param in model.parameters():
@@ -113,7 +119,7 @@ class _Trial:
         self.data: TaskData = build_data(cfg.data, self.tokenizer)
         self.load_s = time.perf_counter() - t_load
         self.amp = autocast_dtype(cfg.train.dtype, self.device)
-        record.write_env(out, environment(cfg, self.device, self.amp))
+        self.env = environment(cfg, self.device, self.amp)
 
         self.pad_id = self.tokenizer.pad_token_id
         per_step = cfg.train.batch_size * cfg.train.grad_accum
@@ -276,11 +282,13 @@ def run_trial(
             diverged (the message names the step).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    trial = _Trial(config, out, report, resume_from)  # every input checked: nothing written yet
+    out.mkdir(parents=True, exist_ok=True)
     record.write_config(out, config.to_dict())
-    return _Trial(config, out, report, resume_from).run(callbacks)
+    record.write_env(out, trial.env)
+    return trial.run(callbacks)
 
 
 def _latencies(model, prompts: list[Example], cfg: TrialConfig, pad_id: int, amp) -> dict:
