@@ -85,7 +85,7 @@ def _report(args) -> int:
 def _pareto(args) -> int:
     from analysis.figure_data import TEST_OF
     from analysis.load import load_studies
-    from analysis.selection import check_metric, format_table, front_rows, label
+    from analysis.selection import check_metric, format_table, front_rows, label, left_out
 
     trials = load_studies(args.dirs).trials
     check_metric(trials, args.x)
@@ -93,6 +93,9 @@ def _pareto(args) -> int:
     front = front_rows(trials, args.x, args.y, args.include_stopped).copy()
     if not len(front):
         print(f"{PROG}: no finished trial has both {args.y} and {args.x}", file=sys.stderr)
+        why = left_out(trials, [args.y, args.x], args.include_stopped)
+        if why:
+            print(f"{PROG}: {why}", file=sys.stderr)
         return 1
     front["label"] = [label(r) for _, r in front.iterrows()]
     columns = ["study", "group", "trial", "label", "status", args.y, args.x]
@@ -101,18 +104,26 @@ def _pareto(args) -> int:
     where = "finished and stopped" if args.include_stopped else "finished"
     print(f"Pareto front of {args.y} vs {args.x} ({len(front)} of the {where} trials):")
     print(format_table(front, columns))
+    why = left_out(trials, [args.y, args.x], args.include_stopped)
+    if why:
+        print(why)
     return 0
 
 
 def _best(args) -> int:
     from analysis.load import load_studies
-    from analysis.selection import best_trial, describe, train_one_command
+    from analysis.selection import best_trial, describe, left_out, train_one_command
 
+    if args.max_mem_mb is not None and not args.max_mem_mb > 0:  # NaN too
+        raise ValueError(f"--max-mem-mb must be a number of MB > 0, got {args.max_mem_mb:g}")
     trials = load_studies(args.dirs).trials
     row = best_trial(trials, args.objective, args.max_mem_mb)
+    why = left_out(trials, [args.objective], max_mem_mb=args.max_mem_mb)
     budget = "" if args.max_mem_mb is None else f" with {PEAK_MEM_MB} <= {args.max_mem_mb:g}"
     if row is None:
         print(f"{PROG}: no finished trial has {args.objective}{budget}", file=sys.stderr)
+        if why:
+            print(f"{PROG}: {why}", file=sys.stderr)
         return 1
     mem = row[PEAK_MEM_MB]
     mem_text = "-" if mem != mem else f"{mem:.0f} MB"
@@ -121,6 +132,8 @@ def _best(args) -> int:
         f"[{row['study']}/{row['group']}/{row['trial']}] {describe(row)}, peak {mem_text}"
     )
     print(train_one_command(row))
+    if why:
+        print(why)
     return 0
 
 

@@ -145,7 +145,9 @@ def _curve(d: Path, found: list[str]) -> list[dict]:
         return []
     for number in bad:
         _warn(
-            found, f"{record.curve_path(d)}: line {number} is not valid JSON; that point is skipped"
+            found,
+            f"{record.curve_path(d)}: line {number} is damaged (not JSON, or a step that is not "
+            "a count); that point is skipped",
         )
     return points
 
@@ -192,10 +194,14 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
 
 
 def _status(d: Path, found: list[str]) -> dict:
-    """The trial's status.json, {} when there is none (a trial made outside a study, e.g. by
-    study.train_one) and {} with a warning when it is damaged."""
+    """The trial's status.json: {} when there is none (a trial made outside a study, e.g. by
+    study.train_one; with a warning inside a study, where the study writes one) and {} with a
+    warning when it is damaged."""
     try:
-        return record.read_status_strict(d) or {}
+        status = record.read_status_strict(d)
+        if status is None and (d.parent.name in GROUPS):
+            _warn(found, f"{d / record.STATUS}: missing; status unknown")
+        return status or {}
     except RecordError as err:
         _warn(found, f"{err}; status unknown")
         return {}
@@ -315,6 +321,7 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def read_examples(trial_dir: str | Path) -> list[dict]:
-    """A trial's examples.json (prompt, target, output), or [] when absent or unreadable."""
-    return record.read_examples(Path(trial_dir))
+def read_examples(trial_dir: str | Path, found: list[str]) -> list[dict]:
+    """A trial's examples.json (prompt, target, output); [] when absent, and [] with a warning
+    naming the file when it is damaged."""
+    return _read(record.read_examples, Path(trial_dir), found, "its examples are not shown") or []

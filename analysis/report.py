@@ -13,7 +13,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import shlex
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from analysis.selection import (
 )
 from study import metrics as M
 from study import record
+from study.outdir import check_output_dir
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -131,7 +135,7 @@ def _factors_section(trials: pd.DataFrame, figs: _Figures) -> str:
     return figs.add(render.factors_figure(rows), "factors", "quality by factor level")
 
 
-def _examples_section(trials: pd.DataFrame, k: int = 3) -> str:
+def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str:
     """Generations of the best finished trials on eval_loss (and exact_match if measured)."""
     parts, shown = [], set()
     for metric in (M.EVAL_LOSS, M.EXACT_MATCH):
@@ -142,7 +146,7 @@ def _examples_section(trials: pd.DataFrame, k: int = 3) -> str:
             if key in shown:
                 continue
             shown.add(key)
-            examples = pd.DataFrame(read_examples(row["trial_dir"]))
+            examples = pd.DataFrame(read_examples(row["trial_dir"], found))
             if examples.empty:
                 continue
             title = (
@@ -189,6 +193,9 @@ def _studies_section(data: StudyData) -> str:
     return "".join(parts)
 
 
+REPORT_FILES = frozenset({"report.html", "trials.csv", "curves.csv", "figures"})
+
+
 def build_report(
     dirs: list[str | Path],
     out: str | Path,
@@ -197,21 +204,46 @@ def build_report(
 ) -> Path:
     """Load the studies, write every figure, table and report.html under ``out``; return it.
 
+    The report is written to a temporary directory beside ``out`` and moved into place when
+    complete (replacing an earlier report there): a failure or a kill never leaves half a
+    report, and never touches files that are not a report's.
+
     Raises:
-        NotAStudyError: a directory that is not a study. ValueError: an unknown factor.
+        NotAStudyError: a directory that is not a study. ValueError: an unknown factor, or an
+            ``out`` that cannot be written or holds other files.
     """
     if curves_by not in figure_data.FACTORS:
         factors = ", ".join(figure_data.FACTORS)
         raise ValueError(f"unknown factor {curves_by!r}; use one of {factors}")
-    data = load_studies(dirs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, "--out")
+    if out.is_dir() and not {p.name for p in out.iterdir()} <= REPORT_FILES:
+        raise ValueError(f"--out {out} holds files that are not a report's; give a new directory")
+    data = load_studies(dirs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_report(data, tmp, curves_by, include_stopped)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "report")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved into place
+    return out / "report.html"
+
+
+def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: bool) -> None:
     trials = with_pareto_column(data.trials)
     trials.to_csv(out / "trials.csv", index=False)
     data.curves.to_csv(out / "curves.csv", index=False)
     trials["label"] = [label(r) for _, r in trials.iterrows()]
     figs = _Figures(out)
     sections = [("Studies", _studies_section(data))]
+    examples = _examples_section(trials, data.warnings)  # its warnings go in the list below
     if data.warnings:
         items = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
         sections.append(("Problems found while loading", f"<ul class='warn'>{items}</ul>"))
@@ -241,7 +273,7 @@ def build_report(
         sections.append(
             ("LoRA vs full fine-tuning", figs.add(render.seeds_figure(seeds), "seeds", caption))
         )
-    sections.append(("Generations of the best trials", _examples_section(trials)))
+    sections.append(("Generations of the best trials", examples))
     errored = trials[trials["status"] == "errored"]
     if len(errored):
         cols = ["study", "group", "trial", "label", "status_step", "status_reason"]
@@ -262,6 +294,4 @@ def build_report(
         f"<h1>{html.escape(title)}</h1><p>Built {time.strftime('%Y-%m-%d %H:%M:%S')} from "
         f"{len(trials)} trials.</p>{body}</body></html>"
     )
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    (out / "report.html").write_text(page, encoding="utf-8")

@@ -135,9 +135,7 @@ def best_trial(
     so the answer does not depend on the order the directories were listed in.
     """
     check_metric(trials, objective)
-    pool = trials[(trials["status"] == "finished") & trials[objective].notna()]
-    if max_mem_mb is not None:
-        pool = pool[pool[M.PEAK_MEM_MB].notna() & (pool[M.PEAK_MEM_MB] <= max_mem_mb)]
+    pool = trials[eligible(trials, [objective], max_mem_mb=max_mem_mb)]
     if not len(pool):
         return None
     order = pool.sort_values(
@@ -147,6 +145,49 @@ def best_trial(
         kind="stable",
     )
     return order.iloc[0]
+
+
+def eligible(
+    trials: pd.DataFrame,
+    metrics: list[str],
+    include_stopped: bool = False,
+    max_mem_mb: float | None = None,
+) -> pd.Series:
+    """Boolean Series: the trial may be picked (a finished one, or stopped if asked, with every
+    metric measured and within the memory budget)."""
+    mask = _candidates(trials, include_stopped)
+    for name in metrics:
+        mask &= trials[name].notna()
+    if max_mem_mb is not None:
+        mask &= trials[M.PEAK_MEM_MB].notna() & (trials[M.PEAK_MEM_MB] <= max_mem_mb)
+    return mask
+
+
+def left_out(
+    trials: pd.DataFrame,
+    metrics: list[str],
+    include_stopped: bool = False,
+    max_mem_mb: float | None = None,
+) -> str:
+    """Why the trials that :func:`eligible` refuses were left out, as one line ("" if none):
+    ``3 of 9 trials left out: 1 stopped, 1 status unknown, 1 without exact_match``."""
+    ok = ["finished", "stopped"] if include_stopped else ["finished"]
+    reasons: dict[str, int] = {}
+    for _, row in trials.iterrows():
+        if row["status"] not in ok:
+            unknown = f"status unknown (no readable {record.STATUS})"
+            why = unknown if row["status"] == "unknown" else str(row["status"])
+        elif missing := [m for m in metrics if pd.isna(row[m])]:
+            why = f"without {missing[0]}"
+        elif max_mem_mb is not None and not row[M.PEAK_MEM_MB] <= max_mem_mb:
+            why = f"{M.PEAK_MEM_MB} over {max_mem_mb:g}"
+        else:
+            continue
+        reasons[why] = reasons.get(why, 0) + 1
+    if not reasons:
+        return ""
+    parts = ", ".join(f"{n} {why}" for why, n in reasons.items())
+    return f"{sum(reasons.values())} of {len(trials)} trials left out: {parts}"
 
 
 def train_one_command(row: pd.Series | dict) -> str:

@@ -97,7 +97,8 @@ def test_corrupt_copy_warns_for_each_problem_and_returns_the_other_trials(multi_
     finished = [
         d for d in search if json.loads((d / "status.json").read_text())["status"] == "finished"
     ]
-    truncated, deleted = finished[0], next(d for d in search if d != finished[0])
+    # the deleted one is not finished: the pareto command below keeps a front to print
+    truncated, deleted = finished[0], next(d for d in search if d not in finished)
     full = next(
         d
         for d in (study / "baselines").iterdir()
@@ -264,7 +265,12 @@ def test_best_under_a_budget_agrees_with_brute_force(multi_study, trials_csv, ob
         assert code == 0, err
         optimum = min(sign * number(r[objective]) for r in fits)
         winners = {r["trial"] for r in fits if sign * number(r[objective]) == optimum}
-        headline, command = out.strip().splitlines()
+        headline, command, *why = out.strip().splitlines()
+        left = len(rows) - len(fits)  # every other trial is counted, with its reason
+        if left:
+            assert len(why) == 1 and why[0].startswith(f"{left} of {len(rows)} trials left out: ")
+        else:
+            assert why == []
         chosen = headline.split("[")[1].split("]")[0].split("/")[-1]
         assert chosen in winners, (budget, headline)
         # the printed command re-creates the trial's exact config
@@ -294,8 +300,10 @@ def test_pareto_command_prints_the_flagged_front(multi_study, trials_csv):
     assert flagged == front and front
     code, out, _ = run_cli(["pareto", str(multi_study), "--x", "peak_mem_mb", "--y", "eval_loss"])
     assert code == 0
-    printed = {line.split()[2] for line in out.splitlines()[2:]}
+    *table, why = out.splitlines()
+    printed = {line.split()[2] for line in table[2:]}
     assert printed == front
+    assert why.startswith(f"{len(rows) - len(pool)} of {len(rows)} trials left out: "), why
     stopped = [r["trial"] for r in rows if r["status"] == "stopped"]
     assert not set(stopped) & printed  # stopped trials had less budget: not on the default front
 
