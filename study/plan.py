@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,15 @@ from study import journal, record
 from study import metrics as M
 from study.config import TrialConfig
 from study.data import build_data
-from study.estimate import ModelFacts, estimate_cfg, model_facts, smallest_estimate
+from study.estimate import (
+    ModelFacts,
+    check_space_ranks,
+    estimate_cfg,
+    model_facts,
+    smallest_estimate,
+)
 from study.options import StudyOptions, UsageError, check_counts, parse_resources
+from study.outdir import check_output_dir
 from study.resume import recorded_options
 
 SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
@@ -117,11 +125,10 @@ def _objectives(text: str) -> list[str]:
 
 
 def _check_storage(path: Path) -> None:
-    probe = path.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--storage-path {path} is not writable (checked {probe})")
+    try:
+        check_output_dir(path, "--storage-path")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _check_dashboard(options: StudyOptions) -> None:
@@ -231,24 +238,56 @@ def _check_new(study_dir: Path) -> None:
         raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
 
 
-def claim(plan: Plan):
-    """Take the study's lock (one process writes a study), or UsageError; returns the lock.
+class StudyLock:
+    """The study's lock (one process writes a study) and a note of who holds it."""
+
+    def __init__(self, study_dir: Path, argv: tuple[str, ...] = ()) -> None:
+        import filelock
+
+        self.study_dir, self.argv = study_dir, argv
+        self._lock = filelock.FileLock(record.lock_path(study_dir))
+
+    def acquire(self) -> None:
+        """Take the lock now, or UsageError naming the process that holds it."""
+        import filelock
+
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise UsageError(
+                f"study {self.study_dir} is being run by another process ({self._holder()}); "
+                "wait for it to end (then --resume it if it stopped early) or give another --name"
+            ) from None
+        owner = {
+            "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": shlex.join(["python", "-m", "study.tune", *self.argv]),
+        }
+        record.write_json(record.owner_path(self.study_dir), owner)
+
+    def _holder(self) -> str:
+        try:
+            owner = record.read_json(record.owner_path(self.study_dir))
+            return f"pid {owner['pid']}, since {owner['since']}: {owner['command']}"
+        except (record.RecordError, KeyError, TypeError):
+            return "pid unknown"
+
+    def release(self) -> None:
+        """Give the lock up (a kill does the same: the OS drops it with the process)."""
+        record.owner_path(self.study_dir).unlink(missing_ok=True)
+        self._lock.release()
+
+
+def claim(plan: Plan) -> StudyLock:
+    """Take the study's lock, or UsageError; returns the lock.
 
     Held by the driver for the whole run; the OS releases it when the process dies, so a study
     killed with -9 can be resumed at once. A new study is checked again under the lock: two
     started together with one --name cannot both pass the check made before it.
     """
-    import filelock
-
     plan.study_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(record.lock_path(plan.study_dir))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise UsageError(
-            f"study {plan.study_dir} is being run by another process; wait for it to end "
-            "(then --resume it if it stopped early) or give another --name"
-        ) from None
+    lock = StudyLock(plan.study_dir, plan.argv)
+    lock.acquire()
     if not plan.options.resume:
         try:
             _check_new(plan.study_dir)
@@ -281,6 +320,10 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     _check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
     targets = _choices(leaves, "lora.targets") or [base_point.lora.targets]
     facts, tokenizer = model_facts(base_point, targets)
+    try:
+        check_space_ranks(space, facts, base_point.model.name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if options.max_mem_mb:
         smallest = smallest_estimate(space, facts)
         if smallest is not None and smallest > options.max_mem_mb:

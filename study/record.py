@@ -23,7 +23,8 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
 
 A study directory holds ``study.json`` (command, resolved space, objectives, schema version),
 ``optuna.journal`` (the Optuna study, in Optuna's journal storage; its content is owned by
-``study.journal``) and the ``search/`` and ``baselines/`` groups.
+``study.journal``), the ``search/`` and ``baselines/`` groups and, while a driver runs,
+``.ray_processes.json`` (the local Ray processes it started: see ``study.leftovers``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CURVE = "curve.jsonl"
 EXAMPLES = "examples.json"
 ENV = "env.json"
 STATUS = "status.json"
+RAY_PROCESSES = ".ray_processes.json"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint"
 STUDY = "study.json"
@@ -151,7 +153,7 @@ def _read_object(path: Path) -> dict:
     return data
 
 
-def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+def read_jsonl(path: str | os.PathLike, valid=None) -> tuple[list[dict], list[int]]:
     """(the JSON objects of a JSON-lines file, numbers of the lines that are not one).
 
     A kill during a write can leave a half line at the end; such lines are reported, not
@@ -176,7 +178,7 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
         except json.JSONDecodeError:
             bad.append(number)
             continue
-        if isinstance(point, dict):
+        if isinstance(point, dict) and (valid is None or valid(point)):
             points.append(point)
         else:
             bad.append(number)
@@ -237,8 +239,14 @@ def read_curve(trial_dir: Path) -> tuple[list[dict], list[int]]:
     Raises:
         RecordError: curve.jsonl exists but cannot be read.
     """
-    points, bad = read_jsonl(Path(trial_dir) / CURVE)
+    points, bad = read_jsonl(Path(trial_dir) / CURVE, _valid_step)
     return [p for p in points if "step" in p], bad
+
+
+def _valid_step(point: dict) -> bool:
+    """A curve point's step, where present, is a count (a damaged "x" or 1.5 is a bad line)."""
+    step = point.get("step", 0)
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
 
 
 def curve_path(trial_dir: Path) -> Path:
@@ -252,12 +260,18 @@ def write_examples(trial_dir: Path, examples: list[dict]) -> None:
 
 
 def read_examples(trial_dir: Path) -> list[dict]:
-    """The trial's examples, or [] when absent or unreadable (they are illustrations only)."""
-    try:
-        data = read_json(Path(trial_dir) / EXAMPLES)
-    except RecordError:
+    """The trial's examples ([] when there are none).
+
+    Raises:
+        RecordError: examples.json is unreadable, truncated, not JSON or not a list.
+    """
+    path = Path(trial_dir) / EXAMPLES
+    if not path.exists():
         return []
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise RecordError(path, "not a list of examples")
+    return [e for e in data if isinstance(e, dict)]
 
 
 def write_env(trial_dir: Path, env: dict) -> None:
@@ -360,6 +374,17 @@ def lock_path(study_dir: Path) -> Path:
     """The study's lock file, beside its directory (held while a process runs the study)."""
     study_dir = Path(study_dir)
     return study_dir.parent / f".{study_dir.name}.lock"
+
+
+def owner_path(study_dir: Path) -> Path:
+    """Who holds the study's lock (pid, command, start), for the message another process gets."""
+    study_dir = Path(study_dir)
+    return study_dir.parent / f".{study_dir.name}.owner"
+
+
+def ray_processes_path(study_dir: Path) -> Path:
+    """The driver's list of the Ray processes it started (see study.leftovers)."""
+    return Path(study_dir) / RAY_PROCESSES
 
 
 def journal_path(study_dir: Path) -> Path:

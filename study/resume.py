@@ -37,25 +37,40 @@ def recorded_options(options: StudyOptions, argv: list[str], study_dir: Path):
     return with_recorded(options, argv, started, study_dir.name), started_record
 
 
+def damaged_lines(study_dir: Path) -> list[str]:
+    """A warning for each trial's curve.jsonl with damaged lines (a kill during a write leaves
+    a torn last one) or that cannot be read: said once, when a resume starts. The lines are
+    left out wherever the curve is read; a trial that goes on rewrites its curve whole."""
+    out = []
+    for group in record.GROUPS:
+        for trial_dir in record.trial_dirs(study_dir, group):
+            try:
+                _, damaged = record.read_curve(trial_dir)
+            except record.RecordError as err:
+                out.append(f"{err}: that trial's results are not replayed into ASHA")
+                continue
+            if damaged:
+                lines = ", ".join(map(str, damaged))
+                out.append(f"{record.curve_path(trial_dir)}: damaged line {lines} left out")
+    return out
+
+
 def replay_curves(study_dir: Path, group: str) -> list[tuple[str, list[dict], bool]]:
     """(trial directory name, recorded curve, ended) of every trial of a group, for ASHA.
 
     ``ended``: the trial finished or was stopped, so its last result went to ASHA once more as
     it ended; an errored trial's last report held no value, and one a kill interrupted is still
-    ``running`` and goes on when the study resumes.
+    ``running`` and goes on when the study resumes. Damaged lines are left out (and were named
+    by :func:`damaged_lines` as the resume started).
     """
     out = []
     for trial_dir in record.trial_dirs(study_dir, group):
         if not record.has_config(trial_dir):
             continue
         try:
-            points, damaged = record.read_curve(trial_dir)
-        except record.RecordError as err:
-            print(f"study.tune: {err}: that trial's results are not replayed into ASHA")
+            points, _ = record.read_curve(trial_dir)
+        except record.RecordError:
             continue
-        if damaged:  # a kill during a write leaves a torn last line; the trial rewrites it
-            lines = ", ".join(map(str, damaged))
-            print(f"study.tune: {record.curve_path(trial_dir)}: damaged line {lines} left out")
         ended = record.read_status(trial_dir).get("status") in (record.FINISHED, record.STOPPED)
         out.append((trial_dir.name, points, ended))
     return out

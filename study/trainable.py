@@ -1,13 +1,16 @@
 """The per-trial Ray code of a study: convert the config, call run_trial, report to Tune.
 
-Errors that retrying cannot fix (a diverged loss, out of memory, the memory budget) end the trial
-with a final ``{"error": reason}`` report: the study marks it errored, Optuna is told FAIL, and
-the other trials go on. Anything else propagates, and Ray retries the trial (``--max-failures``),
+Errors that retrying cannot fix (a diverged loss, a failed allocation on CPU or GPU, the memory
+budget, and every error that is not a runtime or I/O error) end the trial with a final
+``{"error": reason}`` report: the study marks it errored, Optuna is told FAIL, and the other
+trials go on. A runtime or I/O error propagates, and Ray retries the trial (``--max-failures``),
 which resumes from the last checkpoint in its trial directory.
 
 ``LORA_STUDY_FAULT`` injects faults for testing the study's fault handling, once per trial:
 ``transient@STEP`` (a RuntimeError after STEP, retried by Ray), ``nan@STEP`` (the error the
-training loop raises on a NaN loss), ``oom@STEP`` (torch.OutOfMemoryError);
+training loop raises on a NaN loss), ``oom@STEP`` (torch.OutOfMemoryError), ``cpu-oom@STEP``
+(a real allocation of 32 TiB, which the CPU allocator refuses), ``bug@STEP`` (a ValueError:
+not retried);
 ``KIND@STEP@KEY=VALUE`` limits it to trials whose config has that value (dotted key); several
 specs are separated by commas.
 """
@@ -66,6 +69,10 @@ def _fault(kind: str, at: int, marker: Path):
             raise RuntimeError(f"injected transient fault at step {step}")
         if kind == "oom":
             raise torch.OutOfMemoryError(f"injected out-of-memory at step {step}")
+        if kind == "cpu-oom":  # a real allocation the CPU allocator refuses (32 TiB)
+            torch.empty(1 << 45, dtype=torch.uint8)
+        if kind == "bug":  # an error that is the same on every try
+            raise ValueError(f"injected non-transient fault at step {step}")
         if kind == "nan":  # what train_loop raises on a NaN loss (tested there on its own)
             raise NonFiniteLossError(
                 f"non-finite training loss (nan, injected) at step {step}", step=step
@@ -147,15 +154,26 @@ def trainable(config: dict, experiment_dir: str, max_mem_mb: float | None = None
             out_dir=trial_dir,
             callbacks=tuple(callbacks),
         )
-    except (RuntimeError, MemoryError) as err:  # (NonFiniteLossError, ... are RuntimeErrors)
+    except Exception as err:
         oom = out_of_memory(err)
-        if not (oom or isinstance(err, (NonFiniteLossError, MemoryBudgetExceeded))):
-            raise  # possibly transient: Ray retries the trial from its checkpoint
-        reason = f"out of memory: {err}" if oom else str(err)
+        ours = isinstance(err, (NonFiniteLossError, MemoryBudgetExceeded))
+        if not (oom or ours) and transient(err):
+            raise  # Ray retries the trial from its checkpoint (--max-failures)
+        reason = f"out of memory: {err}" if oom else str(err) if ours else f"{_kind(err)}: {err}"
         step = getattr(err, "step", None) or last["step"]  # a NaN names its own step
         # Every metric is present (as NaN) because Tune checks that the scheduler's and the
         # searcher's metrics are in each result; the "error" key marks the trial as errored.
         tune.report(tune_result({"error": reason, M.STEP: step}))
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a retry may succeed: a runtime or I/O error (a lost device, a full disk, a
+    network file system) may; a ValueError, TypeError, KeyError... is the same on every try."""
+    return isinstance(err, (RuntimeError, OSError)) and not isinstance(err, NotImplementedError)
+
+
+def _kind(err: BaseException) -> str:
+    return type(err).__name__
 
 
 def out_of_memory(err: BaseException) -> bool:

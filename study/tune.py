@@ -26,10 +26,9 @@ def parse_args(argv: list[str] | None = None) -> StudyOptions:
 def main(argv: list[str] | None = None) -> int:
     """Check everything, run the study, print its summary; bad input -> one line, exit code 2."""
     options = parse_args(argv)
-    from analysis.summary import print_summary  # the entry point may use analysis; study may not
     from study.estimate import estimator
+    from study.leftovers import end_leftovers
     from study.plan import claim, plan_study
-    from study.tuner import run_study
 
     try:
         plan = plan_study(options, argv if argv is not None else sys.argv[1:])
@@ -37,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as err:
         print(f"study.tune: error: {err}", file=sys.stderr)
         return 2
+    from analysis.summary import print_summary  # the entry point may use analysis; study may not
+    from study.tuner import run_study  # Ray: imported once the input is known to be good
+
     try:
+        if ended := end_leftovers(plan.study_dir):  # an earlier driver was killed: its Ray
+            print(f"study.tune: ended {len(ended)} Ray processes a killed run of this study left "
+                  f"(pids {', '.join(map(str, ended))})")
         run_study(plan)
     finally:
         lock.release()

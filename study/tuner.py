@@ -8,8 +8,10 @@ and the trainable (``study.trainable``) are the only ones that import Ray.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 
 import ray
 from ray import tune
@@ -20,9 +22,10 @@ from search_spaces import to_tune, tune_points
 from study import journal, record
 from study.callbacks import LiveTable, StatusWriter
 from study.estimate import estimator
+from study.leftovers import recorded_processes
 from study.options import StudyOptions, parse_resources
 from study.plan import Plan, study_record
-from study.resume import replay_curves
+from study.resume import damaged_lines, replay_curves
 from study.search import make_search
 from study.trainable import trainable
 
@@ -110,8 +113,6 @@ def _baseline_tuner(baselines: list[dict], plan: Plan, fn, run_config):
 
 def _search_tuner(plan: Plan, fn, run_config):
     options = plan.options
-    if options.resume and (repaired := journal.repair(plan.study_dir)):
-        print(f"study.tune: {repaired}")
     searcher, scheduler = make_search(
         plan.objectives,
         space=plan.space,
@@ -151,10 +152,16 @@ def run_study(plan: Plan) -> None:
     """Write study.json (a new study), start Ray, run the baselines, then the search."""
     if not plan.options.resume:
         record.write_study(plan.study_dir, study_record(plan))
+    if plan.options.resume:  # before anything is appended or replayed: say what a kill left
+        problems = [journal.repair(plan.study_dir), *damaged_lines(plan.study_dir)]
+        for problem in filter(None, problems):
+            print(f"study.tune: warning: {problem}", file=sys.stderr)
     _ray_init(plan.options)
+    local = plan.options.address is None  # a joined cluster's processes are not ours to list
     try:
-        if baselines := _baselines_left(plan):
-            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan))
-        _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
+        with recorded_processes(plan.study_dir) if local else contextlib.nullcontext():
+            if baselines := _baselines_left(plan):
+                _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan))
+            _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
     finally:
         ray.shutdown()

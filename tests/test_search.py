@@ -445,11 +445,11 @@ def test_the_live_table_survives_a_config_the_space_allows_but_a_trial_refuses()
     assert invalid.split()[1] == "bad" and valid.split()[1:4] == ["4", "8", "qv"]
 
 
-def test_a_torn_curve_line_is_left_out_of_asha_replay_with_a_line_naming_it(tmp_path, capsys):
+def test_a_torn_curve_line_is_left_out_of_asha_replay_and_named(tmp_path):
     """A half-written last line of curve.jsonl made --resume fail with a traceback (issue 12,
-    bug 4); it is left out with a line naming the file, and the rest is replayed."""
+    bug 4); it is left out, the rest is replayed, and the resume's warning names the file."""
     from study import record
-    from study.resume import replay_curves
+    from study.resume import damaged_lines, replay_curves
 
     trial = record.group_dir(tmp_path, record.SEARCH) / "t0"
     record.write_config(trial, {"lora": {"rank": 1}})
@@ -459,7 +459,7 @@ def test_a_torn_curve_line_is_left_out_of_asha_replay_with_a_line_naming_it(tmp_
     path.write_bytes(path.read_bytes() + b'{"step": 6, "eval_lo')
     ((name, points, ended),) = replay_curves(tmp_path, record.SEARCH)
     assert (name, [p["step"] for p in points], ended) == ("t0", [2, 4], False)
-    assert f"{path}: damaged line 3 left out" in capsys.readouterr().out
+    assert damaged_lines(tmp_path) == [f"{path}: damaged line 3 left out"]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from study.tune import main
-from tests.conftest import GOOD, TRIAL_FILES, space_file
+from tests.conftest import TRIAL_FILES, space_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN_FILES = (TRIAL_FILES - {"checkpoint"}) | {"status.json"}
@@ -287,79 +286,6 @@ def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_
     assert "RUNNING" not in {t.state.name for t in trials}
 
 
-def test_killed_driver_resumes_without_duplicates_or_retraining(tmp_path):
-    space = space_file(tmp_path, points=[GOOD], **{"train.steps": 8})
-    cmd = [
-        sys.executable,
-        "-m",
-        "study.tune",
-        "--space",
-        str(space),
-        "--num-samples",
-        "5",
-        "--storage-path",
-        str(tmp_path / "res"),
-        "--name",
-        "killed",
-        "--no-baselines",
-        "--grace",
-        "8",
-    ]
-    study = tmp_path / "res" / "killed"
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-    finished: dict[str, float] = {}
-    cut: list[str] = []  # trials killed mid-training with a checkpoint
-    while time.time() < deadline and proc.poll() is None:
-        done = {
-            d.name: (d / "metrics.json").stat().st_mtime
-            for d in trial_dirs(study)
-            if (d / "status.json").is_file()
-            and json.loads((d / "status.json").read_text())["status"] == "finished"
-        }
-        unfinished_with_checkpoint = [
-            d for d in study.glob("search/*") if d.name not in done and (d / "checkpoint").is_dir()
-        ]
-        if len(done) >= 2 and (unfinished_with_checkpoint or len(done) >= 4):
-            finished, cut = done, [d.name for d in unfinished_with_checkpoint]
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray processes
-            break
-        time.sleep(0.5)
-    proc.wait()
-    assert len(finished) >= 2, "the study ended before two trials finished"
-    assert proc.returncode == -signal.SIGKILL and len(finished) < 5  # killed mid-study
-    # Resume by name alone: the space, counts and ASHA settings come from study.json.
-    resume = [sys.executable, "-m", "study.tune", "--storage-path", str(tmp_path / "res")]
-    resume += ["--name", "killed", "--resume"]
-    res = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert res.returncode == 0, res.stderr[-2000:]
-    found = statuses(study)
-    assert len(found) == 5 and all(s["status"] == "finished" for s in found.values())
-    configs = [
-        json.dumps(json.loads((d / "config.json").read_text()), sort_keys=True)
-        for d in trial_dirs(study)
-    ]
-    assert len(set(configs)) == 5
-    for name, mtime in finished.items():
-        assert (study / "search" / name / "metrics.json").stat().st_mtime == mtime, name
-    # Optuna: no trial left RUNNING, each configuration counted once, and an interrupted trial
-    # went on in its own directory from its own checkpoint (the only one it holds)
-    ot = optuna_study(study)
-    assert "RUNNING" not in {t.state.name for t in ot.trials}
-    trials = launched(study)
-    assert len(trials) == 5 and sorted(t.user_attrs["trial_dir"] for t in trials) == sorted(found)
-    assert {t.state.name for t in trials} == {"COMPLETE"}
-    interrupted = {ot.trials[n].user_attrs.get("trial_dir") for n in ot.user_attrs["interrupted"]}
-    assert set(cut) <= interrupted
-    for name in cut:
-        metrics = json.loads((study / "search" / name / "metrics.json").read_text())
-        assert metrics["resumed_from_step"] > 0, name
-    for trial in study.glob("search/*"):
-        assert not list(trial.glob("checkpoint_*")), trial  # no Ray copy beside it
-
-
 BAD_INPUTS = [
     (["--set", "lora.rank=0"], "lora.rank must be a positive integer"),
     (["--set", "lora.alpha=-1"], "lora.alpha must be a number > 0"),
@@ -488,37 +414,6 @@ def test_resume_refuses_a_damaged_journal_in_one_line_and_takes_a_cut_last_entry
     assert len(err) == 1 and "cannot resume" in err[0] and str(path) in err[0], err
 
 
-def test_a_study_another_process_runs_is_refused_new_or_resumed(tmp_path, capsys):
-    """Two studies started together with one --name both ran and merged; --resume of a running
-    study was accepted (issue 12, bugs 1 and 2). The driver holds the study's lock."""
-    from study import record, tune
-    from study.plan import plan_study, study_record
-
-    storage = tmp_path / "r"
-    argv = ["--space", "smoke", "--storage-path", str(storage), "--name", "s"]
-    plan = plan_study(tune.parse_args(argv), argv)
-    storage.mkdir()
-    code = (
-        "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
-        "print('held', flush=True); time.sleep(120)"
-    )
-    lock = str(record.lock_path(plan.study_dir))
-    holder = subprocess.Popen([sys.executable, "-c", code, lock], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        # the other process has passed the "already exists" check and not written yet
-        assert main(argv) == 2
-        record.write_study(plan.study_dir, study_record(plan))  # now it has
-        assert main(["--storage-path", str(storage), "--name", "s", "--resume"]) == 2
-    finally:
-        holder.kill()
-        holder.wait()
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all("is being run by another process" in x for x in lines), lines
-    assert sorted(p.name for p in storage.iterdir()) == [".s.lock", "s"]  # nothing else written
-    assert sorted(p.name for p in plan.study_dir.iterdir()) == ["study.json"]
-
-
 def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora: {rank: [unclosed\n")
@@ -528,30 +423,6 @@ def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
     blocker.write_text("")
     assert main(["--space", "smoke", "--storage-path", str(blocker / "sub")]) == 2
     assert "not writable" in capsys.readouterr().err
-
-
-def test_bad_input_exit_code_from_the_command_line(tmp_path):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "study.tune",
-            "--space",
-            "smoke",
-            "--storage-path",
-            str(tmp_path / "r"),
-            "--set",
-            "quant.bits=5",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 2
-    line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("study.tune: error: ") and "quant.bits must be one of 4, 8, 16" in line
-    assert not (tmp_path / "r").exists()
 
 
 def test_memory_guard_stops_a_trial_over_budget():
