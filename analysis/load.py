@@ -172,6 +172,9 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
     row["baseline"] = group == record.BASELINES
     status = _status(d, found)
     row["status"] = status.get("status") if status.get("status") in STATUSES else "unknown"
+    if status and status.get("status") not in STATUSES:
+        what = status.get("status")
+        _warn(found, f"{d / record.STATUS}: unknown status {what!r}; status unknown")
     row["status_step"] = _scalar(status.get("step"))
     row["status_reason"] = status.get("reason")
     metrics = {}
@@ -217,8 +220,8 @@ def _missing_trials(study_dir: Path, study_info: dict, configs: dict, found: lis
         text = ", ".join(f"{k}={v}" for k, v in params.items())
         _warn(
             found,
-            f"{record.group_dir(study_dir, record.SEARCH)}: Optuna trial #{number} ({text}) "
-            f"has no readable trial directory {trial_dir} (deleted or corrupt)",
+            f"{record.group_dir(study_dir, record.SEARCH) / trial_dir}: the directory of Optuna "
+            f"trial #{number} ({text}) is not readable (deleted or corrupt)",
         )
     # baselines run before the search: only once the search started must they all be there
     expected = (_get(study_info, ("fixed", "baselines")) or []) if searched else []
@@ -247,6 +250,9 @@ def _launched_trials(study_dir: Path, found: list[str]) -> list[tuple[int, dict,
         return []
     if study is None:
         return []
+    if journal.torn(study_dir):
+        _warn(found, f"{record.journal_path(study_dir)}: a half-written last entry (a kill during "
+                     "an append) is left out")
     return [
         (t.number, t.params, t.user_attrs[journal.TRIAL_DIR])
         for t in journal.launched(study)

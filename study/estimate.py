@@ -19,7 +19,7 @@ from lora_impl.inject import resolve_targets
 from lora_impl.layer import base_layer_dims
 from search_spaces import flat_leaves, is_distribution, sample_point
 from study.config import TrialConfig
-from study.models import REGISTRY, load_model
+from study.models import REGISTRY, ModelNotFoundError, hub_error, load_model, quiet_hub
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,18 @@ class ModelFacts:
 
 def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, object]:
     """Load (registry) or meta-build (hub) the model; resolve every target choice."""
-    if cfg.model.name in REGISTRY or Path(cfg.model.name).expanduser().is_dir():
-        model, tokenizer = load_model(cfg.model.name)
+    name = cfg.model.name
+    if name in REGISTRY or Path(name).expanduser().is_dir() or "/" not in name:
+        model, tokenizer = load_model(name)  # (an unknown name fails here, before any download)
     else:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         try:
-            hf_config = AutoConfig.from_pretrained(cfg.model.name)
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
-        except OSError:
-            load_model(cfg.model.name)  # raises ModelNotFoundError with the registry names
-            raise
+            with quiet_hub():
+                hf_config = AutoConfig.from_pretrained(name)
+                tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as err:
+            raise ModelNotFoundError(hub_error(name, err)) from None
         with torch.device("meta"):  # shapes and names only: no memory, no download of weights
             model = AutoModelForCausalLM.from_config(hf_config)
     dims = {}

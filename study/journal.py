@@ -33,6 +33,7 @@ space's ``points_to_evaluate`` were queued) and ``search_ended`` (why the search
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from study import record
@@ -56,6 +57,20 @@ def storage(study_dir: Path):
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(record.journal_path(study_dir))))
+
+
+def torn(study_dir: Path) -> bool:
+    """Whether the journal ends in a half-written entry (what a kill during an append leaves)."""
+    path = record.journal_path(study_dir)
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if not f.tell():
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def repair(study_dir: Path) -> str | None:

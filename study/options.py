@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +178,9 @@ def check_counts(options: StudyOptions) -> None:
         ("--max-mem-mb", options.max_mem_mb, 1),
     ]
     for flag, value, low in checks:
-        if value is not None and value < low:
-            raise UsageError(f"{flag} must be >= {low:g}, got {value:g}")
-    if options.reduction_factor <= 1:
+        if value is not None and not (math.isfinite(value) and value >= low):  # NaN, inf too
+            raise UsageError(f"{flag} must be a number >= {low:g}, got {value:g}")
+    if not (math.isfinite(options.reduction_factor) and options.reduction_factor > 1):
         raise UsageError(f"--reduction-factor must be > 1, got {options.reduction_factor:g}")
 
 

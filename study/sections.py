@@ -228,7 +228,9 @@ class TrainConfig:
             "in [0, 1]",
         )
         require(
-            isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+            isinstance(self.weight_decay, (int, float))
+            and math.isfinite(self.weight_decay)
+            and self.weight_decay >= 0,
             "train.weight_decay",
             self.weight_decay,
             "a number >= 0",

@@ -117,7 +117,8 @@ def test_corrupt_copy_warns_for_each_problem_and_returns_the_other_trials(multi_
     assert any(str(truncated / "metrics.json") in m and "truncated" in m for m in messages)
     assert any(str(full / "config.json") in m and "trial skipped" in m for m in messages)
     assert any(
-        f"train.lr={deleted_lr}" in m and "no readable trial directory" in m for m in messages
+        m.startswith(str(deleted)) and f"train.lr={deleted_lr}" in m and "not readable" in m
+        for m in messages
     )
     assert any("full baseline has no readable trial directory" in m for m in messages)
     assert data.warnings == messages
@@ -147,6 +148,23 @@ def test_a_damaged_optuna_journal_is_named_and_the_trials_still_load(multi_study
     assert len(messages) == 1 and str(journal) in messages[0] and "damaged" in messages[0]
     assert "deleted search trials cannot be detected" in messages[0]
     assert len(data.trials) == 8  # every trial directory still loads
+    journal.write_bytes(b"".join(lines) + b'{"op_code": 4, "worker')  # a kill mid-append
+    with pytest.warns(ResultWarning) as record:
+        data = load_study(study)
+    (message,) = [str(w.message) for w in record]
+    assert message.startswith(f"{journal}: a half-written last entry")
+    assert len(data.trials) == 8
+
+
+def test_an_unknown_status_is_named_and_shown_as_unknown(multi_study, tmp_path):
+    study = copy_study(multi_study, tmp_path / "multi")
+    trial = sorted((study / "search").glob("*/status.json"))[0]
+    trial.write_text('{"status": "exploded"}')
+    with pytest.warns(ResultWarning) as record:
+        data = load_study(study)
+    (message,) = [str(w.message) for w in record]
+    assert message == f"{trial}: unknown status 'exploded'; status unknown"
+    assert data.trials.set_index("trial").loc[trial.parent.name, "status"] == "unknown"
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:

@@ -21,6 +21,8 @@ the tiny test models (``tiny``) and quantization (``quantize``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,13 +107,31 @@ def _load_source(name: str, cache: Path, dtype: torch.dtype | None) -> tuple[nn.
             "id like Qwen/Qwen2-0.5B"
         )
     try:
-        return _from_pretrained(name, dtype)
+        with quiet_hub():
+            return _from_pretrained(name, dtype)
     except OSError as err:  # transformers raises OSError for unknown ids and an offline hub
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelNotFoundError(
-            f"could not load {name!r} from the Hugging Face hub ({first_line}); "
-            f"registry models: {known}"
-        ) from None
+        raise ModelNotFoundError(hub_error(name, err)) from None
+
+
+def hub_error(name: str, err: OSError) -> str:
+    """The one line for a hub id that cannot be loaded (unknown, private, or no network)."""
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"could not load {name!r} from the Hugging Face hub ({first_line}); "
+        f"registry models: {', '.join(REGISTRY)}"
+    )
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """Keep huggingface_hub's per-retry warnings off stderr (the failure itself is one line)."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_model(
