@@ -112,11 +112,11 @@ def killed(tmp_path_factory):
     """One study through every failure of bugs 1-4 and 8, what was seen returned for the tests:
 
     1. two drivers of one new study are started together;
-    2. when a trial has just started (its directory holds no curve yet) every driver is frozen
-       and a --resume is tried;
+    2. when a trial has just started after two others ended (its directory holds no curve yet)
+       every driver is frozen and a --resume is tried;
     3. the drivers are killed with -9, alone (their Ray processes go on, as after `kill -9 PID`);
-    4. a --resume runs until two trials ended and another holds a checkpoint, and is killed with
-       its Ray processes; a torn line is added to a trial's curve.jsonl;
+    4. a --resume runs until a trial holds a checkpoint, and is killed with its Ray processes
+       (mid-training); a torn line is added to that trial's curve.jsonl;
     5. a last --resume runs the study to its end.
     """
     tmp = tmp_path_factory.mktemp("killed")
@@ -129,8 +129,11 @@ def killed(tmp_path_factory):
     env = {"LORA_STUDY_FAULT": FAULTS}
     procs = [launch(cmd, tmp / f"driver{i}.log", env) for i in range(2)]
 
-    def starting():
-        return next((n for n, s in statuses(study).items() if s == "running" and not (
+    def starting():  # a later trial's start: Ray's periodic experiment snapshot lags it
+        found = statuses(study)
+        if sum(s in ("finished", "errored", "stopped") for s in found.values()) < 2:
+            return None
+        return next((n for n, s in found.items() if s == "running" and not (
             study / "search" / n / "curve.jsonl").exists()), None)
 
     try:
@@ -164,9 +167,9 @@ def killed(tmp_path_factory):
             ended = [n for n, s in found.items() if s in ("finished", "errored", "stopped")]
             cut = [n for n, s in found.items() if s == "running" and (
                 study / "search" / n / "checkpoint").is_dir()]
-            return (ended, cut) if len(ended) >= 2 and (cut or len(ended) >= 3) else None
+            return (ended, cut) if cut else None
 
-        ended_cut = _wait_for(mid_training, [second], 400, every_s=0.3)
+        ended_cut = _wait_for(mid_training, [second], 400, every_s=0.05)
         signal_group(second, signal.SIGKILL)  # the driver and its local Ray processes
         second.wait()
         seen["left_after"] = alive(ray)
@@ -356,10 +359,19 @@ def test_bug6_7_every_bad_input_is_one_line_exit_2_and_nothing_on_disk(multi_stu
     """17 bad inputs gave tracebacks, exit 1, or left files; `--set train.lr=3e-4` was refused."""
     cases = _bad_inputs(tmp_path, multi_study)
     before = sorted(p.name for p in tmp_path.iterdir())
+    def attempt(case):
+        try:
+            return run(case[1], timeout=90)
+        except subprocess.TimeoutExpired:  # accepted, and training or searching
+            return None
+
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # import-bound: two at a time
-        results = list(pool.map(lambda c: run(c[1], timeout=300), cases))
+        results = list(pool.map(attempt, cases))
     failures = []
     for (case, _, paths, *said), res in zip(cases, results):
+        if res is None:
+            failures.append(f"{case}: still running after 90 s (the input was accepted)")
+            continue
         lines = [x for x in res.stderr.splitlines() if x.strip()]
         problem = None
         if res.returncode != 2:
