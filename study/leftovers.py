@@ -86,6 +86,7 @@ def end_leftovers(study_dir: Path, wait_s: float = 5.0) -> list[int]:
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
+            proc.resume()  # a stopped process (Ctrl-Z, a debugger) takes SIGTERM only once resumed
     _, stubborn = psutil.wait_procs(alive, timeout=wait_s)
     for proc in stubborn:
         with contextlib.suppress(psutil.Error):

@@ -125,12 +125,17 @@ def _file_constants() -> set[str]:
     return {k for k, v in vars(record).items() if isinstance(v, str) and v in record.FILE_NAMES}
 
 
+# The chaos run damages record files on purpose, by name (bench/chaos.py, docs/RELIABILITY.md):
+# it is the one other place that must know where each file lies.
+DAMAGES_RECORDS = {"bench.chaos", "bench.chaos_cases"}
+
+
 def test_record_file_constants_appear_only_in_messages_and_no_module_reads_record_paths():
     constants = _file_constants()
     assert {"CONFIG", "METRICS", "CURVE", "STATUS", "STUDY", "CHECKPOINT"} <= constants
     offenders = []
     for module, path in sources().items():
-        if path == OWNER:
+        if path == OWNER or module in DAMAGES_RECORDS:
             continue
         tree = ast.parse(path.read_text())
         modules, members = _record_aliases(tree)

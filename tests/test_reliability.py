@@ -27,9 +27,10 @@ from tests.conftest import GOOD, copy_study, space_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RANK1 = {"lora.rank": 1, "lora.targets": "qv", "train.lr": 0.01, "quant.bits": 16}
-RANK2 = {**RANK1, "lora.rank": 2}
-# a NaN loss at step 2 for rank 1; a real failed CPU allocation (32 TiB) at step 2 for rank 2
-FAULTS = "nan@2@lora.rank=1,cpu-oom@2@lora.rank=2"
+RANK2 = {**RANK1, "lora.rank": 2, "train.lr": 0.015}
+# a NaN loss at step 2 for RANK1, a real failed CPU allocation (32 TiB) at step 2 for RANK2 (by
+# their learning rates: no sampled trial has exactly these)
+FAULTS = "nan@2@train.lr=0.01,cpu-oom@2@train.lr=0.015"
 
 
 def tune_cmd(storage: Path, name: str, *args: str) -> list[str]:
@@ -112,11 +113,12 @@ def killed(tmp_path_factory):
     """One study through every failure of bugs 1-4 and 8, what was seen returned for the tests:
 
     1. two drivers of one new study are started together;
-    2. when a trial has just started after two others ended (its directory holds no curve yet)
-       every driver is frozen and a --resume is tried;
-    3. the drivers are killed with -9, alone (their Ray processes go on, as after `kill -9 PID`);
-    4. a --resume runs until a trial holds a checkpoint, and is killed with its Ray processes
-       (mid-training); a torn line is added to that trial's curve.jsonl;
+    2. when the last trial has just started, after the three points ended (its directory holds
+       no curve yet), every driver is frozen and a --resume is tried;
+    3. the drivers are killed with -9, alone (their Ray processes outlive them, as after
+       `kill -9 PID`; kept frozen here);
+    4. a --resume runs until that trial holds a checkpoint, and is killed with its Ray processes
+       (mid-training); a torn line is added to its curve.jsonl;
     5. a last --resume runs the study to its end.
     """
     tmp = tmp_path_factory.mktemp("killed")
@@ -129,12 +131,13 @@ def killed(tmp_path_factory):
     env = {"LORA_STUDY_FAULT": FAULTS}
     procs = [launch(cmd, tmp / f"driver{i}.log", env) for i in range(2)]
 
-    def starting():  # a later trial's start: Ray's periodic experiment snapshot lags it
+    def starting():  # the last trial's start, once the three points ended (none has a fault)
         found = statuses(study)
-        if sum(s in ("finished", "errored", "stopped") for s in found.values()) < 2:
+        if sum(s in ("finished", "errored", "stopped") for s in found.values()) < 3:
             return None
-        return next((n for n, s in found.items() if s == "running" and not (
-            study / "search" / n / "curve.jsonl").exists()), None)
+        return next((n for n, s in found.items() if s == "running" and not any(
+            (study / "search" / n).glob("curve.jsonl")) and not any(
+            (study / "search" / n).glob(".fault-*"))), None)
 
     try:
         seen["started"] = _wait_for(starting, procs, 300)
@@ -155,7 +158,8 @@ def killed(tmp_path_factory):
         for p in running:
             p.kill()  # the driver alone, as `kill -9 PID` does
             p.wait()
-            signal_group(p, signal.SIGCONT)  # the rest of its group goes on without it
+        # The rest of the group outlives the driver, left frozen: a Ray worker let go on would
+        # train its trial without a driver (and use up that trial's once-only fault).
         time.sleep(2)
         seen["left_before"] = alive(ray)
 
@@ -250,16 +254,16 @@ def test_bug8_ray_processes_a_killed_driver_left_are_ended_on_resume(killed):
 def test_bug8_a_failed_cpu_allocation_ends_the_trial_and_a_nan_names_its_step(killed):
     """A CPU allocation failure was retried like a crash; a NaN at step 2 was recorded at 1."""
     study = killed["study"]
-    by_rank = {
-        json.loads((d / "config.json").read_text())["lora"]["rank"]: d
+    by_lr = {
+        json.loads((d / "config.json").read_text())["train"]["lr"]: d
         for d in (study / "search").glob("*")
         if (d / "config.json").is_file()
     }
-    oom = json.loads((by_rank[2] / "status.json").read_text())
+    oom = json.loads((by_lr[0.015] / "status.json").read_text())
     # a retry would run clean (the fault is injected once per trial) and finish
     assert oom["status"] == "errored" and "out of memory" in oom["reason"], oom
     assert "can't allocate memory" in oom["reason"] and oom["step"] == 2
-    nan = json.loads((by_rank[1] / "status.json").read_text())
+    nan = json.loads((by_lr[0.01] / "status.json").read_text())
     assert nan["status"] == "errored" and nan["step"] == 2, nan
 
 
