@@ -8,7 +8,9 @@ A driver killed with -9 cannot stop its local Ray: some of Ray's processes (the 
 runtime-env agents among them) go on without it. The driver keeps a list of the processes it
 started (pid, start time, command line) in the study directory; the next run ends those still
 alive, each only if its pid still belongs to the same process (same start time, same command
-line): never a process found by name, never one a pid was reused for.
+line or, for a worker that retitled itself, the same executable), with the processes those
+started since (a worker for a trial that began after the list was last written): never a
+process found by name, never one a pid was reused for.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import psutil
 
 from study import record
 
-REFRESH_S = 5.0  # workers come and go while trials run
+REFRESH_S = 2.0  # workers come and go while trials run (later ones: children of listed ones)
 
 
 def _children() -> list[dict]:
     out = []
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            out.append({"pid": proc.pid, "started": proc.create_time(), "cmd": proc.cmdline()})
+            out.append({"pid": proc.pid, "started": proc.create_time(), "cmd": proc.cmdline(),
+                        "exe": proc.exe()})
     return out
 
 
@@ -64,7 +67,10 @@ def _same(entry: dict) -> psutil.Process | None:
     """The live process of a recorded entry, or None (gone, or its pid now names another)."""
     try:
         proc = psutil.Process(int(entry["pid"]))
-        if proc.create_time() == entry["started"] and proc.cmdline() == entry["cmd"]:
+        # Ray's workers retitle themselves (ray::IDLE -> ray::ImplicitFunc.train), which changes
+        # their command line but not their executable; the start time pins the pid either way.
+        same_program = proc.cmdline() == entry["cmd"] or proc.exe() == entry.get("exe")
+        if proc.create_time() == entry["started"] and same_program:
             return proc
     except (psutil.Error, KeyError, TypeError, ValueError):
         pass
@@ -83,6 +89,12 @@ def end_leftovers(study_dir: Path, wait_s: float = 5.0) -> list[int]:
     alive = [p for e in entries if isinstance(e, dict) and (p := _same(e))] if isinstance(
         entries, list
     ) else []
+    # and what those started since the list was last written (a worker for a new trial)
+    pids = {p.pid for p in alive}
+    for proc in list(alive):
+        with contextlib.suppress(psutil.Error):
+            alive += [c for c in proc.children(recursive=True) if c.pid not in pids]
+            pids |= {p.pid for p in alive}
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
