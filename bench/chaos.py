@@ -8,7 +8,7 @@
    and its Ray processes, or every other time the driver alone) and resumed; a kill before
    anything is written is followed by the original command again. At the end: exactly
    --num-samples searched trials, no configuration trained twice, no trial left running,
-   both baselines finished, every Optuna trial ended.
+   both baselines finished, every Optuna trial ended, no Ray process of a killed driver alive.
 2. **Damage.** Copies of the finished study are damaged in each way of
    ``bench.chaos_cases.DAMAGE``; ``python -m analysis report`` must exit 0 with a warning that
    names the damaged file and write a whole report.html; ``best`` must not fail.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -126,6 +127,38 @@ def _launch(cmd: list[str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env={**os.environ, "LORA_STUDY_FAULT": FAULT})
 
 
+def _kill(proc: subprocess.Popen, whole: bool) -> list[tuple[int, float]]:
+    """SIGKILL the driver, or the driver and every process under it, all stopped first so that
+    each is killed where the predicate saw it. Not by group alone: Ray puts each worker in a
+    process group of its own. Returns (pid, start time) of the processes under the driver."""
+    import psutil
+
+    under = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    for child in under:
+        with contextlib.suppress(psutil.Error):
+            child.suspend()
+    for p in [proc.pid, *(c.pid for c in under)] if whole else [proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    for child in under:  # what is left goes on without its driver, as after `kill -9 PID`
+        with contextlib.suppress(psutil.Error):
+            child.resume()
+    return [(c.pid, c.create_time()) for c in under if c.is_running()]
+
+
+def _still_alive(procs: list[tuple[int, float]]) -> list[str]:
+    import psutil
+
+    out = []
+    for pid, started in procs:
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            if p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{pid} {p.name()}")
+    return out
+
+
 def run_kills(work: Path, seed: int) -> tuple[list[dict], Path, list[str]]:
     import random
 
@@ -137,7 +170,7 @@ def run_kills(work: Path, seed: int) -> tuple[list[dict], Path, list[str]]:
            "--storage-path", str(storage), "--name", "chaos", "--num-samples", str(NUM_SAMPLES),
            "--seed", str(seed), "--grace", "2"]
     resume = [*new[:3], "--storage-path", str(storage), "--name", "chaos", "--resume"]
-    rows = []
+    rows, ray = [], []
     for i, (moment, predicate) in enumerate(kill_points(study)):
         cmd = resume if record.has_study(study) else new
         log = work / f"run{i}.log"
@@ -154,18 +187,15 @@ def run_kills(work: Path, seed: int) -> tuple[list[dict], Path, list[str]]:
             time.sleep(0.005)
         whole = i % 2 == 0  # every other kill takes the driver alone (kill -9 PID)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGSTOP)  # everything stops where the predicate saw it
-            if whole:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            os.killpg(proc.pid, signal.SIGCONT)
+            ray += _kill(proc, whole)
         code = proc.wait()
         rows.append({"moment": moment, "seen": seen or "not reached", "whole_group": whole,
                      "killed": code == -signal.SIGKILL, "exit": code})
     final = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=1200,
                            env={**os.environ, "LORA_STUDY_FAULT": FAULT})
     problems = check_study(study)
+    if left := _still_alive(ray):  # every killed driver's Ray processes ended by a later run
+        problems.append(f"Ray processes of killed drivers still alive: {', '.join(left)}")
     if final.returncode != 0:
         problems.insert(0, f"final --resume exited {final.returncode}: {final.stderr[-300:]}")
     for row in rows:

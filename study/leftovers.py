@@ -1,107 +1,118 @@
-"""Ray processes a killed driver left behind, found through the study directory and ended.
+"""Ray processes a killed driver left behind, found through its Ray session and ended.
 
-    with recorded_processes(study_dir):     # the driver, while its local Ray runs
-        ...
+    remember(study_dir, session_dir)        # the driver, once its local Ray has started
+    forget(study_dir)                       # the driver, once Ray has shut down
     end_leftovers(study_dir)                # the next run of that study, under its lock
 
-A driver killed with -9 cannot stop its local Ray: some of Ray's processes (the dashboard and
-runtime-env agents among them) go on without it. The driver keeps a list of the processes it
-started (pid, start time, command line) in the study directory; the next run ends those still
-alive, each only if its pid still belongs to the same process (same start time, same command
-line or, for a worker that retitled itself, the same executable), with the processes those
-started since (a worker for a trial that began after the list was last written): never a
-process found by name, never one a pid was reused for.
+A driver killed with -9 cannot stop its local Ray. Its raylet and GCS die with it (Ray asks the
+kernel for that), but the dashboard and runtime-env agents go on, and so does a trial's worker:
+Ray puts each worker in a process group of its own, so it outlives even a kill of the driver's
+group and trains on into the trial directory the next run is about to resume.
+
+What the driver records is its Ray session (the session directory, the driver's start time, the
+Python executable and Ray's package directory). Every process of a Ray session holds its log files
+open under that session's directory, so the next run finds the session's processes without any
+list that could lag behind (a worker started a second before the kill is found too). A process is
+ended only when all of these hold: it started after the recorded driver, it holds a file open in
+the recorded session, and its command line is a Ray program (a `ray::` worker title, or a program
+or script in Ray's package directory). Never a process found by name, never one whose pid was
+reused: a reused pid has a later start time and none of the session's files open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
+import time
 from pathlib import Path
 
 import psutil
 
 from study import record
 
-REFRESH_S = 2.0  # workers come and go while trials run (later ones: children of listed ones)
+
+def remember(study_dir: Path, session_dir: str, ray_dir: str) -> None:
+    """Record this driver's local Ray session (call it once Ray has started)."""
+    me = psutil.Process()
+    record.write_json(record.ray_session_path(study_dir), {
+        "session_dir": str(session_dir),
+        "driver_pid": me.pid,
+        "driver_started": me.create_time(),  # psutil's clock: comparable with create_time()
+        "ray_dir": str(ray_dir),
+    })
 
 
-def _children() -> list[dict]:
-    out = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
+def forget(study_dir: Path) -> None:
+    """Remove the record (Ray shut its processes down itself)."""
+    record.ray_session_path(study_dir).unlink(missing_ok=True)
+
+
+def _is_ray_program(cmd: list[str], ray_dir: str) -> bool:
+    # Workers and agents retitle themselves (`ray::IDLE`, `ray::ImplicitFunc.train`); the
+    # others run a binary or a script of Ray's package (gcs_server, raylet, dashboard, monitors).
+    if cmd and cmd[0].startswith("ray::"):
+        return True
+    inside = ray_dir.rstrip(os.sep) + os.sep
+    return any(arg.startswith(inside) for arg in cmd)
+
+
+def _holds_session_file(proc: psutil.Process, session_dir: str) -> bool:
+    inside = session_dir.rstrip(os.sep) + os.sep
+    return any(f.path.startswith(inside) for f in proc.open_files())
+
+
+def session_processes(session: dict) -> list[psutil.Process]:
+    """The live processes of a recorded session, each checked as the module docstring says."""
+    session_dir, ray_dir = str(session["session_dir"]), str(session["ray_dir"])
+    since, uid = float(session["driver_started"]), os.getuid()
+    found = []
+    for proc in psutil.process_iter(["create_time", "uids", "cmdline", "status"]):
+        info = proc.info
+        if info["create_time"] is None or info["create_time"] < since or proc.pid == os.getpid():
+            continue
+        if info["uids"] is None or info["uids"].real != uid or info["status"] == "zombie":
+            continue
         with contextlib.suppress(psutil.Error):
-            out.append({"pid": proc.pid, "started": proc.create_time(), "cmd": proc.cmdline(),
-                        "exe": proc.exe()})
-    return out
+            if _is_ray_program(info["cmdline"] or [], ray_dir) and _holds_session_file(
+                proc, session_dir
+            ):
+                found.append(proc)
+    return found
 
 
-def remember(study_dir: Path) -> None:
-    """Record the processes this driver started (its descendants), replacing the last list."""
-    record.write_json(record.ray_processes_path(study_dir), _children())
+def _gone(proc: psutil.Process) -> bool:
+    try:  # a killed orphan stays a zombie until its new parent reaps it: it runs no more
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
-@contextlib.contextmanager
-def recorded_processes(study_dir: Path):
-    """Keep the list current while the block runs; remove it when the block ends (Ray then
-    shut its processes down itself)."""
-    stop = threading.Event()
-
-    def refresh() -> None:
-        while not stop.wait(REFRESH_S):
-            with contextlib.suppress(OSError, psutil.Error):
-                remember(study_dir)
-
-    remember(study_dir)
-    thread = threading.Thread(target=refresh, name="ray-process-list", daemon=True)
-    thread.start()
+def end_leftovers(study_dir: Path, term_s: float = 1.0, kill_s: float = 10.0) -> list[int]:
+    """End the live processes of the Ray session an earlier driver of this study recorded and
+    return their pids; when it returns they run no more. Call it holding the study's lock
+    (that driver is gone, then)."""
+    path = record.ray_session_path(study_dir)
     try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        record.ray_processes_path(study_dir).unlink(missing_ok=True)
-
-
-def _same(entry: dict) -> psutil.Process | None:
-    """The live process of a recorded entry, or None (gone, or its pid now names another)."""
-    try:
-        proc = psutil.Process(int(entry["pid"]))
-        # Ray's workers retitle themselves (ray::IDLE -> ray::ImplicitFunc.train), which changes
-        # their command line but not their executable; the start time pins the pid either way.
-        same_program = proc.cmdline() == entry["cmd"] or proc.exe() == entry.get("exe")
-        if proc.create_time() == entry["started"] and same_program:
-            return proc
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        pass
-    return None
-
-
-def end_leftovers(study_dir: Path, wait_s: float = 5.0) -> list[int]:
-    """End the recorded processes of an earlier driver of this study that are still alive;
-    return their pids. Call it holding the study's lock (that driver is gone, then)."""
-    path = record.ray_processes_path(study_dir)
-    try:
-        entries = record.read_json(path)
-    except record.RecordError:  # none recorded (a clean end), or a torn list: nothing to trust
+        session = record.read_json(path)
+        alive = session_processes(session)
+    except (record.RecordError, KeyError, TypeError, ValueError):
+        # none recorded (a clean end), or a torn or foreign record: nothing to trust
         path.unlink(missing_ok=True)
         return []
-    alive = [p for e in entries if isinstance(e, dict) and (p := _same(e))] if isinstance(
-        entries, list
-    ) else []
-    # and what those started since the list was last written (a worker for a new trial)
-    pids = {p.pid for p in alive}
-    for proc in list(alive):
-        with contextlib.suppress(psutil.Error):
-            alive += [c for c in proc.children(recursive=True) if c.pid not in pids]
-            pids |= {p.pid for p in alive}
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
             proc.resume()  # a stopped process (Ctrl-Z, a debugger) takes SIGTERM only once resumed
-    _, stubborn = psutil.wait_procs(alive, timeout=wait_s)
+    # A short grace: the session's driver is dead, nothing of it is worth waiting for, and what a
+    # worker writes into a trial directory is written atomically, so SIGKILL cannot tear it.
+    _, stubborn = psutil.wait_procs(alive, timeout=term_s)
     for proc in stubborn:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+    deadline = time.monotonic() + kill_s
+    while not all(_gone(p) for p in stubborn) and time.monotonic() < deadline:
+        time.sleep(0.05)
     path.unlink(missing_ok=True)
     return [p.pid for p in alive]

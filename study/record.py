@@ -24,7 +24,7 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
 A study directory holds ``study.json`` (command, resolved space, objectives, schema version),
 ``optuna.journal`` (the Optuna study, in Optuna's journal storage; its content is owned by
 ``study.journal``), the ``search/`` and ``baselines/`` groups and, while a driver runs,
-``.ray_processes.json`` (the local Ray processes it started: see ``study.leftovers``).
+``.ray_session.json`` (its local Ray session, to end after a kill: see ``study.leftovers``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CURVE = "curve.jsonl"
 EXAMPLES = "examples.json"
 ENV = "env.json"
 STATUS = "status.json"
-RAY_PROCESSES = ".ray_processes.json"
+RAY_SESSION = ".ray_session.json"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint"
 STUDY = "study.json"
@@ -382,9 +382,9 @@ def owner_path(study_dir: Path) -> Path:
     return study_dir.parent / f".{study_dir.name}.owner"
 
 
-def ray_processes_path(study_dir: Path) -> Path:
-    """The driver's list of the Ray processes it started (see study.leftovers)."""
-    return Path(study_dir) / RAY_PROCESSES
+def ray_session_path(study_dir: Path) -> Path:
+    """The driver's record of its local Ray session (see study.leftovers)."""
+    return Path(study_dir) / RAY_SESSION
 
 
 def journal_path(study_dir: Path) -> Path:

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if ended := end_leftovers(plan.study_dir):  # an earlier driver was killed: its Ray
-            print(f"study.tune: ended {len(ended)} Ray processes a killed run of this study left "
-                  f"(pids {', '.join(map(str, ended))})")
+            print(f"study.tune: warning: ended {len(ended)} Ray processes a killed run of this "
+                  f"study left (pids {', '.join(map(str, ended))})", file=sys.stderr)
         run_study(plan)
     finally:
         lock.release()

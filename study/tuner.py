@@ -8,7 +8,6 @@ and the trainable (``study.trainable``) are the only ones that import Ray.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -19,10 +18,9 @@ from ray.tune import FailureConfig, RunConfig
 from ray.tune.search import ConcurrencyLimiter
 
 from search_spaces import to_tune, tune_points
-from study import journal, record
+from study import journal, leftovers, record
 from study.callbacks import LiveTable, StatusWriter
 from study.estimate import estimator
-from study.leftovers import recorded_processes
 from study.options import StudyOptions, parse_resources
 from study.plan import Plan, study_record
 from study.resume import damaged_lines, replay_curves
@@ -30,7 +28,8 @@ from study.search import make_search
 from study.trainable import trainable
 
 
-def _ray_init(options: StudyOptions) -> None:
+def _ray_init(options: StudyOptions) -> str:
+    """Start (or join) Ray; return the session directory."""
     # Token auth: Ray 2.60 turns it on for a new local cluster when RAY_AUTH_MODE is unset (and
     # refreshes its cached config; setting the variable here, after ray is imported, would leave
     # the driver without its token). plan_study refuses --dashboard with any other mode.
@@ -48,6 +47,7 @@ def _ray_init(options: StudyOptions) -> None:
     context = ray.init(address=options.address, **kwargs)
     if options.dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url} (token auth; bound to {host})")
+    return context.address_info["session_dir"]
 
 
 def _resources(options: StudyOptions) -> dict:
@@ -156,12 +156,15 @@ def run_study(plan: Plan) -> None:
         problems = [journal.repair(plan.study_dir), *damaged_lines(plan.study_dir)]
         for problem in filter(None, problems):
             print(f"study.tune: warning: {problem}", file=sys.stderr)
-    _ray_init(plan.options)
-    local = plan.options.address is None  # a joined cluster's processes are not ours to list
+    session_dir = _ray_init(plan.options)
+    local = plan.options.address is None  # a joined cluster's processes are not ours to end
+    if local:  # for the next run, if this driver is killed: see study.leftovers
+        leftovers.remember(plan.study_dir, session_dir, os.path.dirname(ray.__file__))
     try:
-        with recorded_processes(plan.study_dir) if local else contextlib.nullcontext():
-            if baselines := _baselines_left(plan):
-                _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan))
-            _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
+        if baselines := _baselines_left(plan):
+            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan))
+        _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
     finally:
         ray.shutdown()
+        if local:
+            leftovers.forget(plan.study_dir)

@@ -59,6 +59,28 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
+def freeze(proc: subprocess.Popen) -> None:
+    """SIGSTOP a driver's group and every process under it: Ray puts each worker in a process
+    group of its own, where a group signal misses it (it would train on without a driver)."""
+    signal_group(proc, signal.SIGSTOP)
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.suspend()
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver and every process under it (its worker too: see freeze)."""
+    try:
+        under = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        under = []
+    signal_group(proc, signal.SIGKILL)
+    for child in under:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
 def statuses(study: Path) -> dict[str, str]:
     """Searched trial directory -> its status ("none" when status.json is missing)."""
     out = {}
@@ -142,8 +164,8 @@ def killed(tmp_path_factory):
     try:
         seen["started"] = _wait_for(starting, procs, 300)
         running = [p for p in procs if p.poll() is None]
-        for p in running:
-            signal_group(p, signal.SIGSTOP)  # frozen at the trial's start, lock still held
+        for p in running:  # frozen at the trial's start, lock still held
+            freeze(p)
         seen["exited_early"] = [
             (p.returncode, (tmp / f"driver{i}.log").read_text())
             for i, p in enumerate(procs)
@@ -158,7 +180,7 @@ def killed(tmp_path_factory):
         for p in running:
             p.kill()  # the driver alone, as `kill -9 PID` does
             p.wait()
-        # The rest of the group outlives the driver, left frozen: a Ray worker let go on would
+        # Its Ray processes outlive the driver, left frozen: a Ray worker let go on would
         # train its trial without a driver (and use up that trial's once-only fault).
         time.sleep(2)
         seen["left_before"] = alive(ray)
@@ -174,7 +196,7 @@ def killed(tmp_path_factory):
             return (ended, cut) if cut else None
 
         ended_cut = _wait_for(mid_training, [second], 400, every_s=0.05)
-        signal_group(second, signal.SIGKILL)  # the driver and its local Ray processes
+        kill_all(second)  # the driver and its local Ray processes, as a power cut would
         second.wait()
         seen["left_after"] = alive(ray)
         seen["second"] = (second.returncode, (tmp / "second.log").read_text())
@@ -245,11 +267,6 @@ def test_bug4_a_torn_curve_line_is_named_and_the_kill_mid_training_resumes_exact
         assert not list(trial.glob("checkpoint_*")), trial  # no Ray copy beside it
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 12): in about half the runs Ray's DashboardAgent and RuntimeEnvAgent of "
-    "the killed driver are still alive after the next run; the cause is not found yet",
-)
 def test_bug8_ray_processes_a_killed_driver_left_are_ended_on_resume(killed):
     """Ray's DashboardAgent and RuntimeEnvAgent outlived a killed driver."""
     assert killed["left_before"], "the killed driver left no Ray process: nothing to test"
