@@ -160,3 +160,12 @@ def errored_study(storage, tmp_path_factory):
             os.environ["LORA_STUDY_FAULT"] = previous
     assert code == 0
     return storage / "errored"
+
+
+@pytest.fixture(scope="session")
+def killed(tmp_path_factory):
+    """test_reliability's study of issue 12's failures (contended, frozen, killed twice, a torn
+    curve line, resumed): its regression tests and test_tune's fault tests read it."""
+    from tests.test_reliability import run_killed_study
+
+    return run_killed_study(tmp_path_factory)

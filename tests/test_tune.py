@@ -6,10 +6,7 @@ Each study starts a local Ray instance; the studies are fixtures shared by the t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -107,92 +104,61 @@ def test_multi_objective_optuna_states(multi_study):
     assert "PRUNED" in {t.state.name for t in trials}
 
 
-@pytest.fixture(scope="module")
-def fault_study(storage, tmp_path_factory):
-    """4 trials: NaN at step 2 (rank 1), OOM at step 2 (rank 2), a transient crash at step 4
-    (rank 4, retried from its step-2 checkpoint), and a clean one (rank 8). No ASHA stops."""
-    points = [{"lora.rank": r, "lora.targets": "qv", "train.lr": 0.01} for r in (1, 2, 4, 8)]
-    space = space_file(tmp_path_factory.mktemp("space"), points=points)
-    env = {"LORA_STUDY_FAULT": "nan@2@lora.rank=1,oom@2@lora.rank=2,transient@4@lora.rank=4"}
-    os.environ.update(env)
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = main(
-                [
-                    "--space",
-                    str(space),
-                    "--num-samples",
-                    "4",
-                    "--storage-path",
-                    str(storage),
-                    "--name",
-                    "faults",
-                    "--no-baselines",
-                    "--grace",
-                    "6",
-                ]
-            )
-    finally:
-        os.environ.pop("LORA_STUDY_FAULT")
-    assert code == 0
-    (storage / "faults" / "stdout.txt").write_text(out.getvalue())
-    return storage / "faults"
+# The fault tests read conftest's `killed` study (test_reliability's; one run for both): a NaN
+# at step 2 (lr 0.01), a failed CPU allocation at step 2 (lr 0.015), a transient crash at step 4
+# (GOOD, lr 0.02) retried from its step-2 checkpoint, and a sampled trial killed and resumed.
 
 
-def _by_rank(study: Path) -> dict[int, Path]:
-    return {
-        json.loads((d / "config.json").read_text())["lora"]["rank"]: d for d in trial_dirs(study)
-    }
+def _by_lr(study: Path) -> dict[float, Path]:
+    lrs = [json.loads((d / "config.json").read_text())["train"]["lr"] for d in trial_dirs(study)]
+    return dict(zip(lrs, trial_dirs(study)))
 
 
-def test_nan_and_oom_end_one_trial_each_with_their_reason(fault_study):
-    dirs = _by_rank(fault_study)
-    nan = json.loads((dirs[1] / "status.json").read_text())
-    oom = json.loads((dirs[2] / "status.json").read_text())
+def test_nan_and_oom_end_one_trial_each_with_their_reason(killed):
+    study = killed["study"]
+    dirs = _by_lr(study)
+    nan = json.loads((dirs[0.01] / "status.json").read_text())
+    oom = json.loads((dirs[0.015] / "status.json").read_text())
     assert nan["status"] == "errored" and "non-finite training loss" in nan["reason"]
     assert oom["status"] == "errored" and "out of memory" in oom["reason"]
-    assert json.loads((dirs[8] / "status.json").read_text())["status"] == "finished"
-    states = [t.state.name for t in launched(fault_study)]
+    assert json.loads((dirs[0.02] / "status.json").read_text())["status"] == "finished"
+    states = [t.state.name for t in launched(study)]
     assert states.count("FAIL") == 2 and states.count("COMPLETE") == 2
-    summary = (fault_study / "stdout.txt").read_text().split("Study faults:")[-1]
+    summary = killed["last"].stdout.split("Study twice:")[-1]
     errored = [line for line in summary.splitlines() if line.strip().startswith("errored [")]
     assert len(errored) == 2, summary
     assert any("non-finite training loss" in line for line in errored)
     assert any("out of memory" in line for line in errored)
 
 
-def test_transient_failure_resumes_from_its_checkpoint(fault_study):
-    trial = _by_rank(fault_study)[4]
+def test_transient_failure_resumes_from_its_checkpoint(killed):
+    trial = _by_lr(killed["study"])[0.02]
+    assert (trial / ".fault-transient").is_file()  # the crash happened (once)
     assert json.loads((trial / "status.json").read_text())["status"] == "finished"
     metrics = json.loads((trial / "metrics.json").read_text())
     assert metrics["step"] == 6 and metrics["resumed_from_step"] == 2
-    assert [
-        p["step"] for p in map(json.loads, (trial / "curve.jsonl").read_text().splitlines())
-    ] == [
-        2,
-        4,
-        6,
-    ]
+    steps = [p["step"] for p in map(json.loads, (trial / "curve.jsonl").read_text().splitlines())]
+    assert steps == [2, 4, 6]
 
 
-def test_optuna_holds_every_searched_trial_with_its_intermediate_values(fault_study):
-    trials = launched(fault_study)
+def test_optuna_holds_every_searched_trial_with_its_intermediate_values(killed):
+    study = killed["study"]
+    trials = launched(study)
     assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
     for trial in trials:
-        path = fault_study / "search" / trial.user_attrs["trial_dir"] / "curve.jsonl"
+        path = study / "search" / trial.user_attrs["trial_dir"] / "curve.jsonl"
         # (the NaN and OOM trials fail at step 2, before their first evaluation: no curve)
         lines = path.read_text().splitlines() if path.is_file() else []
         curve = [json.loads(line) for line in lines]
-        # every evaluation the trial reported (the transient crash's retry included), by step
+        # every evaluation the trial reported (retries and resumes included), by step
         assert trial.intermediate_values == {p["step"]: p["eval_loss"] for p in curve}, trial
     assert sum(bool(t.intermediate_values) for t in trials) == 2
 
 
-def test_two_studies_in_one_storage_path_keep_their_own_optuna_state(multi_study, fault_study):
-    multi, faults = optuna_study(multi_study), optuna_study(fault_study)
-    assert (multi.study_name, faults.study_name) == ("multi", "faults")
-    assert (len(launched(multi_study)), len(launched(fault_study))) == (6, 4)
+def test_two_studies_in_one_storage_path_keep_their_own_optuna_state(multi_study, errored_study):
+    multi, errored = optuna_study(multi_study), optuna_study(errored_study)
+    assert (multi.study_name, errored.study_name) == ("multi", "errored")
+    assert (len(launched(multi_study)), len(launched(errored_study))) == (6, 1)
 
 
 def test_a_small_space_is_searched_without_repeats_and_the_search_ends(tmp_path, capsys):
