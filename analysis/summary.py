@@ -33,7 +33,12 @@ def collect(study_dir: Path) -> list[dict]:
             except record.RecordError:
                 continue  # damaged: `python -m analysis report` names it
             status = record.read_status(d)
-            row = {"trial": d.name, "group": group, "config": config, "metrics": metrics}
+            try:
+                env = record.read_env(d)
+            except record.RecordError:
+                env = {}
+            row = {"trial": d.name, "group": group, "config": config, "metrics": metrics,
+                   "env": env}
             rows.append({**row, "status": status})
     return rows
 
@@ -124,8 +129,25 @@ def print_summary(
             f"  memory estimate vs measured peak: mean error {np.mean(errors):+.0f}%, "
             f"range {min(errors):+.0f}% to {max(errors):+.0f}% over {len(errors)} trials"
         )
+    _print_precision(finished)
     _print_search(study_dir, len(searched), num_samples, time_budget_s)
     print(f"\nBuild the report: python -m analysis report {study_dir}")
+
+
+def _print_precision(finished: list[dict]) -> None:
+    """The compute precision the finished trials ran in, and for train.dtype=auto the matmul
+    timings it was chosen by (see study.precision)."""
+    seen: dict[str, int] = {}
+    for r in finished:
+        choice = r["env"].get("dtype_choice")
+        if not isinstance(choice, dict) or not choice.get("name"):
+            continue
+        times = choice.get("timings_ms") or {}
+        how = ", ".join(f"{k} {v:.3g} ms" for k, v in times.items() if isinstance(v, int | float))
+        label = choice["name"] + (f" ({choice.get('asked')}: {how} per matmul)" if how else "")
+        seen[label] = seen.get(label, 0) + 1
+    for label, n in seen.items():
+        print(f"  compute precision: {label}, {n} finished trial{'s' * (n != 1)}")
 
 
 def _print_search(

@@ -28,14 +28,19 @@ from bench.common import machine, machine_line  # noqa: E402
 
 
 def _setup(args):
+    import torch
+
     from study.config import TrialConfig
     from study.data import build_data
     from study.models import load_model
+    from study.precision import matmul_shape, resolve
 
     cfg = TrialConfig.from_dict({"train.steps": args.steps, "seed": 0})
     model, tok = load_model(cfg.model.name)
     data = build_data(cfg.data, tok)
-    return cfg, model, tok, data
+    tokens = cfg.train.batch_size * cfg.data.seq_len
+    amp = resolve(cfg.train.dtype, torch.device("cpu"), matmul_shape(model, tokens)).amp
+    return cfg, model, tok, data, amp
 
 
 def run_ours(args) -> dict:
@@ -46,7 +51,7 @@ def run_ours(args) -> dict:
     from study.resources import PeakMemory
     from study.train import make_optimizer, train_loop
 
-    cfg, model, tok, data = _setup(args)
+    cfg, model, tok, data, amp = _setup(args)
     torch.manual_seed(0)
     inject_lora(model, cfg.lora.target_spec, rank=cfg.lora.rank, alpha=cfg.lora.alpha)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
@@ -61,6 +66,7 @@ def run_ours(args) -> dict:
         args.steps,
         tok.pad_token_id,
         memory=memory,
+        amp=amp,
     )
     seconds = time.perf_counter() - t0
     return {
@@ -82,9 +88,8 @@ def run_hf(args) -> dict:
 
     from lora_impl.inject import expand_targets
     from study.resources import PeakMemory
-    from study.train import autocast_dtype
 
-    cfg, model, tok, data = _setup(args)
+    cfg, model, tok, data, amp = _setup(args)
     torch.manual_seed(0)
     lora = peft.LoraConfig(
         r=cfg.lora.rank,
@@ -103,7 +108,7 @@ def run_hf(args) -> dict:
         counted["tokens"] += int(batch["attention_mask"].sum())
         return batch
 
-    bf16 = autocast_dtype(cfg.train.dtype, torch.device("cpu")) is not None
+    bf16 = amp is not None  # the precision ours runs in (train.dtype, auto measured)
     targs = TrainingArguments(
         output_dir=str(HERE / "out" / "hf_trainer_tmp"),
         per_device_train_batch_size=8,

@@ -31,6 +31,7 @@ COLUMNS = [
     ("exact", 6),
     ("peak MB", 7),
     ("tok/s", 6),
+    ("dtype", 5),
     ("status", 16),
 ]
 
@@ -81,6 +82,14 @@ class StatusWriter(Callback):
         record.write_status(_dir(self.dir, trial), record.ERRORED, step=step, reason=reason)
 
 
+def _precision(trial_dir: Path) -> str | None:
+    """The compute precision the trial runs in (its env.json; train.dtype=auto resolved)."""
+    try:
+        return record.read_env(trial_dir).get("dtype_choice", {}).get("name")
+    except (record.RecordError, AttributeError):
+        return None
+
+
 def _cell(value, width: int, fmt: str = "{}") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):  # not measured (yet)
         return "-".rjust(width)
@@ -127,6 +136,7 @@ class LiveTable(Callback):
             r.get(M.EXACT_MATCH),
             r.get(M.PEAK_MEM_MB),
             r.get(M.TRAIN_TOKENS_PER_S),
+            _precision(_dir(self.dir, trial)),
             state,
         ]
         fmts = [
@@ -141,6 +151,7 @@ class LiveTable(Callback):
             "{:.2f}",
             "{:.0f}",
             "{:.0f}",
+            "{}",
             "{}",
         ]
         return " ".join(_cell(v, w, f) for v, (_, w), f in zip(values, COLUMNS, fmts))

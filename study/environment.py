@@ -16,7 +16,19 @@ import torch
 from study.config import TrialConfig
 
 
-def environment(cfg: TrialConfig, device: torch.device, amp: torch.dtype | None) -> dict:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def environment(cfg: TrialConfig, device: torch.device, precision: dict) -> dict:
     """What a result depends on besides its config: versions, hardware, threads, dtype, seed."""
     packages = {}
     for pkg in ("torch", "transformers", "bitsandbytes", "safetensors", "ray", "optuna"):
@@ -37,23 +49,16 @@ def environment(cfg: TrialConfig, device: torch.device, amp: torch.dtype | None)
         )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
     return {
         "python": platform.python_version(),
         "packages": packages,
         "git_commit": commit,
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "device": device.type,
         "threads": torch.get_num_threads(),
-        "compute_dtype": "bf16 autocast" if amp is not None else "fp32",
+        "compute_dtype": "bf16 autocast" if precision["name"] == "bf16" else "fp32",
+        "dtype_choice": precision,  # train.dtype asked, used, and auto's timings (Choice.record)
         "weights": f"{cfg.quant.bits}-bit" + (f" {cfg.quant.type}" if cfg.quant.bits == 4 else ""),
         "seed": cfg.seed,
     }

@@ -37,6 +37,7 @@ from study.estimate import (
 )
 from study.options import StudyOptions, UsageError, check_counts, parse_resources
 from study.outdir import check_output_dir
+from study.precision import check_supported
 from study.resume import recorded_options
 
 SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
@@ -233,6 +234,17 @@ def _study_dir(options: StudyOptions, argv: list[str]) -> tuple[StudyOptions, Pa
     return options, study_dir, recorded
 
 
+def _check_dtypes(dtypes: list[str]) -> None:
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for dtype in dtypes:
+        try:
+            check_supported(dtype, device)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
 def _check_new(study_dir: Path) -> None:
     if study_dir.exists() and any(study_dir.iterdir()):
         raise UsageError(f"study {study_dir} already exists; use --resume or another --name")
@@ -324,6 +336,8 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         check_space_ranks(space, facts, base_point.model.name)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if options.address is None:  # this machine trains: bf16 only where it computes bf16
+        _check_dtypes(_choices(leaves, "train.dtype") or [base_point.train.dtype])
     if options.max_mem_mb:
         smallest = smallest_estimate(space, facts)
         if smallest is not None and smallest > options.max_mem_mb:

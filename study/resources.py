@@ -31,6 +31,11 @@ def rss_mb() -> float:
     return _status_kb("VmRSS") / 1024
 
 
+def rss_peak_mb() -> float:
+    """This process's RSS high-water mark (VmHWM) in MB, since the last reset by PeakMemory."""
+    return _status_kb("VmHWM") / 1024
+
+
 class PeakMemory:
     """Peak memory in MB over measured segments: ``resume()`` ... ``pause()`` ... ``peak()``."""
 
@@ -55,7 +60,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self._peak_reserved = max(self._peak_reserved, torch.cuda.max_memory_reserved() / 2**20)
             return torch.cuda.max_memory_allocated() / 2**20
-        return _status_kb("VmHWM") / 1024
+        return rss_peak_mb()
 
     def resume(self) -> None:
         """Start a measured segment (the first one also records ``start_mb``)."""
@@ -115,12 +120,13 @@ def decode_latency_ms(
     if autocast is not None:
         for p in frozen:
             p.requires_grad_(True)
+    # One autocast block around every run: leaving it empties its cast-weight cache, so a block
+    # per prompt would time the weights' casts again in every sample.
+    amp = torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
     try:
-        for i, prompt in enumerate([prompts[0], *prompts]):  # the first run warms up
-            ids = torch.tensor([prompt], device=device)
-            with torch.autocast(
-                device.type, dtype=autocast or torch.float32, enabled=autocast is not None
-            ):
+        with amp:
+            for i, prompt in enumerate([prompts[0], *prompts]):  # the first run warms up
+                ids = torch.tensor([prompt], device=device)
                 t0 = now(device)
                 model.generate(
                     input_ids=ids,
@@ -131,8 +137,8 @@ def decode_latency_ms(
                     pad_token_id=pad_id,
                 )
                 elapsed = now(device) - t0
-            if i > 0:
-                per_token.append(elapsed * 1e3 / new_tokens)
+                if i > 0:
+                    per_token.append(elapsed * 1e3 / new_tokens)
     finally:
         model.train(was_training)
         if autocast is not None:

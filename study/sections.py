@@ -201,7 +201,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value."""
     dtype: str = "auto"
-    """fp32, bf16 (autocast) or auto: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    """fp32, bf16 (autocast; needs native bf16) or auto: the faster of the two on this machine,
+    by a timed matmul of the model's shapes (cached; see study.precision)."""
     grad_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
 

@@ -43,27 +43,6 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.dtype`` on ``device`` (None: plain fp32)."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up over ``cfg.warmup`` steps, then cosine decay to ``min_lr_ratio * lr``."""
     if step < cfg.warmup:
@@ -98,6 +77,17 @@ class StepStats:
     tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    # the first step of this process (allocator, kernel choice, autocast's weight cache: not the
+    # steady state), counted in tokens and seconds but left out of the throughput
+    warm_tokens: int = 0
+    warm_seconds: float = 0.0
+
+    def timed(self) -> tuple[int, float]:
+        """(tokens, seconds) of the steps after the first: what the throughput is made of (all
+        steps when only one ran)."""
+        if len(self.step_ms) > 1:
+            return self.tokens - self.warm_tokens, self.seconds - self.warm_seconds
+        return self.tokens, self.seconds
 
     def summary(self) -> dict[str, float]:
         """Median step-phase times, tokens/s and the recent training loss."""
@@ -110,7 +100,8 @@ class StepStats:
                 ("step_ms", self.step_ms),
             )
         }
-        med["train_tokens_per_s"] = self.tokens / self.seconds if self.seconds else float("nan")
+        tokens, seconds = self.timed()
+        med["train_tokens_per_s"] = tokens / seconds if seconds else float("nan")
         recent = self.losses[-10:]
         med["train_loss"] = sum(recent) / len(recent) if recent else float("nan")
         return med
@@ -130,16 +121,17 @@ def train_loop(
     callbacks: tuple[Callable[[int, float], None], ...] = (),
     memory: PeakMemory | None = None,
     stats: StepStats | None = None,
+    amp: torch.dtype | None = None,
 ) -> StepStats:
     """Train from ``start_step`` to ``total_steps``; call ``on_eval(step)`` every ``every`` steps.
 
     ``on_eval`` runs outside the measured training phase: ``memory`` is paused around it.
+    ``amp`` is the autocast dtype (None: plain fp32; see ``study.precision``).
 
     Raises:
         NonFiniteLossError: the loss at some step is NaN or inf.
     """
     device = next(model.parameters()).device
-    amp = autocast_dtype(cfg.dtype, device)
     order = BatchOrder(len(examples), cfg.batch_size, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     stats = stats or StepStats()
@@ -153,6 +145,7 @@ def train_loop(
         t_step = now(device)
         fwd = bwd = 0.0
         step_loss = 0.0
+        tokens_before = stats.tokens
         for micro in range(cfg.grad_accum):
             idx = order.indices(step * cfg.grad_accum + micro)
             batch = {
@@ -181,6 +174,8 @@ def train_loop(
         stats.opt_ms.append((t4 - t3) * 1e3)
         stats.step_ms.append((t4 - t_step) * 1e3)
         stats.seconds += t4 - t_step
+        if len(stats.step_ms) == 1:
+            stats.warm_tokens, stats.warm_seconds = stats.tokens - tokens_before, t4 - t_step
         stats.losses.append(step_loss)
         for callback in callbacks:
             callback(step + 1, step_loss)

@@ -26,7 +26,7 @@ from study import metrics as M
 from study import record
 from study.checkpoint import find_checkpoint
 from study.config import TrialConfig
-from study.resources import rss_mb
+from study.resources import rss_peak_mb
 from study.train import NonFiniteLossError
 from study.trial import run_trial
 
@@ -36,8 +36,11 @@ class MemoryBudgetExceeded(RuntimeError):
 
 
 def _memory_guard(limit_mb: float):
+    # The peak of the training phase so far (what the trial's peak_mem_mb reports), not the
+    # current size: after a step its activations are freed, and the current RSS misses them.
     def check(step: int, _loss: float) -> None:
-        used = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss_mb()
+        cuda = torch.cuda.is_available()
+        used = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_peak_mb()
         if used > limit_mb:
             raise MemoryBudgetExceeded(
                 f"memory {used:.0f} MB exceeds --max-mem-mb {limit_mb:.0f} at step {step}"

@@ -34,7 +34,7 @@ from lora_impl import (
 )
 from lora_impl.layer import base_layer_dims
 from study import metrics as M
-from study import record
+from study import precision, record
 from study.checkpoint import load_checkpoint, save_checkpoint
 from study.config import TrialConfig
 from study.data import Example, TaskData, build_data
@@ -43,7 +43,7 @@ from study.estimate import check_rank
 from study.evaluate import exact_match, generate, per_skill, perplexity, split_loss
 from study.models import load_model
 from study.resources import PeakMemory, decode_latency_ms
-from study.train import StepStats, autocast_dtype, make_optimizer, train_loop
+from study.train import StepStats, make_optimizer, train_loop
 
 Report = Callable[[dict, "str | None"], None]
 CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
@@ -94,6 +94,8 @@ class Progress:
     train_s: float = 0.0
     eval_s: float = 0.0
     recent_losses: list[float] = field(default_factory=list)
+    timed_tokens: int = 0  # tokens and seconds of the steps after each process's first
+    timed_s: float = 0.0
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
@@ -118,8 +120,12 @@ class _Trial:
         _prepare(self.model, cfg)
         self.data: TaskData = build_data(cfg.data, self.tokenizer)
         self.load_s = time.perf_counter() - t_load
-        self.amp = autocast_dtype(cfg.train.dtype, self.device)
-        self.env = environment(cfg, self.device, self.amp)
+        tokens = cfg.train.batch_size * cfg.data.seq_len
+        self.precision = precision.resolve(
+            cfg.train.dtype, self.device, precision.matmul_shape(self.model, tokens)
+        )
+        self.amp = self.precision.amp
+        self.env = environment(cfg, self.device, self.precision.record())
 
         self.pad_id = self.tokenizer.pad_token_id
         per_step = cfg.train.batch_size * cfg.train.grad_accum
@@ -140,6 +146,7 @@ class _Trial:
         self.memory = PeakMemory(self.device)
         self.stats = StepStats(losses=list(self.progress.recent_losses))
         self.base_tokens, self.base_seconds = self.progress.tokens_seen, self.progress.train_s
+        self.base_timed = (self.progress.timed_tokens, self.progress.timed_s)
         self.latest: dict = {}
 
     def _lm(self, examples: list[Example]) -> list[Example]:
@@ -170,6 +177,9 @@ class _Trial:
         tokens_seen = self.base_tokens + self.stats.tokens
         train_s = self.base_seconds + self.stats.seconds
         measured = bool(self.stats.step_ms)  # a base trial (or a resumed final one) trained 0 steps
+        timed = self.stats.timed()
+        timed_tokens, timed_s = self.base_timed[0] + timed[0], self.base_timed[1] + timed[1]
+        self.timed = (timed_tokens, timed_s)  # for the checkpoint's progress
         return {
             M.STEP: step,
             "resumed_from_step": self.resumed_from_step,
@@ -181,7 +191,7 @@ class _Trial:
             M.PEAK_MEM_MB: self.memory.peak() if measured else None,
             M.START_MEM_MB: self.memory.start_mb,
             M.PEAK_RESERVED_MB: self.memory.peak_reserved() if measured else None,
-            M.TRAIN_TOKENS_PER_S: tokens_seen / train_s if train_s else None,
+            M.TRAIN_TOKENS_PER_S: timed_tokens / timed_s if timed_s else None,
             **{k: summary[k] for k in (M.FWD_MS, M.BWD_MS, M.OPT_MS, M.STEP_MS)},
         }
 
@@ -217,6 +227,7 @@ class _Trial:
         self.progress.step = step
         self.progress.tokens_seen = metrics[M.TOKENS_SEEN]
         self.progress.train_s = metrics[M.TRAIN_S]
+        self.progress.timed_tokens, self.progress.timed_s = self.timed
         self.progress.recent_losses = self.stats.losses[-10:]
         record.write_metrics(self.out, metrics)
         record.write_curve(self.out, self.progress.curve)
@@ -255,6 +266,7 @@ class _Trial:
                 callbacks=callbacks,
                 memory=self.memory,
                 stats=self.stats,
+                amp=self.amp,
             )
         return self.latest
 

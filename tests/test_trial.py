@@ -172,3 +172,40 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
     assert plain_calls == cfg.train.steps * layers  # one forward per layer and step
     assert calls["n"] == 2 * cfg.train.steps * layers  # and a recompute in each backward
     assert ckpt["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
+
+
+def test_throughput_leaves_out_each_processs_first_step(tmp_path, monkeypatch):
+    """train_tokens_per_s counts the steps after the first of each process (the first warms
+    up): on a clock where each process's first step takes 100 s more, and every other clock
+    read 0.25 s, the throughput of a trial cut after step 2 and resumed leaves both out."""
+    clock = {"t": 0.0, "calls": 0}
+
+    def fake_now(device):
+        clock["calls"] += 1
+        clock["t"] += 100.0 if clock["calls"] == 2 else 0.25  # inside the process's first step
+        return clock["t"]
+
+    def stop_at_2(metrics, checkpoint):
+        if metrics["step"] == 2:
+            raise Interrupt
+
+    monkeypatch.setattr(study.train, "now", fake_now)
+    cfg = tiny_trial(**{"train.steps": 4, "eval.every": 2})
+    with pytest.raises(Interrupt):
+        run_trial(cfg, report=stop_at_2, out_dir=tmp_path / "cut")
+    clock["calls"] = 0  # a new process
+    final = run_trial(cfg, resume_from=tmp_path / "cut" / "checkpoint", out_dir=tmp_path / "cut")
+    assert final["train_s"] > 200  # both warm-ups are in the wall time
+    # steps 2 and 4 are timed, 1.25 s each: the throughput is their tokens over 2.5 s (with a
+    # warm-up counted it would be under tokens_seen / 100)
+    tokens = final["tokens_seen"]
+    assert tokens / 4 / 2.5 < final["train_tokens_per_s"] <= tokens / 2.5
+
+
+def test_step_stats_throughput_without_the_first_step():
+    stats = study.train.StepStats(step_ms=[9000, 1000, 1000], tokens=300, seconds=11.0,
+                                  warm_tokens=100, warm_seconds=9.0)
+    assert stats.summary()["train_tokens_per_s"] == pytest.approx(200 / 2.0)
+    one = study.train.StepStats(step_ms=[9000], tokens=100, seconds=9.0, warm_tokens=100,
+                                warm_seconds=9.0)
+    assert one.summary()["train_tokens_per_s"] == pytest.approx(100 / 9.0)  # the only step

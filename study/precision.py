@@ -1,0 +1,176 @@
+"""The compute precision of ``train.dtype``: ``auto`` is decided by measurement, never by a flag.
+
+    choice = resolve("auto", device, shape)   # Choice(name="fp32", amp=None, timings_ms=..., ...)
+
+A CPU flag says whether bf16 is computed natively, not whether it is faster: on a 2-core Intel
+Xeon with ``avx512_bf16`` a bf16 matmul of the bundled model's shapes runs at about half the fp32
+rate (and so does training), on AMD EPYC bf16 is faster. So ``auto`` times one matmul of the
+model's own shapes (tokens x hidden x MLP width) in each candidate precision, a fraction of a
+second, and takes the fastest; the verdict is cached per machine, thread count and shape in
+``<cache>/precision.json`` (see ``study.models.cache_root``), and every trial's env.json records
+the choice and the timings behind it.
+
+Candidates: fp32 everywhere; bf16 where the hardware computes it natively (a CUDA device that
+supports it; a CPU with AVX512-BF16 or AMX). fp16 is not offered: training in it needs loss
+scaling, which the loop does not do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from study.environment import cpu_name
+from study.models.bundled import cache_root
+from study.record import write_json
+
+TIE = 0.05  # bf16 must be more than 5% faster to be chosen: fp32 loses no precision
+MAX_TOKENS = 1024  # rows of the timed matmul (a batch's tokens, capped: the ratio is what counts)
+BUDGET_S = 0.15  # timing per candidate, after one warm-up
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A resolved ``train.dtype``: the name used, the autocast dtype (None: plain fp32), and for
+    ``auto`` the per-candidate matmul times (ms) it was chosen from and whether they were cached."""
+
+    asked: str
+    name: str
+    timings_ms: dict[str, float] | None = None
+    cached: bool = False
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.name == "bf16" else None
+
+    def record(self) -> dict:
+        """What env.json keeps of the choice."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One phrase for tables and summaries, e.g. ``fp32 (auto: fp32 2.1 ms, bf16 3.9 ms)``."""
+        if not self.timings_ms:
+            return self.name
+        times = ", ".join(f"{k} {v:.3g} ms" for k, v in self.timings_ms.items())
+        return f"{self.name} ({self.asked}: {times})"
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (a candidate for ``auto``; ``bf16`` needs it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def check_supported(asked: str, device: torch.device) -> None:
+    """ValueError when ``train.dtype=asked`` cannot run as asked on ``device``."""
+    if asked == "bf16" and not bf16_supported(device):
+        raise ValueError(f"train.dtype bf16 is not supported on this {device.type} (no native "
+                         "bf16); use train.dtype fp32 or auto")
+
+
+def candidates(device: torch.device) -> list[str]:
+    return ["fp32", "bf16"] if bf16_supported(device) else ["fp32"]
+
+
+def time_matmul(shape: tuple[int, int, int], name: str, device: torch.device) -> float:
+    """Median ms of one (tokens x hidden) @ (hidden x width) matmul in precision ``name``."""
+    dtype = torch.bfloat16 if name == "bf16" else torch.float32
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    m, k, n = shape
+    a = torch.randn(m, k, generator=gen).to(device, dtype)
+    b = torch.randn(k, n, generator=gen).to(device, dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times, start = [], time.perf_counter()
+    for i in range(100):
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        if i > 0:  # the first one warms up (kernel choice, caches)
+            times.append((time.perf_counter() - t0) * 1e3)
+        if i >= 3 and time.perf_counter() - start > BUDGET_S:
+            break
+    return statistics.median(times)
+
+
+def choose(timings_ms: dict[str, float]) -> str:
+    """The fastest precision; fp32 unless another is more than ``TIE`` faster."""
+    best = min(timings_ms, key=timings_ms.get)
+    return best if timings_ms[best] < timings_ms["fp32"] * (1 - TIE) else "fp32"
+
+
+def matmul_shape(model, tokens: int) -> tuple[int, int, int]:
+    """The timed matmul's shape for a model (or its config): (tokens, hidden, MLP width)."""
+    c = getattr(model, "config", model)
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd", 0)
+    width = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    return (max(1, min(tokens, MAX_TOKENS)), int(hidden), int(width))
+
+
+def _machine_key(device: torch.device, shape: tuple[int, int, int]) -> str:
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = cpu_name()
+    return json.dumps([device.type, where, platform.machine(), torch.__version__,
+                       torch.get_num_threads(), list(shape)])
+
+
+def resolve(
+    asked: str,
+    device: torch.device,
+    shape: tuple[int, int, int],
+    cache_file: Path | None = None,
+    timer: Callable[[tuple[int, int, int], str, torch.device], float] = time_matmul,
+) -> Choice:
+    """The precision for ``train.dtype=asked`` on ``device``: fp32 and bf16 as asked, ``auto``
+    measured (or read from ``cache_file``, default ``<cache>/precision.json``).
+
+    Raises:
+        ValueError: bf16 was asked where the device does not compute it natively.
+    """
+    check_supported(asked, device)
+    if asked != "auto":
+        return Choice(asked, asked)
+    if cache_file is None:
+        cache_file = cache_root() / "precision.json"
+    key = _machine_key(device, shape)
+    cache = _read_cache(cache_file)
+    if key in cache:
+        timings = cache[key]
+        return Choice(asked, choose(timings), timings, cached=True)
+    timings = {name: round(timer(shape, name, device), 4) for name in candidates(device)}
+    with contextlib.suppress(OSError):  # an unwritable cache only means measuring again
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache_file, {**_read_cache(cache_file), key: timings})
+    return Choice(asked, choose(timings), timings)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: measured again and rewritten
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and "fp32" in v and all(
+        isinstance(t, (int, float)) and t > 0 for t in v.values())}

@@ -1,0 +1,101 @@
+"""train.dtype=auto is chosen by measured speed, cached per machine and shape, and recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from study import precision
+
+CPU = torch.device("cpu")
+SHAPE = (512, 576, 1536)
+
+
+def fake_timer(times: dict[str, float], calls: list):
+    def timer(shape, name, device):
+        calls.append((shape, name))
+        return times[name]
+
+    return timer
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ({"fp32": 3.3, "bf16": 6.0}, "fp32"),  # bf16 slower (2-core Xeon with avx512_bf16)
+        ({"fp32": 6.0, "bf16": 3.3}, "bf16"),  # bf16 faster (EPYC, a GPU)
+        ({"fp32": 3.3, "bf16": 3.2}, "fp32"),  # within the tie margin: fp32 loses no precision
+    ],
+)
+def test_auto_takes_the_measured_faster_precision(bf16_cpu, tmp_path, times, expected):
+    calls = []
+    choice = precision.resolve("auto", CPU, SHAPE, tmp_path / "p.json", fake_timer(times, calls))
+    assert choice.name == expected
+    assert choice.amp == (torch.bfloat16 if expected == "bf16" else None)
+    assert choice.timings_ms == times and not choice.cached
+    assert sorted(name for _, name in calls) == ["bf16", "fp32"]
+    assert all(shape == SHAPE for shape, _ in calls)  # the model's own shape is timed
+
+
+def test_without_native_bf16_only_fp32_is_timed_and_bf16_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    calls = []
+    timer = fake_timer({"fp32": 3.0, "bf16": 1.0}, calls)
+    choice = precision.resolve("auto", CPU, SHAPE, tmp_path / "p.json", timer)
+    assert choice.name == "fp32" and [n for _, n in calls] == ["fp32"]
+    with pytest.raises(ValueError, match="train.dtype bf16 is not supported on this cpu"):
+        precision.resolve("bf16", CPU, SHAPE, tmp_path / "p.json", timer)
+
+
+def test_the_verdict_is_cached_per_machine_and_shape(bf16_cpu, tmp_path):
+    cache, calls = tmp_path / "p.json", []
+    timer = fake_timer({"fp32": 3.0, "bf16": 5.0}, calls)
+    first = precision.resolve("auto", CPU, SHAPE, cache, timer)
+    again = precision.resolve("auto", CPU, SHAPE, cache, timer)
+    assert len(calls) == 2 and again.cached and again.name == first.name == "fp32"
+    assert again.timings_ms == first.timings_ms
+    precision.resolve("auto", CPU, (512, 960, 2560), cache, timer)  # another model's shape
+    assert len(calls) == 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        precision.resolve("auto", CPU, SHAPE, cache, timer)  # another thread count
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 6
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1]", '{"k": {"fp32": -1}}', ""])
+def test_a_damaged_cache_is_measured_again(bf16_cpu, tmp_path, text):
+    cache, calls = tmp_path / "p.json", []
+    cache.write_text(text)
+    choice = precision.resolve("auto", CPU, SHAPE, cache, fake_timer({"fp32": 2, "bf16": 1}, calls))
+    assert choice.name == "bf16" and len(calls) == 2 and not choice.cached
+    assert len(json.loads(cache.read_text())) == 1  # rewritten whole
+
+
+def test_fixed_dtypes_are_not_measured(bf16_cpu, tmp_path):
+    calls = []
+    timer = fake_timer({}, calls)
+    assert precision.resolve("fp32", CPU, SHAPE, tmp_path / "p.json", timer).amp is None
+    assert precision.resolve("bf16", CPU, SHAPE, tmp_path / "p.json", timer).amp is torch.bfloat16
+    assert calls == [] and not (tmp_path / "p.json").exists()
+
+
+def test_the_real_timer_times_both_precisions():
+    for name in ("fp32", "bf16"):
+        ms = precision.time_matmul((64, 32, 48), name, CPU)
+        assert 0 < ms < float("inf")
+
+
+def test_describe_names_the_choice_and_its_timings():
+    choice = precision.Choice("auto", "fp32", {"fp32": 2.1, "bf16": 3.9})
+    assert choice.describe() == "fp32 (auto: fp32 2.1 ms, bf16 3.9 ms)"
+    assert precision.Choice("fp32", "fp32").describe() == "fp32"
