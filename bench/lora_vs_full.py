@@ -6,9 +6,9 @@
 Variants: full fine-tuning (lr 3e-5, the usual order of magnitude lower than LoRA's), LoRA `qv`
 r8, LoRA `all-linear` r8, LoRA all-linear r8 on an 8-bit base, and on a 4-bit NF4 base (lr 3e-4).
 Every variant trains the same steps on the same skills data through ``python -m study.train_one``
-(auto dtype: bf16 autocast where the CPU has it) and reports: trainable parameters, median
-forward / backward / step time, training tokens/s, training-phase peak memory, eval loss after
-those steps, test exact match, and decode latency unmerged / merged. Table: stdout and
+(auto dtype: the faster of fp32 and bf16 autocast, measured) and reports: trainable parameters,
+median forward / backward / step time, training tokens/s, training-phase peak memory, eval loss
+after those steps, test exact match, and decode latency unmerged / merged. Table: stdout and
 bench/out/lora_vs_full.md.
 """
 

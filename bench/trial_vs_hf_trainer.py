@@ -7,9 +7,10 @@ Same model (bundled SmolLM2-135M-Instruct), data (400 examples of the skills tas
 masked), LoRA (all-linear, r8, alpha 16), batch 8, steps, schedule (linear warm-up, then cosine
 decay to 10% of the lr: Trainer's ``cosine_with_min_lr``; our warm-up starts one step further
 in), AdamW (ours fused, one of the levers the comparison allows; Trainer's ``adamw_torch``),
-gradient clipping and dtype (auto: bf16 autocast where the CPU has it). Trainer's logging,
-evaluation and saving are off. Each run is its own process (peak RSS is per process); tokens/s
-counts real (non-padding) tokens; peak memory is the RSS high-water mark over ``train`` only.
+gradient clipping and dtype (auto: the faster of fp32 and bf16 autocast, measured). Trainer's
+logging, evaluation and saving are off. Each run is its own process (peak RSS is per process);
+tokens/s counts real (non-padding) tokens; peak memory is the RSS high-water mark over ``train``
+only.
 """
 
 from __future__ import annotations

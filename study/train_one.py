@@ -6,8 +6,9 @@
 
 The defaults are the default skills recipe: SmolLM2-135M-Instruct, LoRA rank 8 (alpha 16) on all
 linear layers, lr 3e-4 with 10 warm-up steps and cosine decay, 400 examples, 150 steps of batch 8,
-bf16 autocast where the hardware has it. Every field of study.config.TrialConfig is a flag,
-``--section.field`` (``--lora.rank 16``, ``--quant.type fp4``); the short forms above are aliases.
+the faster of fp32 and bf16 autocast as measured here (--dtype auto). Every field of
+study.config.TrialConfig is a flag, ``--section.field`` (``--lora.rank 16``, ``--quant.type
+fp4``); the short forms above are aliases.
 """
 
 from __future__ import annotations
