@@ -99,3 +99,21 @@ def test_describe_names_the_choice_and_its_timings():
     choice = precision.Choice("auto", "fp32", {"fp32": 2.1, "bf16": 3.9})
     assert choice.describe() == "fp32 (auto: fp32 2.1 ms, bf16 3.9 ms)"
     assert precision.Choice("fp32", "fp32").describe() == "fp32"
+
+
+def test_bf16_without_native_support_is_one_line_exit_2_before_anything(monkeypatch, tmp_path,
+                                                                        capsys):
+    from study.train_one import main as train_one
+    from study.tune import main as tune
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    code = tune(["--space", "smoke", "--storage-path", str(tmp_path / "res"), "--set",
+                 "train.dtype=bf16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train.dtype bf16 is not supported" in err[0], err
+    assert not (tmp_path / "res").exists()
+    code = train_one(["--model", "tiny-llama", "--steps", "2", "--dtype", "bf16", "--out",
+                      str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train.dtype bf16 is not supported" in err[0], err
+    assert not (tmp_path / "out").exists()
