@@ -9,16 +9,13 @@ from importlib import metadata
 
 import torch
 
+from study.environment import cpu_name
+
 
 def machine() -> dict:
     """CPU model, cores, RAM, GPU and library versions: printed with every table."""
-    cpu = platform.processor() or "unknown CPU"
+    cpu = cpu_name() or "unknown CPU"
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
         with open("/proc/meminfo") as f:
             mem_gb = int(f.readline().split()[1]) / 2**20
     except OSError:

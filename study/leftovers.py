@@ -9,8 +9,8 @@ kernel for that), but the dashboard and runtime-env agents go on, and so does a 
 Ray puts each worker in a process group of its own, so it outlives even a kill of the driver's
 group and trains on into the trial directory the next run is about to resume.
 
-What the driver records is its Ray session (the session directory, the driver's start time, the
-Python executable and Ray's package directory). Every process of a Ray session holds its log files
+What the driver records is its Ray session (the session directory, the driver's pid and start
+time, and Ray's package directory). Every process of a Ray session holds its log files
 open under that session's directory, so the next run finds the session's processes without any
 list that could lag behind (a worker started a second before the kill is found too). A process is
 ended only when all of these hold: it started after the recorded driver, it holds a file open in

@@ -55,13 +55,6 @@ class Choice:
         """What env.json keeps of the choice."""
         return asdict(self)
 
-    def describe(self) -> str:
-        """One phrase for tables and summaries, e.g. ``fp32 (auto: fp32 2.1 ms, bf16 3.9 ms)``."""
-        if not self.timings_ms:
-            return self.name
-        times = ", ".join(f"{k} {v:.3g} ms" for k, v in self.timings_ms.items())
-        return f"{self.name} ({self.asked}: {times})"
-
 
 def cpu_has_bf16() -> bool:
     """True where the CPU computes bf16 natively (AVX512-BF16 or AMX)."""

@@ -172,14 +172,17 @@ class _Trial:
             result[f"{split}_exact_match_by_skill"] = per_skill(outputs, chosen)
         return result, list(zip(chosen, outputs))
 
+    def _timed(self) -> tuple[int, float]:
+        """Tokens and seconds of the trial's steps after each process's first (all resumes)."""
+        tokens, seconds = self.stats.timed()
+        return self.base_timed[0] + tokens, self.base_timed[1] + seconds
+
     def _training_metrics(self, step: int) -> dict:
         summary = self.stats.summary()
         tokens_seen = self.base_tokens + self.stats.tokens
         train_s = self.base_seconds + self.stats.seconds
         measured = bool(self.stats.step_ms)  # a base trial (or a resumed final one) trained 0 steps
-        timed = self.stats.timed()
-        timed_tokens, timed_s = self.base_timed[0] + timed[0], self.base_timed[1] + timed[1]
-        self.timed = (timed_tokens, timed_s)  # for the checkpoint's progress
+        timed_tokens, timed_s = self._timed()
         return {
             M.STEP: step,
             "resumed_from_step": self.resumed_from_step,
@@ -227,7 +230,7 @@ class _Trial:
         self.progress.step = step
         self.progress.tokens_seen = metrics[M.TOKENS_SEEN]
         self.progress.train_s = metrics[M.TRAIN_S]
-        self.progress.timed_tokens, self.progress.timed_s = self.timed
+        self.progress.timed_tokens, self.progress.timed_s = self._timed()
         self.progress.recent_losses = self.stats.losses[-10:]
         record.write_metrics(self.out, metrics)
         record.write_curve(self.out, self.progress.curve)

@@ -95,12 +95,6 @@ def test_the_real_timer_times_both_precisions():
         assert 0 < ms < float("inf")
 
 
-def test_describe_names_the_choice_and_its_timings():
-    choice = precision.Choice("auto", "fp32", {"fp32": 2.1, "bf16": 3.9})
-    assert choice.describe() == "fp32 (auto: fp32 2.1 ms, bf16 3.9 ms)"
-    assert precision.Choice("fp32", "fp32").describe() == "fp32"
-
-
 def test_bf16_without_native_support_is_one_line_exit_2_before_anything(monkeypatch, tmp_path,
                                                                         capsys):
     from study.train_one import main as train_one
