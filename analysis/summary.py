@@ -65,11 +65,13 @@ def print_summary(
     num_samples: int,
     time_budget_s: float | None = None,
     estimate: Callable[[dict], float] | None = None,
+    duration: Callable[[dict], float] | None = None,
 ) -> None:
     """Print the summary of a finished (or resumed-and-finished) study.
 
     ``estimate`` maps a trial's config to the memory estimate that gated it (compared with the
-    measured peaks when given).
+    measured peaks when given); ``duration`` to its estimated seconds (compared with each
+    finished trial's ``trial_s``).
     """
     rows = collect(study_dir)
     finished = [r for r in rows if r["status"].get("status") == record.FINISHED]
@@ -129,9 +131,26 @@ def print_summary(
             f"  memory estimate vs measured peak: mean error {np.mean(errors):+.0f}%, "
             f"range {min(errors):+.0f}% to {max(errors):+.0f}% over {len(errors)} trials"
         )
+    if duration is not None:
+        _print_durations(finished, duration)
     _print_precision(finished)
     _print_search(study_dir, len(searched), num_samples, time_budget_s)
     print(f"\nBuild the report: python -m analysis report {study_dir}")
+
+
+def _print_durations(finished: list[dict], duration: Callable[[dict], float]) -> None:
+    """Estimated against measured wall time, per finished trial (trial_s: run_trial's time)."""
+    timed = [r for r in finished if r["metrics"].get(M.TRIAL_S)]
+    if not timed:
+        return
+    errors = []
+    print("  time estimate vs measured trial time (trials run to their end):")
+    for r in timed:
+        actual, estimated = r["metrics"][M.TRIAL_S], duration(r["config"])
+        errors.append(100 * (estimated - actual) / actual)
+        print(f"    {estimated:6.0f} s estimated, {actual:6.0f} s measured ({errors[-1]:+4.0f}%)  "
+              f"[{r['group']}/{r['trial']}] {describe(r['config'])}")
+    print(f"    median |error| {np.median(np.abs(errors)):.0f}% over {len(errors)} trials")
 
 
 def _print_precision(finished: list[dict]) -> None:

@@ -19,6 +19,7 @@ parameters only; the rest take their first choice / low end) that the searcher t
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,22 @@ def sample_point(space: dict[str, Any]) -> dict[str, Any]:
     for key, leaf in flat_leaves(space).items():
         point[key] = next(iter(leaf.values()))[0] if is_distribution(leaf) else leaf
     return point
+
+
+def choice_points(space: dict[str, Any], keys: tuple[str, ...], high: tuple[str, ...] = (),
+                  ) -> list[dict[str, Any]]:
+    """Every combination of the choices of ``keys`` (a range: its low end, or its high end for
+    the keys in ``high``), each completed by :func:`sample_point`: the configurations a
+    resource bound has to consider."""
+    leaves, point = flat_leaves(space), sample_point(space)
+    options = {}
+    for key in keys:
+        leaf = leaves.get(key)
+        if is_distribution(leaf):
+            ((kind, values),) = leaf.items()
+            options[key] = values if kind == "choice" else [values[-1 if key in high else 0]]
+    return [{**point, **dict(zip(options, combo))}
+            for combo in itertools.product(*options.values())]
 
 
 def validate(space: dict[str, Any]) -> None:

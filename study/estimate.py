@@ -3,23 +3,44 @@
     facts, tokenizer = model_facts(cfg, ["qv", "all-linear"])  # shapes only for hub models
     estimate_cfg(cfg, facts)                                    # MB
 
-The estimate gates launches under ``--max-mem-mb`` and is compared with the measured peak in
-the study's summary.
+One function serves the plan's check, the search's memory constraint and the summary's error
+line. The peak of the training phase is the sum of what the loop really holds:
+
+- the runtime (interpreter, torch and the libraries, allocator slack): ``RUNTIME_MB``;
+- the weights as stored: unquantized parameters at their dtype, quantized linears at 1 byte
+  (8-bit) or 0.5 byte plus one fp32 absmax per 64 (4-bit), the output head and embeddings never
+  quantized;
+- the trainable state: AdamW's two fp32 moments and the fp32 gradient of each trainable
+  parameter, plus the fp32 weight of an adapter;
+- what autograd keeps for backward for the largest micro-batch the trial will see (its real
+  padded length and target count, from the task's data and the batch order), counted by
+  ``study.activations`` on the real loss with the trial's adapter, quantization, precision and
+  checkpointing, times ``BACKWARD`` for the gradients backward holds next to it.
+
+``RUNTIME_MB`` and ``BACKWARD`` are the two numbers measured rather than counted: fitted on this
+repository's measurements (``bench/memory_model.py``, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lora_impl.inject import resolve_targets
-from lora_impl.layer import base_layer_dims
-from search_spaces import flat_leaves, is_distribution, sample_point
+from lora_impl.layer import base_layer_dims, is_linear_like
+from search_spaces import choice_points, flat_leaves, is_distribution
+from study import precision
+from study.activations import saved_bytes
 from study.config import TrialConfig
 from study.models import REGISTRY, ModelNotFoundError, hub_error, load_model, quiet_hub
+from study.workload import workload
+
+RUNTIME_MB = 311.0
+BACKWARD = 2.40
+QUANT_BYTES = {8: 1.0, 4: 0.5 + 4 / 64}  # per quantized weight (int8; nf4/fp4 + fp32 absmax)
+ADAM_BYTES = 12.0  # fp32 gradient and two fp32 moments per trainable parameter
 
 
 @dataclass(frozen=True)
@@ -31,6 +52,10 @@ class ModelFacts:
     layers: int
     vocab: int
     target_dims: dict[str, list[tuple[int, int]]]  # target spec -> (in, out) of each module
+    linear_params: int = 0  # weights of the linear layers a 4/8-bit base quantizes
+    param_bytes: float = 4.0  # bytes per unquantized parameter as loaded
+    hf_config: object = field(default=None, compare=False, repr=False)
+    tokenizer: object = field(default=None, compare=False, repr=False)
 
 
 def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, object]:
@@ -54,6 +79,8 @@ def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, objec
         target = TrialConfig.from_dict({"lora.targets": spec}).lora.target_spec
         names = resolve_targets(model, target)
         dims[spec] = [_in_out(model.get_submodule(n)) for n in names]
+    head = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in model.modules() if is_linear_like(m) and m is not head)
     c = model.config
     facts = ModelFacts(
         total_params=sum(p.numel() for p in model.parameters()),
@@ -61,6 +88,10 @@ def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, objec
         layers=getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", 0),
         vocab=c.vocab_size,
         target_dims=dims,
+        linear_params=linear,
+        param_bytes=float(next(model.parameters()).element_size()),
+        hf_config=c,
+        tokenizer=tokenizer,
     )
     return facts, tokenizer
 
@@ -70,49 +101,58 @@ def _in_out(module) -> tuple[int, int]:
     return in_f, out_f
 
 
-def estimate_peak_mb(
-    total_params: int,
-    trainable_params: int,
-    bits: int,
-    batch: int,
-    seq_len: int,
-    hidden: int,
-    layers: int,
-    vocab: int,
-    overhead_mb: float = 450.0,
-) -> float:
-    """Rough training-phase peak (MB): weights + trainable state + activations + runtime.
+def largest_batch(cfg: TrialConfig, tokenizer) -> tuple[int, int, int]:
+    """(rows, padded length, target tokens) of the largest micro-batch ``cfg`` trains on: the
+    same examples, batch order and padding as the loop (``study.workload``)."""
+    return workload(cfg, tokenizer).largest
 
-    - frozen weights: 4 bytes/param at 16 bits (held in fp32 here), 1 at 8, 0.5 (+6%) at 4;
-    - trainable parameters: fp32 weight, gradient and two Adam moments (16 bytes each);
-    - activations: ~34 x hidden values per token per layer saved for backward (attention and
-      MLP inputs/outputs, fp32), plus the logits of the target positions;
-    - a fixed runtime overhead (CPU: interpreter and libraries; CUDA: context).
-    """
-    frozen = total_params - trainable_params
-    weight_bytes = {16: 4.0, 8: 1.0, 4: 0.53}[bits] * frozen
-    state_bytes = 16.0 * trainable_params
-    tokens = batch * seq_len
-    act_bytes = 34 * hidden * layers * tokens * 4 + tokens * vocab * 4 * 2
-    return (weight_bytes + state_bytes + act_bytes) / 2**20 + overhead_mb
+
+def compute_precision(cfg: TrialConfig, facts: ModelFacts) -> torch.dtype | None:
+    """The autocast dtype the trial will run in (``train.dtype=auto``: measured, cached)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.dtype != "auto":
+        return torch.bfloat16 if cfg.train.dtype == "bf16" else None
+    tokens = cfg.train.batch_size * cfg.data.seq_len
+    return precision.resolve("auto", device, precision.matmul_shape(facts.hf_config, tokens)).amp
+
+
+def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
+    """(weights and trainable state, what autograd keeps for the largest micro-batch) in bytes."""
+    frozen_linear = facts.linear_params if cfg.quant.bits != 16 else 0
+    weights = (facts.total_params - frozen_linear) * facts.param_bytes
+    if frozen_linear:
+        weights += frozen_linear * QUANT_BYTES[cfg.quant.bits]
+    if cfg.method == "base":
+        return weights, 0.0
+    if cfg.method == "lora":
+        adapter = sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
+        state = adapter * (4.0 + ADAM_BYTES)
+    else:
+        state = facts.total_params * ADAM_BYTES
+    graph = saved_bytes(facts.hf_config, cfg, compute_precision(cfg, facts))
+    return weights + state, graph.total(*largest_batch(cfg, facts.tokenizer))
+
+
+def combine(cfg: TrialConfig, facts: ModelFacts, held: float, kept: float,
+            runtime_mb: float | None = None, backward: float | None = None) -> float:
+    """The peak (MB) from the held state and the kept activations (bytes). Backward adds to
+    what autograd keeps its gradients with respect to the activations and the allocator's
+    fragments of them: ``BACKWARD`` x kept in all (measured). In full fine-tuning the weights'
+    gradients are written in the same phase, into the space those free: the larger of the two
+    counts, not their sum (the held state otherwise counts the gradients)."""
+    runtime_mb = RUNTIME_MB if runtime_mb is None else runtime_mb
+    backward = BACKWARD if backward is None else backward
+    if cfg.method != "full":
+        return runtime_mb + (held + backward * kept) / 2**20
+    grads = facts.total_params * 4.0
+    extra = (backward - 1.0) * kept
+    return runtime_mb + (held - grads + kept + max(grads, extra)) / 2**20
 
 
 def estimate_cfg(cfg: TrialConfig, facts: ModelFacts) -> float:
-    """Estimated training peak (MB) of a TrialConfig (see :func:`estimate_peak_mb`)."""
-    if cfg.method == "lora":
-        trainable = sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
-    else:
-        trainable = facts.total_params if cfg.method == "full" else 0
-    return estimate_peak_mb(
-        facts.total_params,
-        trainable,
-        cfg.quant.bits,
-        cfg.train.batch_size,
-        cfg.data.seq_len,
-        facts.hidden,
-        facts.layers,
-        facts.vocab,
-    )
+    """Estimated training-phase peak (MB) of a TrialConfig (see the module docstring)."""
+    held, kept = estimate_parts(cfg, facts)
+    return combine(cfg, facts, held, kept)
 
 
 MEMORY_KEYS = (
@@ -127,17 +167,10 @@ MEMORY_KEYS = (
 
 def smallest_estimate(space: dict, facts: ModelFacts) -> float | None:
     """The lowest estimated peak (MB) over the memory-relevant choices of a space (None: none)."""
-    leaves, point = flat_leaves(space), sample_point(space)
-    options = {}
-    for key in MEMORY_KEYS:
-        leaf = leaves.get(key)
-        if is_distribution(leaf):
-            ((kind, values),) = leaf.items()
-            options[key] = values if kind == "choice" else [values[0]]  # a range: its low end
     smallest = None
-    for combo in itertools.product(*options.values()):
+    for point in choice_points(space, MEMORY_KEYS):
         try:
-            cfg = TrialConfig.from_dict({**point, **dict(zip(options, combo))})
+            cfg = TrialConfig.from_dict(point)
         except ValueError:
             continue  # e.g. full fine-tuning with a 4-bit choice: never launched anyway
         estimate = estimate_cfg(cfg, facts)

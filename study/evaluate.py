@@ -3,6 +3,17 @@
 loss = split_loss(model, data.eval, pad_id)                # mean over target tokens
 outputs = generate(model, tokenizer, data.eval, max_new_tokens=24)
 score = exact_match(outputs, data.eval)                    # fraction in [0, 1]
+loss, outputs = loss_and_answers(model, tokenizer, data.eval, 24)   # the same, cheaper
+
+``loss_and_answers`` gets the greedy answers without generating most of them. The loss pass
+already computes, at every response position, the model's most likely next token given the
+reference so far. Where that is the reference token at every position (and the end-of-turn
+token after it), greedy decoding provably produces exactly the reference: each step's input
+is then the reference prefix. Only the other prompts are generated. A trained model gets most
+answers right, so most of the generation (which costs as much as the loss pass again, the
+prompt's forward included) is skipped; the answers are the same as generating all of them,
+up to floating-point ties between two tokens (batching and padding differ between the passes,
+as they do between any two batch sizes).
 """
 
 from __future__ import annotations
@@ -10,11 +21,15 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from study.data import Example, collate, collate_prompts, end_of_turn_id
 from study.tasks.skills import is_correct
-from study.train import causal_lm_loss
+from study.train import target_logits
+
+LOSS_BATCH = 16  # examples per forward of the loss
+GENERATE_BATCH = 50  # prompts per batched generation
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -26,25 +41,43 @@ def split_loss(
     model: nn.Module,
     examples: list[Example],
     pad_id: int,
-    batch_size: int = 16,
+    batch_size: int = LOSS_BATCH,
     autocast: torch.dtype | None = None,
 ) -> float:
     """Mean next-token cross-entropy over every target token of ``examples``."""
+    return _scored(model, examples, pad_id, batch_size, autocast, stops=None)[0]
+
+
+@torch.no_grad()
+def _scored(model, examples, pad_id, batch_size, autocast, stops: list[int] | None,
+            ) -> tuple[float, list[bool]]:
+    """(mean loss, per example: is the most likely token the target at every position). With
+    ``stops``, a stop token predicted where the target is the final stop also counts."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, matched = 0.0, 0, []
+    stop_ids = torch.tensor(stops or [], device=device)
     try:
         for i in range(0, len(examples), batch_size):
             batch = {
                 k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()
             }
             with _autocast(device, autocast):
-                loss, n = causal_lm_loss(model, batch, reduction="sum")
-            total, count = total + float(loss), count + n
+                logits, targets, keep = target_logits(model, batch)
+                loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+            total, count = total + float(loss), count + targets.numel()
+            if stops is not None:
+                pred = logits.argmax(-1)
+                ok = (pred == targets) | (torch.isin(pred, stop_ids) & torch.isin(targets,
+                                                                                  stop_ids))
+                rows = keep.nonzero()[:, 0]
+                wrong = torch.zeros(keep.shape[0], dtype=torch.long, device=device)
+                wrong.index_add_(0, rows, (~ok).long())
+                matched += (wrong == 0).tolist()
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    return total / max(count, 1), matched
 
 
 def perplexity(loss: float) -> float:
@@ -58,13 +91,13 @@ def generate(
     tokenizer,
     examples: list[Example],
     max_new_tokens: int,
-    batch_size: int = 50,
+    batch_size: int = GENERATE_BATCH,
     autocast: torch.dtype | None = None,
 ) -> list[str]:
     """Greedy completions of each example's prompt, cut at the end-of-turn token."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
+    stop = _stops(tokenizer)
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -88,6 +121,42 @@ def generate(
     finally:
         model.train(was_training)
     return outputs
+
+
+def early_subset(examples: list[Example], n: int) -> list[Example]:
+    """The first ``n`` examples: a fixed subset that keeps the split's mix (the skills task is
+    in round-robin order, so every prefix is balanced; other data is shuffled when split)."""
+    return list(examples[:n])
+
+
+def loss_and_answers(
+    model: nn.Module,
+    tokenizer,
+    examples: list[Example],
+    max_new_tokens: int,
+    answer: list[Example] | None = None,
+    autocast: torch.dtype | None = None,
+) -> tuple[float, list[str]]:
+    """The loss on ``examples`` and the greedy answers to the prompts of ``answer`` (a subset of
+    ``examples``, default all of them), generating only those the loss pass does not already
+    determine (see the module docstring)."""
+    answer = examples if answer is None else answer
+    stops = _stops(tokenizer)
+    loss, matched = _scored(model, examples, tokenizer.pad_token_id, LOSS_BATCH, autocast, stops)
+    known = {}
+    for e, ok in zip(examples, matched, strict=True):
+        response = e.input_ids[len(e.prompt_ids) :]
+        # greedy decoding emits at most max_new_tokens, the end-of-turn token included
+        if ok and len(response) - 1 <= max_new_tokens:
+            known[id(e)] = tokenizer.decode(response[:-1], skip_special_tokens=True)
+    rest = [e for e in answer if id(e) not in known]
+    generated = dict(zip(map(id, rest), generate(model, tokenizer, rest, max_new_tokens,
+                                                 autocast=autocast)))
+    return loss, [known.get(id(e), generated.get(id(e))) for e in answer]
+
+
+def _stops(tokenizer) -> list[int]:
+    return sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
 
 
 def exact_match(outputs: list[str], examples: list[Example]) -> float:

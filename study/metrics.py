@@ -17,7 +17,7 @@ FWD_MS, BWD_MS, OPT_MS, STEP_MS = "fwd_ms", "bwd_ms", "opt_ms", "step_ms"
 TRAINABLE_PARAMS, ADAPTER_MB = "trainable_params", "adapter_mb"
 LATENCY_UNMERGED = "latency_ms_per_token_unmerged"
 LATENCY_MERGED = "latency_ms_per_token_merged"
-LOAD_S, TRAIN_S, EVAL_S = "load_s", "train_s", "eval_s"
+LOAD_S, TRAIN_S, EVAL_S, TRIAL_S = "load_s", "train_s", "eval_s", "trial_s"
 # progress
 STEP, TOKENS_SEEN = "step", "tokens_seen"
 
@@ -38,6 +38,7 @@ RESOURCES = (
     LOAD_S,
     TRAIN_S,
     EVAL_S,
+    TRIAL_S,
 )
 PROGRESS = (STEP, TOKENS_SEEN)
 

@@ -39,6 +39,7 @@ from study.options import StudyOptions, UsageError, check_counts, parse_resource
 from study.outdir import check_output_dir
 from study.precision import check_supported
 from study.resume import recorded_options
+from study.timing import StudyTime, study_time
 
 SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
 # start_mem_mb is context, not a goal; peak_reserved_mb exists on CUDA only.
@@ -59,6 +60,7 @@ class Plan:
     objectives: list[str]
     facts: ModelFacts
     baselines: tuple[dict, ...] = ()
+    time: StudyTime | None = None
 
     @property
     def max_t(self) -> int:
@@ -174,6 +176,16 @@ def _apply_max_t(space: dict, max_t: int | None) -> dict:
     if leaves.get("train.epochs") is not None:
         sets["train.epochs"] = None
     return apply_sets(space, sets)
+
+
+def _early_prompts(space: dict, objectives: list[str]) -> dict:
+    """No generation before a trial's last evaluation unless an objective needs exact match
+    there (ASHA's rungs, and the value a stopped trial gives Optuna): the loss is what ASHA
+    compares, and generation was most of the evaluation time. A space or --set that gives
+    eval.early_prompts keeps it."""
+    if M.EXACT_MATCH in objectives or "eval.early_prompts" in flat_leaves(space):
+        return space
+    return apply_sets(space, {"eval.early_prompts": 0})
 
 
 def _choices(leaves: dict, key: str) -> list:
@@ -323,6 +335,7 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         else:
             space = apply_sets(load_space(options.space), parse_sets(options.set))
             space = _apply_max_t(space, options.max_t)
+            space = _early_prompts(space, objectives)
         validate_space(space)
     except SpaceError as err:
         raise UsageError(str(err)) from None
@@ -350,4 +363,6 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
     baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb)
     name = study_dir.name
-    return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines))
+    estimated = study_time(space, facts, options.num_samples, baselines, options.max_concurrent)
+    return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines),
+                estimated)

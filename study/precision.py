@@ -144,18 +144,29 @@ def resolve(
     check_supported(asked, device)
     if asked != "auto":
         return Choice(asked, asked)
+    timings, cached = matmul_timings(device, shape, cache_file, timer)
+    return Choice(asked, choose(timings), timings, cached=cached)
+
+
+def matmul_timings(
+    device: torch.device,
+    shape: tuple[int, int, int],
+    cache_file: Path | None = None,
+    timer: Callable[[tuple[int, int, int], str, torch.device], float] = time_matmul,
+) -> tuple[dict[str, float], bool]:
+    """ms of the ``shape`` matmul in each candidate precision on ``device``, and whether they
+    came from the cache (the time estimate reads the same figures)."""
     if cache_file is None:
         cache_file = cache_root() / "precision.json"
     key = _machine_key(device, shape)
     cache = _read_cache(cache_file)
     if key in cache:
-        timings = cache[key]
-        return Choice(asked, choose(timings), timings, cached=True)
+        return cache[key], True
     timings = {name: round(timer(shape, name, device), 4) for name in candidates(device)}
     with contextlib.suppress(OSError):  # an unwritable cache only means measuring again
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache_file, {**_read_cache(cache_file), key: timings})
-    return Choice(asked, choose(timings), timings)
+    return timings, False
 
 
 def _read_cache(path: Path) -> dict:

@@ -256,6 +256,10 @@ class EvalConfig:
     """Greedy generation length for exact match."""
     num_examples: int = 6
     """Generations saved to examples.json."""
+    early_prompts: int = 30
+    """Eval prompts generated for exact match at each evaluation before the last: the first ones
+    of the eval split, the same every time (0: loss only). The last evaluation generates the
+    whole split. study.tune sets 0 unless an objective is exact_match."""
     latency_tokens: int = 32
     """Tokens decoded per prompt when measuring latency."""
     latency_prompts: int = 3
@@ -264,9 +268,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in ("every", "max_new_tokens", "latency_tokens", "latency_prompts"):
             _positive_int(f"eval.{name}", getattr(self, name))
-        require(
-            isinstance(self.num_examples, int) and self.num_examples >= 0,
-            "eval.num_examples",
-            self.num_examples,
-            "an integer >= 0",
-        )
+        for name in ("num_examples", "early_prompts"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"eval.{name}",
+                value,
+                "an integer >= 0",
+            )

@@ -52,18 +52,27 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def causal_lm_loss(
-    model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean"
-) -> tuple[torch.Tensor, int]:
-    """Next-token cross-entropy over positions whose label is not IGNORE; (loss, #targets)."""
+def target_logits(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits at the positions that have a target (M, vocab), those targets (M,), the mask
+    (B, T-1) that selected them). The output head runs at those positions only."""
     hidden = model.base_model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # (B, T, d)
     targets = batch["labels"][:, 1:]  # position t predicts token t + 1
     keep = targets != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (M, vocab), M = #targets
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
-    return loss, int(keep.sum())
+    return logits, targets[keep], keep
+
+
+def causal_lm_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean"
+) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy over positions whose label is not IGNORE; (loss, #targets)."""
+    logits, targets, _ = target_logits(model, batch)
+    loss = F.cross_entropy(logits.float(), targets, reduction=reduction)
+    return loss, int(targets.numel())
 
 
 @dataclass

@@ -40,7 +40,15 @@ from study.config import TrialConfig
 from study.data import Example, TaskData, build_data
 from study.environment import environment
 from study.estimate import check_rank
-from study.evaluate import exact_match, generate, per_skill, perplexity, split_loss
+from study.evaluate import (
+    early_subset,
+    exact_match,
+    generate,
+    loss_and_answers,
+    per_skill,
+    perplexity,
+    split_loss,
+)
 from study.models import load_model
 from study.resources import PeakMemory, decode_latency_ms
 from study.train import StepStats, make_optimizer, train_loop
@@ -93,6 +101,7 @@ class Progress:
     tokens_seen: int = 0
     train_s: float = 0.0
     eval_s: float = 0.0
+    trial_s: float = 0.0
     recent_losses: list[float] = field(default_factory=list)
     timed_tokens: int = 0  # tokens and seconds of the steps after each process's first
     timed_s: float = 0.0
@@ -108,6 +117,7 @@ class _Trial:
 
     def __init__(self, cfg: TrialConfig, out: Path, report: Report | None, resume_from) -> None:
         self.cfg, self.out, self.report = cfg, out, report
+        self.started = time.perf_counter()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         t_load = time.perf_counter()
         self.model, self.tokenizer = load_model(
@@ -147,24 +157,35 @@ class _Trial:
         self.stats = StepStats(losses=list(self.progress.recent_losses))
         self.base_tokens, self.base_seconds = self.progress.tokens_seen, self.progress.train_s
         self.base_timed = (self.progress.timed_tokens, self.progress.timed_s)
+        self.base_trial_s = self.progress.trial_s
         self.latest: dict = {}
 
     def _lm(self, examples: list[Example]) -> list[Example]:
         return _lm_prompts(examples, self.tokenizer, 16)
 
-    def quality(self, split: str) -> tuple[dict, list[tuple[Example, str]]]:
-        """Loss (and perplexity, exact match) on ``split`` ("eval" or "test"), and generations."""
+    def quality(self, split: str, final: bool = True) -> tuple[dict, list[tuple[Example, str]]]:
+        """Loss (and perplexity, exact match) on ``split`` ("eval" or "test"), and generations.
+
+        Before the last evaluation (``final`` False) only the first ``eval.early_prompts``
+        prompts are answered (none when 0): the loss is the whole split either way."""
         examples = self.data.eval if split == "eval" else self.data.test
         prompts = self.eval_prompts if split == "eval" else self.test_prompts
-        loss = split_loss(self.model, examples, self.pad_id, autocast=self.amp)
+        skills = self.cfg.data.task == "skills"  # every prompt is checked; else a few are shown
+        chosen = prompts if skills else prompts[: self.cfg.eval.num_examples]
+        if not final:
+            chosen = early_subset(chosen, self.cfg.eval.early_prompts)
+        new_tokens = self.cfg.eval.max_new_tokens
+        if self.cfg.data.task == "lm":  # prompts cut from the blocks: a loss pass, then generate
+            loss = split_loss(self.model, examples, self.pad_id, autocast=self.amp)
+            outputs = generate(self.model, self.tokenizer, chosen, new_tokens, autocast=self.amp)
+        else:
+            loss, outputs = loss_and_answers(self.model, self.tokenizer, examples, new_tokens,
+                                             answer=chosen, autocast=self.amp)
         result = {f"{split}_loss": loss}
         if split == "eval":
             result[M.EVAL_PPL] = perplexity(loss)
-        skills = self.cfg.data.task == "skills"  # every prompt is checked; else a few are shown
-        chosen = prompts if skills else prompts[: self.cfg.eval.num_examples]
-        outputs = generate(
-            self.model, self.tokenizer, chosen, self.cfg.eval.max_new_tokens, autocast=self.amp
-        )
+        if not chosen:
+            return result, []
         if skills:
             result[M.EXACT_MATCH if split == "eval" else M.TEST_EXACT_MATCH] = exact_match(
                 outputs, chosen
@@ -211,7 +232,7 @@ class _Trial:
         """Measure, write every trial file and the checkpoint, then report (which may stop us)."""
         t_eval = time.perf_counter()
         final = step >= self.total_steps
-        metrics, pairs = self.quality("eval")
+        metrics, pairs = self.quality("eval", final)
         metrics.update(self._training_metrics(step))
         metrics[M.ADAPTER_MB] = self._save_adapter()
         if final:
@@ -224,6 +245,8 @@ class _Trial:
             metrics[record.FINAL] = True
         self.progress.eval_s += time.perf_counter() - t_eval
         metrics[M.EVAL_S] = self.progress.eval_s
+        self.progress.trial_s = self.base_trial_s + time.perf_counter() - self.started
+        metrics[M.TRIAL_S] = self.progress.trial_s
         metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
         point = {k: metrics[k] for k in CURVE_KEYS if k in metrics}
         self.progress.curve = [p for p in self.progress.curve if p["step"] < step] + [point]

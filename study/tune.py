@@ -14,6 +14,7 @@ schema version), ``search/<trial>/`` for the searched trials and ``baselines/<tr
 from __future__ import annotations
 
 import sys
+import time
 
 from study.options import StudyOptions, UsageError, parse_options
 
@@ -37,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study.tune: error: {err}", file=sys.stderr)
         return 2
     from analysis.summary import print_summary  # the entry point may use analysis; study may not
+    from study.timing import trial_estimator
     from study.tuner import run_study  # Ray: imported once the input is known to be good
 
+    if plan.time is not None:
+        print(f"study.tune: {plan.time.describe()}", flush=True)
+    started = time.monotonic()
     try:
         if ended := end_leftovers(plan.study_dir):  # an earlier driver was killed: its Ray
             print(f"study.tune: warning: ended {len(ended)} Ray processes a killed run of this "
@@ -52,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         plan.options.num_samples,
         plan.options.time_budget_s,
         estimate=estimator(plan.facts),
+        duration=trial_estimator(plan.facts),
     )
+    wall = time.monotonic() - started
+    planned = f" (estimated {plan.time.total_s / 60:.1f} min)" if plan.time else ""
+    print(f"Wall time of this run: {wall / 60:.1f} min{planned}")
     return 0
 
 

@@ -12,7 +12,6 @@ from optuna.samplers import TPESampler
 from search_spaces import SpaceError, load_space, to_tune, tune_points, validate
 from study import metrics as M
 from study.asha import StudyASHA
-from study.estimate import estimate_peak_mb
 from study.search import StudySearch
 
 
@@ -335,19 +334,6 @@ def test_optuna_distributions_equal_rays_conversion():
         assert to_optuna(space) == OptunaSearch.convert_search_space(to_tune(space))
     ints = {"train": {"steps": {"randint": [4, 8]}}}
     assert to_optuna(ints) == OptunaSearch.convert_search_space(to_tune(ints))
-
-
-def test_memory_estimate_grows_with_what_it_should():
-    args = dict(total_params=135_000_000, batch=8, seq_len=128, hidden=576, layers=30, vocab=49152)
-    e16 = estimate_peak_mb(trainable_params=2_400_000, bits=16, **args)
-    e4 = estimate_peak_mb(trainable_params=2_400_000, bits=4, **args)
-    full = estimate_peak_mb(trainable_params=135_000_000, bits=16, **args)
-    assert e4 < e16 < full
-    # a parameter that trains costs 16 bytes (weight, grad, 2 Adam moments) instead of 4
-    assert full - e16 == pytest.approx(12 * (135_000_000 - 2_400_000) / 2**20, rel=0.01)
-    assert estimate_peak_mb(
-        trainable_params=0, bits=16, **{**args, "batch": 16}
-    ) > estimate_peak_mb(trainable_params=0, bits=16, **args)
 
 
 def test_builtin_spaces_are_valid_and_convert():

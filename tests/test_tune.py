@@ -455,3 +455,37 @@ def test_two_node_cluster_trial_survives_losing_its_worker(tmp_path):
     (trial,) = trial_dirs(study)
     assert json.loads((trial / "status.json").read_text())["status"] == "finished"
     assert json.loads((trial / "metrics.json").read_text())["resumed_from_step"] > 0
+
+
+def test_no_generation_before_the_last_evaluation_unless_an_objective_needs_it(tmp_path):
+    """Generation was most of the evaluation time; eval_loss (ASHA's metric by default) does not
+    need it, exact_match at ASHA's rungs does; a value the user set is kept."""
+    from study.plan import plan_study
+    from study.tune import parse_args
+
+    def early(*extra):
+        argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), *extra]
+        return plan_study(parse_args(argv), argv).space.get("eval", {}).get("early_prompts")
+
+    assert early() == 0
+    assert early("--objective", "exact_match,peak_mem_mb") is None  # the field's default
+    assert early("--objective", "eval_loss,exact_match") is None  # a stopped trial tells Optuna
+    assert early("--set", "eval.early_prompts=7") == 7
+
+
+def test_the_plan_estimates_the_study_time(tmp_path):
+    """Every trial run to its end: more samples, longer; the per-trial range brackets the mean."""
+    from study.plan import plan_study
+    from study.tune import parse_args
+
+    def plan(*extra):
+        argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), *extra]
+        return plan_study(parse_args(argv), argv).time
+
+    few, many = plan("--num-samples", "2"), plan("--num-samples", "6")
+    assert 0 < few.shortest_s <= few.mean_trial_s <= few.longest_s
+    assert many.total_s - few.total_s == pytest.approx(4 * few.mean_trial_s)
+    assert few.worst_s >= few.total_s and few.baselines_s > 0
+    assert "estimated wall time" in few.describe()
+    longer = plan("--num-samples", "2", "--max-t", "60")
+    assert longer.mean_trial_s > few.mean_trial_s

@@ -165,5 +165,5 @@ def load_model(
     if quant_bits < 16:
         quiet_bnb_warnings()
         quantize_linears(model, quant_bits, quant_type, double_quant)
-        return_freed_memory()  # the float weights just replaced
+        return_freed_memory(model)  # the float weights just replaced
     return model, tokenizer

@@ -1,0 +1,200 @@
+"""The memory estimate against measured training peaks, one process per configuration.
+
+    python -m bench.memory_model                  # the named set (about 15 minutes on 2 cores)
+    python -m bench.memory_model --only "qv r1"   # configurations whose name contains this
+    python -m bench.memory_model --out docs/memory_model.md
+
+The named set (issue 13): the five variants of ``bench/lora_vs_full.py`` (full; LoRA all-linear
+r8 at 16, 8 and 4 bits; qv r8), batch sizes 4 and 16, a sequence length twice the default, and
+the 12 classes rank 1 / 8 / 64 x targets qv / all-linear x bits 4 / 16 of the ``default`` space.
+Each runs ``python -m study.train_one`` for ``--steps`` steps in its own process (a fresh
+process: no other configuration's memory in its high-water mark) and its ``peak_mem_mb`` (the
+training phase) is compared with ``study.estimate.estimate_cfg`` for the same config. Then the
+gate: for budgets at the 25th, 50th and 75th percentiles of the measured peaks, every
+configuration measured at least 10% under the budget must be admitted (estimate <= budget) and
+every one at least 10% over it refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine, machine_line
+from study import record
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPACE = {"data.size": 400, "data.eval_size": 90, "train.warmup": 6}
+SMALL_EVAL = ["--data.eval_size", "8", "--data.test_size", "8", "--eval.num_examples", "8",
+              "--eval.latency_prompts", "1", "--eval.latency_tokens", "2",
+              "--eval.max_new_tokens", "4"]
+
+
+def named_set() -> dict[str, dict]:
+    """Configuration name -> the TrialConfig fields it sets (the rest: the defaults)."""
+    out = {
+        "full": {"method": "full", "train.lr": 3e-5},
+        "LoRA qv r8": {"lora.targets": "qv"},
+        "LoRA all-linear r8": {},
+        "LoRA all-linear r8, 4-bit": {"quant.bits": 4},
+        "LoRA all-linear r8, batch 4": {"train.batch_size": 4},
+        "LoRA all-linear r8, batch 16": {"train.batch_size": 16},
+        "LoRA all-linear r8, seq_len 256": {"data.seq_len": 256},
+    }
+    for rank in (1, 8, 64):
+        for targets in ("qv", "all-linear"):
+            for bits in (4, 16):
+                out[f"default space: {targets} r{rank} {bits}-bit"] = {
+                    **DEFAULT_SPACE, "lora.rank": rank, "lora.alpha": rank,
+                    "lora.targets": targets, "quant.bits": bits,
+                }
+    out["LoRA all-linear r8, 8-bit"] = {"quant.bits": 8}  # last: the slowest on CPU
+    return out
+
+
+def measure(name: str, fields: dict, steps: int, work: Path) -> dict:
+    """Train ``fields`` for ``steps`` steps in a process of its own; its config, metrics, env."""
+    out = work / "".join(c if c.isalnum() else "_" for c in name)
+    flags = [f"--{k}={v}" for k, v in fields.items()]
+    cmd = [sys.executable, "-m", "study.train_one", "--out", str(out), "--steps", str(steps),
+           "--eval-every", str(steps), *SMALL_EVAL, *flags]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return {"config": record.read_config(out), "metrics": record.read_metrics(out),
+            "env": record.read_env(out)}
+
+
+def gate_check(rows: list[dict]) -> list[str]:
+    """The gate's mistakes at the 25th, 50th and 75th percentile budgets ([] when none)."""
+    peaks = sorted(r["measured"] for r in rows)
+    mistakes = []
+    for q in (25, 50, 75):
+        budget = statistics.quantiles(peaks, n=100, method="inclusive")[q - 1]
+        for r in rows:
+            admitted = r["estimate"] <= budget
+            if r["measured"] <= 0.9 * budget and not admitted:
+                mistakes.append(f"p{q} budget {budget:.0f} MB refuses {r['name']} "
+                                f"(measured {r['measured']:.0f}, estimated {r['estimate']:.0f})")
+            if r["measured"] >= 1.1 * budget and admitted:
+                mistakes.append(f"p{q} budget {budget:.0f} MB admits {r['name']} "
+                                f"(measured {r['measured']:.0f}, estimated {r['estimate']:.0f})")
+    return mistakes
+
+
+def fit(seen: dict, facts) -> tuple[float, float, list[float]]:
+    """Least squares of measured = RUNTIME_MB + held + BACKWARD x kept over the LoRA
+    configurations of ``seen``: the two constants, and each configuration's error (%) when it
+    is left out of the fit (full fine-tuning, ``study.estimate.combine``, is never in it)."""
+    import numpy as np
+
+    from study.config import TrialConfig
+    from study.estimate import combine, estimate_parts
+
+    cfgs = [TrialConfig.from_dict(one["config"]) for one in seen.values()]
+    parts = [estimate_parts(cfg, facts) for cfg in cfgs]
+    measured = np.array([one["metrics"]["peak_mem_mb"] for one in seen.values()])
+    held = np.array([p[0] for p in parts]) / 2**20
+    kept = np.array([p[1] for p in parts]) / 2**20
+    lora = np.array([cfg.method != "full" for cfg in cfgs])
+    design = np.column_stack([np.ones(len(kept)), kept])
+    target = measured - held
+
+    def solve(rows):
+        return np.linalg.lstsq(design[rows], target[rows], rcond=None)[0]
+
+    runtime, backward = solve(lora)
+    loo = []
+    for i, (cfg, (h, k)) in enumerate(zip(cfgs, parts)):
+        rows = lora & (np.arange(len(kept)) != i)
+        r, b = solve(rows)
+        loo.append(float(100 * (combine(cfg, facts, h, k, r, b) - measured[i]) / measured[i]))
+    return float(runtime), float(backward), loo
+
+
+def table(rows: list[dict], steps: int, seconds: float) -> str:
+    errors = [r["error"] for r in rows]
+    lines = [
+        f"Machine: {machine_line(machine())}. Command: `python -m bench.memory_model`; "
+        f"{steps} steps per configuration, one process each; {seconds:.0f} s.",
+        "",
+        "| configuration | compute | estimate MB | measured MB | error |",
+        "|---|---|---:|---:|---:|",
+        *(f"| {r['name']} | {r['dtype']} | {r['estimate']:.0f} | {r['measured']:.0f} | "
+          f"{r['error']:+.1f}% |" for r in rows),
+        "",
+        f"**Median absolute error {statistics.median(abs(e) for e in errors):.1f}%, largest "
+        f"{max(errors, key=abs):+.1f}%** over {len(rows)} configurations.",
+    ]
+    mistakes = gate_check(rows)
+    lines += ["", "Gate at the 25th / 50th / 75th percentile budgets: " + (
+        "no mistake." if not mistakes else "; ".join(mistakes))]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8,
+                        help="steps per configuration (the CPU peak grows over the first "
+                             "steps as the allocator fragments, and levels off by about 8)")
+    parser.add_argument("--only", default="", help="configurations whose name contains this")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    parser.add_argument("--save", type=Path, help="write the measurements (JSON) here")
+    parser.add_argument("--keep", type=Path,
+                        help="keep the trial directories here (bench/time_model.py reads them)")
+    parser.add_argument("--fit", action="store_true",
+                        help="fit RUNTIME_MB and BACKWARD to the measurements and say how well")
+    parser.add_argument("--measured", type=Path,
+                        help="estimate again for measurements --save wrote (no training)")
+    args = parser.parse_args(argv)
+    from study.config import TrialConfig
+    from study.estimate import estimate_cfg, model_facts
+
+    start = time.time()
+    if args.measured:
+        seen = json.loads(args.measured.read_text())
+    else:
+        seen = {}
+        with tempfile.TemporaryDirectory(prefix="memory-model-") as work:
+            where = args.keep or Path(work)
+            for name, fields in named_set().items():
+                if args.only in name:
+                    seen[name] = measure(name, fields, args.steps, where)
+                    m = seen[name]["metrics"]
+                    print(f"{name}: measured {m['peak_mem_mb']:.0f} MB (start "
+                          f"{m['start_mem_mb']:.0f}), {m['train_tokens_per_s']:.0f} tokens/s",
+                          file=sys.stderr, flush=True)
+                    if args.save:  # as it goes: a long run interrupted keeps what it measured
+                        args.save.write_text(json.dumps(seen, indent=1))
+    if args.save:
+        args.save.write_text(json.dumps(seen, indent=1))
+    facts, _ = model_facts(TrialConfig(), ["qv", "all-linear"])  # every config: bundled model
+    if args.fit:
+        runtime, backward, loo = fit(seen, facts)
+        print(f"RUNTIME_MB = {runtime:.1f}, BACKWARD = {backward:.3f}; left-one-out errors: "
+              f"median |{statistics.median(abs(e) for e in loo):.1f}|%, largest "
+              f"{max(loo, key=abs):+.1f}%")
+        for name, error in zip(seen, loo):
+            print(f"  {name}: {error:+.1f}% left out")
+        return 0
+    rows = []
+    for name, one in seen.items():
+        cfg = TrialConfig.from_dict(one["config"])
+        estimate, measured = estimate_cfg(cfg, facts), one["metrics"]["peak_mem_mb"]
+        rows.append({"name": name, "estimate": estimate, "measured": measured,
+                     "error": 100 * (estimate - measured) / measured,
+                     "dtype": one["env"]["compute_dtype"]})
+    text = table(rows, args.steps, time.time() - start)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""What a training step keeps for backward, counted on small copies of the model.
+
+    graph = saved_bytes(hf_config, cfg, amp)   # Graph: bytes per layer, token, target, ...
+    graph.total(rows, length, targets)         # a micro-batch: rows x padded length
+
+The activations are most of a LoRA trial's peak, and they depend on everything at once: which
+layers carry an adapter (an adapter's input is kept), the compute precision (under bf16
+autocast every frozen weight is cast, and the cast kept, for each forward), quantization
+(bitsandbytes keeps its own tensors), gradient checkpointing, the loss at target positions
+only. Rather than a formula for each architecture, this runs the real loss (``causal_lm_loss``)
+on copies of the model's architecture with one and two layers and a small vocabulary, random
+weights, with the trial's adapter, quantization and precision, and adds up the bytes of every
+tensor autograd saves (each storage once, the weights themselves not). Six forwards of at most
+32 tokens, in padded batches of two like the loop's (padding makes attention keep a mask and
+its weights: a term in the square of the length), give a linear model in layers, tokens,
+squared lengths and targets, which is scaled to the model's layer count and vocabulary. Cached
+per configuration class in the process.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from study.config import TrialConfig
+
+# (layers, padded length, target tokens, vocabulary) of the probes, each a batch of 2 rows (the
+# second padded by a quarter): enough to separate each term of the fit
+PROBES = ((1, 16, 4, 512), (1, 24, 4, 512), (1, 32, 4, 512), (1, 32, 24, 512), (2, 16, 4, 512),
+          (2, 24, 4, 512), (2, 32, 4, 512), (2, 32, 24, 512), (1, 16, 4, 1024),
+          (1, 32, 24, 1024))
+ROWS = 2
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Bytes autograd keeps for a micro-batch, in terms of its size."""
+
+    const: float
+    per_token: float  # per row x padded length
+    per_square: float  # per row x padded length squared (attention's mask and weights)
+    per_target: float
+
+    def total(self, rows: int, length: int, targets: int) -> float:
+        return (self.const + self.per_token * rows * length + self.per_square * rows * length**2
+                + self.per_target * targets)
+
+
+def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    from lora_impl import inject_lora
+    from study.models.quantize import quantize_linears
+
+    c = copy.deepcopy(hf_config)
+    c.num_hidden_layers, c.vocab_size = layers, vocab
+    if isinstance(getattr(c, "layer_types", None), list):
+        c.layer_types = c.layer_types[:layers]
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if isinstance(getattr(c, name, None), int) and getattr(c, name) >= vocab:
+            setattr(c, name, 0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(c)
+    if cfg.quant.bits != 16:
+        quantize_linears(model, cfg.quant.bits, cfg.quant.type, cfg.quant.double_quant)
+    for p in model.parameters():
+        p.requires_grad_(cfg.method == "full")
+    if cfg.method == "lora":
+        inject_lora(model, cfg.lora.target_spec, cfg.lora.spec())
+    if cfg.train.grad_checkpointing and cfg.method != "base":
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
+        model.enable_input_require_grads()
+    model.train()
+    return model
+
+
+def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype | None) -> int:
+    from study.data import IGNORE
+    from study.train import causal_lm_loss
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (ROWS, length), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, length - length // 4 :] = 0  # the second row is shorter: right padding, as collate
+    labels = torch.full_like(ids, IGNORE)
+    per_row = targets // ROWS  # the loss at each row's last real positions
+    labels[0, length - per_row :] = ids[0, length - per_row :]
+    end = length - length // 4
+    labels[1, end - (targets - per_row) : end] = ids[1, end - (targets - per_row) : end]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    autocast = torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None)
+    with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        causal_lm_loss(model, batch)
+    return sum(seen.values())
+
+
+@functools.lru_cache(maxsize=64)
+def _graph(config_json: str, cls: str, amp_name: str | None, layers: int, vocab: int) -> Graph:
+    from transformers import AutoConfig
+
+    data = json.loads(config_json)
+    hf_config = AutoConfig.for_model(data.pop("model_type"), **data)
+    cfg = TrialConfig.from_dict(json.loads(cls))
+    amp = torch.bfloat16 if amp_name == "bf16" else None
+    rows, sizes = [], []
+    models = {(n, v): _probe_model(hf_config, n, v, cfg) for n, _, _, v in PROBES}
+    for n, t, m, v in PROBES:
+        # saved = c0 + cv v + c1 n + (t0 + t1 n) BT + (s0 + s1 n) BT^2 + (m0 + mv v) m: per
+        # layer, per token, per squared length (each also per layer), per target token (its
+        # logits: per vocabulary entry); the vocabulary also in the constant (the output head's
+        # weight, cast under autocast)
+        bt, bt2 = ROWS * t, ROWS * t * t
+        rows.append([1, v, n, bt, n * bt, bt2, n * bt2, m, m * v])
+        sizes.append(_saved(models[n, v], t, m, amp))
+    c0, cv, c1, t0, t1, s0, s1, m0, mv = np.linalg.lstsq(
+        np.array(rows, float), np.array(sizes, float), rcond=None
+    )[0]
+    return Graph(const=c0 + cv * vocab + c1 * layers, per_token=t0 + t1 * layers,
+                 per_square=s0 + s1 * layers, per_target=m0 + mv * vocab)
+
+
+def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:
+    """The Graph of ``cfg`` (its adapter, quantization, method, checkpointing) on the
+    architecture ``hf_config`` under autocast ``amp`` (None: fp32)."""
+    config = hf_config.to_dict()
+    keep = {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
+    cls = {"method": cfg.method, "lora.targets": cfg.lora.targets, "lora.rank": cfg.lora.rank,
+           "quant.bits": cfg.quant.bits, "quant.type": cfg.quant.type,
+           "train.grad_checkpointing": cfg.train.grad_checkpointing}
+    if cfg.method == "full":
+        cls["quant.bits"] = 16
+    return _graph(json.dumps(keep, sort_keys=True, default=str), json.dumps(cls, sort_keys=True),
+                  "bf16" if amp is not None else None, hf_config.num_hidden_layers,
+                  hf_config.vocab_size)

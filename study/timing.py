@@ -1,0 +1,239 @@
+"""The time model: how long a configuration's trial takes, before it runs.
+
+    speed = machine_speed(cfg, facts)          # FLOP/s of a model-shaped matmul, measured
+    trial_time(cfg, facts, speed)              # TrialTime(load_s, train_s, eval_s, other_s)
+
+A trial's time is a sum of terms whose sizes are counted from the configuration and its data
+(``study.workload``: the real padded batches), each times a coefficient measured once on this
+repository's runs (``bench/time_model.py --fit``, docs/BENCHMARKS.md):
+
+- compute: the FLOPs of every forward and backward (linear layers, attention, the output head
+  at target positions only, the adapter; backward computes input gradients, and weight
+  gradients only for full fine-tuning; checkpointing repeats the forward), divided by the
+  FLOP/s of one matmul of the model's shapes at the trial's precision, timed on this machine
+  (the figure ``train.dtype=auto`` is chosen by, ``study.precision``): a faster machine is
+  faster in the estimate without re-fitting;
+- dequantization: a 4/8-bit base dequantizes each linear weight at every forward and backward
+  (bitsandbytes on CPU), per weight;
+- calls: the per-layer cost of each forward or backward call (Python, kernel launches), which
+  dominates batch-1 decoding and small models;
+- the optimizer's update, per trainable parameter and step; checkpoints, per byte written;
+- loading: fixed, per parameter read, per weight quantized.
+
+The estimate assumes a trial runs to its last step (ASHA may stop it earlier) and that a
+trained model's answers are as long as the references (the base model's: the full
+``eval.max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from study import precision
+from study.config import TrialConfig
+from study.evaluate import GENERATE_BATCH
+from study.workload import Batches, Generation, workload
+
+# Coefficients, fitted by ``python -m bench.time_model --fit`` (seconds per unit of each term) on
+# 21 runs of the bundled model on a 2-core Intel Xeon (docs/BENCHMARKS.md): a first fit, median
+# error 16%, not yet checked on a study (issue 13).
+COEFFICIENTS = {
+    "train.compute": 1.365,  # per second of model-shaped matmul at the measured rate
+    "train.dequant": 2.813,  # per 1e9 quantized weights dequantized
+    "train.calls": 0.0,  # per layer of a forward + backward call (kept at 0: see the fit)
+    "train.optimizer": 16.43,  # per 1e9 trainable parameters updated
+    "eval.compute": 2.147,
+    "eval.dequant": 1.548,
+    "eval.calls": 0.0005188,  # per layer of a forward call
+    "load.const": 3.437,
+    "load.params": 0.4623,  # per 1e9 parameters loaded
+    "load.quantized": 35.61,  # per 1e9 weights quantized at load
+    "other.const": 0.03108,  # per evaluation: metrics, trial files
+    "other.checkpoint": 0.0,  # per GB written
+}
+WORKER_START_S = 2.4  # before run_trial: process start, imports (bench/study_overhead.py)
+# the share of a trained model's prompts that are generated (the rest are read off the loss
+# pass): about 1 - exact match; the demo's finished trials (bench/time_model.py)
+GENERATED_SHARE = 0.4
+STUDY_START_S = 10.0  # before the first trial: checks, model facts, data, Ray start
+_BASE = TrialConfig(method="base")  # evaluation: no adapter FLOPs counted
+
+
+@dataclass(frozen=True)
+class TrialTime:
+    """Estimated seconds of one trial, by phase."""
+
+    load_s: float
+    train_s: float
+    eval_s: float
+    other_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.load_s + self.train_s + self.eval_s + self.other_s
+
+
+def machine_speed(cfg: TrialConfig, facts) -> float:
+    """FLOP/s of the model-shaped matmul at ``cfg``'s precision on this machine (measured once,
+    cached with the precision choice)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
+    timings, _ = precision.matmul_timings(device, shape)
+    name = cfg.train.dtype
+    if name == "auto":
+        name = precision.choose(timings)
+    m, k, n = shape
+    return 2.0 * m * k * n / (timings.get(name, timings["fp32"]) / 1e3)
+
+
+def _flops(facts, batches: Batches, cfg: TrialConfig) -> tuple[float, float, float]:
+    """Forward FLOPs of ``batches``: (linear layers and adapter, attention, output head)."""
+    linear = 2.0 * (facts.linear_params + _adapter_params(cfg, facts)) * batches.tokens
+    attention = 4.0 * facts.layers * facts.hidden * batches.squares
+    head = 2.0 * facts.vocab * facts.hidden * batches.targets
+    return linear, attention, head
+
+
+def _generation(facts, gen: Generation, share: float, new_tokens: int) -> tuple[float, int]:
+    """(FLOPs, forward calls) of answering ``share`` of ``gen``'s prompts in batches of
+    ``GENERATE_BATCH``, each batch decoding ``new_tokens`` (a wrong answer seldom stops early:
+    the base model's never do on the skills task)."""
+    n = math.ceil(len(gen.prompt_lengths) * share)
+    flops, calls = 0.0, 0
+    per_token = 2.0 * (facts.linear_params + facts.vocab * facts.hidden)
+    for i in range(0, n, GENERATE_BATCH):
+        chunk = gen.prompt_lengths[i : min(n, i + GENERATE_BATCH)]
+        rows, width = len(chunk), max(chunk)
+        flops += rows * (width * 2.0 * facts.linear_params + 4.0 * facts.layers * facts.hidden
+                         * width**2 + 2.0 * facts.vocab * facts.hidden)  # prefill
+        context = sum(width + j for j in range(1, new_tokens))
+        flops += rows * ((new_tokens - 1) * per_token + 4.0 * facts.layers * facts.hidden * context)
+        calls += new_tokens
+    return flops, calls
+
+
+def terms(cfg: TrialConfig, facts, speed: float) -> dict[str, float]:
+    """Each term's size for ``cfg`` (the units of ``COEFFICIENTS``)."""
+    work = workload(cfg, facts.tokenizer)
+    quantized = facts.linear_params if cfg.quant.bits != 16 else 0
+    out = dict.fromkeys(COEFFICIENTS, 0.0)
+    out["load.const"] = 1.0
+    out["load.params"] = facts.total_params / 1e9
+    out["load.quantized"] = quantized / 1e9
+    out["other.const"] = work.evaluations
+    if cfg.method != "base":
+        full = cfg.method == "full"
+        forwards = 2.0 if cfg.train.grad_checkpointing else 1.0
+        # backward: input gradients (about one forward's work; attention's twice), and weight
+        # gradients (another) for full fine-tuning; checkpointing runs the forward again
+        linear, attention, head = _flops(facts, work.train, cfg)
+        flops = ((forwards + 1.0 + full) * (linear + head) + (forwards + 2.0) * attention)
+        out["train.compute"] = flops / speed
+        out["train.dequant"] = quantized * work.train.count * (forwards + 1.0) / 1e9
+        out["train.calls"] = facts.layers * work.train.count
+        trainable = facts.total_params if full else _adapter_params(cfg, facts)
+        out["train.optimizer"] = trainable * work.steps / 1e9
+        written = trainable * 12.0 + (facts.total_params * 4.0 if full else 0.0)
+        out["other.checkpoint"] = written * work.evaluations / 1e9
+    # evaluation: the loss on the eval split each time, answers (a subset before the last),
+    # at the end the test split and the latency runs (2 x prompts x tokens batch-1 decodes).
+    # Only answers the loss pass does not give are generated: all of the base model's, a
+    # share of a trained model's (study.evaluate.loss_and_answers)
+    loss = work.eval_loss.scaled(work.evaluations)
+    flops = sum(_flops(facts, loss, _BASE)) + sum(_flops(facts, work.test_loss, _BASE))
+    calls = loss.count + work.test_loss.count
+    share = 1.0 if cfg.method == "base" else GENERATED_SHARE
+    for gen, times in ((work.early_generation, work.evaluations - 1),
+                       (work.eval_generation, 1), (work.test_generation, 1)):
+        gen_flops, gen_calls = _generation(facts, gen, share, cfg.eval.max_new_tokens)
+        flops, calls = flops + times * gen_flops, calls + times * gen_calls
+    latency = 2 * cfg.eval.latency_prompts * (cfg.eval.latency_tokens + 1)  # + a warm-up each
+    calls += latency + 2 * (cfg.eval.latency_tokens + 1)
+    out["eval.compute"] = flops / speed
+    out["eval.calls"] = facts.layers * calls
+    out["eval.dequant"] = quantized * calls / 1e9
+    return out
+
+
+def _adapter_params(cfg: TrialConfig, facts) -> int:
+    if cfg.method != "lora":
+        return 0
+    return sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
+
+
+def trial_time(cfg: TrialConfig, facts, speed: float | None = None) -> TrialTime:
+    """Estimated seconds of a trial of ``cfg`` run to its end (see the module docstring)."""
+    sizes = terms(cfg, facts, speed or machine_speed(cfg, facts))
+    phase = {"load": 0.0, "train": 0.0, "eval": 0.0, "other": 0.0}
+    for key, size in sizes.items():
+        phase[key.split(".")[0]] += COEFFICIENTS[key] * size
+    return TrialTime(phase["load"], phase["train"], phase["eval"], phase["other"])
+
+
+# what a trial's time depends on (the rest of a configuration does not change it)
+TIME_KEYS = ("method", "lora.rank", "lora.targets", "quant.bits", "data.size", "data.seq_len",
+             "train.batch_size", "train.grad_accum", "train.steps", "train.epochs",
+             "train.grad_checkpointing", "train.dtype", "eval.every", "eval.max_new_tokens")
+LONGER = ("train.steps", "train.epochs", "data.size", "data.seq_len", "eval.max_new_tokens")
+
+
+@dataclass(frozen=True)
+class StudyTime:
+    """The plan's estimate: seconds of a study whose trials all run to their end."""
+
+    trials: int
+    mean_trial_s: float  # over the space's configurations (what TPE draws is not known yet)
+    shortest_s: float
+    longest_s: float
+    baselines_s: float
+    total_s: float  # the expected total; every trial the longest: ``worst_s``
+    worst_s: float
+
+    def describe(self) -> str:
+        return (f"estimated wall time {_minutes(self.total_s)} with every trial run to its end "
+                f"({self.trials} trials of {_minutes(self.shortest_s)} to "
+                f"{_minutes(self.longest_s)}, {_minutes(self.mean_trial_s)} on average over the "
+                f"space, + {_minutes(self.baselines_s)} of baselines; at most "
+                f"{_minutes(self.worst_s)} if every trial drew the slowest configuration)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
+               concurrency: int = 1) -> StudyTime | None:
+    """The wall time of a study of ``num_samples`` trials of ``space`` plus ``baselines``, each
+    trial run to its last step; None when no configuration of the space can be estimated."""
+    from search_spaces import choice_points
+
+    times = []
+    for point in choice_points(space, TIME_KEYS, high=LONGER):
+        try:
+            cfg = TrialConfig.from_dict(point)
+        except ValueError:
+            continue  # a combination the search never launches
+        times.append(trial_time(cfg, facts).total_s + WORKER_START_S)
+    if not times:
+        return None
+    base = sum(trial_time(TrialConfig.from_dict(b), facts).total_s + WORKER_START_S
+               for b in baselines)
+    mean = sum(times) / len(times)
+    width = max(1, concurrency)
+    return StudyTime(
+        trials=num_samples,
+        mean_trial_s=mean,
+        shortest_s=min(times),
+        longest_s=max(times),
+        baselines_s=base,
+        total_s=STUDY_START_S + (base + num_samples * mean) / width,
+        worst_s=STUDY_START_S + (base + num_samples * max(times)) / width,
+    )
+
+
+def trial_estimator(facts):
+    """A function config dict -> estimated seconds of its trial run to its end (the summary)."""
+    return lambda config: trial_time(TrialConfig.from_dict(config), facts).total_s

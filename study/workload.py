@@ -1,0 +1,136 @@
+"""What a trial computes, read from its data: the shapes of the batches it trains and evaluates on.
+
+    work = workload(cfg, tokenizer)    # cached per data, batch and length settings
+    work.largest                       # (rows, padded length, targets): the memory estimate
+    work.train.tokens                  # padded tokens over every micro-batch: the time estimate
+
+The same examples, batch order and padding as the loop (``study.data``, ``study.evaluate``):
+the memory peak is set by the largest micro-batch the trial will really see, and the time by
+the padded tokens it will really compute, neither by ``data.seq_len``, which is only a cap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from study.config import TrialConfig
+from study.evaluate import LOSS_BATCH
+
+MAX_BATCHES = 20_000  # micro-batches scanned (a longer run: the mean of these, extrapolated)
+LM_PROMPT = 32  # the lm task generates from each eval block's first tokens (study.trial)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Sums over a sequence of padded batches (rows x length), and their number."""
+
+    count: int = 0
+    tokens: float = 0.0  # rows x padded length, summed
+    squares: float = 0.0  # rows x padded length squared (attention), summed
+    targets: float = 0.0  # positions with a loss (the output head runs there only)
+
+    def add(self, rows: int, length: int, targets: int) -> Batches:
+        return Batches(self.count + 1, self.tokens + rows * length,
+                       self.squares + rows * length**2, self.targets + targets)
+
+    def scaled(self, factor: float) -> Batches:
+        return Batches(round(self.count * factor), self.tokens * factor,
+                       self.squares * factor, self.targets * factor)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The prompts an evaluation answers: their lengths (study.evaluate batches and pads them)."""
+
+    prompt_lengths: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Workload:
+    steps: int
+    train: Batches
+    largest: tuple[int, int, int]  # (rows, padded length, targets) of the largest micro-batch
+    eval_loss: Batches
+    test_loss: Batches
+    evaluations: int  # every eval.every steps and at the end
+    early_generation: Generation  # at each evaluation before the last (eval.early_prompts)
+    eval_generation: Generation  # at the last
+    test_generation: Generation
+
+
+_CACHE: dict[tuple, Workload] = {}
+
+
+def workload(cfg: TrialConfig, tokenizer) -> Workload:
+    """The batches ``cfg`` trains and evaluates on (see the module docstring)."""
+    from study.data import build_data
+
+    t = cfg.train
+    key = (repr(cfg.data), repr(cfg.eval), cfg.method, t.batch_size, t.grad_accum, t.steps,
+           t.epochs, cfg.seed, id(tokenizer))
+    if key not in _CACHE:
+        data = build_data(cfg.data, tokenizer)
+        steps = t.steps or math.ceil(t.epochs * len(data.train) / (t.batch_size * t.grad_accum))
+        train, largest = _train(data.train, cfg, steps)
+        generative = cfg.data.task != "lm"
+        _CACHE[key] = Workload(
+            steps=steps,
+            train=train,
+            largest=largest,
+            eval_loss=_loss(data.eval),
+            test_loss=_loss(data.test),
+            evaluations=1 if cfg.method == "base" else math.ceil(steps / cfg.eval.every),
+            early_generation=_generation(data.eval, cfg, generative, cfg.eval.early_prompts),
+            eval_generation=_generation(data.eval, cfg, generative),
+            test_generation=_generation(data.test, cfg, generative),
+        )
+    return _CACHE[key]
+
+
+def _targets(example) -> int:
+    from study.data import IGNORE
+
+    return sum(label != IGNORE for label in example.labels[1:])
+
+
+def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, int, int]]:
+    from study.data import BatchOrder
+
+    lengths = [len(e.input_ids) for e in examples]
+    targets = [_targets(e) for e in examples]
+    order = BatchOrder(len(examples), cfg.train.batch_size, cfg.seed)
+    wanted = steps * cfg.train.grad_accum
+    total, best = Batches(), (0, 0, 0, 0)
+    for k in range(min(wanted, MAX_BATCHES)):
+        idx = order.indices(k)
+        length = max(lengths[i] for i in idx)
+        n_targets = sum(targets[i] for i in idx)
+        total = total.add(len(idx), length, n_targets)
+        best = max(best, (len(idx) * length, len(idx), length, n_targets))
+    if wanted > MAX_BATCHES:
+        total = total.scaled(wanted / MAX_BATCHES)
+    return total, best[1:]
+
+
+def _loss(examples) -> Batches:
+    total = Batches()
+    for i in range(0, len(examples), LOSS_BATCH):
+        chunk = examples[i : i + LOSS_BATCH]
+        total = total.add(len(chunk), max(len(e.input_ids) for e in chunk),
+                          sum(_targets(e) for e in chunk))
+    return total
+
+
+def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None = None,
+                ) -> Generation:
+    """The prompts ``study.trial`` answers at an evaluation: every one of the skills task, the
+    first ``eval.num_examples`` otherwise; before the last evaluation, the first
+    ``eval.early_prompts`` of those."""
+    if cfg.data.task != "skills":
+        examples = examples[: cfg.eval.num_examples]
+    if early is not None:
+        examples = examples[:early]  # study.evaluate.early_subset
+    if generative:
+        return Generation(tuple(len(e.prompt_ids) for e in examples))
+    return Generation(tuple(min(LM_PROMPT, len(e.input_ids)) for e in examples))

@@ -1,0 +1,91 @@
+"""The memory estimate: its terms follow what the loop holds (the fit to measured peaks is
+bench/memory_model.py's, in docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from study import estimate
+from study.activations import saved_bytes
+from study.data import IGNORE, BatchOrder, build_data, collate
+from study.estimate import estimate_cfg, largest_batch, model_facts
+from study.models import load_model
+from study.train import causal_lm_loss
+from tests.conftest import tiny_trial
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return model_facts(tiny_trial(), ["qv", "all-linear"])[0]
+
+
+def test_the_estimate_grows_with_what_it_should(facts):
+    e = {bits: estimate_cfg(tiny_trial(**{"quant.bits": bits}), facts) for bits in (4, 8, 16)}
+    full = estimate_cfg(tiny_trial(method="full"), facts)
+    held = {b: estimate.estimate_parts(tiny_trial(**{"quant.bits": b}), facts)[0] for b in e}
+    assert held[4] < held[8] < held[16]  # the weights; what bnb keeps for backward differs
+    assert e[16] < full
+    # a weight that trains costs its gradient and two Adam moments (12 bytes) on top
+    lora = estimate_cfg(tiny_trial(**{"lora.targets": "qv", "lora.rank": 1}), facts)
+    assert full - lora > 12 * (facts.total_params - 10_000) / 2**20 * 0.9
+    bigger = estimate_cfg(tiny_trial(**{"train.batch_size": 16}), facts)
+    assert bigger > estimate_cfg(tiny_trial(), facts)
+    ranks = [estimate_cfg(tiny_trial(**{"lora.rank": r}), facts) for r in (1, 8, 64)]
+    assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+    assert estimate_cfg(tiny_trial(method="base"), facts) < e[16]
+
+
+def test_the_largest_batch_is_the_loops(facts):
+    cfg = tiny_trial(**{"train.batch_size": 4, "train.steps": 5})
+    rows, length, targets = largest_batch(cfg, facts.tokenizer)
+    from study.data import build_data
+
+    train = build_data(cfg.data, facts.tokenizer).train
+    order, seen = BatchOrder(len(train), 4, cfg.seed), []
+    for k in range(5):
+        batch = collate([train[i] for i in order.indices(k)], facts.tokenizer.pad_token_id)
+        ids = batch["input_ids"]
+        seen.append((ids.numel(), *ids.shape, int((batch["labels"][:, 1:] != IGNORE).sum())))
+    assert (rows, length, targets) == max(seen)[1:]
+    # the time estimate's counts are the same batches'
+    from study.workload import workload
+
+    work = workload(cfg, facts.tokenizer)
+    assert work.train.count == 5 and work.train.tokens == sum(s[0] for s in seen)
+    assert work.train.targets == sum(s[3] for s in seen)
+    assert work.train.squares == sum(s[1] * s[2] ** 2 for s in seen)
+
+
+@pytest.mark.parametrize("targets", ["qv", "all-linear"])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_the_counted_graph_matches_the_whole_model(targets, amp):
+    """study.activations fits small copies of the architecture; the same count on the whole
+    tiny model must agree."""
+    cfg = tiny_trial(**{"lora.targets": targets})
+    model, tok = load_model(cfg.model.name)
+    from study.trial import _prepare
+
+    _prepare(model, cfg)
+    train = build_data(cfg.data, tok).train
+    batch = collate(train[:3], tok.pad_token_id)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, n_targets = causal_lm_loss(model, batch)
+    counted = saved_bytes(model.config, cfg, amp).total(*batch["input_ids"].shape, n_targets)
+    assert counted == pytest.approx(sum(seen.values()), rel=0.02)
+
+
+def test_fixed_precisions_need_no_measurement(facts, monkeypatch):
+    monkeypatch.setattr(estimate.precision, "resolve", lambda *a, **k: pytest.fail("measured"))
+    bf16, fp32 = (tiny_trial(**{"train.dtype": d}) for d in ("bf16", "fp32"))
+    assert estimate.compute_precision(bf16, facts) is torch.bfloat16
+    assert estimate.compute_precision(fp32, facts) is None
