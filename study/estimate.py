@@ -116,6 +116,13 @@ def compute_precision(cfg: TrialConfig, facts: ModelFacts) -> torch.dtype | None
     return precision.resolve("auto", device, precision.matmul_shape(facts.hf_config, tokens)).amp
 
 
+def adapter_params(cfg: TrialConfig, facts: ModelFacts) -> int:
+    """Parameters of ``cfg``'s adapter (A and B of every targeted layer); 0 unless LoRA."""
+    if cfg.method != "lora":
+        return 0
+    return sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
+
+
 def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
     """(weights and trainable state, what autograd keeps for the largest micro-batch) in bytes."""
     frozen_linear = facts.linear_params if cfg.quant.bits != 16 else 0
@@ -125,8 +132,7 @@ def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
     if cfg.method == "base":
         return weights, 0.0
     if cfg.method == "lora":
-        adapter = sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
-        state = adapter * (4.0 + ADAM_BYTES)
+        state = adapter_params(cfg, facts) * (4.0 + ADAM_BYTES)
     else:
         state = facts.total_params * ADAM_BYTES
     graph = saved_bytes(facts.hf_config, cfg, compute_precision(cfg, facts))

@@ -34,6 +34,7 @@ import torch
 
 from study import precision
 from study.config import TrialConfig
+from study.estimate import adapter_params
 from study.evaluate import GENERATE_BATCH
 from study.workload import Batches, Generation, workload
 
@@ -91,7 +92,7 @@ def machine_speed(cfg: TrialConfig, facts) -> float:
 
 def _flops(facts, batches: Batches, cfg: TrialConfig) -> tuple[float, float, float]:
     """Forward FLOPs of ``batches``: (linear layers and adapter, attention, output head)."""
-    linear = 2.0 * (facts.linear_params + _adapter_params(cfg, facts)) * batches.tokens
+    linear = 2.0 * (facts.linear_params + adapter_params(cfg, facts)) * batches.tokens
     attention = 4.0 * facts.layers * facts.hidden * batches.squares
     head = 2.0 * facts.vocab * facts.hidden * batches.targets
     return linear, attention, head
@@ -134,7 +135,7 @@ def terms(cfg: TrialConfig, facts, speed: float) -> dict[str, float]:
         out["train.compute"] = flops / speed
         out["train.dequant"] = quantized * work.train.count * (forwards + 1.0) / 1e9
         out["train.calls"] = facts.layers * work.train.count
-        trainable = facts.total_params if full else _adapter_params(cfg, facts)
+        trainable = facts.total_params if full else adapter_params(cfg, facts)
         out["train.optimizer"] = trainable * work.steps / 1e9
         written = trainable * 12.0 + (facts.total_params * 4.0 if full else 0.0)
         out["other.checkpoint"] = written * work.evaluations / 1e9
@@ -156,12 +157,6 @@ def terms(cfg: TrialConfig, facts, speed: float) -> dict[str, float]:
     out["eval.calls"] = facts.layers * calls
     out["eval.dequant"] = quantized * calls / 1e9
     return out
-
-
-def _adapter_params(cfg: TrialConfig, facts) -> int:
-    if cfg.method != "lora":
-        return 0
-    return sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
 
 
 def trial_time(cfg: TrialConfig, facts, speed: float | None = None) -> TrialTime:

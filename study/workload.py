@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from study.config import TrialConfig
-from study.evaluate import LOSS_BATCH
+from study.evaluate import LOSS_BATCH, early_subset
 
 MAX_BATCHES = 20_000  # micro-batches scanned (a longer run: the mean of these, extrapolated)
 LM_PROMPT = 32  # the lm task generates from each eval block's first tokens (study.trial)
@@ -130,7 +130,7 @@ def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None 
     if cfg.data.task != "skills":
         examples = examples[: cfg.eval.num_examples]
     if early is not None:
-        examples = examples[:early]  # study.evaluate.early_subset
+        examples = early_subset(examples, early)
     if generative:
         return Generation(tuple(len(e.prompt_ids) for e in examples))
     return Generation(tuple(min(LM_PROMPT, len(e.input_ids)) for e in examples))
