@@ -45,6 +45,7 @@ class Graph:
     per_token: float  # per row x padded length
     per_square: float  # per row x padded length squared (attention's mask and weights)
     per_target: float
+    casts: float = 0.0  # the autocast copies of weights it keeps: no gradient of that size
 
     def total(self, rows: int, length: int, targets: int) -> float:
         return (self.const + self.per_token * rows * length + self.per_square * rows * length**2
@@ -80,19 +81,35 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig) -> torch.
     return model
 
 
-def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype | None) -> int:
+def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype | None,
+           ) -> tuple[int, int]:
+    """(bytes of activations, bytes of weight casts) autograd keeps for one probe batch."""
     from study.data import IGNORE
     from study.train import causal_lm_loss
 
     vocab = model.get_output_embeddings().weight.shape[0]
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-    seen: dict[int, int] = {}
+    # under autocast a linear layer keeps its weight's low-precision copy for backward: held
+    # through the step like a weight, with no activation gradient beside it
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+    for p in model.parameters() if amp else ():
+        if p.is_floating_point() and p.dim() == 2:
+            by_shape.setdefault(tuple(p.shape), []).append(p.detach())
+    seen: dict[int, tuple[int, bool]] = {}
+
+    def is_cast(t: torch.Tensor) -> bool:  # by value: an activation can have a weight's shape
+        if t.dtype != amp or t.dim() != 2:
+            return False
+        for u in (t.detach(), t.detach().t()):  # linear keeps the transposed view
+            if any(torch.equal(u, w.to(amp)) for w in by_shape.get(tuple(u.shape), ())):
+                return True
+        return False
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in weights:
-            seen[storage.data_ptr()] = storage.nbytes()
+            seen[storage.data_ptr()] = (storage.nbytes(), is_cast(t))
         return t
 
     gen = torch.Generator().manual_seed(0)
@@ -108,7 +125,8 @@ def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype |
     autocast = torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None)
     with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         causal_lm_loss(model, batch)
-    return sum(seen.values())
+    casts = sum(n for n, cast in seen.values() if cast)
+    return sum(n for n, _ in seen.values()) - casts, casts
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,7 +137,7 @@ def _graph(config_json: str, cls: str, amp_name: str | None, layers: int, vocab:
     hf_config = AutoConfig.for_model(data.pop("model_type"), **data)
     cfg = TrialConfig.from_dict(json.loads(cls))
     amp = torch.bfloat16 if amp_name == "bf16" else None
-    rows, sizes = [], []
+    rows, sizes, casts = [], [], []
     models = {(n, v): _probe_model(hf_config, n, v, cfg) for n, _, _, v in PROBES}
     for n, t, m, v in PROBES:
         # saved = c0 + cv v + c1 n + (t0 + t1 n) BT + (s0 + s1 n) BT^2 + (m0 + mv v) m: per
@@ -128,12 +146,19 @@ def _graph(config_json: str, cls: str, amp_name: str | None, layers: int, vocab:
         # weight, cast under autocast)
         bt, bt2 = ROWS * t, ROWS * t * t
         rows.append([1, v, n, bt, n * bt, bt2, n * bt2, m, m * v])
-        sizes.append(_saved(models[n, v], t, m, amp))
+        kept, cast = _saved(models[n, v], t, m, amp)
+        sizes.append(kept)
+        casts.append(cast)
     c0, cv, c1, t0, t1, s0, s1, m0, mv = np.linalg.lstsq(
         np.array(rows, float), np.array(sizes, float), rcond=None
     )[0]
+    # the casts do not depend on the batch: a constant, per vocabulary entry and per layer
+    w0, wv, w1 = np.linalg.lstsq(
+        np.array([r[:3] for r in rows], float), np.array(casts, float), rcond=None
+    )[0]
     return Graph(const=c0 + cv * vocab + c1 * layers, per_token=t0 + t1 * layers,
-                 per_square=s0 + s1 * layers, per_target=m0 + mv * vocab)
+                 per_square=s0 + s1 * layers, per_target=m0 + mv * vocab,
+                 casts=max(0.0, w0 + wv * vocab + w1 * layers))
 
 
 def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:

@@ -15,7 +15,9 @@ line. The peak of the training phase is the sum of what the loop really holds:
 - what autograd keeps for backward for the largest micro-batch the trial will see (its real
   padded length and target count, from the task's data and the batch order), counted by
   ``study.activations`` on the real loss with the trial's adapter, quantization, precision and
-  checkpointing, times ``BACKWARD`` for the gradients backward holds next to it.
+  checkpointing, times ``BACKWARD`` for the gradients backward holds next to it; except the
+  low-precision copies of weights that linear layers keep under bf16 autocast, counted once
+  (held like weights: no gradient of their size is written beside them).
 
 ``RUNTIME_MB`` and ``BACKWARD`` are the two numbers measured rather than counted: fitted on this
 repository's measurements (``bench/memory_model.py``, docs/BENCHMARKS.md).
@@ -136,7 +138,7 @@ def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
     else:
         state = facts.total_params * ADAM_BYTES
     graph = saved_bytes(facts.hf_config, cfg, compute_precision(cfg, facts))
-    return weights + state, graph.total(*largest_batch(cfg, facts.tokenizer))
+    return weights + state + graph.casts, graph.total(*largest_batch(cfg, facts.tokenizer))
 
 
 def combine(cfg: TrialConfig, facts: ModelFacts, held: float, kept: float,
