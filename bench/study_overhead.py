@@ -74,12 +74,13 @@ def analyse(study: Path, wall_s: float | None, started: float | None = None) -> 
 def _time_table(study, rows, wall_s, started, concurrency, train, evals, load) -> list[str]:
     """Wall time x concurrency, split by the trial files' timestamps (exact at concurrency 1).
 
-    A trial's worker writes config.json when run_trial starts (after the process started and
-    imported its libraries) and the study's callback stamps status.json when it ends.
+    A trial's worker writes config.json once run_trial has loaded the model and the data, so
+    the trial began its ``load_s`` earlier; the study's callback stamps status.json when it ends.
     """
     spans = sorted(
         (
-            record.config_mtime(record.group_dir(study, r["group"]) / r["trial"]),
+            record.config_mtime(record.group_dir(study, r["group"]) / r["trial"])
+            - (r["metrics"].get("load_s") or 0),
             r["status"].get("time"),
             r["metrics"],
         )
@@ -113,7 +114,10 @@ def _time_table(study, rows, wall_s, started, concurrency, train, evals, load) -
         f"| total (wall x concurrency) | {budget:.0f} | 100% |",
         "",
         f"Overhead (not training or evaluation): "
-        f"{100 * (budget - train - evals) / budget:.1f}% of {wall_s / 60:.1f} min.",
+        f"{100 * (budget - train - evals) / budget:.1f}% of {wall_s / 60:.1f} min; fixed "
+        f"per-trial costs (loading, trial files, between trials) "
+        f"{100 * (load + inside + between) / budget:.1f}%, evaluation "
+        f"{100 * evals / budget:.1f}%.",
     ]
     return out
 

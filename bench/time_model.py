@@ -69,7 +69,11 @@ def phases(trial: dict):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=m["step"],
                                                                  epochs=None))
     facts = facts_of(cfg)
-    sizes = terms(cfg, facts, machine_speed(cfg, facts))
+    # the share of prompts generated: those whose answer the loss pass did not give, about the
+    # wrong ones (the estimate before launch assumes GENERATED_SHARE)
+    scores = [m[k] for k in (M.EXACT_MATCH, M.TEST_EXACT_MATCH) if m.get(k) is not None]
+    generated = 1.0 - sum(scores) / len(scores) if scores else None
+    sizes = terms(cfg, facts, machine_speed(cfg, facts), generated)
     measured = {"load": m.get(M.LOAD_S), "train": m.get(M.TRAIN_S)}
     if final:
         measured["eval"] = m.get(M.EVAL_S)

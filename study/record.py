@@ -316,7 +316,8 @@ def checkpoint_dir(trial_dir: Path) -> Path:
 
 
 def config_mtime(trial_dir: Path) -> float:
-    """When config.json was written: the moment ``run_trial`` started (for overhead figures)."""
+    """When config.json was written: ``run_trial`` writes it once the model and the data are
+    loaded (``load_s`` after it started), before training (for overhead figures)."""
     return (Path(trial_dir) / CONFIG).stat().st_mtime
 
 

@@ -13,6 +13,9 @@ repository's runs (``bench/time_model.py --fit``, docs/BENCHMARKS.md):
   FLOP/s of one matmul of the model's shapes at the trial's precision, timed on this machine
   (the figure ``train.dtype=auto`` is chosen by, ``study.precision``): a faster machine is
   faster in the estimate without re-fitting;
+- elementwise: the activations the layers produce (norms, activation functions, residual adds,
+  autocast's casts), per element, which bf16 does not speed up as it does the matmul: on a
+  2-core AMD EPYC a bf16 matmul ran 4.5x faster than fp32 and bf16 training 1.85x;
 - dequantization: a 4/8-bit base dequantizes each linear weight at every forward and backward
   (bitsandbytes on CPU), per weight;
 - calls: the per-layer cost of each forward or backward call (Python, kernel launches), which
@@ -39,27 +42,30 @@ from study.evaluate import GENERATE_BATCH
 from study.workload import Batches, Generation, workload
 
 # Coefficients, fitted by ``python -m bench.time_model --fit`` (seconds per unit of each term) on
-# 21 runs of the bundled model on a 2-core Intel Xeon (docs/BENCHMARKS.md): a first fit, median
-# error 16%, not yet checked on a study (issue 13).
+# 36 runs of the bundled and the tiny model on a 2-core AMD EPYC, bf16 and fp32 (docs/BENCHMARKS.md;
+# in-sample median error 11%). On another machine the compute terms follow its measured matmul
+# rate; the others (elementwise work, dequantization, per-call costs, loading) are this machine's.
 COEFFICIENTS = {
-    "train.compute": 1.365,  # per second of model-shaped matmul at the measured rate
-    "train.dequant": 2.813,  # per 1e9 quantized weights dequantized
+    "train.compute": 0.8205,  # per second of model-shaped matmul at the measured rate
+    "train.elementwise": 3.841,  # per 1e9 activation elements (forward + backward)
+    "train.dequant": 0.7927,  # per 1e9 quantized weights dequantized
     "train.calls": 0.0,  # per layer of a forward + backward call (kept at 0: see the fit)
-    "train.optimizer": 16.43,  # per 1e9 trainable parameters updated
-    "eval.compute": 2.147,
-    "eval.dequant": 1.548,
-    "eval.calls": 0.0005188,  # per layer of a forward call
-    "load.const": 3.437,
-    "load.params": 0.4623,  # per 1e9 parameters loaded
-    "load.quantized": 35.61,  # per 1e9 weights quantized at load
-    "other.const": 0.03108,  # per evaluation: metrics, trial files
-    "other.checkpoint": 0.0,  # per GB written
+    "train.optimizer": 4.864,  # per 1e9 trainable parameters updated
+    "eval.compute": 1.086,
+    "eval.elementwise": 1.976,
+    "eval.dequant": 0.255,
+    "eval.calls": 0.00127,  # per layer of a forward call
+    "load.const": 2.088,
+    "load.params": 4.446,  # per 1e9 parameters loaded
+    "load.quantized": 24.06,  # per 1e9 weights quantized at load
+    "other.const": 0.03288,  # per evaluation: metrics, trial files
+    "other.checkpoint": 0.08879,  # per GB written
 }
-WORKER_START_S = 2.4  # before run_trial: process start, imports (bench/study_overhead.py)
+WORKER_START_S = 3.0  # before run_trial: process start, imports (bench/study_overhead.py)
 # the share of a trained model's prompts that are generated (the rest are read off the loss
 # pass): about 1 - exact match; the demo's finished trials (bench/time_model.py)
 GENERATED_SHARE = 0.4
-STUDY_START_S = 10.0  # before the first trial: checks, model facts, data, Ray start
+STUDY_START_S = 15.0  # before the first trial: checks, model facts, data, Ray start
 _BASE = TrialConfig(method="base")  # evaluation: no adapter FLOPs counted
 
 
@@ -98,12 +104,19 @@ def _flops(facts, batches: Batches, cfg: TrialConfig) -> tuple[float, float, flo
     return linear, attention, head
 
 
-def _generation(facts, gen: Generation, share: float, new_tokens: int) -> tuple[float, int]:
-    """(FLOPs, forward calls) of answering ``share`` of ``gen``'s prompts in batches of
-    ``GENERATE_BATCH``, each batch decoding ``new_tokens`` (a wrong answer seldom stops early:
-    the base model's never do on the skills task)."""
+def _elements(facts, tokens: float) -> float:
+    """Activation elements (1e9) the linear layers output over ``tokens`` (about the sum of
+    their output widths per token: their weights over the hidden size)."""
+    return tokens * facts.linear_params / facts.hidden / 1e9
+
+
+def _generation(facts, gen: Generation, share: float, new_tokens: int,
+                ) -> tuple[float, int, int]:
+    """(FLOPs, forward calls, tokens computed) of answering ``share`` of ``gen``'s prompts in
+    batches of ``GENERATE_BATCH``, each batch decoding ``new_tokens`` (a wrong answer seldom
+    stops early: the base model's never do on the skills task)."""
     n = math.ceil(len(gen.prompt_lengths) * share)
-    flops, calls = 0.0, 0
+    flops, calls, tokens = 0.0, 0, 0
     per_token = 2.0 * (facts.linear_params + facts.vocab * facts.hidden)
     for i in range(0, n, GENERATE_BATCH):
         chunk = gen.prompt_lengths[i : min(n, i + GENERATE_BATCH)]
@@ -113,11 +126,14 @@ def _generation(facts, gen: Generation, share: float, new_tokens: int) -> tuple[
         context = sum(width + j for j in range(1, new_tokens))
         flops += rows * ((new_tokens - 1) * per_token + 4.0 * facts.layers * facts.hidden * context)
         calls += new_tokens
-    return flops, calls
+        tokens += rows * (width + new_tokens - 1)
+    return flops, calls, tokens
 
 
-def terms(cfg: TrialConfig, facts, speed: float) -> dict[str, float]:
-    """Each term's size for ``cfg`` (the units of ``COEFFICIENTS``)."""
+def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
+          ) -> dict[str, float]:
+    """Each term's size for ``cfg`` (the units of ``COEFFICIENTS``); ``generated``: the share
+    of a trained model's prompts it generates (default ``GENERATED_SHARE``; a fit knows it)."""
     work = workload(cfg, facts.tokenizer)
     quantized = facts.linear_params if cfg.quant.bits != 16 else 0
     out = dict.fromkeys(COEFFICIENTS, 0.0)
@@ -133,6 +149,7 @@ def terms(cfg: TrialConfig, facts, speed: float) -> dict[str, float]:
         linear, attention, head = _flops(facts, work.train, cfg)
         flops = ((forwards + 1.0 + full) * (linear + head) + (forwards + 2.0) * attention)
         out["train.compute"] = flops / speed
+        out["train.elementwise"] = _elements(facts, work.train.tokens) * (forwards + 1.0)
         out["train.dequant"] = quantized * work.train.count * (forwards + 1.0) / 1e9
         out["train.calls"] = facts.layers * work.train.count
         trainable = facts.total_params if full else adapter_params(cfg, facts)
@@ -146,14 +163,21 @@ def terms(cfg: TrialConfig, facts, speed: float) -> dict[str, float]:
     loss = work.eval_loss.scaled(work.evaluations)
     flops = sum(_flops(facts, loss, _BASE)) + sum(_flops(facts, work.test_loss, _BASE))
     calls = loss.count + work.test_loss.count
-    share = 1.0 if cfg.method == "base" else GENERATED_SHARE
+    tokens = loss.tokens + work.test_loss.tokens
+    share = 1.0 if cfg.method == "base" else (
+        GENERATED_SHARE if generated is None else generated)
     for gen, times in ((work.early_generation, work.evaluations - 1),
                        (work.eval_generation, 1), (work.test_generation, 1)):
-        gen_flops, gen_calls = _generation(facts, gen, share, cfg.eval.max_new_tokens)
+        gen_flops, gen_calls, gen_tokens = _generation(facts, gen, share, cfg.eval.max_new_tokens)
         flops, calls = flops + times * gen_flops, calls + times * gen_calls
-    latency = 2 * cfg.eval.latency_prompts * (cfg.eval.latency_tokens + 1)  # + a warm-up each
-    calls += latency + 2 * (cfg.eval.latency_tokens + 1)
+        tokens += times * gen_tokens
+    # latency: batch-1 decodes of each prompt and a warm-up, unmerged and (LoRA) merged
+    runs = (2 if cfg.method == "lora" else 1) * (cfg.eval.latency_prompts + 1)
+    prompts = work.test_generation.prompt_lengths[: cfg.eval.latency_prompts] or (0,)
+    calls += runs * (cfg.eval.latency_tokens + 1)
+    tokens += runs * (max(prompts) + cfg.eval.latency_tokens)
     out["eval.compute"] = flops / speed
+    out["eval.elementwise"] = _elements(facts, tokens)
     out["eval.calls"] = facts.layers * calls
     out["eval.dequant"] = quantized * calls / 1e9
     return out
