@@ -50,8 +50,9 @@ test: lint chromium
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow"
 
-# A real study on the bundled model with the `default` space (about 10 minutes on 2 CPU cores),
-# then its report. DEMO_NAME is fixed once (`:=`): a recursive `?=` would re-run `date` later.
+# A real study on the bundled model with the `default` space, then its report (under 10 minutes on
+# 2 AMD EPYC cores, docs/BENCHMARKS.md). DEMO_NAME is fixed once (`:=`): a recursive `?=` would
+# re-run `date` later.
 ifndef DEMO_NAME
 DEMO_NAME := demo-$(shell date +%Y%m%d-%H%M%S)
 endif

@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, one in seen.items():
         cfg = TrialConfig.from_dict(one["config"])
-        estimate, measured = estimate_cfg(cfg, facts), one["metrics"]["peak_mem_mb"]
+        # study.train_one processes: no Ray worker runtime
+        estimate = estimate_cfg(cfg, facts, worker_mb=0.0)
+        measured = one["metrics"]["peak_mem_mb"]
         rows.append({"name": name, "estimate": estimate, "measured": measured,
                      "error": 100 * (estimate - measured) / measured,
                      "dtype": one["env"]["compute_dtype"]})

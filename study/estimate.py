@@ -20,7 +20,8 @@ line. The peak of the training phase is the sum of what the loop really holds:
   (held like weights: no gradient of their size is written beside them).
 
 ``RUNTIME_MB`` and ``BACKWARD`` are the two numbers measured rather than counted: fitted on this
-repository's measurements (``bench/memory_model.py``, docs/BENCHMARKS.md).
+repository's measurements (``bench/memory_model.py``, docs/BENCHMARKS.md), in plain processes;
+a study's trial runs in a Ray worker, which holds ``RAY_WORKER_MB`` more (measured).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ from study.workload import workload
 
 RUNTIME_MB = 311.0
 BACKWARD = 2.40
+# What a study's trial process holds beyond a plain one (``study.train_one``): Ray's core worker
+# and Tune's trainable machinery. Measured on the bundled model: start_mem_mb 657-660 MB in the
+# demo's 16-bit trials against 456-460 MB in study.train_one, 856-857 against 648-663 in 4-bit.
+RAY_WORKER_MB = 200.0
 QUANT_BYTES = {8: 1.0, 4: 0.5 + 4 / 64}  # per quantized weight (int8; nf4/fp4 + fp32 absmax)
 ADAM_BYTES = 12.0  # fp32 gradient and two fp32 moments per trainable parameter
 
@@ -157,10 +162,11 @@ def combine(cfg: TrialConfig, facts: ModelFacts, held: float, kept: float,
     return runtime_mb + (held - grads + kept + max(grads, extra)) / 2**20
 
 
-def estimate_cfg(cfg: TrialConfig, facts: ModelFacts) -> float:
-    """Estimated training-phase peak (MB) of a TrialConfig (see the module docstring)."""
+def estimate_cfg(cfg: TrialConfig, facts: ModelFacts, worker_mb: float = RAY_WORKER_MB) -> float:
+    """Estimated training-phase peak (MB) of a TrialConfig (see the module docstring) in a
+    study's trial process; ``worker_mb=0``: in a plain process (``study.train_one``)."""
     held, kept = estimate_parts(cfg, facts)
-    return combine(cfg, facts, held, kept)
+    return combine(cfg, facts, held, kept) + worker_mb
 
 
 MEMORY_KEYS = (
