@@ -35,6 +35,7 @@ PROBES = ((1, 16, 4, 512), (1, 24, 4, 512), (1, 32, 4, 512), (1, 32, 24, 512), (
           (2, 24, 4, 512), (2, 32, 4, 512), (2, 32, 24, 512), (1, 16, 4, 1024),
           (1, 32, 24, 1024))
 ROWS = 2
+RANKS = (1, 2)  # the adapter ranks probed (see saved_bytes)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,20 @@ def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:
            "train.grad_checkpointing": cfg.train.grad_checkpointing}
     if cfg.method == "full":
         cls["quant.bits"] = 16
-    return _graph(json.dumps(keep, sort_keys=True, default=str), json.dumps(cls, sort_keys=True),
-                  "bf16" if amp is not None else None, hf_config.num_hidden_layers,
-                  hf_config.vocab_size)
+    if cfg.method != "lora":  # no adapter: its targets and rank change nothing
+        cls.update({"lora.targets": "qv", "lora.rank": 1})
+
+    def graph(rank: int) -> Graph:
+        return _graph(json.dumps(keep, sort_keys=True, default=str),
+                      json.dumps({**cls, "lora.rank": rank}, sort_keys=True),
+                      "bf16" if amp is not None else None, hf_config.num_hidden_layers,
+                      hf_config.vocab_size)
+
+    if cfg.method != "lora" or cfg.lora.rank in RANKS:
+        return graph(cfg.lora.rank)
+    # what an adapter adds is linear in its rank (its A output kept for B, A and B's casts):
+    # two probed ranks give every other, so a space of 7 ranks costs 2 probes, not 7
+    (r0, r1), (g0, g1) = RANKS, (graph(RANKS[0]), graph(RANKS[1]))
+    w = (cfg.lora.rank - r0) / (r1 - r0)
+    return Graph(**{f: getattr(g0, f) + w * (getattr(g1, f) - getattr(g0, f))
+                    for f in ("const", "per_token", "per_square", "per_target", "casts")})

@@ -94,3 +94,23 @@ def test_fixed_precisions_need_no_measurement(facts, monkeypatch):
     bf16, fp32 = (tiny_trial(**{"train.dtype": d}) for d in ("bf16", "fp32"))
     assert estimate.compute_precision(bf16, facts) is torch.bfloat16
     assert estimate.compute_precision(fp32, facts) is None
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_ranks_between_and_beyond_the_probed_two_equal_a_probe_of_their_own(amp, monkeypatch):
+    """saved_bytes probes ranks 1 and 2 and interpolates the rest (an adapter adds bytes linear
+    in its rank); a probe at rank 8 itself must give the same graph."""
+    import dataclasses
+
+    from study import activations
+
+    cfg = tiny_trial(**{"lora.rank": 8, "lora.targets": "all-linear"})
+    model, _ = load_model(cfg.model.name)
+    interpolated = saved_bytes(model.config, cfg, amp)
+    monkeypatch.setattr(activations, "RANKS", (1, 8))  # 8 is now probed, not interpolated
+    probed = saved_bytes(model.config, cfg, amp)
+    for field in dataclasses.fields(probed):
+        assert getattr(interpolated, field.name) == pytest.approx(
+            getattr(probed, field.name), rel=1e-6, abs=1.0), field.name
+    assert probed.per_token > saved_bytes(model.config, tiny_trial(**{
+        "lora.rank": 1, "lora.targets": "all-linear"}), amp).per_token  # the rank is seen
