@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -93,17 +93,17 @@ def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype |
     weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
     # under autocast a linear layer keeps its weight's low-precision copy for backward: held
     # through the step like a weight, with no activation gradient beside it
-    by_shape: dict[tuple, list[torch.Tensor]] = {}
+    casts_by_shape: dict[tuple, list[torch.Tensor]] = {}  # each weight cast once, to compare
     for p in model.parameters() if amp else ():
         if p.is_floating_point() and p.dim() == 2:
-            by_shape.setdefault(tuple(p.shape), []).append(p.detach())
+            casts_by_shape.setdefault(tuple(p.shape), []).append(p.detach().to(amp))
     seen: dict[int, tuple[int, bool]] = {}
 
     def is_cast(t: torch.Tensor) -> bool:  # by value: an activation can have a weight's shape
         if t.dtype != amp or t.dim() != 2:
             return False
         for u in (t.detach(), t.detach().t()):  # linear keeps the transposed view
-            if any(torch.equal(u, w.to(amp)) for w in by_shape.get(tuple(u.shape), ())):
+            if any(torch.equal(u, w) for w in casts_by_shape.get(tuple(u.shape), ())):
                 return True
         return False
 
@@ -175,17 +175,18 @@ def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:
     if cfg.method != "lora":  # no adapter: its targets and rank change nothing
         cls.update({"lora.targets": "qv", "lora.rank": 1})
 
+    config_json = json.dumps(keep, sort_keys=True, default=str)
+
     def graph(rank: int) -> Graph:
-        return _graph(json.dumps(keep, sort_keys=True, default=str),
-                      json.dumps({**cls, "lora.rank": rank}, sort_keys=True),
+        return _graph(config_json, json.dumps({**cls, "lora.rank": rank}, sort_keys=True),
                       "bf16" if amp is not None else None, hf_config.num_hidden_layers,
                       hf_config.vocab_size)
 
     if cfg.method != "lora" or cfg.lora.rank in RANKS:
-        return graph(cfg.lora.rank)
+        return graph(cls["lora.rank"])
     # what an adapter adds is linear in its rank (its A output kept for B, A and B's casts):
     # two probed ranks give every other, so a space of 7 ranks costs 2 probes, not 7
     (r0, r1), (g0, g1) = RANKS, (graph(RANKS[0]), graph(RANKS[1]))
     w = (cfg.lora.rank - r0) / (r1 - r0)
-    return Graph(**{f: getattr(g0, f) + w * (getattr(g1, f) - getattr(g0, f))
-                    for f in ("const", "per_token", "per_square", "per_target", "casts")})
+    return Graph(**{f.name: getattr(g0, f.name) + w * (getattr(g1, f.name) - getattr(g0, f.name))
+                    for f in fields(Graph)})
