@@ -1,6 +1,6 @@
 """Ray processes a killed driver left behind, found through its Ray session and ended.
 
-    remember(study_dir, session_dir)        # the driver, once its local Ray has started
+    remember(study_dir, session_dir, ray_dir, fork_group)   # the driver, once Ray has started
     forget(study_dir)                       # the driver, once Ray has shut down
     end_leftovers(study_dir)                # the next run of that study, under its lock
 
@@ -17,6 +17,10 @@ ended only when all of these hold: it started after the recorded driver, it hold
 the recorded session, and its command line is a Ray program (a `ray::` worker title, or a program
 or script in Ray's package directory). Never a process found by name, never one whose pid was
 reused: a reused pid has a later start time and none of the session's files open.
+
+The study's fork server (``study.forkserver``) and the trial processes forked from it are no
+Ray programs; they run in a process group of their own, which the record names: a process of
+that group started after the driver is ended too (a child outlives its server in the group).
 """
 
 from __future__ import annotations
@@ -31,14 +35,17 @@ import psutil
 from study import record
 
 
-def remember(study_dir: Path, session_dir: str, ray_dir: str) -> None:
-    """Record this driver's local Ray session (call it once Ray has started)."""
+def remember(study_dir: Path, session_dir: str, ray_dir: str, fork_group: int | None = None
+             ) -> None:
+    """Record this driver's local Ray session (call it once Ray has started) and the process
+    group of its fork server, if it has one."""
     me = psutil.Process()
     record.write_json(record.ray_session_path(study_dir), {
         "session_dir": str(session_dir),
         "driver_pid": me.pid,
         "driver_started": me.create_time(),  # psutil's clock: comparable with create_time()
         "ray_dir": str(ray_dir),
+        "fork_group": fork_group,
     })
 
 
@@ -61,9 +68,15 @@ def _holds_session_file(proc: psutil.Process, session_dir: str) -> bool:
     return any(f.path.startswith(inside) for f in proc.open_files())
 
 
+def _in_group(proc: psutil.Process, group: int | None) -> bool:
+    return group is not None and os.getpgid(proc.pid) == group
+
+
 def session_processes(session: dict) -> list[psutil.Process]:
     """The live processes of a recorded session, each checked as the module docstring says."""
     session_dir, ray_dir = str(session["session_dir"]), str(session["ray_dir"])
+    group = session.get("fork_group")
+    group = int(group) if group is not None else None
     since, uid = float(session["driver_started"]), os.getuid()
     found = []
     for proc in psutil.process_iter(["create_time", "uids", "cmdline", "status"]):
@@ -72,9 +85,10 @@ def session_processes(session: dict) -> list[psutil.Process]:
             continue
         if info["uids"] is None or info["uids"].real != uid or info["status"] == "zombie":
             continue
-        with contextlib.suppress(psutil.Error):
-            if _is_ray_program(info["cmdline"] or [], ray_dir) and _holds_session_file(
-                proc, session_dir
+        with contextlib.suppress(psutil.Error, OSError):
+            if _in_group(proc, group) or (
+                _is_ray_program(info["cmdline"] or [], ray_dir)
+                and _holds_session_file(proc, session_dir)
             ):
                 found.append(proc)
     return found

@@ -11,15 +11,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 
 import ray
 from ray import tune
 from ray.tune import FailureConfig, RunConfig
 from ray.tune.search import ConcurrencyLimiter
 
-from search_spaces import to_tune, tune_points
-from study import journal, leftovers, record
+from search_spaces import choice_points, to_tune, tune_points
+from study import forkserver, journal, leftovers, record
 from study.callbacks import LiveTable, StatusWriter
+from study.config import TrialConfig
 from study.estimate import estimator
 from study.options import StudyOptions, parse_resources
 from study.plan import Plan, study_record
@@ -60,7 +62,7 @@ def _resources(options: StudyOptions) -> dict:
     return {"cpu": cpus, "gpu": gpus, **parse_resources(options.resource)}
 
 
-def _fit(plan: Plan, group: str, make_tuner) -> None:
+def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
     """Run one group's Tune experiment; after a kill, a fresh one that continues the group.
 
     Nothing of Ray's own experiment state is read back: the Optuna journal says which
@@ -71,7 +73,10 @@ def _fit(plan: Plan, group: str, make_tuner) -> None:
     budget = plan.options.time_budget_s if group == record.SEARCH else None
     callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{group}]\n")]
     fn = tune.with_parameters(
-        trainable, experiment_dir=str(exp_dir.resolve()), max_mem_mb=plan.options.max_mem_mb
+        trainable,
+        experiment_dir=str(exp_dir.resolve()),
+        max_mem_mb=plan.options.max_mem_mb,
+        fork_server=fork_server,
     )
     fn = tune.with_resources(fn, _resources(plan.options))
     run_config = RunConfig(
@@ -148,6 +153,21 @@ def _search_tuner(plan: Plan, fn, run_config):
     )
 
 
+def _fork_server(plan: Plan) -> forkserver.ForkServer | None:
+    """The study's fork server (study.forkserver), started now, or None where trials start in
+    their Ray workers. It preloads bitsandbytes only if some trial quantizes."""
+    if not forkserver.usable(plan.options.address, plan.options.gpus_per_trial):
+        return None
+    configs = []
+    for point in [*choice_points(plan.space, ("model.name", "quant.bits")), *plan.baselines]:
+        try:
+            configs.append(TrialConfig.from_dict(point))
+        except ValueError:
+            continue  # a combination the search never launches (full fine-tuning at 4 bits)
+    models = sorted({c.model.name for c in configs})
+    return forkserver.ForkServer.start(",".join(models), any(c.quant.bits < 16 for c in configs))
+
+
 def run_study(plan: Plan) -> None:
     """Write study.json (a new study), start Ray, run the baselines, then the search."""
     if not plan.options.resume:
@@ -156,15 +176,28 @@ def run_study(plan: Plan) -> None:
         problems = [journal.repair(plan.study_dir), *damaged_lines(plan.study_dir)]
         for problem in filter(None, problems):
             print(f"study.tune: warning: {problem}", file=sys.stderr)
-    session_dir = _ray_init(plan.options)
+    server = _fork_server(plan)  # before Ray: its imports overlap Ray's start
+    session_dir = None
     local = plan.options.address is None  # a joined cluster's processes are not ours to end
-    if local:  # for the next run, if this driver is killed: see study.leftovers
-        leftovers.remember(plan.study_dir, session_dir, os.path.dirname(ray.__file__))
     try:
+        session_dir = _ray_init(plan.options)
+        if local:  # for the next run, if this driver is killed: see study.leftovers
+            group = server.proc.pid if server else None  # its own session: pgid == pid
+            leftovers.remember(plan.study_dir, session_dir, os.path.dirname(ray.__file__), group)
+        socket = None
+        if server is not None and server.ready():
+            socket = server.socket
+        elif server is not None:
+            print(f"study.tune: warning: the trial fork server did not start (its log: "
+                  f"{session_dir}/logs/{forkserver.LOG}); trials start in their Ray workers",
+                  file=sys.stderr)
         if baselines := _baselines_left(plan):
-            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan))
-        _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan))
+            _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan),
+                 socket)
+        _fit(plan, record.SEARCH, functools.partial(_search_tuner, plan), socket)
     finally:
         ray.shutdown()
-        if local:
+        if server is not None:  # its log beside the Ray workers' logs
+            server.close(keep_log=Path(session_dir, "logs") if session_dir else None)
+        if local and session_dir:
             leftovers.forget(plan.study_dir)

@@ -115,6 +115,39 @@ def test_remember_records_this_driver_and_forget_removes_it(tmp_path):
     data = json.loads(record.ray_session_path(tmp_path).read_text())
     me = psutil.Process()
     assert data == {"session_dir": "/tmp/ray/session_x", "driver_pid": me.pid,
-                    "driver_started": me.create_time(), "ray_dir": "/site/ray"}
+                    "driver_started": me.create_time(), "ray_dir": "/site/ray",
+                    "fork_group": None}
     leftovers.forget(tmp_path)
     assert not record.ray_session_path(tmp_path).exists()
+
+
+FORKS = """
+import os, sys, time
+if os.fork() == 0:  # a trial process forked by the server: no Ray program, no session file
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+def test_the_fork_servers_group_is_ended_even_after_the_server_is_gone(session, tmp_path):
+    """The fork server (study.forkserver) and its trial processes run no Ray program and hold
+    no session file: the record names their process group, which outlives the server."""
+    study, ses, ray_dir, _, procs = session
+    started = started_now()
+    server = subprocess.Popen([sys.executable, "-c", FORKS], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child = psutil.Process(int(server.stdout.readline()))
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    procs += [server, bystander]
+    record.write_json(record.ray_session_path(study), {
+        "session_dir": str(ses), "driver_pid": 1, "driver_started": started,
+        "ray_dir": str(ray_dir), "fork_group": server.pid})
+    server.kill()  # the server ended (its driver's pipe closed): the child lives on, in its group
+    server.wait()
+    assert child.is_running()
+
+    assert leftovers.end_leftovers(study, term_s=0.2) == [child.pid]
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert running(bystander)

@@ -65,10 +65,15 @@ def freeze(proc: subprocess.Popen) -> None:
     """SIGSTOP a driver's group and every process under it: Ray puts each worker in a process
     group of its own, where a group signal misses it (it would train on without a driver)."""
     signal_group(proc, signal.SIGSTOP)
+    # until a scan finds no new process: one not yet stopped (a fork server) may start another
+    stopped: set[int] = set()
     with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                child.suspend()
+        while new := [c for c in psutil.Process(proc.pid).children(recursive=True)
+                      if c.pid not in stopped]:
+            for child in new:
+                stopped.add(child.pid)
+                with contextlib.suppress(psutil.Error):
+                    child.suspend()
 
 
 def kill_all(proc: subprocess.Popen) -> None:

@@ -464,6 +464,7 @@ def test_failures_a_retry_would_repeat_end_the_trial_with_their_own_step(
     (issue 12, bug 8). Anything else still propagates, for Ray to retry."""
     import ray.tune
 
+    from study import runner
     from study import trainable as T
     from study.train import NonFiniteLossError
 
@@ -477,10 +478,12 @@ def test_failures_a_retry_would_repeat_end_the_trial_with_their_own_step(
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(T, "run_trial", fail)
+    monkeypatch.setattr(runner, "run_trial", fail)
     T.trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))
     (report,) = reports
     assert report["error"].startswith(reason) and report["step"] == step
-    monkeypatch.setattr(T, "run_trial", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(
+        runner, "run_trial", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x"))
+    )
     with pytest.raises(RuntimeError, match="x"):
         T.trainable({"model.name": "tiny-llama"}, experiment_dir=str(tmp_path))

@@ -394,7 +394,7 @@ def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
 
 
 def test_memory_guard_stops_a_trial_over_budget():
-    from study.trainable import MemoryBudgetExceeded, _memory_guard
+    from study.runner import MemoryBudgetExceeded, _memory_guard
 
     _memory_guard(10**9)(1, 0.0)  # far above: nothing happens
     with pytest.raises(MemoryBudgetExceeded, match="exceeds --max-mem-mb 1 at step 3"):

@@ -31,7 +31,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from study.models.bundled import ModelNotFoundError, bundled_model_dir, cache_root
+from study.models.bundled import (
+    ModelNotFoundError,
+    bundled_model_dir,
+    cache_root,
+    converted_model_dir,
+)
 from study.models.quantize import (
     QUANT_BITS,
     QUANT_TYPES,
@@ -83,6 +88,28 @@ def _from_pretrained(source: str, dtype: torch.dtype | None = None) -> tuple[nn.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+def architecture(name: str) -> None:
+    """Import transformers' model loading and, for a registry model or a local directory, the
+    model's architecture (the fork server's preload: what ``load_model`` would import). A hub
+    id or a model not yet converted imports its architecture when it loads."""
+    import transformers
+    from transformers import AutoConfig, modeling_utils  # noqa: F401
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if name in REGISTRY:
+        source = converted_model_dir() if REGISTRY[name].build is _build_smollm2 else None
+    else:
+        source = Path(name).expanduser()
+    if source is None or not source.is_dir():
+        return  # tiny models: built from code; a hub id: imported when it loads
+    try:
+        model_type = AutoConfig.from_pretrained(str(source)).model_type
+    except (OSError, ValueError):  # not a model directory: load_model will say so
+        return
+    if cls := MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type):
+        getattr(transformers, cls)  # the lazy import of its modeling module
 
 
 def _looks_like_path(name: str) -> bool:

@@ -57,6 +57,17 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def _target(cache_dir, gguf: Path) -> tuple[Path, str]:
+    key = f"{gguf.stem}-{gguf.stat().st_size}-{_CACHE_FORMAT}"
+    return cache_root(cache_dir) / "models" / key, key
+
+
+def converted_model_dir(cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The bundled model's conversion if it is cached already (nothing converted), else None."""
+    target, _ = _target(cache_dir, bundled_gguf_path())
+    return target if (target / "model.safetensors").is_file() else None
+
+
 def bundled_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached safetensors conversion of the bundled GGUF, converting it on first use.
 
@@ -66,8 +77,7 @@ def bundled_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     from filelock import FileLock
 
     gguf = bundled_gguf_path()
-    key = f"{gguf.stem}-{gguf.stat().st_size}-{_CACHE_FORMAT}"
-    target = cache_root(cache_dir) / "models" / key
+    target, key = _target(cache_dir, gguf)
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

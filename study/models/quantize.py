@@ -42,6 +42,19 @@ def quiet_bnb_warnings() -> None:
         logger.addFilter(_OncePerMessage())
 
 
+def import_bitsandbytes():
+    """bitsandbytes, imported without its notice on AVX512-BF16 CPUs that an optional kernel
+    package is missing (it falls back to its own kernel): a line on stderr that is no error."""
+    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = ops.level
+    ops.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    finally:
+        ops.setLevel(level)
+    return bitsandbytes
+
+
 def quantize_linears(
     model: nn.Module,
     bits: int,
@@ -53,16 +66,7 @@ def quantize_linears(
 
     GPT-2's ``Conv1D`` (weight stored (in, out)) becomes a bnb Linear with the transposed weight.
     """
-    # On AVX512-BF16 CPUs importing bitsandbytes logs that an optional kernel package is
-    # missing (it falls back to its own kernel): a line on the user's stderr that is no error
-    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = ops.level
-    ops.setLevel(logging.ERROR)
-    try:
-        import bitsandbytes as bnb
-    finally:
-        ops.setLevel(level)
-
+    bnb = import_bitsandbytes()
     from lora_impl.layer import is_conv1d, is_linear_like, quant_kind
 
     head = model.get_output_embeddings()
