@@ -21,7 +21,9 @@ line. The peak of the training phase is the sum of what the loop really holds:
 
 ``RUNTIME_MB`` and ``BACKWARD`` are the two numbers measured rather than counted: fitted on this
 repository's measurements (``bench/memory_model.py``, docs/BENCHMARKS.md), in plain processes;
-a study's trial runs in a Ray worker, which holds ``RAY_WORKER_MB`` more (measured).
+a study's trial forked from the study's fork server (``study.forkserver``) peaks like one, while
+a trial that runs in its Ray worker (GPU, a joined cluster) holds ``RAY_WORKER_MB`` more
+(measured): ``worker_mb(forked)``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ BACKWARD = 2.40
 # trial (40 steps, an evaluation at 20): peaks of 2267-2381 MB (mean 2316) in four studies
 # against 2012 MB in study.train_one, start_mem_mb 658 against 405 (docs/BENCHMARKS.md).
 RAY_WORKER_MB = 300.0
+# A forked trial (the demo, 2026-12-04): peaks within -7% to +10% of the plain-process estimate
+# for its 4/16-bit and full trials (8-bit -18%, as in plain processes): no worker term.
 QUANT_BYTES = {8: 1.0, 4: 0.5 + 4 / 64}  # per quantized weight (int8; nf4/fp4 + fp32 absmax)
 ADAM_BYTES = 12.0  # fp32 gradient and two fp32 moments per trainable parameter
 
@@ -163,9 +167,16 @@ def combine(cfg: TrialConfig, facts: ModelFacts, held: float, kept: float,
     return runtime_mb + (held - grads + kept + max(grads, extra)) / 2**20
 
 
+def worker_mb(forked: bool) -> float:
+    """What a study's trial process holds beyond a plain one: nothing when it is forked from
+    the fork server, ``RAY_WORKER_MB`` when it runs in its Ray worker."""
+    return 0.0 if forked else RAY_WORKER_MB
+
+
 def estimate_cfg(cfg: TrialConfig, facts: ModelFacts, worker_mb: float = RAY_WORKER_MB) -> float:
     """Estimated training-phase peak (MB) of a TrialConfig (see the module docstring) in a
-    study's trial process; ``worker_mb=0``: in a plain process (``study.train_one``)."""
+    study's trial process run in its Ray worker; ``worker_mb=0``: in a plain process
+    (``study.train_one``) or a forked trial (``worker_mb(forked)``)."""
     held, kept = estimate_parts(cfg, facts)
     return combine(cfg, facts, held, kept) + worker_mb
 
@@ -180,7 +191,8 @@ MEMORY_KEYS = (
 )
 
 
-def smallest_estimate(space: dict, facts: ModelFacts) -> float | None:
+def smallest_estimate(space: dict, facts: ModelFacts, extra_mb: float = RAY_WORKER_MB
+                      ) -> float | None:
     """The lowest estimated peak (MB) over the memory-relevant choices of a space (None: none)."""
     smallest = None
     for point in choice_points(space, MEMORY_KEYS):
@@ -188,14 +200,15 @@ def smallest_estimate(space: dict, facts: ModelFacts) -> float | None:
             cfg = TrialConfig.from_dict(point)
         except ValueError:
             continue  # e.g. full fine-tuning with a 4-bit choice: never launched anyway
-        estimate = estimate_cfg(cfg, facts)
+        estimate = estimate_cfg(cfg, facts, extra_mb)
         smallest = estimate if smallest is None else min(smallest, estimate)
     return smallest
 
 
-def estimator(facts: ModelFacts):
-    """A function config dict (nested or dotted) -> estimated peak MB (the summary, the gate)."""
-    return lambda config: estimate_cfg(TrialConfig.from_dict(config), facts)
+def estimator(facts: ModelFacts, extra_mb: float = RAY_WORKER_MB):
+    """A function config dict (nested or dotted) -> estimated peak MB (the summary, the gate);
+    ``extra_mb``: ``worker_mb(forked)`` of the study's trials."""
+    return lambda config: estimate_cfg(TrialConfig.from_dict(config), facts, extra_mb)
 
 
 def check_rank(rank: int, targets: str, dims: list[tuple[int, int]], model: str) -> None:

@@ -24,7 +24,7 @@ from search_spaces import (
     sample_point,
 )
 from search_spaces import validate as validate_space
-from study import journal, record
+from study import forkserver, journal, record
 from study import metrics as M
 from study.config import TrialConfig
 from study.data import build_data
@@ -34,6 +34,7 @@ from study.estimate import (
     estimate_cfg,
     model_facts,
     smallest_estimate,
+    worker_mb,
 )
 from study.options import StudyOptions, UsageError, check_counts, parse_resources
 from study.outdir import check_output_dir
@@ -61,6 +62,12 @@ class Plan:
     facts: ModelFacts
     baselines: tuple[dict, ...] = ()
     time: StudyTime | None = None
+    forked: bool = False  # trials are forked from the study's fork server (study.forkserver)
+
+    @property
+    def worker_mb(self) -> float:
+        """What each trial process holds beyond a plain one (the memory estimate's term)."""
+        return worker_mb(self.forked)
 
     @property
     def max_t(self) -> int:
@@ -206,7 +213,8 @@ def _check_objectives_fit_task(objectives: list[str], tasks: list[str]) -> None:
         )
 
 
-def _baselines(space: dict, sizes: list, facts: ModelFacts, max_mem_mb: float | None) -> list:
+def _baselines(space: dict, sizes: list, facts: ModelFacts, max_mem_mb: float | None,
+               extra_mb: float) -> list:
     """The base model and one full fine-tuning run, at the default data size (or the median)."""
     default_size = TrialConfig().data.size
     size = default_size if default_size in sizes else sorted(sizes)[len(sizes) // 2]
@@ -214,7 +222,7 @@ def _baselines(space: dict, sizes: list, facts: ModelFacts, max_mem_mb: float | 
     out = []
     for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
         cfg = check_config({**common, "method": method, **extra})
-        estimate = estimate_cfg(cfg, facts) if max_mem_mb and method != "base" else 0
+        estimate = estimate_cfg(cfg, facts, extra_mb) if max_mem_mb and method != "base" else 0
         if max_mem_mb and estimate > max_mem_mb:
             print(
                 f"study.tune: the {method} baseline is not run: estimated peak "
@@ -351,8 +359,11 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         raise UsageError(str(err)) from None
     if options.address is None:  # this machine trains: bf16 only where it computes bf16
         _check_dtypes(_choices(leaves, "train.dtype") or [base_point.train.dtype])
+    # trials forked from a pre-imported server (study.forkserver) or started in Ray workers:
+    # what each trial process holds and how long it takes to start depend on it
+    forked = forkserver.usable(options.address, options.gpus_per_trial)
     if options.max_mem_mb:
-        smallest = smallest_estimate(space, facts)
+        smallest = smallest_estimate(space, facts, worker_mb(forked))
         if smallest is not None and smallest > options.max_mem_mb:
             raise UsageError(
                 f"--max-mem-mb {options.max_mem_mb:g}: every configuration of the space is "
@@ -361,8 +372,10 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     sizes = _choices(leaves, "data.size") or [base_point.data.size]
     biggest = check_config({**sample_point(space), "data.size": max(sizes)})
     build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
-    baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb)
+    baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
+                                                          worker_mb(forked))
     name = study_dir.name
-    estimated = study_time(space, facts, options.num_samples, baselines, options.max_concurrent)
+    estimated = study_time(space, facts, options.num_samples, baselines, options.max_concurrent,
+                           forked)
     return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines),
-                estimated)
+                estimated, forked)

@@ -39,6 +39,7 @@ from study import precision
 from study.config import TrialConfig
 from study.estimate import adapter_params
 from study.evaluate import GENERATE_BATCH
+from study.resources import WARMUP_TOKENS
 from study.workload import Batches, Generation, workload
 
 # Coefficients, fitted by ``python -m bench.time_model --fit`` (seconds per unit of each term) on
@@ -62,6 +63,16 @@ COEFFICIENTS = {
     "other.checkpoint": 0.08879,  # per GB written
 }
 WORKER_START_S = 3.0  # before run_trial: process start, imports (bench/study_overhead.py)
+# A trial forked from the study's fork server (study.forkserver) has torch, transformers and
+# bitsandbytes imported already. Measured in the demo and a smoke study of 2026-12-04
+# (docs/BENCHMARKS.md): 2.0 s between trials; load_s 0.4-0.6 s for the bundled and the tiny
+# model alike (the weights' pages are cached: no per-parameter term), 2.4 s at 4 bits and 1.4 s
+# at 8 bits for the bundled model (quantizing 0.107e9 weights: 18 and 9 s per 1e9, against 24
+# fitted in fresh processes, bitsandbytes' import included).
+FORKED_WORKER_START_S = 2.0
+FORKED = {"load.const": 0.45, "load.params": 0.0, "load.quantized.4": 18.0,
+          "load.quantized.8": 9.0}
+
 # the share of a trained model's prompts that are generated (the rest are read off the loss
 # pass): about 1 - exact match; the demo's finished trials (bench/time_model.py)
 GENERATED_SHARE = 0.4
@@ -171,11 +182,12 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
         gen_flops, gen_calls, gen_tokens = _generation(facts, gen, share, cfg.eval.max_new_tokens)
         flops, calls = flops + times * gen_flops, calls + times * gen_calls
         tokens += times * gen_tokens
-    # latency: batch-1 decodes of each prompt and a warm-up, unmerged and (LoRA) merged
-    runs = (2 if cfg.method == "lora" else 1) * (cfg.eval.latency_prompts + 1)
+    # latency: batch-1 decodes of each prompt after a short warm-up, unmerged and (LoRA) merged
+    runs = 2 if cfg.method == "lora" else 1
     prompts = work.test_generation.prompt_lengths[: cfg.eval.latency_prompts] or (0,)
-    calls += runs * (cfg.eval.latency_tokens + 1)
-    tokens += runs * (max(prompts) + cfg.eval.latency_tokens)
+    warmup = min(WARMUP_TOKENS, cfg.eval.latency_tokens)
+    calls += runs * (cfg.eval.latency_prompts * (cfg.eval.latency_tokens + 1) + warmup + 1)
+    tokens += runs * (len(prompts) + 1) * (max(prompts) + cfg.eval.latency_tokens)
     out["eval.compute"] = flops / speed
     out["eval.elementwise"] = _elements(facts, tokens)
     out["eval.calls"] = facts.layers * calls
@@ -183,12 +195,19 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
     return out
 
 
-def trial_time(cfg: TrialConfig, facts, speed: float | None = None) -> TrialTime:
-    """Estimated seconds of a trial of ``cfg`` run to its end (see the module docstring)."""
+def trial_time(cfg: TrialConfig, facts, speed: float | None = None, forked: bool = False
+               ) -> TrialTime:
+    """Estimated seconds of a trial of ``cfg`` run to its end (see the module docstring);
+    ``forked``: the trial is forked from the study's fork server (its imports done)."""
     sizes = terms(cfg, facts, speed or machine_speed(cfg, facts))
+    coefficients = dict(COEFFICIENTS)
+    if forked:
+        coefficients["load.const"] = FORKED["load.const"]
+        coefficients["load.params"] = FORKED["load.params"]
+        coefficients["load.quantized"] = FORKED.get(f"load.quantized.{cfg.quant.bits}", 0.0)
     phase = {"load": 0.0, "train": 0.0, "eval": 0.0, "other": 0.0}
     for key, size in sizes.items():
-        phase[key.split(".")[0]] += COEFFICIENTS[key] * size
+        phase[key.split(".")[0]] += coefficients[key] * size
     return TrialTime(phase["load"], phase["train"], phase["eval"], phase["other"])
 
 
@@ -224,21 +243,23 @@ def _minutes(seconds: float) -> str:
 
 
 def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
-               concurrency: int = 1) -> StudyTime | None:
+               concurrency: int = 1, forked: bool = False) -> StudyTime | None:
     """The wall time of a study of ``num_samples`` trials of ``space`` plus ``baselines``, each
-    trial run to its last step; None when no configuration of the space can be estimated."""
+    trial run to its last step; None when no configuration of the space can be estimated.
+    ``forked``: trials are forked from the study's fork server."""
     from search_spaces import choice_points
 
+    start = FORKED_WORKER_START_S if forked else WORKER_START_S
     times = []
     for point in choice_points(space, TIME_KEYS, high=LONGER):
         try:
             cfg = TrialConfig.from_dict(point)
         except ValueError:
             continue  # a combination the search never launches
-        times.append(trial_time(cfg, facts).total_s + WORKER_START_S)
+        times.append(trial_time(cfg, facts, forked=forked).total_s + start)
     if not times:
         return None
-    base = sum(trial_time(TrialConfig.from_dict(b), facts).total_s + WORKER_START_S
+    base = sum(trial_time(TrialConfig.from_dict(b), facts, forked=forked).total_s + start
                for b in baselines)
     mean = sum(times) / len(times)
     width = max(1, concurrency)
@@ -253,6 +274,6 @@ def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
     )
 
 
-def trial_estimator(facts):
+def trial_estimator(facts, forked: bool = False):
     """A function config dict -> estimated seconds of its trial run to its end (the summary)."""
-    return lambda config: trial_time(TrialConfig.from_dict(config), facts).total_s
+    return lambda config: trial_time(TrialConfig.from_dict(config), facts, forked=forked).total_s

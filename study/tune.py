@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.objectives,
         plan.options.num_samples,
         plan.options.time_budget_s,
-        estimate=estimator(plan.facts),
-        duration=trial_estimator(plan.facts),
+        estimate=estimator(plan.facts, plan.worker_mb),
+        duration=trial_estimator(plan.facts, plan.forked),
     )
     wall = time.monotonic() - started
     planned = f" (estimated {plan.time.total_s / 60:.1f} min)" if plan.time else ""

@@ -128,7 +128,7 @@ def _search_tuner(plan: Plan, fn, run_config):
         points=tune_points(plan.space),
         storage=journal.storage(plan.study_dir),
         study_name=plan.name,
-        estimate_mb=estimator(plan.facts),
+        estimate_mb=estimator(plan.facts, plan.worker_mb),
         max_mem_mb=options.max_mem_mb,
         replay=functools.partial(replay_curves, plan.study_dir, record.SEARCH),
         num_samples=options.num_samples,
@@ -156,7 +156,7 @@ def _search_tuner(plan: Plan, fn, run_config):
 def _fork_server(plan: Plan) -> forkserver.ForkServer | None:
     """The study's fork server (study.forkserver), started now, or None where trials start in
     their Ray workers. It preloads bitsandbytes only if some trial quantizes."""
-    if not forkserver.usable(plan.options.address, plan.options.gpus_per_trial):
+    if not plan.forked:
         return None
     configs = []
     for point in [*choice_points(plan.space, ("model.name", "quant.bits")), *plan.baselines]:
