@@ -56,12 +56,16 @@ def _scored(model, examples, pad_id, batch_size, autocast, stops: list[int] | No
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count, matched = 0.0, 0, []
+    total, count = 0.0, 0
+    matched = [False] * len(examples) if stops is not None else []
     stop_ids = torch.tensor(stops or [], device=device)
+    # batches of similar lengths: less padding to compute (about 10% on the skills splits)
+    order = sorted(range(len(examples)), key=lambda j: len(examples[j].input_ids))
     try:
-        for i in range(0, len(examples), batch_size):
+        for i in range(0, len(order), batch_size):
+            chunk = order[i : i + batch_size]
             batch = {
-                k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()
+                k: v.to(device) for k, v in collate([examples[j] for j in chunk], pad_id).items()
             }
             with _autocast(device, autocast):
                 logits, targets, keep = target_logits(model, batch)
@@ -74,7 +78,8 @@ def _scored(model, examples, pad_id, batch_size, autocast, stops: list[int] | No
                 rows = keep.nonzero()[:, 0]
                 wrong = torch.zeros(keep.shape[0], dtype=torch.long, device=device)
                 wrong.index_add_(0, rows, (~ok).long())
-                matched += (wrong == 0).tolist()
+                for j, ok_row in zip(chunk, (wrong == 0).tolist(), strict=True):
+                    matched[j] = ok_row
     finally:
         model.train(was_training)
     return total / max(count, 1), matched
