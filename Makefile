@@ -10,7 +10,7 @@ PIN := -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint demo clean-venv constraints chromium
+.PHONY: install test test-slow lint demo clean-venv constraints chromium gpu-check
 
 install: $(STAMP)
 
@@ -49,6 +49,15 @@ test: lint chromium
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow"
+	$(MAKE) --no-print-directory gpu-check GPU_PYTHON=$(PY)
+
+# The GPU path without Ray (bench/gpu_check.py): on a CUDA machine the gpu tests, 16/8/4-bit trials
+# with merge and export, and a Qwen2-0.5B-shaped throughput probe; elsewhere its CPU dry run. No
+# virtualenv stamp: it runs with the python a GPU machine already has (docs/GUIDE.md says how to
+# carry bitsandbytes there).
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py
 
 # A real study on the bundled model with the `default` space, then its report (under 10 minutes on
 # 2 AMD EPYC cores, docs/BENCHMARKS.md). DEMO_NAME is fixed once (`:=`): a recursive `?=` would

@@ -54,6 +54,8 @@ TRIAL_COLUMNS = [
     "trial_dir",
     *CONFIG_COLUMNS,
     "baseline",
+    "weights",
+    "compute",
     "status",
     "status_step",
     "status_reason",
@@ -170,6 +172,11 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         value = _get(config, keys)
         row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
     row["baseline"] = group == record.BASELINES
+    env = {}
+    if (d / record.ENV).exists():  # written with config.json; absent in trials of other tools
+        env = _read(record.read_env, d, found, "its storage and compute dtypes are not shown") or {}
+    row["weights"] = env.get("weights")  # the base's storage: fp32, bf16, fp16, int8, nf4, fp4
+    row["compute"] = env.get("compute_dtype")
     status = _status(d, found)
     row["status"] = status.get("status") if status.get("status") in STATUSES else "unknown"
     if status and status.get("status") not in STATUSES:

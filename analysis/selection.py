@@ -36,10 +36,17 @@ def check_metric(trials: pd.DataFrame, name: str) -> None:
         raise ValueError(f"unknown metric {name!r}; use one of {', '.join(known)}")
 
 
+STORAGE = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")  # env.json's "weights"
+
+
 def label(row: pd.Series | dict) -> str:
-    """A short name for a trial: ``r8 all-linear 4b`` for LoRA, ``full 16b`` for baselines."""
+    """A short name for a trial: ``r8 all-linear 4b nf4`` for LoRA, ``full 16b fp32`` for
+    baselines: the bits and, where the trial recorded it, what its base weights are stored as
+    (on CUDA "16-bit" is bf16 or fp16, on CPU fp32)."""
     bits = row.get("bits")
     suffix = "" if bits is None or pd.isna(bits) else f" {int(bits)}b"
+    if suffix and row.get("weights") in STORAGE:
+        suffix += f" {row.get('weights')}"
     if row.get("method") != "lora":
         return f"{row.get('method')}{suffix}"
     rank = row.get("rank")

@@ -38,7 +38,7 @@ def collect(study_dir: Path) -> list[dict]:
             except record.RecordError:
                 env = {}
             row = {"trial": d.name, "group": group, "config": config, "metrics": metrics,
-                   "env": env}
+                   "env": env, "dir": str(d)}
             rows.append({**row, "status": status})
     return rows
 
@@ -115,12 +115,20 @@ def print_summary(
                 f"test_exact_match {_fmt(r['metrics'].get(M.TEST_EXACT_MATCH))}  "
                 f"[{r['group']}/{r['trial']}] {describe(r['config'])}"
             )
+    shared_oom = []
     for r in rows:
         if r["status"].get("status") == record.ERRORED:
-            print(
-                f"  errored [{r['group']}/{r['trial']}] {describe(r['config'])}: "
-                f"{r['status'].get('reason')}"
-            )
+            reason = str(r["status"].get("reason"))
+            print(f"  errored [{r['group']}/{r['trial']}] {describe(r['config'])}: {reason}")
+            if reason.startswith(record.SHARED_GPU_OOM):
+                shared_oom.append(r)
+    if shared_oom:
+        print(f"  {len(shared_oom)} configuration(s) ran out of their share of a GPU "
+              "(--gpus-per-trial below 1); each may fit a whole GPU:")
+        for r in shared_oom:
+            trial = Path(r["dir"])
+            print(f"    python -m study.train_one --config {trial / record.CONFIG} "
+                  f"--out {trial.parent / (trial.name + '-whole-gpu')}")
     errors = []
     for r in finished:
         measured = r["metrics"].get(M.PEAK_MEM_MB)

@@ -35,8 +35,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model("smollm2-135m")
-    model.to(device)
+    model, _ = load_model("smollm2-135m", device=device)
     if args.impl == "ours":
         from lora_impl import inject_lora
 

@@ -6,8 +6,9 @@
 
 A quantized base cannot hold ``W + s B A`` exactly: merge dequantizes, adds, and re-quantizes
 with the layer's own settings, keeping the original quantized tensors so unmerge restores them
-bitwise however many times it is repeated. Every merge checks the result is finite before it
-touches the layer.
+bitwise however many times it is repeated. A bf16 / fp16 base (16-bit storage on CUDA) is merged
+in fp32 and rounded once, and its original values are kept the same way. Every merge checks the
+result is finite before it touches the layer.
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ def merge_layer(layer: LoRALinear, name: str = "") -> None:
         _merge_8bit(layer, delta, name)
     else:
         weight = layer.base_layer.weight
-        merged = weight.data + delta.to(weight.dtype)
+        merged = (weight.data.float() + delta.float()).to(weight.dtype)
         _check_finite(merged, name)
+        if weight.dtype != torch.float32:
+            # (W + d) - d is not W once rounded to 16 bits: keep W for a bitwise unmerge
+            layer._unmerged_base = {"data": weight.data.clone()}
         weight.data.copy_(merged)
     layer.merged = True
 
@@ -80,7 +84,10 @@ def unmerge_layer(layer: LoRALinear) -> None:
         return
     base = layer.base_layer
     saved = layer._unmerged_base
-    if saved is not None:  # quantized: put the original tensors back, bitwise
+    if saved is not None and "data" in saved:  # a 16-bit float base: its own values back
+        base.weight.data.copy_(saved["data"])
+        layer._unmerged_base = None
+    elif saved is not None:  # quantized: put the original tensors back, bitwise
         base.weight = saved["weight"]
         if "quant_state" in saved:
             base.quant_state = saved["quant_state"]

@@ -28,8 +28,27 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def environment(cfg: TrialConfig, device: torch.device, precision: dict) -> dict:
-    """What a result depends on besides its config: versions, hardware, threads, dtype, seed."""
+COMPUTE = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + grad scaler"}
+FLOAT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def weights_label(bits: int, quant_type: str, storage: torch.dtype) -> str:
+    """What the frozen base's linear weights are stored as: fp32, bf16, fp16, int8, nf4, fp4."""
+    if bits == 8:
+        return "int8"
+    if bits == 4:
+        return quant_type
+    return FLOAT_NAMES.get(storage, str(storage).removeprefix("torch."))
+
+
+def environment(
+    cfg: TrialConfig, device: torch.device, precision: dict, storage: torch.dtype = torch.float32
+) -> dict:
+    """What a result depends on besides its config: versions, hardware, threads, dtypes, seed.
+
+    ``weights`` is the storage dtype of the base's linear weights (``weights_label``),
+    ``float_weights`` that of its other float parameters (embeddings, norms, the head) and
+    ``compute_dtype`` what the forward and backward compute in."""
     packages = {}
     for pkg in ("torch", "transformers", "bitsandbytes", "safetensors", "ray", "optuna"):
         try:
@@ -57,8 +76,9 @@ def environment(cfg: TrialConfig, device: torch.device, precision: dict) -> dict
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "device": device.type,
         "threads": torch.get_num_threads(),
-        "compute_dtype": "bf16 autocast" if precision["name"] == "bf16" else "fp32",
+        "compute_dtype": COMPUTE.get(precision["name"], precision["name"]),
         "dtype_choice": precision,  # train.dtype asked, used, and auto's timings (Choice.record)
-        "weights": f"{cfg.quant.bits}-bit" + (f" {cfg.quant.type}" if cfg.quant.bits == 4 else ""),
+        "weights": weights_label(cfg.quant.bits, cfg.quant.type, storage),
+        "float_weights": FLOAT_NAMES.get(storage, str(storage)),
         "seed": cfg.seed,
     }

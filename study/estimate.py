@@ -123,9 +123,20 @@ def compute_precision(cfg: TrialConfig, facts: ModelFacts) -> torch.dtype | None
     """The autocast dtype the trial will run in (``train.dtype=auto``: measured, cached)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.train.dtype != "auto":
-        return torch.bfloat16 if cfg.train.dtype == "bf16" else None
+        return precision.AMP.get(cfg.train.dtype)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     return precision.resolve("auto", device, precision.matmul_shape(facts.hf_config, tokens)).amp
+
+
+def storage_bytes(cfg: TrialConfig, facts: ModelFacts) -> float:
+    """Bytes per float base parameter as the trial stores them (``precision.storage_dtype``):
+    as loaded on CPU; on CUDA the 16-bit compute dtype's 2, or 4 for fp32 and full tuning."""
+    if not torch.cuda.is_available():
+        return facts.param_bytes
+    amp = compute_precision(cfg, facts)
+    name = next((k for k, v in precision.AMP.items() if v == amp), "fp32")
+    dtype = precision.storage_dtype(torch.device("cuda"), name, cfg.method)
+    return float(torch.empty(0, dtype=dtype).element_size())
 
 
 def adapter_params(cfg: TrialConfig, facts: ModelFacts) -> int:
@@ -138,7 +149,7 @@ def adapter_params(cfg: TrialConfig, facts: ModelFacts) -> int:
 def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
     """(weights and trainable state, what autograd keeps for the largest micro-batch) in bytes."""
     frozen_linear = facts.linear_params if cfg.quant.bits != 16 else 0
-    weights = (facts.total_params - frozen_linear) * facts.param_bytes
+    weights = (facts.total_params - frozen_linear) * storage_bytes(cfg, facts)
     if frozen_linear:
         weights += frozen_linear * QUANT_BYTES[cfg.quant.bits]
     if cfg.method == "base":

@@ -48,6 +48,7 @@ DUPLICATE_OF = "duplicate_of"
 RESUMES = "resumes"
 INTERRUPTED = "interrupted"
 SEARCH_ENDED = "search_ended"
+ERROR = "error"  # on a FAIL trial: the reason its trial reported (record.SHARED_GPU_OOM...)
 MEMORY = "memory_mb"  # the constraint: estimated peak minus --max-mem-mb
 
 

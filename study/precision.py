@@ -11,8 +11,13 @@ second, and takes the fastest; the verdict is cached per machine, thread count a
 the choice and the timings behind it.
 
 Candidates: fp32 everywhere; bf16 where the hardware computes it natively (a CUDA device that
-supports it; a CPU with AVX512-BF16 or AMX). fp16 is not offered: training in it needs loss
-scaling, which the loop does not do.
+supports it; a CPU with AVX512-BF16 or AMX); fp16 on CUDA, trained with a gradient scaler
+(``torch.amp.GradScaler``), so a GPU without bf16 (T4, V100) gets fp16 when it is faster. A
+16-bit candidate must beat fp32 by more than ``TIE``, and fp16 must beat bf16 by as much.
+
+The storage dtype of the frozen base (``storage_dtype``) follows: fp32 on CPU (bf16 there is
+autocast only); on CUDA the 16-bit compute dtype itself, so "16-bit" holds bf16 (fp16 where
+bf16 is missing) weights, not fp32 ones.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from study.environment import cpu_name
 from study.models.bundled import cache_root
 from study.record import write_json
 
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TIE = 0.05  # bf16 must be more than 5% faster to be chosen: fp32 loses no precision
 MAX_TOKENS = 1024  # rows of the timed matmul (a batch's tokens, capped: the ratio is what counts)
 BUDGET_S = 0.15  # timing per candidate, after one warm-up
@@ -49,7 +55,13 @@ class Choice:
 
     @property
     def amp(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.name == "bf16" else None
+        """The autocast dtype (None: plain fp32)."""
+        return AMP.get(self.name)
+
+    @property
+    def scaler(self) -> bool:
+        """Whether training needs a gradient scaler (fp16: its range underflows small grads)."""
+        return self.name == "fp16"
 
     def record(self) -> dict:
         """What env.json keeps of the choice."""
@@ -76,17 +88,37 @@ def bf16_supported(device: torch.device) -> bool:
 def check_supported(asked: str, device: torch.device) -> None:
     """ValueError when ``train.dtype=asked`` cannot run as asked on ``device``."""
     if asked == "bf16" and not bf16_supported(device):
+        other = "fp16, fp32" if device.type == "cuda" else "fp32"
         raise ValueError(f"train.dtype bf16 is not supported on this {device.type} (no native "
-                         "bf16); use train.dtype fp32 or auto")
+                         f"bf16); use train.dtype {other} or auto")
+    if asked == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.dtype fp16 needs a CUDA device (this is a {device.type}); use "
+                         "train.dtype fp32, bf16 or auto")
 
 
 def candidates(device: torch.device) -> list[str]:
-    return ["fp32", "bf16"] if bf16_supported(device) else ["fp32"]
+    """The precisions ``auto`` times on ``device``."""
+    out = ["fp32", "bf16"] if bf16_supported(device) else ["fp32"]
+    return [*out, "fp16"] if device.type == "cuda" else out
+
+
+def storage_dtype(device: torch.device, compute: str, method: str) -> torch.dtype:
+    """The dtype the frozen base's float weights are stored in: fp32 on CPU; on CUDA the 16-bit
+    compute dtype (``compute`` is a resolved ``Choice.name``), or fp32 for fp32 compute and
+    for full fine-tuning (AdamW updates fp32 master weights)."""
+    if device.type != "cuda" or method == "full":
+        return torch.float32
+    return AMP.get(compute, torch.float32)
+
+
+def cuda_default(device: torch.device) -> str:
+    """The 16-bit precision a CUDA device computes natively: bf16, else fp16."""
+    return "bf16" if bf16_supported(device) else "fp16"
 
 
 def time_matmul(shape: tuple[int, int, int], name: str, device: torch.device) -> float:
     """Median ms of one (tokens x hidden) @ (hidden x width) matmul in precision ``name``."""
-    dtype = torch.bfloat16 if name == "bf16" else torch.float32
+    dtype = AMP.get(name, torch.float32)
     gen = torch.Generator(device="cpu").manual_seed(0)
     m, k, n = shape
     a = torch.randn(m, k, generator=gen).to(device, dtype)
@@ -106,8 +138,13 @@ def time_matmul(shape: tuple[int, int, int], name: str, device: torch.device) ->
 
 
 def choose(timings_ms: dict[str, float]) -> str:
-    """The fastest precision; fp32 unless another is more than ``TIE`` faster."""
+    """The fastest precision; fp32 unless another is more than ``TIE`` faster, and bf16 over
+    fp16 unless fp16 is more than ``TIE`` faster (bf16 needs no loss scaling)."""
     best = min(timings_ms, key=timings_ms.get)
+    if best == "fp16" and "bf16" in timings_ms and timings_ms["fp16"] >= timings_ms["bf16"] * (
+        1 - TIE
+    ):
+        best = "bf16"
     return best if timings_ms[best] < timings_ms["fp32"] * (1 - TIE) else "fp32"
 
 

@@ -59,6 +59,9 @@ GROUPS = (SEARCH, BASELINES)
 # a trial that ran to its end. ("done" would collide with Ray Tune's own result key.)
 RUNNING, FINISHED, STOPPED, ERRORED = "running", "finished", "stopped", "errored"
 STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
+# the reason of a trial that ran out of its share of a GPU (--gpus-per-trial below 1): the
+# configuration may fit a whole card, and the summary says how to run it on one
+SHARED_GPU_OOM = "out of memory on a shared GPU"
 FINAL = "final"
 SCHEMA_VERSION = 1
 

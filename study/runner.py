@@ -114,11 +114,29 @@ def _final_metrics(trial_dir: Path) -> dict | None:
     return metrics if record.is_final(metrics) else None
 
 
+def share_gpu(fraction: float | None) -> bool:
+    """Cap this process at ``fraction`` of its GPU's memory when trials share a card (Ray's
+    fractional ``--gpus-per-trial``), so one trial cannot push the others out of memory; True
+    when a cap was set."""
+    if not fraction or fraction >= 1 or not torch.cuda.is_available():
+        return False
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return True
+
+
 def run(
-    config: dict, trial_dir: Path, max_mem_mb: float | None, report: Callable[[dict], None]
+    config: dict,
+    trial_dir: Path,
+    max_mem_mb: float | None,
+    report: Callable[[dict], None],
+    gpu_share: float | None = None,
 ) -> None:
     """Run (or resume) the trial of ``config`` in ``trial_dir``, calling ``report(metrics)``
     after every evaluation; a trial that ended before is reported again, not retrained.
+
+    ``gpu_share`` (0-1): the share of a GPU this trial has (``share_gpu``); an allocation that
+    fails inside it is reported as ``record.SHARED_GPU_OOM`` (the configuration may fit a whole
+    card).
 
     The trial directory is named by the study (a trial resumed after a kill keeps its
     directory), and the trial resumes from the checkpoint there when one exists: a retry after a
@@ -139,6 +157,7 @@ def run(
         last["step"] = step
 
     callbacks.insert(0, track)
+    shared = share_gpu(gpu_share)
     try:
         run_trial(
             cfg,
@@ -152,7 +171,10 @@ def run(
         ours = isinstance(err, (NonFiniteLossError, MemoryBudgetExceeded))
         if not (oom or ours) and transient(err):
             raise  # Ray retries the trial from its checkpoint (--max-failures)
-        reason = f"out of memory: {err}" if oom else str(err) if ours else f"{_kind(err)}: {err}"
+        if oom:
+            reason = f"{record.SHARED_GPU_OOM if shared else 'out of memory'}: {err}"
+        else:
+            reason = str(err) if ours else f"{_kind(err)}: {err}"
         step = getattr(err, "step", None) or last["step"]  # a NaN names its own step
         report({"error": reason, M.STEP: step})
 

@@ -287,6 +287,9 @@ class StudySearch(Searcher):
         self.live.pop(trial_id)
         if error or result.get("error"):
             state, values = TrialState.FAIL, None
+            # why, for the summary and optuna-dashboard: a shared GPU's out-of-memory is a
+            # failure of the card's share, not necessarily of the configuration
+            trial.set_user_attr(journal.ERROR, str(result.get("error") or "the trial crashed"))
         elif record.is_final(result):
             values = [result.get(m) for m in self.objectives]
             if any(v is None or not math.isfinite(v) for v in values):

@@ -17,7 +17,7 @@ from lora_impl.layer import LoraSpec
 
 METHODS = ("lora", "full", "base")
 TASKS = ("skills", "lm", "sft")
-DTYPES = ("auto", "fp32", "bf16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -131,6 +131,9 @@ class QuantConfig:
     """4-bit data type: nf4 or fp4."""
     double_quant: bool = False
     """4-bit only: quantize the block scales too (QLoRA's double quantization)."""
+    int8_threshold: float = 6.0
+    """8-bit only: LLM.int8's outlier threshold: input features with a magnitude above it are
+    multiplied in 16-bit, the rest in int8 (6.0 as in the paper and transformers; 0: all int8)."""
 
     def __post_init__(self) -> None:
         require(
@@ -145,6 +148,15 @@ class QuantConfig:
             "quant.double_quant",
             self.double_quant,
             "true or false",
+        )
+        require(
+            isinstance(self.int8_threshold, (int, float))
+            and not isinstance(self.int8_threshold, bool)
+            and math.isfinite(self.int8_threshold)
+            and self.int8_threshold >= 0,
+            "quant.int8_threshold",
+            self.int8_threshold,
+            "a number >= 0",
         )
 
 
@@ -201,8 +213,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value."""
     dtype: str = "auto"
-    """fp32, bf16 (autocast; needs native bf16) or auto: the faster of the two on this machine,
-    by a timed matmul of the model's shapes (cached; see study.precision)."""
+    """Compute precision: fp32, bf16 (autocast; needs native bf16), fp16 (autocast with loss
+    scaling; CUDA only) or auto: the fastest on this machine by a timed matmul of the model's
+    shapes (cached; see study.precision)."""
     grad_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
 

@@ -52,6 +52,25 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+# What a causal LM's own forward does to the head's output, by config attribute (transformers'
+# modeling code): Gemma 2/3 soft-cap it, Cohere multiplies by a scale, Granite divides by one.
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's logits for hidden states (..., d): its output head, then the logit
+    post-processing its own forward applies (``LOGIT_POSTPROCESSING``)."""
+    logits = model.get_output_embeddings()(hidden)
+    config = model.config
+    if cap := getattr(config, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / cap) * cap
+    if (scale := getattr(config, "logit_scale", None)) is not None:
+        logits = logits * scale
+    if (scaling := getattr(config, "logits_scaling", None)) is not None:
+        logits = logits / scaling
+    return logits
+
+
 def target_logits(
     model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,7 +81,7 @@ def target_logits(
     ).last_hidden_state  # (B, T, d)
     targets = batch["labels"][:, 1:]  # position t predicts token t + 1
     keep = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (M, vocab), M = #targets
+    logits = head_logits(model, hidden[:, :-1][keep])  # (M, vocab), M = #targets
     return logits, targets[keep], keep
 
 
@@ -131,11 +150,13 @@ def train_loop(
     memory: PeakMemory | None = None,
     stats: StepStats | None = None,
     amp: torch.dtype | None = None,
+    scaler: dict | None = None,
 ) -> StepStats:
     """Train from ``start_step`` to ``total_steps``; call ``on_eval(step)`` every ``every`` steps.
 
     ``on_eval`` runs outside the measured training phase: ``memory`` is paused around it.
-    ``amp`` is the autocast dtype (None: plain fp32; see ``study.precision``).
+    ``amp`` is the autocast dtype (None: plain fp32; see ``study.precision``); fp16 trains with
+    a gradient scaler, whose state ``scaler`` carries across resumes (a dict, updated in place).
 
     Raises:
         NonFiniteLossError: the loss at some step is NaN or inf.
@@ -144,6 +165,11 @@ def train_loop(
     order = BatchOrder(len(examples), cfg.batch_size, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     stats = stats or StepStats()
+    # fp16's range underflows small gradients: scale the loss up, unscale before clipping, skip
+    # a step whose gradients overflowed (torch.amp.GradScaler; a no-op for bf16 and fp32)
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if scaler and grad_scaler.is_enabled():
+        grad_scaler.load_state_dict(scaler)
     model.train()
     if memory is not None:
         memory.resume()
@@ -164,7 +190,7 @@ def train_loop(
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss, _ = causal_lm_loss(model, batch)
             t1 = now(device)
-            (loss / cfg.grad_accum).backward()
+            grad_scaler.scale(loss / cfg.grad_accum).backward()
             t2 = now(device)
             fwd, bwd = fwd + t1 - t0, bwd + t2 - t1
             step_loss += loss.item() / cfg.grad_accum  # a sync point, once per micro-batch
@@ -174,8 +200,10 @@ def train_loop(
                 f"non-finite training loss ({step_loss}) at step {step + 1}", step=step + 1
             )
         t3 = now(device)
+        grad_scaler.unscale_(optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
         optimizer.zero_grad(set_to_none=True)
         t4 = now(device)
         stats.fwd_ms.append(fwd * 1e3)
@@ -188,6 +216,8 @@ def train_loop(
         stats.losses.append(step_loss)
         for callback in callbacks:
             callback(step + 1, step_loss)
+        if scaler is not None and grad_scaler.is_enabled():
+            scaler.update(grad_scaler.state_dict())  # the checkpoint written in on_eval has it
         if on_eval is not None and ((step + 1) % every == 0 or step + 1 == total_steps):
             if memory is not None:
                 memory.pause()

@@ -34,10 +34,12 @@ def trainable(
     experiment_dir: str,
     max_mem_mb: float | None = None,
     fork_server: str | None = None,
+    gpu_share: float | None = None,
 ) -> None:
     """Run one trial of a study inside Ray Tune (a function trainable).
 
     ``fork_server``: the study's fork-server socket, or None to run the trial in this worker.
+    ``gpu_share``: the fraction of a GPU each trial has (``--gpus-per-trial`` below 1), or None.
     The trial directory is ``<experiment_dir>/<trial name>`` (named by the study).
     """
     from ray import tune
@@ -62,4 +64,4 @@ def trainable(
             print(f"study.trainable: {err}; the trial runs in its Ray worker", file=sys.stderr)
     from study import runner
 
-    runner.run(config, trial_dir, max_mem_mb, report)
+    runner.run(config, trial_dir, max_mem_mb, report, gpu_share)

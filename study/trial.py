@@ -49,7 +49,7 @@ from study.evaluate import (
     perplexity,
     split_loss,
 )
-from study.models import load_model
+from study.models import cast_float_weights, load_model, set_compute_dtype
 from study.resources import PeakMemory, decode_latency_ms
 from study.train import StepStats, make_optimizer, train_loop
 
@@ -105,6 +105,7 @@ class Progress:
     recent_losses: list[float] = field(default_factory=list)
     timed_tokens: int = 0  # tokens and seconds of the steps after each process's first
     timed_s: float = 0.0
+    scaler: dict = field(default_factory=dict)  # fp16's gradient-scaler state (GradScaler)
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
@@ -119,23 +120,39 @@ class _Trial:
         self.cfg, self.out, self.report = cfg, out, report
         self.started = time.perf_counter()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        precision.check_supported(cfg.train.dtype, self.device)
+        # The storage dtype is needed before loading, the measured choice only after (it times
+        # the model's own shapes): load in what auto will choose on CUDA (a GPU computes its
+        # 16-bit type faster), and re-cast in the rare case it measures otherwise.
+        expected = cfg.train.dtype
+        if expected == "auto":
+            expected = precision.cuda_default(self.device) if self.device.type == "cuda" else "fp32"
+        storage = precision.storage_dtype(self.device, expected, cfg.method)
         t_load = time.perf_counter()
         self.model, self.tokenizer = load_model(
             cfg.model.name,
             quant_bits=cfg.quant.bits,
             quant_type=cfg.quant.type,
             double_quant=cfg.quant.double_quant,
+            dtype=storage,
+            device=self.device,  # placed before quantizing; never moved after
+            int8_threshold=cfg.quant.int8_threshold,
         )
-        self.model.to(self.device)
-        _prepare(self.model, cfg)
-        self.data: TaskData = build_data(cfg.data, self.tokenizer)
-        self.load_s = time.perf_counter() - t_load
         tokens = cfg.train.batch_size * cfg.data.seq_len
         self.precision = precision.resolve(
             cfg.train.dtype, self.device, precision.matmul_shape(self.model, tokens)
         )
         self.amp = self.precision.amp
-        self.env = environment(cfg, self.device, self.precision.record())
+        wanted = precision.storage_dtype(self.device, self.precision.name, cfg.method)
+        if wanted != storage:
+            cast_float_weights(self.model, wanted)
+            storage = wanted
+        set_compute_dtype(self.model, self.amp or torch.float32)  # 4-bit layers, explicitly
+        self.storage = storage
+        _prepare(self.model, cfg)
+        self.data: TaskData = build_data(cfg.data, self.tokenizer)
+        self.load_s = time.perf_counter() - t_load
+        self.env = environment(cfg, self.device, self.precision.record(), storage)
 
         self.pad_id = self.tokenizer.pad_token_id
         per_step = cfg.train.batch_size * cfg.train.grad_accum
@@ -293,6 +310,7 @@ class _Trial:
                 memory=self.memory,
                 stats=self.stats,
                 amp=self.amp,
+                scaler=self.progress.scaler,
             )
         return self.latest
 

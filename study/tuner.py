@@ -77,6 +77,7 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
         experiment_dir=str(exp_dir.resolve()),
         max_mem_mb=plan.options.max_mem_mb,
         fork_server=fork_server,
+        gpu_share=_resources(plan.options)["gpu"] or None,  # < 1: trials share a card
     )
     fn = tune.with_resources(fn, _resources(plan.options))
     run_config = RunConfig(

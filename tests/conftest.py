@@ -11,6 +11,10 @@ os.environ["LORA_STUDY_CACHE"] = os.path.join(
     __import__("tempfile").mkdtemp(prefix="lora-study-test-cache-"), "cache"
 )
 
+from tests.blocking import block_from_env  # noqa: E402
+
+block_from_env()  # make gpu-check's dry run: prove the gpu tests need no Ray, Optuna, ...
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -63,7 +63,7 @@ def test_integer_where_float_is_declared_is_accepted():
         ({"method": "qlora"}, "method must be one of lora, full, base"),
         ({"data.task": "chat"}, "data.task must be one of skills, lm, sft"),
         ({"data.size": -5}, "data.size must be a positive integer"),
-        ({"train.dtype": "fp16"}, "train.dtype must be one of auto, fp32, bf16"),
+        ({"train.dtype": "fp8"}, "train.dtype must be one of auto, fp32, bf16, fp16"),
         ({"train.epochs": 2, "train.steps": 100}, "exactly one of train.steps and train.epochs"),
         ({"train.steps": None}, "exactly one of train.steps and train.epochs"),
         ({"train.warmup": True}, "train.warmup must be an integer >= 0"),

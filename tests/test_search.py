@@ -7,6 +7,9 @@ import random
 from types import SimpleNamespace
 
 import pytest
+
+pytest.importorskip("optuna")  # the searcher: absent on a GPU machine without them (gpu-check)
+pytest.importorskip("ray")
 from optuna.samplers import TPESampler
 
 from search_spaces import SpaceError, load_space, to_tune, tune_points, validate

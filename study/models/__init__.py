@@ -13,7 +13,9 @@ Sources:
 - anything else: a local directory or a Hugging Face model id (needs the hub).
 
 ``quant_bits`` 4 or 8 replaces every linear layer except the output head by a bitsandbytes
-``Linear4bit`` (NF4 by default) or ``Linear8bitLt``, the same way for every source.
+``Linear4bit`` (NF4 by default) or ``Linear8bitLt``, the same way for every source. The model is
+put on ``device`` in its storage ``dtype`` first and each weight is quantized there, one layer at
+a time (a quantized model is never moved: see ``quantize.quantize_linears``).
 
 This package: the registry and ``load_model`` (here), the bundled model's cache (``bundled``),
 the tiny test models (``tiny``) and quantization (``quantize``).
@@ -43,6 +45,7 @@ from study.models.quantize import (
     quantize_linears,
     quiet_bnb_warnings,
     return_freed_memory,
+    set_compute_dtype,
 )
 from study.models.tiny import tiny_builder, tiny_tokenizer
 
@@ -51,8 +54,11 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "cache_root",
+    "cast_float_weights",
     "load_model",
+    "place",
     "quantize_linears",
+    "set_compute_dtype",
     "tiny_tokenizer",
 ]
 
@@ -161,6 +167,22 @@ def quiet_hub():
         logger.setLevel(level)
 
 
+def cast_float_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the float parameters and buffers of a loaded model to ``dtype`` in place, leaving
+    bitsandbytes' quantized weights as they are."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if type(tensor) in (nn.Parameter, torch.Tensor) and tensor.is_floating_point():
+                tensor.data = tensor.data.to(dtype)
+
+
+def place(model: nn.Module, device: torch.device | str | None) -> nn.Module:
+    """Put a not yet quantized model on ``device`` (None: where it is)."""
+    if device is not None and torch.device(device) != next(model.parameters()).device:
+        model.to(device)
+    return model
+
+
 def load_model(
     name: str,
     quant_bits: int = 16,
@@ -168,6 +190,9 @@ def load_model(
     double_quant: bool = False,
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    int8_threshold: float = 6.0,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, object]:
     """Load a registry model, local directory or hub id, optionally with 4/8-bit linears.
 
@@ -176,8 +201,13 @@ def load_model(
         quant_bits: 16 (no quantization), 8 (bnb LLM.int8) or 4 (bnb 4-bit).
         quant_type: 4-bit data type, ``nf4`` or ``fp4``.
         double_quant: 4-bit only: quantize the block scales too (QLoRA's double quantization).
-        dtype: weight dtype of the unquantized parts (default float32).
+        dtype: storage dtype of the float weights (default float32; ``study.precision.
+            storage_dtype`` says which a trial uses).
         cache_dir: where the bundled model's conversion is cached (see ``cache_root``).
+        device: where the model lives (default: where it loads, the CPU); set it here rather
+            than moving the returned model, which a quantized model does not survive.
+        int8_threshold: 8-bit only: LLM.int8's outlier threshold.
+        compute_dtype: 4-bit only: the dtype its layers compute in (default: their input's).
 
     Raises:
         ValueError: bad ``quant_bits`` / ``quant_type``, or (ModelNotFoundError) an unknown model.
@@ -189,8 +219,11 @@ def load_model(
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
     model, tokenizer = _load_source(name, cache_root(cache_dir), dtype)
+    place(model, device)  # before quantizing: every weight is quantized where it will be used
     if quant_bits < 16:
         quiet_bnb_warnings()
-        quantize_linears(model, quant_bits, quant_type, double_quant)
+        quantize_linears(
+            model, quant_bits, quant_type, double_quant, compute_dtype, int8_threshold
+        )
         return_freed_memory(model)  # the float weights just replaced
     return model, tokenizer

@@ -16,6 +16,7 @@ from torch import nn
 
 QUANT_BITS = (4, 8, 16)
 QUANT_TYPES = ("nf4", "fp4")
+BLOCKSIZE = 64  # 4-bit block size, bitsandbytes' and QLoRA's default
 
 
 class _OncePerMessage(logging.Filter):
@@ -31,8 +32,6 @@ class _OncePerMessage(logging.Filter):
             return False
         self.seen.add(message)
         return True
-
-
 
 
 def quiet_bnb_warnings() -> None:
@@ -61,9 +60,15 @@ def quantize_linears(
     quant_type: str = "nf4",
     double_quant: bool = False,
     compute_dtype: torch.dtype | None = None,
+    int8_threshold: float = 6.0,
 ) -> list[str]:
     """Replace every linear except the output head by a bitsandbytes layer; return the names.
 
+    Each weight is quantized where it already is (put the model on its device first): a
+    bitsandbytes parameter moved after quantization by ``Module.to`` keeps the Parameter object
+    and, for 8-bit, its int8 matrix and scales on the old device (``weight.CB`` / ``SCB``).
+    8-bit is LLM.int8 with the outlier threshold ``int8_threshold`` (6.0 as published; 0 turns
+    the decomposition off); 4-bit computes in ``compute_dtype`` (see ``set_compute_dtype``).
     GPT-2's ``Conv1D`` (weight stored (in, out)) becomes a bnb Linear with the transposed weight.
     """
     bnb = import_bitsandbytes()
@@ -77,8 +82,8 @@ def quantize_linears(
         weight = module.weight.data
         if is_conv1d(module):
             weight = weight.t()
+        weight = weight.contiguous()
         out_features, in_features = weight.shape
-        device = weight.device
         has_bias = module.bias is not None
         if bits == 8:
             new = bnb.nn.Linear8bitLt(
@@ -86,12 +91,14 @@ def quantize_linears(
                 out_features,
                 bias=has_bias,
                 has_fp16_weights=False,
-                threshold=0.0,
+                threshold=float(int8_threshold),
                 device="meta",
             )
+            # what Int8Params does when moved from CPU, done on the weight's own device
+            cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
             new.weight = bnb.nn.Int8Params(
-                weight.contiguous(), requires_grad=False, has_fp16_weights=False
-            ).to(device)
+                cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb
+            )
         else:
             new = bnb.nn.Linear4bit(
                 in_features,
@@ -102,13 +109,24 @@ def quantize_linears(
                 quant_type=quant_type,
                 device="meta",
             )
+            packed, state = bnb.functional.quantize_4bit(
+                weight,
+                blocksize=BLOCKSIZE,
+                compress_statistics=double_quant,
+                quant_type=quant_type,
+                quant_storage=torch.uint8,
+            )
             new.weight = bnb.nn.Params4bit(
-                weight.contiguous(),
+                packed,
                 requires_grad=False,
+                quant_state=state,
+                blocksize=BLOCKSIZE,
                 compress_statistics=double_quant,
                 quant_type=quant_type,
                 module=new,
-            ).to(device)
+                bnb_quantized=True,
+            )
+            new.quant_state = state
             # On AVX512-BF16 CPUs bnb re-packs a 4-bit weight at its first eval-mode forward
             # and rounds the block scales to bf16 in place: the base model would silently
             # change after the first evaluation. Keep the weights as quantized.
@@ -118,8 +136,20 @@ def quantize_linears(
         new.train(module.training)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
+        del module, weight  # the float weight goes as soon as its layer is replaced
         replaced.append(name)
     return replaced
+
+
+def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """Make every 4-bit layer compute in ``dtype`` (the trial's compute dtype), explicitly:
+    left unset, bitsandbytes takes the dtype of its first input and keeps it."""
+    from lora_impl.layer import quant_kind
+
+    for module in model.modules():
+        if quant_kind(module) == "4bit":
+            module.compute_dtype = dtype
+            module.compute_type_is_set = True
 
 
 def return_freed_memory(model: nn.Module) -> None:
@@ -129,11 +159,15 @@ def return_freed_memory(model: nn.Module) -> None:
     page of the linear layers' float weights, and those file pages stay resident (and counted
     in the process's RSS: 300 MB for the bundled model in 4-bit) as long as any tensor still
     maps the file, which the unquantized parameters (embeddings, norms) do. Copying those into
-    memory of their own unmaps the file; glibc then hands freed heap pages back."""
+    memory of their own unmaps the file; glibc then hands freed heap pages back. On a GPU the
+    replaced weights go back to the caching allocator's pool, which is emptied."""
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            if type(tensor) in (nn.Parameter, torch.Tensor):  # not bitsandbytes' own
+            # not bitsandbytes' own; a CUDA tensor maps no file
+            if type(tensor) in (nn.Parameter, torch.Tensor) and tensor.device.type == "cpu":
                 tensor.data = tensor.data.clone()
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,0 +1,258 @@
+"""`make gpu-check`: the GPU path end to end, without Ray, on the machine that is lent.
+
+    python bench/gpu_check.py             # CUDA: the whole check; no CUDA: its CPU dry run
+    python bench/gpu_check.py --dry-run   # the CPU dry run even where CUDA exists
+
+Three parts, one table:
+
+1. ``pytest -m gpu``: the `gpu`-marked tests (those that need Ray as well skip where it is
+   missing; every test module must import without Ray, Optuna, datasets and gguf);
+2. ``run_trial`` on the tiny Llama at 16 bits (bf16 storage on a GPU with bf16), 8 bits
+   (LLM.int8) and 4 bits (nf4), each merged (merged and unmerged logits compared, the base
+   restored by unmerge) and exported (adapter and merged model); peak memory from
+   ``torch.cuda.max_memory_allocated``; the 16-bit trial run twice, its losses compared with
+   ``RTOL`` (the tolerance ``study.reproduce`` documents for CUDA);
+3. a throughput probe: a randomly initialised model with Qwen2-0.5B's config (no download),
+   LoRA r8 on all linear layers, batch 8 x 512 tokens, bf16 autocast: tokens/s and model-FLOPs
+   utilisation (against the GPU's dense bf16 peak where known, and the matmul rate measured here).
+
+Ray, Optuna, datasets and gguf are blocked from import throughout (the lent machine has none of
+them). Where CUDA is missing the same script runs on the CPU with the tiny model and a tiny
+Qwen2-shaped probe, says so, and exits 0: it is run by `make test-slow`. Carrying bitsandbytes
+to the lent machine: docs/GUIDE.md ("Checking the GPU path").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.blocking import ENV, GPU_MACHINE_LACKS, block  # noqa: E402
+
+block(GPU_MACHINE_LACKS)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LORA_STUDY_CACHE", tempfile.mkdtemp(prefix="gpu-check-cache-"))
+
+import torch  # noqa: E402
+
+RTOL = 1e-3  # two runs of one config on CUDA: losses agree to this (study.reproduce's default)
+# dense bf16 peak FLOP/s by device name (vendor datasheets, SXM parts)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def run_gpu_tests(rows: list, dry: bool) -> None:
+    """``pytest -m gpu`` in a subprocess with the lent machine's missing packages blocked."""
+    env = {**os.environ, ENV: ",".join(GPU_MACHINE_LACKS), "PYTHONPATH": str(ROOT)}
+    if dry:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    tail = [line for line in proc.stdout.splitlines() if line.strip()][-1:] or ["(no output)"]
+    if proc.returncode not in (0, 5):
+        print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
+    rows.append(("pytest -m gpu", tail[0].strip("= "), proc.returncode in (0, 5)))
+
+
+def trial_config(bits: int, device: torch.device):
+    from study.config import TrialConfig
+
+    return TrialConfig.from_dict({
+        "model.name": "tiny-llama", "lora.rank": 8, "lora.targets": "all-linear",
+        "quant.bits": bits, "data.size": 64, "data.eval_size": 30, "data.test_size": 30,
+        "train.steps": 8, "train.batch_size": 4, "train.warmup": 2, "train.lr": 0.01,
+        "train.dtype": "auto" if device.type == "cuda" else "fp32", "eval.every": 4,
+        "eval.max_new_tokens": 4, "eval.latency_tokens": 4, "eval.latency_prompts": 2,
+    })
+
+
+def check_merge(cfg, trial_dir: Path, device: torch.device) -> tuple[float, bool]:
+    """(max |merged - unmerged| logit difference relative to the largest logit, base restored
+    bitwise by unmerge) for a trial's adapter on a freshly loaded base."""
+    from lora_impl import inject_lora, load_adapter, merge, unmerge
+    from lora_impl.layer import lora_layers
+    from study import precision, record
+    from study.models import load_model
+
+    env = record.read_env(trial_dir)
+    storage = precision.storage_dtype(device, env["dtype_choice"]["name"], cfg.method)
+    model, _ = load_model(cfg.model.name, quant_bits=cfg.quant.bits, device=device,
+                          dtype=storage, int8_threshold=cfg.quant.int8_threshold)
+    inject_lora(model, cfg.lora.target_spec, cfg.lora.spec())
+    load_adapter(model, record.adapter_dir(trial_dir))
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    before = {n: layer.base_layer.weight.detach().clone() for n, layer in lora_layers(model)}
+    with torch.no_grad():
+        unmerged = model(ids).logits.float()
+        merge(model)
+        merged = model(ids).logits.float()
+        unmerge(model)
+    restored = all(
+        torch.equal(before[n], layer.base_layer.weight.detach()) for n, layer in lora_layers(model)
+    )
+    return ((merged - unmerged).abs().max() / unmerged.abs().max()).item(), restored
+
+
+def run_trials(rows: list, device: torch.device, work: Path) -> None:
+    """Three trials (16, 8, 4 bits), merged and exported; the 16-bit one twice."""
+    from study import record
+    from study.export import export
+    from study.trial import run_trial
+
+    losses = {}
+    for bits in (16, 8, 4):
+        cfg = trial_config(bits, device)
+        out = work / f"trial-{bits}"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        metrics = run_trial(cfg, out_dir=out)
+        env = record.read_env(out)
+        curve = record.read_curve(out)[0]
+        losses[bits] = [p["train_loss"] for p in curve] + [p["eval_loss"] for p in curve]
+        diff, restored = check_merge(cfg, out, device)
+        export(out, work / f"adapter-{bits}")
+        export(out, work / f"merged-{bits}", merged=True)
+        # re-quantization (4/8-bit) or one rounding to bf16 is the only difference merging makes
+        ok = math.isfinite(metrics["eval_loss"]) and restored and diff < 0.1
+        rows.append((
+            f"trial {bits}-bit ({env['weights']}, {env['compute_dtype']})",
+            f"eval loss {metrics['eval_loss']:.4f}, peak {metrics['peak_mem_mb']:.1f} MB, "
+            f"{metrics['train_tokens_per_s']:.0f} tok/s; merged vs unmerged logits "
+            f"{diff:.1e} (relative), "
+            f"unmerge restores the base: {restored}; exported adapter and merged model", ok))
+    again = work / "trial-16-again"
+    run_trial(trial_config(16, device), out_dir=again)
+    curve = record.read_curve(again)[0]
+    second = [p["train_loss"] for p in curve] + [p["eval_loss"] for p in curve]
+    worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(second, losses[16]))
+    rows.append(("16-bit trial run twice", f"largest relative loss difference {worst:.2e} "
+                 f"(tolerance {RTOL:g})", worst <= RTOL))
+
+
+def qwen2_config(dry: bool):
+    """Qwen2-0.5B's architecture (its config.json's numbers), or a tiny one for the dry run."""
+    from transformers import Qwen2Config
+
+    if dry:
+        return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=1024,
+                           tie_word_embeddings=True)
+    return Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                       max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True)
+
+
+def flops_per_token(config, seq: int, lora_params: int) -> float:
+    """Model FLOPs of one LoRA training token: 2N forward and 2N backward (input gradients
+    only: the base is frozen) over the matmul weights N (the tied head included), 6 per adapter
+    weight, and attention's scores and values (4 L T d forward, twice that backward)."""
+    d, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = d // config.num_attention_heads * config.num_key_value_heads
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * i
+    n = layers * per_layer + config.vocab_size * d
+    return 4 * n + 6 * lora_params + 12 * layers * seq * d
+
+
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync()
+    return 10 * 2 * n**3 / (time.perf_counter() - t0)
+
+
+def run_throughput(rows: list, device: torch.device, dry: bool) -> None:
+    """LoRA all-linear r8 on a random Qwen2-0.5B-shaped model: tokens/s and MFU."""
+    from transformers import Qwen2ForCausalLM
+
+    from lora_impl import count_parameters, inject_lora
+    from study.train import causal_lm_loss
+
+    config = qwen2_config(dry)
+    batch, seq, steps, warm = (2, 32, 2, 1) if dry else (8, 512, 10, 3)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config)
+    model.to(amp or torch.float32)  # 16-bit storage, as a 16-bit trial on CUDA has it
+    inject_lora(model, "all-linear", rank=8, alpha=16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lora = count_parameters(model)[0]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(warm + steps):
+        if step == warm:
+            sync()
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, _ = causal_lm_loss(model, data)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync()
+    seconds = time.perf_counter() - t0
+    tokens_per_s = batch * seq * steps / seconds
+    achieved = tokens_per_s * flops_per_token(config, seq, lora)
+    matmul = measured_matmul_flops(device, amp or torch.float32)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    mfu = ""
+    if peak:
+        mfu = f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s dense bf16, "
+    memory = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if amp else ""
+    what = "tiny Qwen2-shaped (dry run)" if dry else "Qwen2-0.5B-shaped, random init"
+    rows.append((
+        f"throughput: {what}, LoRA all-linear r8, batch {batch} x {seq}",
+        f"{tokens_per_s:,.0f} tok/s, {achieved / 1e12:.1f} TFLOP/s; {mfu}"
+        f"{100 * achieved / matmul:.1f}% of the {matmul / 1e12:.1f} TFLOP/s "
+        f"{'bf16' if amp else 'fp32'} matmul measured here{memory}",
+        math.isfinite(loss.item())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; print one table; exit 1 if a part failed (0 on a CPU dry run that passed)."""
+    parser = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="run on the CPU even with CUDA")
+    args = parser.parse_args(argv)
+    dry = args.dry_run or not torch.cuda.is_available()
+    device = torch.device("cpu" if dry else "cuda")
+    started = time.perf_counter()
+    if dry:
+        print("gpu-check: no CUDA device here (or --dry-run): the CPU dry run on the tiny model, "
+              f"with {', '.join(GPU_MACHINE_LACKS)} blocked from import")
+    rows: list[tuple[str, str, bool]] = []
+    run_gpu_tests(rows, dry)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
+        run_trials(rows, device, Path(work))
+    run_throughput(rows, device, dry)
+    where = "CPU dry run" if dry else torch.cuda.get_device_name(device)
+    print(f"\n| gpu-check ({where}; torch {torch.__version__}, "
+          f"{time.perf_counter() - started:.0f} s) | result | ok |\n|---|---|---|")
+    for what, result, ok in rows:
+        print(f"| {what} | {result} | {'yes' if ok else '**NO**'} |")
+    return 0 if all(ok for *_, ok in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
