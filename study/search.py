@@ -81,6 +81,7 @@ class StudySearch(Searcher):
         max_mem_mb: float | None = None,
         num_samples: int | None = None,
         max_tries: int = 200,
+        curves: Callable[[], Iterable[tuple]] | None = None,
     ) -> None:
         import optuna
 
@@ -94,6 +95,7 @@ class StudySearch(Searcher):
         self.fixed = fixed_values(space)
         self.estimate_mb, self.max_mem_mb = estimate_mb, max_mem_mb
         self.num_samples, self.max_tries = num_samples, max_tries
+        self.curves = curves  # (trial directory, curve, ...) of the recorded trials (a resume)
         directions = ["maximize" if m == "max" else "minimize" for m in modes]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(
@@ -223,12 +225,25 @@ class StudySearch(Searcher):
         self.live[trial_id], self.dirs[trial_id] = trial, name
         if journal.RESUMES in trial.user_attrs and self.single:
             earlier = self.study.get_trials(deepcopy=False)[trial.user_attrs[journal.RESUMES]]
-            for step, value in earlier.intermediate_values.items():
+            values = {**self._recorded(name), **earlier.intermediate_values}
+            for step, value in sorted(values.items()):
                 trial.report(value, step)
-            self.reported[trial_id] = set(earlier.intermediate_values)
+            self.reported[trial_id] = set(values)
         if self.study.user_attrs.get(journal.SEARCH_ENDED):
             self.study.set_user_attr(journal.SEARCH_ENDED, None)  # an earlier end, now moot
         return dict(trial.params)
+
+    def _recorded(self, name: str) -> dict[int, float]:
+        """The objective at each evaluation in trial directory ``name``'s curve: a kill between
+        an evaluation's files and the journal's append leaves a step only there (the trial then
+        resumes after it and does not report it again)."""
+        objective = self.objectives[0]
+        for entry in self.curves() if self.curves is not None else ():
+            if entry[0] == name:
+                return {p[M.STEP]: p[objective] for p in entry[1]
+                        if isinstance(p.get(M.STEP), int) and isinstance(p.get(objective), float)
+                        and math.isfinite(p[objective])}
+        return {}
 
     def _exhausted_reason(self) -> str:
         if self.max_mem_mb and self.estimate_mb is not None:
@@ -359,6 +374,7 @@ def make_search(
         estimate_mb=estimate_mb,
         max_mem_mb=max_mem_mb,
         num_samples=num_samples,
+        curves=replay,
     )
     scheduler = StudyASHA(
         time_attr=M.STEP,

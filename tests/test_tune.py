@@ -224,7 +224,7 @@ def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_
     plan = plan_study(parse_args(argv), argv)
     fits, over = (
         estimate_cfg(TrialConfig.from_dict({**sample_point(plan.space), "train.batch_size": b}),
-                     plan.facts)
+                     plan.facts, plan.worker_mb)
         for b in (4, 256)
     )
     limit = f"{(fits + over) / 2:.0f}"
@@ -320,9 +320,10 @@ def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
     full = next(b for b in plan.baselines if b["method"] == "full")
     from study.config import TrialConfig
 
-    full_mb = estimate_cfg(TrialConfig.from_dict(full), plan.facts)
+    full_mb = estimate_cfg(TrialConfig.from_dict(full), plan.facts, plan.worker_mb)
     lora_mb = min(
-        estimate_cfg(TrialConfig.from_dict({**full, "method": "lora", "quant.bits": b}), plan.facts)
+        estimate_cfg(TrialConfig.from_dict({**full, "method": "lora", "quant.bits": b}),
+                     plan.facts, plan.worker_mb)
         for b in (4, 16)
     )
     assert lora_mb < full_mb
