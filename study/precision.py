@@ -38,7 +38,10 @@ from study.models.bundled import cache_root
 from study.record import write_json
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-TIE = 0.05  # bf16 must be more than 5% faster to be chosen: fp32 loses no precision
+TIE = 0.05
+# ... and by more than this per matmul: a tiny model's matmuls are launch-bound on a GPU, where a
+# few microseconds decide nothing about a trial's speed (an H200 timed fp16 fastest by chance)
+TIE_MS = 0.02  # bf16 must be more than 5% faster to be chosen: fp32 loses no precision
 MAX_TOKENS = 1024  # rows of the timed matmul (a batch's tokens, capped: the ratio is what counts)
 BUDGET_S = 0.15  # timing per candidate, after one warm-up
 
@@ -137,15 +140,20 @@ def time_matmul(shape: tuple[int, int, int], name: str, device: torch.device) ->
     return statistics.median(times)
 
 
-def choose(timings_ms: dict[str, float]) -> str:
-    """The fastest precision; fp32 unless another is more than ``TIE`` faster, and bf16 over
-    fp16 unless fp16 is more than ``TIE`` faster (bf16 needs no loss scaling)."""
+def choose(timings_ms: dict[str, float], prefer: str = "fp32") -> str:
+    """The fastest precision, unless ``prefer`` is within ``TIE`` (or ``TIE_MS``) of it; and bf16
+    over fp16 unless fp16 is clearly faster (bf16 needs no loss scaling).
+
+    ``prefer`` breaks ties: fp32 on CPU (bf16 there is autocast over fp32 weights: it loses
+    precision and saves no memory), the GPU's native 16-bit type on CUDA (it halves the base's
+    storage; a tiny model's matmuls take the same time in every precision)."""
+    def clearly_faster(a: str, b: str) -> bool:
+        return timings_ms[a] < timings_ms[b] * (1 - TIE) and timings_ms[b] - timings_ms[a] > TIE_MS
+
     best = min(timings_ms, key=timings_ms.get)
-    if best == "fp16" and "bf16" in timings_ms and timings_ms["fp16"] >= timings_ms["bf16"] * (
-        1 - TIE
-    ):
+    if best == "fp16" and "bf16" in timings_ms and not clearly_faster("fp16", "bf16"):
         best = "bf16"
-    return best if timings_ms[best] < timings_ms["fp32"] * (1 - TIE) else "fp32"
+    return best if best != prefer and clearly_faster(best, prefer) else prefer
 
 
 def matmul_shape(model, tokens: int) -> tuple[int, int, int]:
@@ -182,7 +190,8 @@ def resolve(
     if asked != "auto":
         return Choice(asked, asked)
     timings, cached = matmul_timings(device, shape, cache_file, timer)
-    return Choice(asked, choose(timings), timings, cached=cached)
+    prefer = cuda_default(device) if device.type == "cuda" else "fp32"
+    return Choice(asked, choose(timings, prefer), timings, cached=cached)
 
 
 def matmul_timings(

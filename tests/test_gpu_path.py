@@ -136,7 +136,9 @@ def test_env_json_records_storage_and_compute_dtypes(bits, quant_type, weights, 
 
 
 def _no_bf16_gpu(monkeypatch):
+    """A CUDA device without bf16 (a T4, a V100), faked on any machine."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(precision, "_machine_key", lambda device, shape: "fake T4")
     return torch.device("cuda")
 
 
@@ -157,6 +159,12 @@ def test_bf16_is_preferred_to_fp16_unless_clearly_faster():
     assert precision.choose({"fp32": 4.0, "bf16": 1.0, "fp16": 0.98}) == "bf16"
     assert precision.choose({"fp32": 4.0, "bf16": 1.0, "fp16": 0.5}) == "fp16"
     assert precision.choose({"fp32": 1.0, "bf16": 0.99, "fp16": 0.98}) == "fp32"
+    # on CUDA a tie goes to the native 16-bit type, which halves the base's storage (seen on an
+    # H200: a tiny model's launch-bound matmuls timed fp16 fastest by chance)
+    launch_bound = {"fp32": 0.010, "bf16": 0.0101, "fp16": 0.0080}  # 20% apart, 2 us
+    assert precision.choose(launch_bound, prefer="bf16") == "bf16"
+    assert precision.choose(launch_bound) == "fp32"
+    assert precision.choose({"fp32": 0.5, "bf16": 1.0, "fp16": 1.0}, prefer="bf16") == "fp32"
 
 
 def test_fp16_is_refused_on_the_cpu():
