@@ -172,9 +172,9 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         value = _get(config, keys)
         row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
     row["baseline"] = group == record.BASELINES
-    env = {}
-    if (d / record.ENV).exists():  # written with config.json; absent in trials of other tools
-        env = _read(record.read_env, d, found, "its storage and compute dtypes are not shown") or {}
+    # written with config.json; a trial of another tool may have none
+    env = _read(lambda t: record.read_env(t, optional=True), d, found,
+                "its storage and compute dtypes are not shown") or {}
     row["weights"] = env.get("weights")  # the base's storage: fp32, bf16, fp16, int8, nf4, fp4
     row["compute"] = env.get("compute_dtype")
     status = _status(d, found)

@@ -53,11 +53,12 @@ class Graph:
                 + self.per_target * targets)
 
 
-def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig) -> torch.nn.Module:
+def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
+                 amp: torch.dtype | None) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     from lora_impl import inject_lora
-    from study.models.quantize import quantize_linears
+    from study.models.quantize import quantize_linears, set_compute_dtype
 
     c = copy.deepcopy(hf_config)
     c.num_hidden_layers, c.vocab_size = layers, vocab
@@ -69,7 +70,9 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig) -> torch.
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(c)
     if cfg.quant.bits != 16:
-        quantize_linears(model, cfg.quant.bits, cfg.quant.type, cfg.quant.double_quant)
+        quantize_linears(model, cfg.quant.bits, cfg.quant.type, cfg.quant.double_quant,
+                         int8_threshold=cfg.quant.int8_threshold)
+        set_compute_dtype(model, amp or torch.float32)  # as the trial's 4-bit layers compute
     for p in model.parameters():
         p.requires_grad_(cfg.method == "full")
     if cfg.method == "lora":
@@ -139,7 +142,7 @@ def _graph(config_json: str, cls: str, amp_name: str | None, layers: int, vocab:
     cfg = TrialConfig.from_dict(json.loads(cls))
     amp = torch.bfloat16 if amp_name == "bf16" else None
     rows, sizes, casts = [], [], []
-    models = {(n, v): _probe_model(hf_config, n, v, cfg) for n, _, _, v in PROBES}
+    models = {(n, v): _probe_model(hf_config, n, v, cfg, amp) for n, _, _, v in PROBES}
     for n, t, m, v in PROBES:
         # saved = c0 + cv v + c1 n + (t0 + t1 n) BT + (s0 + s1 n) BT^2 + (m0 + mv v) m: per
         # layer, per token, per squared length (each also per layer), per target token (its
@@ -169,6 +172,7 @@ def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:
     keep = {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
     cls = {"method": cfg.method, "lora.targets": cfg.lora.targets, "lora.rank": cfg.lora.rank,
            "quant.bits": cfg.quant.bits, "quant.type": cfg.quant.type,
+           "quant.int8_threshold": cfg.quant.int8_threshold,
            "train.grad_checkpointing": cfg.train.grad_checkpointing}
     if cfg.method == "full":
         cls["quant.bits"] = 16

@@ -4,11 +4,9 @@
     record.read_status(trial_dir)["status"]           # "running", "finished", "stopped", "errored"
     for d in record.trial_dirs(study_dir, record.SEARCH): ...
 
-This module is the contract between ``study`` (which writes) and ``analysis`` (which reads), and
-its only owner: no other module names one of these files or opens one. It imports neither torch
-nor Ray, so ``analysis`` may use it. What lies *inside* ``adapter/`` is PEFT's format (owned by
-``lora_impl.io``) and inside ``checkpoint/`` the checkpoint format (owned by
-``study.checkpoint``); this module owns the two directories' names.
+The contract between ``study`` (writes) and ``analysis`` (reads), and its only owner: no other
+module names or opens these files. No torch, no Ray. Inside ``adapter/`` is PEFT's format
+(``lora_impl.io``), inside ``checkpoint/`` ``study.checkpoint``'s; their names are owned here.
 
 A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.train_one``)::
 
@@ -22,9 +20,8 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
     checkpoint/    trainable weights, optimizer and RNG state, trial progress
 
 A study directory holds ``study.json`` (command, resolved space, objectives, schema version),
-``optuna.journal`` (the Optuna study, in Optuna's journal storage; its content is owned by
-``study.journal``), the ``search/`` and ``baselines/`` groups and, while a driver runs,
-``.ray_session.json`` (its local Ray session, to end after a kill: see ``study.leftovers``).
+``optuna.journal`` (Optuna's journal storage; content owned by ``study.journal``), ``search/``,
+``baselines/`` and, while a driver runs, ``.ray_session.json`` (``study.leftovers``).
 """
 
 from __future__ import annotations
@@ -59,9 +56,7 @@ GROUPS = (SEARCH, BASELINES)
 # a trial that ran to its end. ("done" would collide with Ray Tune's own result key.)
 RUNNING, FINISHED, STOPPED, ERRORED = "running", "finished", "stopped", "errored"
 STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
-# the reason of a trial that ran out of its share of a GPU (--gpus-per-trial below 1): the
-# configuration may fit a whole card, and the summary says how to run it on one
-SHARED_GPU_OOM = "out of memory on a shared GPU"
+SHARED_GPU_OOM = "out of memory on a shared GPU"  # a reason: the config may fit a whole GPU
 FINAL = "final"
 SCHEMA_VERSION = 1
 
@@ -282,9 +277,10 @@ def write_env(trial_dir: Path, env: dict) -> None:
     write_json(Path(trial_dir) / ENV, env)
 
 
-def read_env(trial_dir: Path) -> dict:
-    """The trial's env.json (RecordError when it is missing or damaged)."""
-    return _read_object(Path(trial_dir) / ENV)
+def read_env(trial_dir: Path, optional: bool = False) -> dict:
+    """The trial's env.json (RecordError when it is damaged, or missing unless ``optional``)."""
+    path = Path(trial_dir) / ENV
+    return {} if optional and not path.exists() else _read_object(path)
 
 
 def write_status(trial_dir: Path, status: str, **fields: Any) -> None:
