@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
@@ -10,6 +9,8 @@ from lora_impl import inject_lora, lora_layers, merge, unload, unmerge
 from lora_impl.merge import canonical_4bit, int8_weight_stats
 from study.models import load_model
 from tests.conftest import randomize_lora
+
+bnbf = pytest.importorskip("bitsandbytes.functional")  # a dependency; skip where it is missing
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])

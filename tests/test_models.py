@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import bitsandbytes as bnb
 import pytest
 import torch
 
 import study.models as models
 from lora_impl import inject_lora, lora_layers
 from study.models import REGISTRY, load_model
+
+bnb = pytest.importorskip("bitsandbytes")  # a dependency; skip where it is missing
 
 
 def test_unknown_name_lists_the_registry():

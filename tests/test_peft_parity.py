@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bitsandbytes as bnb
 import pytest
 import torch
 
@@ -10,6 +9,8 @@ from lora_impl import inject_lora, lora_layers
 from lora_impl.inject import expand_targets
 from study.models import load_model
 from tests.conftest import TINY_MODELS, randomize_lora
+
+bnb = pytest.importorskip("bitsandbytes")  # a dependency; skip where it is missing
 
 peft = pytest.importorskip("peft")
 
