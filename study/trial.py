@@ -196,8 +196,11 @@ class _Trial:
             loss = split_loss(self.model, examples, self.pad_id, autocast=self.amp)
             outputs = generate(self.model, self.tokenizer, chosen, new_tokens, autocast=self.amp)
         else:
+            # examples.json shows the first num_examples answers, the eval split's first
+            shown = self.cfg.eval.num_examples - (0 if split == "eval" else len(self.eval_prompts))
             loss, outputs = loss_and_answers(self.model, self.tokenizer, examples, new_tokens,
-                                             answer=chosen, autocast=self.amp)
+                                             answer=chosen, autocast=self.amp, judge=skills,
+                                             shown=max(0, shown))
         result = {f"{split}_loss": loss}
         if split == "eval":
             result[M.EVAL_PPL] = perplexity(loss)

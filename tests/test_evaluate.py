@@ -92,3 +92,39 @@ def test_early_evaluations_answer_the_first_prompts_only(tmp_path):
     none = _Trial(tiny_trial(**{"eval.early_prompts": 0}), tmp_path, None, None)
     loss_only, pairs = none.quality("eval", final=False)
     assert pairs == [] and "exact_match" not in loss_only and "eval_loss" in loss_only
+
+
+def test_an_answer_that_could_still_be_correct_is_never_cut_short():
+    """``could_match`` on every prefix of outputs that are correct (formatting noise included)
+    is True; on answers that went wrong it is False."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from study.tasks.skills import could_match, is_correct
+
+    noise = st.sampled_from(["", " ", "  ", "\n", '"', "'", "`", ".", '."', " ."])
+    word = st.text(alphabet="abcXYZ019 .,-", min_size=1, max_size=12)
+
+    @given(word, noise, noise, st.booleans())
+    def check(reference, before, after, upper):
+        output = before + (reference.upper() if upper else reference) + after
+        if is_correct(output, reference):
+            assert all(could_match(output[:k], reference) for k in range(len(output) + 1))
+
+    check()
+    assert not could_match("Lon", "Paris") and not could_match("Paris is", "Paris")
+    assert could_match('"PARIS.', "paris") and could_match("", "x") and could_match("a\ufffd", "b")
+
+
+def test_judged_answers_stop_early_and_score_the_same(model_and_data):
+    """Generation that stops where an answer can no longer be right gives the same exact match
+    as generating every answer in full, and the shown answers stay whole."""
+    model, tok, examples = model_and_data
+    refs = [_as_reference(tok, e, list(e.input_ids[len(e.prompt_ids):][:2]), tok.eos_token_id)
+            for e in examples]
+    _, full = loss_and_answers(model, tok, refs, 6)
+    _, judged = loss_and_answers(model, tok, refs, 6, judge=True, shown=3)
+    assert exact_match(judged, refs) == exact_match(full, refs)
+    assert judged[:3] == full[:3]  # shown in examples.json: generated in full
+    assert [len(j) <= len(f) for j, f in zip(judged, full)] == [True] * len(refs)
+    assert any(len(j) < len(f) for j, f in zip(judged[3:], full[3:]))  # some stopped early

@@ -125,6 +125,16 @@ def normalize(text: str) -> str:
     return text[:-1].rstrip() if text.endswith(".") else text
 
 
+def could_match(partial: str, reference: str) -> bool:
+    """Whether an output that begins with ``partial`` can still be correct (``is_correct``):
+    False only when no continuation normalises to the reference (its text so far, normalised
+    and without what a continuation's normalisation could drop at its end, is no prefix)."""
+    if "\ufffd" in partial:  # a character cut between two tokens: decide at the next one
+        return True
+    text = re.sub(r"\s+", " ", partial.lower()).lstrip().lstrip("\"'` ")
+    return normalize(reference).startswith(text.rstrip("\"'` ."))
+
+
 def is_correct(output: str, reference: str) -> bool:
     """Exact match after normalisation: formatting noise passes, a wrong detail does not."""
     return normalize(output) == normalize(reference)
