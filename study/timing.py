@@ -101,8 +101,9 @@ def machine_speed(cfg: TrialConfig, facts) -> float:
     shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
     timings, _ = precision.matmul_timings(device, shape)
     name = cfg.train.dtype
-    if name == "auto":
-        name = precision.choose(timings)
+    if name == "auto":  # what precision.resolve chooses from these timings
+        prefer = precision.cuda_default(device) if device.type == "cuda" else "fp32"
+        name = precision.choose(timings, prefer)
     m, k, n = shape
     return 2.0 * m * k * n / (timings.get(name, timings["fp32"]) / 1e3)
 
