@@ -95,37 +95,25 @@ def test_the_real_timer_times_both_precisions():
         assert 0 < ms < float("inf")
 
 
-def test_bf16_without_native_support_is_one_line_exit_2_before_anything(monkeypatch, tmp_path,
-                                                                        capsys):
-    from study.train_one import main as train_one
-    from study.tune import main as tune
-
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    code = tune(["--space", "smoke", "--storage-path", str(tmp_path / "res"), "--set",
-                 "train.dtype=bf16"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "train.dtype bf16 is not supported" in err[0], err
-    assert not (tmp_path / "res").exists()
-    code = train_one(["--model", "tiny-llama", "--steps", "2", "--dtype", "bf16", "--out",
-                      str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "train.dtype bf16 is not supported" in err[0], err
-    assert not (tmp_path / "out").exists()
-
-
-def test_fp16_on_the_cpu_is_one_line_exit_2_before_anything(tmp_path, capsys):
+@pytest.mark.parametrize("dtype, message", [
+    ("bf16", "train.dtype bf16 is not supported"),
+    ("fp16", "train.dtype fp16 needs a CUDA device"),
+])
+def test_an_unsupported_dtype_is_one_line_exit_2_before_anything(dtype, message, monkeypatch,
+                                                                 tmp_path, capsys):
     from study.train_one import main as train_one
     from study.tune import main as tune
 
     if torch.cuda.is_available():
-        pytest.skip("fp16 runs here")
+        pytest.skip("both run on CUDA")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     code = tune(["--space", "smoke", "--storage-path", str(tmp_path / "res"), "--set",
-                 "train.dtype=fp16"])
+                 f"train.dtype={dtype}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "train.dtype fp16 needs a CUDA device" in err[0], err
+    assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "res").exists()
-    code = train_one(["--model", "tiny-llama", "--steps", "2", "--dtype", "fp16", "--out",
+    code = train_one(["--model", "tiny-llama", "--steps", "2", "--dtype", dtype, "--out",
                       str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "train.dtype fp16 needs a CUDA device" in err[0], err
+    assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()

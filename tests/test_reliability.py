@@ -181,8 +181,13 @@ def run_killed_study(tmp_path_factory):
             seen["resume_while_running"] = run(resume, timeout=150, env=env)
         except subprocess.TimeoutExpired:  # it ran the study beside the frozen driver
             seen["resume_while_running"] = None
-        ray = [(c.pid, c.create_time()) for p in running for c in psutil.Process(p.pid).children(
-            recursive=True)]
+        under = [c for p in running for c in psutil.Process(p.pid).children(recursive=True)]
+        ray = [(c.pid, c.create_time()) for c in under]
+        seen["ray_cmds"] = {}
+        for c in under:  # what each left process was, for a failure's message
+            with contextlib.suppress(psutil.Error):
+                what = " ".join(c.cmdline()[:3])[:120]
+                seen["ray_cmds"][c.pid] = f"{what} (pgid {os.getpgid(c.pid)})"
         for p in running:
             p.kill()  # the driver alone, as `kill -9 PID` does
             p.wait()
@@ -282,7 +287,8 @@ def test_bug4_a_torn_curve_line_is_named_and_the_kill_mid_training_resumes_exact
 def test_bug8_ray_processes_a_killed_driver_left_are_ended_on_resume(killed):
     """Ray's DashboardAgent and RuntimeEnvAgent outlived a killed driver."""
     assert killed["left_before"], "the killed driver left no Ray process: nothing to test"
-    assert killed["left_after"] == []
+    left = {pid: killed["ray_cmds"].get(pid) for pid in killed["left_after"]}
+    assert left == {}, f"{left}; the resumed run said:\n{killed['second'][1][:2000]}"
 
 
 def test_bug8_a_failed_cpu_allocation_ends_the_trial_and_a_nan_names_its_step(killed):
