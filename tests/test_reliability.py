@@ -196,14 +196,23 @@ def run_killed_study(tmp_path_factory):
         time.sleep(2)
         seen["left_before"] = alive(ray)
 
+        launched = time.time()
         second = launch(resume, tmp / "second.log", env)
         procs.append(second)
+
+        def new_checkpoint(name: str) -> bool:
+            # written by this run: a forked trial can reach its first checkpoint between the
+            # start the freeze waited for and the freeze itself, and that older checkpoint
+            # would end this run at once (before it ended the killed driver's processes)
+            path = study / "search" / name / "checkpoint"
+            with contextlib.suppress(OSError):
+                return path.is_dir() and path.stat().st_mtime > launched
+            return False
 
         def mid_training():
             found = statuses(study)
             ended = [n for n, s in found.items() if s in ("finished", "errored", "stopped")]
-            cut = [n for n, s in found.items() if s == "running" and (
-                study / "search" / n / "checkpoint").is_dir()]
+            cut = [n for n, s in found.items() if s == "running" and new_checkpoint(n)]
             return (ended, cut) if cut else None
 
         ended_cut = _wait_for(mid_training, [second], 400, every_s=0.05)
