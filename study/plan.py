@@ -362,8 +362,9 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     # trials forked from a pre-imported server (study.forkserver) or started in Ray workers:
     # what each trial process holds and how long it takes to start depend on it
     forked = forkserver.usable(options.address, options.gpus_per_trial)
+    extra_mb = worker_mb(forked)
     if options.max_mem_mb:
-        smallest = smallest_estimate(space, facts, worker_mb(forked))
+        smallest = smallest_estimate(space, facts, extra_mb)
         if smallest is not None and smallest > options.max_mem_mb:
             raise UsageError(
                 f"--max-mem-mb {options.max_mem_mb:g}: every configuration of the space is "
@@ -373,7 +374,7 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     biggest = check_config({**sample_point(space), "data.size": max(sizes)})
     build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
     baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
-                                                          worker_mb(forked))
+                                                          extra_mb)
     name = study_dir.name
     estimated = study_time(space, facts, options.num_samples, baselines, options.max_concurrent,
                            forked)

@@ -119,6 +119,12 @@ def cuda_default(device: torch.device) -> str:
     return "bf16" if bf16_supported(device) else "fp16"
 
 
+def preferred(device: torch.device) -> str:
+    """What ``auto`` takes on a tie (``choose``), and what a trial loads in before measuring:
+    the GPU's native 16-bit type on CUDA, fp32 on CPU."""
+    return cuda_default(device) if device.type == "cuda" else "fp32"
+
+
 def time_matmul(shape: tuple[int, int, int], name: str, device: torch.device) -> float:
     """Median ms of one (tokens x hidden) @ (hidden x width) matmul in precision ``name``."""
     dtype = AMP.get(name, torch.float32)
@@ -190,8 +196,7 @@ def resolve(
     if asked != "auto":
         return Choice(asked, asked)
     timings, cached = matmul_timings(device, shape, cache_file, timer)
-    prefer = cuda_default(device) if device.type == "cuda" else "fp32"
-    return Choice(asked, choose(timings, prefer), timings, cached=cached)
+    return Choice(asked, choose(timings, preferred(device)), timings, cached=cached)
 
 
 def matmul_timings(

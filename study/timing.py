@@ -102,8 +102,7 @@ def machine_speed(cfg: TrialConfig, facts) -> float:
     timings, _ = precision.matmul_timings(device, shape)
     name = cfg.train.dtype
     if name == "auto":  # what precision.resolve chooses from these timings
-        prefer = precision.cuda_default(device) if device.type == "cuda" else "fp32"
-        name = precision.choose(timings, prefer)
+        name = precision.choose(timings, precision.preferred(device))
     m, k, n = shape
     return 2.0 * m * k * n / (timings.get(name, timings["fp32"]) / 1e3)
 

@@ -126,7 +126,7 @@ class _Trial:
         # 16-bit type faster), and re-cast in the rare case it measures otherwise.
         expected = cfg.train.dtype
         if expected == "auto":
-            expected = precision.cuda_default(self.device) if self.device.type == "cuda" else "fp32"
+            expected = precision.preferred(self.device)
         storage = precision.storage_dtype(self.device, expected, cfg.method)
         t_load = time.perf_counter()
         self.model, self.tokenizer = load_model(
@@ -148,7 +148,6 @@ class _Trial:
             cast_float_weights(self.model, wanted)
             storage = wanted
         set_compute_dtype(self.model, self.amp or torch.float32)  # 4-bit layers, explicitly
-        self.storage = storage
         _prepare(self.model, cfg)
         self.data: TaskData = build_data(cfg.data, self.tokenizer)
         self.load_s = time.perf_counter() - t_load

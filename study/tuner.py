@@ -72,14 +72,15 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
     exp_dir = record.group_dir(plan.study_dir, group)
     budget = plan.options.time_budget_s if group == record.SEARCH else None
     callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{group}]\n")]
+    resources = _resources(plan.options)
     fn = tune.with_parameters(
         trainable,
         experiment_dir=str(exp_dir.resolve()),
         max_mem_mb=plan.options.max_mem_mb,
         fork_server=fork_server,
-        gpu_share=_resources(plan.options)["gpu"] or None,  # < 1: trials share a card
+        gpu_share=resources["gpu"] or None,  # < 1: trials share a card
     )
-    fn = tune.with_resources(fn, _resources(plan.options))
+    fn = tune.with_resources(fn, resources)
     run_config = RunConfig(
         name=group,
         storage_path=str(plan.study_dir.resolve()),

@@ -42,6 +42,7 @@ from study.models.bundled import (
 from study.models.quantize import (
     QUANT_BITS,
     QUANT_TYPES,
+    plain_tensors,
     quantize_linears,
     quiet_bnb_warnings,
     return_freed_memory,
@@ -171,8 +172,8 @@ def cast_float_weights(model: nn.Module, dtype: torch.dtype) -> None:
     """Cast the float parameters and buffers of a loaded model to ``dtype`` in place, leaving
     bitsandbytes' quantized weights as they are."""
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if type(tensor) in (nn.Parameter, torch.Tensor) and tensor.is_floating_point():
+        for tensor in plain_tensors(model):
+            if tensor.is_floating_point():
                 tensor.data = tensor.data.to(dtype)
 
 

@@ -152,6 +152,12 @@ def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> None:
             module.compute_type_is_set = True
 
 
+def plain_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The model's parameters and buffers that are plain tensors (not bitsandbytes' own)."""
+    return [t for t in [*model.parameters(), *model.buffers()]
+            if type(t) in (nn.Parameter, torch.Tensor)]
+
+
 def return_freed_memory(model: nn.Module) -> None:
     """Let go of the float weights just replaced, so RSS reflects live memory.
 
@@ -162,9 +168,8 @@ def return_freed_memory(model: nn.Module) -> None:
     memory of their own unmaps the file; glibc then hands freed heap pages back. On a GPU the
     replaced weights go back to the caching allocator's pool, which is emptied."""
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            # not bitsandbytes' own; a CUDA tensor maps no file
-            if type(tensor) in (nn.Parameter, torch.Tensor) and tensor.device.type == "cpu":
+        for tensor in plain_tensors(model):
+            if tensor.device.type == "cpu":  # a CUDA tensor maps no file
                 tensor.data = tensor.data.clone()
     gc.collect()
     if torch.cuda.is_available():
