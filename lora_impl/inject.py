@@ -5,7 +5,8 @@
 
 Targets are module names (exact, or a dotted suffix: ``q_proj`` matches
 ``model.layers.0.self_attn.q_proj``), one regex string (full match on the qualified name), or a
-shorthand mapped per architecture family. The output head is never a target.
+shorthand mapped per architecture family. The output head (a causal LM's ``lm_head``, a
+classifier's ``score`` or ``classifier``) is never a target.
 """
 
 from __future__ import annotations
@@ -18,27 +19,38 @@ from torch import nn
 
 from lora_impl.layer import LoRALinear, LoraSpec, is_linear_like, lora_layers
 
-SHORTHANDS = ("qv", "qkvo", "attention", "mlp", "all-linear")
+SHORTHANDS = ("qv", "qkv", "qkvo", "attention", "mlp", "all-linear")
 
-# Module-name suffixes per architecture family. GPT-2 and GPT-NeoX fuse q, k and v into one
-# projection, so their `qv` is that fused layer.
+# Module-name suffixes per architecture family. GPT-2, GPT-NeoX and Phi-3 fuse q, k and v into
+# one projection, so their `qv` and `qkv` are both that fused layer.
 _FAMILIES: dict[str, dict[str, list[str]]] = {
     "llama": {
         "qv": ["q_proj", "v_proj"],
+        "qkv": ["q_proj", "k_proj", "v_proj"],
         "qkvo": ["q_proj", "k_proj", "v_proj", "o_proj"],
         "mlp": ["gate_proj", "up_proj", "down_proj"],
     },
     "gpt2": {
         "qv": ["c_attn"],
+        "qkv": ["c_attn"],
         "qkvo": ["c_attn", "attn.c_proj"],
         "mlp": ["c_fc", "mlp.c_proj"],
     },
     "gpt_neox": {
         "qv": ["query_key_value"],
+        "qkv": ["query_key_value"],
         "qkvo": ["query_key_value", "attention.dense"],
         "mlp": ["dense_h_to_4h", "dense_4h_to_h"],
     },
+    "phi3": {
+        "qv": ["qkv_proj"],
+        "qkv": ["qkv_proj"],
+        "qkvo": ["qkv_proj", "o_proj"],
+        "mlp": ["gate_up_proj", "down_proj"],
+    },
 }
+# The head a sequence classifier adds (transformers' classes; PEFT's SEQ_CLS_HEAD_NAMES).
+CLASSIFIER_HEADS = ("score", "classifier")
 for _family in _FAMILIES.values():
     _family["attention"] = _family["qkvo"]
     _family["all-linear"] = _family["qkvo"] + _family["mlp"]
@@ -54,9 +66,11 @@ MODEL_TYPE_FAMILY = {
     "smollm3": "llama",
     "gpt2": "gpt2",
     "gpt_neox": "gpt_neox",
+    "phi3": "phi3",
 }
 # A module name that identifies the family of a model without a config.
-_FAMILY_MARKERS = {"q_proj": "llama", "c_attn": "gpt2", "query_key_value": "gpt_neox"}
+_FAMILY_MARKERS = {"q_proj": "llama", "c_attn": "gpt2", "query_key_value": "gpt_neox",
+                   "qkv_proj": "phi3"}
 
 
 @dataclass(frozen=True)
@@ -82,13 +96,13 @@ def model_family(model: nn.Module) -> str | None:
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """Qualified names of every linear-like module a LoRA may target (not the output head)."""
-    head = _output_head(model)
+    heads = _heads(model)
     names = []
     for name, module in model.named_modules():
         if (
             isinstance(module, LoRALinear)
             or is_linear_like(module)
-            and module is not head
+            and all(module is not h for h in heads)
             and not _inside_lora(name)
         ):
             names.append(name)
@@ -100,9 +114,12 @@ def _inside_lora(name: str) -> bool:
     return "base_layer" in parts or any(p.startswith("lora_") for p in parts)
 
 
-def _output_head(model: nn.Module) -> nn.Module | None:
+def _heads(model: nn.Module) -> list[nn.Module]:
+    """The model's output heads: a causal LM's output embeddings, a classifier's head."""
     get_head = getattr(model, "get_output_embeddings", None)
-    return get_head() if callable(get_head) else None
+    heads = [get_head() if callable(get_head) else None]
+    heads += [getattr(model, name, None) for name in CLASSIFIER_HEADS]
+    return [h for h in heads if isinstance(h, nn.Module)]
 
 
 def describe_linear_modules(model: nn.Module) -> str:
@@ -144,7 +161,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
     """
     expanded = expand_targets(model, targets)
     modules = dict(model.named_modules())
-    head = _output_head(model)
+    heads = _heads(model)
     if isinstance(expanded, str):
         try:
             pattern = re.compile(expanded)
@@ -173,7 +190,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
             )
         for name in names:
             module = modules[name]
-            if module is head:
+            if any(module is h for h in heads):
                 raise ValueError(
                     f"target {target!r} matches the output head {name!r}, which is never a "
                     f"LoRA target; {describe_linear_modules(model)}"

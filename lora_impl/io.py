@@ -5,7 +5,10 @@
 
 The files are what ``peft.PeftModel.from_pretrained`` reads: tensor keys
 ``base_model.model.<module>.lora_A.weight`` / ``lora_B.weight`` and a LoRA ``adapter_config.json``.
-Weights are read with safetensors only, never with pickle.
+Modules trained in full beside the adapter (a classifier's ``score`` head) are PEFT's
+``modules_to_save``: their weights under ``base_model.model.<module>.<param>``, the task type
+``SEQ_CLS`` when one is a classifier head. Weights are read with safetensors only, never with
+pickle.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lora_impl.inject import InjectResult, compact_targets, inject_lora
+from lora_impl.inject import CLASSIFIER_HEADS, InjectResult, compact_targets, inject_lora
 from lora_impl.layer import LoRALinear, LoraSpec, lora_layers
 
 CONFIG_NAME = "adapter_config.json"
@@ -39,17 +42,31 @@ def has_adapter(path: str | os.PathLike) -> bool:
     return all((Path(path) / name).is_file() for name in ADAPTER_FILES)
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights under PEFT's key names."""
+def adapter_state_dict(model: nn.Module, modules_to_save: tuple[str, ...] = ()
+                       ) -> dict[str, torch.Tensor]:
+    """The adapter weights, and those of ``modules_to_save``, under PEFT's key names."""
     state = {}
     for name, layer in lora_layers(model):
         for part in ("lora_A", "lora_B"):
             weight = getattr(layer, part).weight
             state[f"{KEY_PREFIX}{name}.{part}.weight"] = weight.detach().cpu().contiguous()
+    for key, param in _saved_module_parameters(model, modules_to_save):
+        state[key] = param.detach().cpu().contiguous()
     return state
 
 
-def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None) -> dict:
+def _saved_module_parameters(model: nn.Module, names) -> list[tuple[str, torch.Tensor]]:
+    """(PEFT key, parameter) of every module whose name is, or ends with, one of ``names``."""
+    out = []
+    for module_name, module in model.named_modules():
+        if module_name and any(module_name == n or module_name.endswith("." + n) for n in names):
+            for param_name, param in module.named_parameters():
+                out.append((f"{KEY_PREFIX}{module_name}.{param_name}", param))
+    return out
+
+
+def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None,
+                   modules_to_save: tuple[str, ...] = ()) -> dict:
     """PEFT's LoraConfig fields describing the model's adapters.
 
     Raises:
@@ -66,9 +83,10 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None)
                 f"adapters with different rank/alpha/dropout/rslora/init cannot share one "
                 f"config: {spec} and {layer.spec}"
             )
+    classifier = any(name in CLASSIFIER_HEADS for name in modules_to_save)
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": "SEQ_CLS" if classifier else "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
         "r": spec.rank,
         "lora_alpha": spec.alpha,
@@ -78,7 +96,7 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None)
         "init_lora_weights": True if spec.init == "kaiming" else "gaussian",
         "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers),
         "bias": "none",
-        "modules_to_save": None,
+        "modules_to_save": list(modules_to_save) or None,
         "use_dora": False,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -89,16 +107,21 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None)
 
 
 def save_adapter(
-    model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    base_model_name_or_path: str | None = None,
+    modules_to_save: tuple[str, ...] = (),
 ) -> Path:
     """Write the adapters of ``model`` to directory ``path`` in PEFT's format; return ``path``.
+    ``modules_to_save``: names of modules saved whole beside them (a classifier's ``score``).
 
     Each file is written to a temporary name and renamed, so a crash never leaves a torn file.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = adapter_config(model, base_model_name_or_path)
-    _atomic_write(adapter_weights_file(path), lambda p: save_file(adapter_state_dict(model), p))
+    config = adapter_config(model, base_model_name_or_path, modules_to_save)
+    state = adapter_state_dict(model, modules_to_save)
+    _atomic_write(adapter_weights_file(path), lambda p: save_file(state, p))
     _atomic_write(path / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     return path
 
@@ -117,7 +140,6 @@ def _atomic_write(target: Path, write) -> None:
 _UNSUPPORTED = {  # PEFT LoraConfig fields with non-default values this implementation lacks
     "use_dora": lambda v: bool(v),
     "bias": lambda v: v not in (None, "none"),
-    "modules_to_save": lambda v: bool(v),
     "rank_pattern": lambda v: bool(v),
     "alpha_pattern": lambda v: bool(v),
     "layers_to_transform": lambda v: v is not None,
@@ -172,6 +194,8 @@ def load_adapter(
 ) -> InjectResult:
     """Inject adapters as described by ``path``'s config into ``model`` and load their weights.
 
+    The weights of its ``modules_to_save`` (a classifier's head) replace the model's own.
+
     Raises:
         ValueError: a bad or unsupported config, or weights that do not match its modules
             (the model is left with freshly initialised adapters in that case).
@@ -187,7 +211,10 @@ def load_adapter(
     targets = config["target_modules"]
     result = inject_lora(model, targets if isinstance(targets, str) else list(targets), spec)
     state = load_file(weights_path)
+    # PEFT lists every head name a SEQ_CLS model might have ("classifier", "score"): the ones
+    # this model has are loaded, and a file holding weights of one it lacks does not match
     expected = dict(_lora_parameters(model))
+    expected |= dict(_saved_module_parameters(model, config.get("modules_to_save") or ()))
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
