@@ -7,14 +7,17 @@ The activations are most of a LoRA trial's peak, and they depend on everything a
 layers carry an adapter (an adapter's input is kept), the compute precision (under bf16
 autocast every frozen weight is cast, and the cast kept, for each forward), quantization
 (bitsandbytes keeps its own tensors), gradient checkpointing, the loss at target positions
-only. Rather than a formula for each architecture, this runs the real loss (``causal_lm_loss``)
-on copies of the model's architecture with one and two layers and a small vocabulary, random
-weights, with the trial's adapter, quantization and precision, and adds up the bytes of every
-tensor autograd saves (each storage once, the weights themselves not). Six forwards of at most
-32 tokens, in padded batches of two like the loop's (padding makes attention keep a mask and
-its weights: a term in the square of the length), give a linear model in layers, tokens,
-squared lengths and targets, which is scaled to the model's layer count and vocabulary. Cached
-per configuration class in the process.
+only. Rather than a formula for each architecture, this runs the real loss
+(``study.train.batch_loss``) on copies of the model's architecture with one and two layers and
+a small vocabulary, random weights, with the trial's adapter, quantization and precision, and
+adds up the bytes of every tensor autograd saves (each storage once, the weights themselves
+not). Six forwards of at most 32 tokens, in padded batches of two like the loop's (padding makes
+attention keep a mask and its weights: a term in the square of the length), give a linear model
+in layers, tokens, squared lengths and targets, which is scaled to the model's layer count and
+vocabulary. Cached per configuration class in the process. A classify trial's probes are the
+same copies with the trial's score head (``PROBE_LABELS`` outputs: its activations are a few
+numbers per row) and its loss; they have no vocabulary logits, so their target term comes out
+as nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ PROBES = ((1, 16, 4, 512), (1, 24, 4, 512), (1, 32, 4, 512), (1, 32, 24, 512), (
           (1, 32, 24, 1024))
 ROWS = 2
 RANKS = (1, 2)  # the adapter ranks probed (see saved_bytes)
+PROBE_LABELS = 4  # a classify probe's head outputs
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,11 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
             setattr(c, name, 0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(c)
+    classify = cfg.data.task == "classify"
+    if classify:
+        from study.models.classifier import as_classifier
+
+        model = as_classifier(model, PROBE_LABELS)
     if cfg.quant.bits != 16:
         quantize_linears(model, cfg.quant.bits, cfg.quant.type, cfg.quant.double_quant,
                          int8_threshold=cfg.quant.int8_threshold)
@@ -77,6 +86,8 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
         p.requires_grad_(cfg.method == "full")
     if cfg.method == "lora":
         inject_lora(model, cfg.lora.target_spec, cfg.lora.spec())
+    if classify:
+        model.score.requires_grad_(cfg.method != "base")
     if cfg.train.grad_checkpointing and cfg.method != "base":
         enable = getattr(model, "activation_checkpointing_enable", None)
         (enable or model.gradient_checkpointing_enable)()
@@ -89,9 +100,9 @@ def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype |
            ) -> tuple[int, int]:
     """(bytes of activations, bytes of weight casts) autograd keeps for one probe batch."""
     from study.data import IGNORE
-    from study.train import causal_lm_loss
+    from study.train import batch_loss
 
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_input_embeddings().weight.shape[0]
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
     # under autocast a linear layer keeps its weight's low-precision copy for backward: held
@@ -126,9 +137,11 @@ def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype |
     end = length - length // 4
     labels[1, end - (targets - per_row) : end] = ids[1, end - (targets - per_row) : end]
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if hasattr(model, "score"):  # a classifier: one label per row, no token targets
+        batch["class_labels"] = torch.arange(ROWS) % PROBE_LABELS
     autocast = torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None)
     with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        causal_lm_loss(model, batch)
+        batch_loss(model, batch)
     casts = sum(n for n, cast in seen.values() if cast)
     return sum(n for n, _ in seen.values()) - casts, casts
 
@@ -173,7 +186,8 @@ def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:
     cls = {"method": cfg.method, "lora.targets": cfg.lora.targets, "lora.rank": cfg.lora.rank,
            "quant.bits": cfg.quant.bits, "quant.type": cfg.quant.type,
            "quant.int8_threshold": cfg.quant.int8_threshold,
-           "train.grad_checkpointing": cfg.train.grad_checkpointing}
+           "train.grad_checkpointing": cfg.train.grad_checkpointing,
+           "data.task": "classify" if cfg.data.task == "classify" else "lm"}
     if cfg.method == "full":
         cls["quant.bits"] = 16
     if cfg.method != "lora":  # no adapter: its targets and rank change nothing

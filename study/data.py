@@ -8,6 +8,9 @@ Every task gives three disjoint splits: ``test`` (held out, never used for selec
 examples, so smaller sizes are subsets of larger ones. Splits do not depend on the trial seed.
 
 - ``lm``: text -> tokens -> packed ``seq_len`` blocks; every token is a target (no padding).
+- ``classify``: text -> tokens (truncated to ``seq_len``, the tokenizer's special tokens
+  added) and a label id; stratified splits (``study.tasks.labelled``); ``info`` holds the label
+  names and the training subset's class counts.
 - ``sft`` / ``skills``: prompt/response pairs rendered with the tokenizer's chat template (or
   the HH ``Human: ... Assistant:`` format without one); the loss covers the response and the
   end-of-turn token only. Labels are built explicitly, never by masking the pad id: on SmolLM2
@@ -29,11 +32,12 @@ import torch
 
 from study.models import cache_root
 from study.sections import DataConfig
+from study.tasks import labelled
 from study.tasks import skills as skills_task
 from study.tasks import text as text_sources
 
 IGNORE = -100
-_FORMAT = 2  # bump when the cached layout or rendering changes
+_FORMAT = 3  # bump when the cached layout or rendering changes
 SKILL_POOL = 3000
 SPLIT_SEED = 1234  # fixed: the same splits for every trial
 
@@ -48,6 +52,7 @@ class Example:
     reference: str | None = None
     skill: str | None = None
     prompt: str | None = None
+    label: int | None = None  # classify: the label id
 
 
 @dataclass
@@ -133,8 +138,35 @@ def _split(items: list, cfg: DataConfig, what: str) -> tuple[list, list, list]:
     return items[cfg.test_size + cfg.eval_size :], evals, test
 
 
+def _build_classify(cfg: DataConfig, tokenizer) -> TaskData:
+    texts, labels, names = labelled.read_labelled(cfg.source, cfg.text_column, cfg.label_column)
+    train, evals, test = labelled.stratified_split(labels, cfg.eval_size, cfg.test_size)
+    for split, kind in ((evals, "eval"), (test, "test")):
+        if absent := labelled.missing_classes([labels[i] for i in train],
+                                              [labels[i] for i in split], names):
+            raise text_sources.DataSourceError(
+                f"classify source {cfg.source!r}: label {absent[0]!r} is in the {kind} split "
+                "but not in the training split (too few examples of it); give it more examples "
+                "or lower data.eval_size / data.test_size"
+            )
+    ids = tokenizer([texts[i] for i in (*train, *evals, *test)], truncation=True,
+                    max_length=cfg.seq_len)["input_ids"]
+    examples = iter(
+        Example(input_ids=tokens, labels=[], label=labels[i], prompt=texts[i][:200],
+                reference=names[labels[i]])
+        for tokens, i in zip(ids, (*train, *evals, *test), strict=True)
+    )
+    parts = [[next(examples) for _ in split] for split in (train, evals, test)]
+    if empty := sum(not e.input_ids for part in parts for e in part):
+        raise text_sources.DataSourceError(
+            f"classify source {cfg.source!r}: {empty} texts have no tokens")
+    return TaskData(*parts, {"labels": names, "examples": len(texts)})
+
+
 def _build(cfg: DataConfig, tokenizer) -> TaskData:
     what = f"task {cfg.task} (source {cfg.source})"
+    if cfg.task == "classify":
+        return _build_classify(cfg, tokenizer)
     if cfg.task == "lm":
         blocks = lm_blocks(tokenizer, text_sources.lm_text(cfg.source), cfg.seq_len)
         train, evals, test = _split(blocks, cfg, what)
@@ -187,9 +219,10 @@ def cache_path(cfg: DataConfig, tokenizer, cache_dir: str | os.PathLike | None =
             cfg.eval_size,
             cfg.test_size,
             tokenizer_fingerprint(tokenizer),
+            *((cfg.text_column, cfg.label_column) if cfg.task == "classify" else ()),
         ]
     )
-    if cfg.source not in ("builtin", *text_sources.HUB_DATASETS):
+    if cfg.source not in ("builtin", *text_sources.HUB_DATASETS, *labelled.HUB):
         path = Path(cfg.source).expanduser()
         stat = path.stat() if path.exists() else None
         key += f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
@@ -225,6 +258,18 @@ def build_data(cfg: DataConfig, tokenizer, cache_dir: str | os.PathLike | None =
         )
     data.train = data.train[: cfg.size]
     data.info["available_train"] = available
+    if cfg.task == "classify":
+        names = data.info["labels"]
+        if absent := labelled.missing_classes([e.label for e in data.train],
+                                              [e.label for e in data.eval + data.test], names):
+            raise ValueError(
+                f"data.size={cfg.size} leaves label {absent[0]!r} out of the training examples "
+                f"of {cfg.source}; use a larger data.size"
+            )
+        counts = [0] * len(names)
+        for e in data.train:
+            counts[e.label] += 1
+        data.info["train_counts"] = dict(zip(names, counts, strict=True))
     return data
 
 
@@ -252,7 +297,8 @@ def _load(path: Path) -> TaskData:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``labels`` (IGNORE on padding) and ``attention_mask``."""
+    """Right-padded ``input_ids``, ``labels`` (IGNORE on padding) and ``attention_mask``; for
+    classify examples also ``class_labels`` (B,)."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -260,9 +306,13 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         input_ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
+        if e.labels:  # classify examples have no token targets
+            labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+    if examples[0].label is not None:
+        batch["class_labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return batch
 
 
 def collate_prompts(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ a trial that runs in its Ray worker (GPU, a joined cluster) holds ``RAY_WORKER_M
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,13 @@ class ModelFacts:
     target_dims: dict[str, list[tuple[int, int]]]  # target spec -> (in, out) of each module
     linear_params: int = 0  # weights of the linear layers a 4/8-bit base quantizes
     param_bytes: float = 4.0  # bytes per unquantized parameter as loaded
+    untied_head: int = 0  # the output head's weights when not shared with the embeddings
     hf_config: object = field(default=None, compare=False, repr=False)
     tokenizer: object = field(default=None, compare=False, repr=False)
+
+
+# A study's facts: one per model it can run (``model.name`` may be a searched factor).
+Facts = Mapping[str, ModelFacts]
 
 
 def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, object]:
@@ -93,6 +99,7 @@ def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, objec
         dims[spec] = [_in_out(model.get_submodule(n)) for n in names]
     head = model.get_output_embeddings()
     linear = sum(m.weight.numel() for m in model.modules() if is_linear_like(m) and m is not head)
+    tied = head is None or head.weight is model.get_input_embeddings().weight
     c = model.config
     facts = ModelFacts(
         total_params=sum(p.numel() for p in model.parameters()),
@@ -102,6 +109,7 @@ def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, objec
         target_dims=dims,
         linear_params=linear,
         param_bytes=float(next(model.parameters()).element_size()),
+        untied_head=0 if tied else head.weight.numel(),
         hf_config=c,
         tokenizer=tokenizer,
     )
@@ -146,18 +154,30 @@ def adapter_params(cfg: TrialConfig, facts: ModelFacts) -> int:
     return sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
 
 
+def head_params(cfg: TrialConfig, facts: ModelFacts) -> int:
+    """The classify task's score head (hidden x labels, trained in full); 0 for other tasks."""
+    if cfg.data.task != "classify":
+        return 0
+    return facts.hidden * workload(cfg, facts.tokenizer).classes
+
+
 def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
-    """(weights and trainable state, what autograd keeps for the largest micro-batch) in bytes."""
+    """(weights and trainable state, what autograd keeps for the largest micro-batch) in bytes.
+    A classifier holds the body without the causal LM's own head and an fp32 score head."""
     frozen_linear = facts.linear_params if cfg.quant.bits != 16 else 0
-    weights = (facts.total_params - frozen_linear) * storage_bytes(cfg, facts)
+    params = facts.total_params
+    head = head_params(cfg, facts)
+    if cfg.data.task == "classify":
+        params -= facts.untied_head
+    weights = (params - frozen_linear) * storage_bytes(cfg, facts) + head * 4.0
     if frozen_linear:
         weights += frozen_linear * QUANT_BYTES[cfg.quant.bits]
     if cfg.method == "base":
         return weights, 0.0
     if cfg.method == "lora":
-        state = adapter_params(cfg, facts) * (4.0 + ADAM_BYTES)
+        state = adapter_params(cfg, facts) * (4.0 + ADAM_BYTES) + head * ADAM_BYTES
     else:
-        state = facts.total_params * ADAM_BYTES
+        state = (params + head) * ADAM_BYTES
     graph = saved_bytes(facts.hf_config, cfg, compute_precision(cfg, facts))
     return weights + state + graph.casts, graph.total(*largest_batch(cfg, facts.tokenizer))
 
@@ -193,33 +213,41 @@ def estimate_cfg(cfg: TrialConfig, facts: ModelFacts, worker_mb: float = RAY_WOR
 
 
 MEMORY_KEYS = (
+    "model.name",
     "method",
     "lora.rank",
     "lora.targets",
     "quant.bits",
+    "quant.scheme",
     "train.batch_size",
     "data.seq_len",
 )
 
 
-def smallest_estimate(space: dict, facts: ModelFacts, extra_mb: float = RAY_WORKER_MB
+def smallest_estimate(space: dict, facts: Facts, extra_mb: float = RAY_WORKER_MB
                       ) -> float | None:
-    """The lowest estimated peak (MB) over the memory-relevant choices of a space (None: none)."""
+    """The lowest estimated peak (MB) over the memory-relevant choices of a space (None: none);
+    ``facts``: each model's."""
     smallest = None
     for point in choice_points(space, MEMORY_KEYS):
         try:
             cfg = TrialConfig.from_dict(point)
         except ValueError:
             continue  # e.g. full fine-tuning with a 4-bit choice: never launched anyway
-        estimate = estimate_cfg(cfg, facts, extra_mb)
+        estimate = estimate_cfg(cfg, facts[cfg.model.name], extra_mb)
         smallest = estimate if smallest is None else min(smallest, estimate)
     return smallest
 
 
-def estimator(facts: ModelFacts, extra_mb: float = RAY_WORKER_MB):
-    """A function config dict (nested or dotted) -> estimated peak MB (the summary, the gate);
-    ``extra_mb``: ``worker_mb(forked)`` of the study's trials."""
-    return lambda config: estimate_cfg(TrialConfig.from_dict(config), facts, extra_mb)
+def estimator(facts: Facts, extra_mb: float = RAY_WORKER_MB):
+    """A function config dict (nested or dotted) -> estimated peak MB (the summary, the gate),
+    with the facts of the config's model; ``extra_mb``: ``worker_mb(forked)`` of the study's
+    trials."""
+    def estimate(config: dict) -> float:
+        cfg = TrialConfig.from_dict(config)
+        return estimate_cfg(cfg, facts[cfg.model.name], extra_mb)
+
+    return estimate
 
 
 def check_rank(rank: int, targets: str, dims: list[tuple[int, int]], model: str) -> None:

@@ -20,6 +20,11 @@ The model is larger on disk than the quantized one. ``export.json`` records what
 
 ``method=full`` trials have no adapter: ``--merged`` writes the fine-tuned model from the trial's
 checkpoint. ``method=base`` trials trained nothing and are refused.
+
+A classify trial's merged export is transformers' ``...ForSequenceClassification`` of its
+architecture (the same state-dict keys as ``study.models.classifier``), with ``num_labels``,
+``id2label`` and ``label2id`` from the trial's ``labels.json``: it loads with
+``AutoModelForSequenceClassification.from_pretrained(OUT)``.
 """
 
 from __future__ import annotations
@@ -134,6 +139,11 @@ def merged_model(trial_dir: Path, cfg):
         dequantize_linears(model)
         kind = f"{quant.bits}-bit" + (f" {quant.type}" if quant.bits == 4 else " LLM.int8")
         notes["dequantized_from"] = kind
+    labels = record.read_labels(trial_dir) if cfg.data.task == "classify" else None
+    if labels is not None:
+        from study.models.classifier import as_classifier
+
+        model = as_classifier(model, len(labels["labels"]))
     if cfg.method == "lora":
         load_adapter(model, record.adapter_dir(trial_dir))
         unload(model, merge=True)
@@ -145,9 +155,31 @@ def merged_model(trial_dir: Path, cfg):
             load_trainable_weights(model, checkpoint)
         except ValueError as err:
             raise ExportError(str(err)) from None
+    if labels is not None:
+        model = _transformers_classifier(model, labels["labels"], tokenizer.pad_token_id)
     for param in model.parameters():
         param.requires_grad_(False)
     return model.eval(), tokenizer, notes
+
+
+def _transformers_classifier(model, names: list[str], pad_id: int):
+    """transformers' sequence classifier holding ``model``'s merged weights and label names."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = model.config
+    config.num_labels, config.pad_token_id = len(names), pad_id
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    try:
+        out = AutoModelForSequenceClassification.from_config(config)
+    except ValueError as err:  # an architecture transformers has no classifier class for
+        raise ExportError(f"--merged: {str(err).splitlines()[0]}; export the adapter "
+                          "without --merged instead") from None
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ExportError(f"--merged: transformers' classifier of {config.model_type} does not "
+                          f"match ({missing[:2]} missing, {unexpected[:2]} unexpected)")
+    return out
 
 
 def export(trial_dir: str | os.PathLike, out: str | os.PathLike, merged: bool = False) -> Path:

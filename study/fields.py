@@ -41,6 +41,7 @@ ALIASES = {
     "lora.rslora": ["--rslora"],
     "quant.bits": ["--bits"],
     "quant.type": ["--quant-type"],
+    "quant.scheme": ["--scheme"],
     "train.steps": ["--steps"],
     "train.epochs": ["--epochs"],
     "train.lr": ["--lr"],

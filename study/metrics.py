@@ -8,6 +8,15 @@ from __future__ import annotations
 # quality: eval split (selection, early stopping) and held-out test split (finished trials only)
 EVAL_LOSS, EVAL_PPL, EXACT_MATCH = "eval_loss", "eval_ppl", "exact_match"
 TEST_LOSS, TEST_EXACT_MATCH = "test_loss", "test_exact_match"
+# classification (data.task=classify): eval split for selection, test split reported only
+ACCURACY, F1_MACRO, F1_WEIGHTED = "accuracy", "f1_macro", "f1_weighted"
+TEST_ACCURACY, TEST_F1_MACRO = "test_accuracy", "test_f1_macro"
+TEST_F1_WEIGHTED = "test_f1_weighted"
+F1_BY_CLASS, TEST_F1_BY_CLASS = "f1_by_class", "test_f1_by_class"  # label -> F1 (metrics.json)
+TEST_CONFUSION = "test_confusion"  # rows: true label, columns: predicted, in labels.json's order
+CLASSIFY_EVAL = (ACCURACY, F1_MACRO, F1_WEIGHTED)
+TEST_OF = {EVAL_LOSS: TEST_LOSS, EXACT_MATCH: TEST_EXACT_MATCH, ACCURACY: TEST_ACCURACY,
+           F1_MACRO: TEST_F1_MACRO, F1_WEIGHTED: TEST_F1_WEIGHTED}
 TRAIN_LOSS = "train_loss"
 # resources
 PEAK_MEM_MB, START_MEM_MB = "peak_mem_mb", "start_mem_mb"
@@ -17,11 +26,15 @@ FWD_MS, BWD_MS, OPT_MS, STEP_MS = "fwd_ms", "bwd_ms", "opt_ms", "step_ms"
 TRAINABLE_PARAMS, ADAPTER_MB = "trainable_params", "adapter_mb"
 LATENCY_UNMERGED = "latency_ms_per_token_unmerged"
 LATENCY_MERGED = "latency_ms_per_token_merged"
+# classification: a batch-1 forward of one test text (no decoding), unmerged and merged
+LATENCY_EXAMPLE_UNMERGED = "latency_ms_per_example_unmerged"
+LATENCY_EXAMPLE_MERGED = "latency_ms_per_example_merged"
 LOAD_S, TRAIN_S, EVAL_S, TRIAL_S = "load_s", "train_s", "eval_s", "trial_s"
 # progress
 STEP, TOKENS_SEEN = "step", "tokens_seen"
 
-QUALITY = (EVAL_LOSS, EVAL_PPL, EXACT_MATCH, TEST_LOSS, TEST_EXACT_MATCH)
+QUALITY = (EVAL_LOSS, EVAL_PPL, EXACT_MATCH, TEST_LOSS, TEST_EXACT_MATCH, *CLASSIFY_EVAL,
+           TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_WEIGHTED)
 RESOURCES = (
     PEAK_MEM_MB,
     START_MEM_MB,
@@ -35,6 +48,8 @@ RESOURCES = (
     ADAPTER_MB,
     LATENCY_UNMERGED,
     LATENCY_MERGED,
+    LATENCY_EXAMPLE_UNMERGED,
+    LATENCY_EXAMPLE_MERGED,
     LOAD_S,
     TRAIN_S,
     EVAL_S,
@@ -43,7 +58,8 @@ RESOURCES = (
 PROGRESS = (STEP, TOKENS_SEEN)
 
 # Which way is better, for objectives and Pareto fronts.
-MAXIMIZE = frozenset({EXACT_MATCH, TEST_EXACT_MATCH, TRAIN_TOKENS_PER_S})
+MAXIMIZE = frozenset({EXACT_MATCH, TEST_EXACT_MATCH, TRAIN_TOKENS_PER_S, *CLASSIFY_EVAL,
+                      TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_WEIGHTED})
 
 
 def mode(name: str) -> str:

@@ -29,24 +29,19 @@ from study import metrics as M
 from study.config import TrialConfig
 from study.data import build_data
 from study.estimate import (
-    ModelFacts,
+    Facts,
     check_space_ranks,
     estimate_cfg,
     model_facts,
     smallest_estimate,
     worker_mb,
 )
+from study.objectives import check_objectives_fit_task, parse_objectives
 from study.options import StudyOptions, UsageError, check_counts, parse_resources
 from study.outdir import check_output_dir
 from study.precision import check_supported
 from study.resume import recorded_options
 from study.timing import StudyTime, study_time
-
-SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
-# start_mem_mb is context, not a goal; peak_reserved_mb exists on CUDA only.
-OBJECTIVES = SELECTABLE_QUALITY + tuple(
-    m for m in M.RESOURCES if m not in (M.START_MEM_MB, M.PEAK_RESERVED_MB)
-)
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ class Plan:
     study_dir: Path
     space: dict
     objectives: list[str]
-    facts: ModelFacts
+    facts: Facts  # model name -> its facts, for every model the study can run
     baselines: tuple[dict, ...] = ()
     time: StudyTime | None = None
     forked: bool = False  # trials are forked from the study's fork server (study.forkserver)
@@ -117,21 +112,6 @@ def study_record(plan: Plan) -> dict:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cwd": os.getcwd(),
     }
-
-
-def _objectives(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        if name not in OBJECTIVES:
-            raise UsageError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
-    if not names or names[0] not in SELECTABLE_QUALITY:
-        raise UsageError(
-            f"the first objective is ASHA's stopping metric and must be a quality "
-            f"metric ({', '.join(SELECTABLE_QUALITY)}), got {text!r}"
-        )
-    if len(set(names)) != len(names):
-        raise UsageError(f"--objective lists a metric twice: {text!r}")
-    return names
 
 
 def _check_storage(path: Path) -> None:
@@ -202,34 +182,27 @@ def _choices(leaves: dict, key: str) -> list:
     return [leaf] if leaf is not None else []
 
 
-def _check_objectives_fit_task(objectives: list[str], tasks: list[str]) -> None:
-    """exact_match exists for the skills task only (the one with checkable answers)."""
-    tasks = tasks or [TrialConfig().data.task]
-    if M.EXACT_MATCH in objectives and any(t != "skills" for t in tasks):
-        other = next(t for t in tasks if t != "skills")
-        raise UsageError(
-            f"--objective {M.EXACT_MATCH} needs data.task=skills (checkable answers); this "
-            f"space has data.task={other}: use eval_loss or eval_ppl"
-        )
-
-
-def _baselines(space: dict, sizes: list, facts: ModelFacts, max_mem_mb: float | None,
+def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
                extra_mb: float) -> list:
-    """The base model and one full fine-tuning run, at the default data size (or the median)."""
+    """The base model and one full fine-tuning run of each model, at the default data size (or
+    the median); 16-bit."""
     default_size = TrialConfig().data.size
     size = default_size if default_size in sizes else sorted(sizes)[len(sizes) // 2]
-    common = {**sample_point(space), "data.size": size, "quant.bits": 16}
+    common = {**sample_point(space), "data.size": size, "quant.bits": 16,
+              "quant.scheme": None}
     out = []
-    for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
-        cfg = check_config({**common, "method": method, **extra})
-        estimate = estimate_cfg(cfg, facts, extra_mb) if max_mem_mb and method != "base" else 0
-        if max_mem_mb and estimate > max_mem_mb:
-            print(
-                f"study.tune: the {method} baseline is not run: estimated peak "
-                f"{estimate:.0f} MB > --max-mem-mb {max_mem_mb:.0f}"
-            )
-            continue
-        out.append(cfg.to_dict())
+    for model in facts:
+        for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
+            cfg = check_config({**common, "model.name": model, "method": method, **extra})
+            estimate = (estimate_cfg(cfg, facts[model], extra_mb)
+                        if max_mem_mb and method != "base" else 0)
+            if max_mem_mb and estimate > max_mem_mb:
+                print(
+                    f"study.tune: the {method} baseline of {model} is not run: estimated peak "
+                    f"{estimate:.0f} MB > --max-mem-mb {max_mem_mb:.0f}"
+                )
+                continue
+            out.append(cfg.to_dict())
     return out
 
 
@@ -336,7 +309,7 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     _check_dashboard(options)
     options, study_dir, recorded = _study_dir(options, argv)
     _check_storage(options.storage_path)
-    objectives = _objectives(options.objective)
+    objectives = parse_objectives(options.objective)
     try:
         if recorded is not None:  # the space as the study resolved it when it started
             space = recorded["space"]
@@ -350,13 +323,20 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
 
     leaves = flat_leaves(space)
     base_point = check_config(sample_point(space))
-    _check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
+    check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
     targets = _choices(leaves, "lora.targets") or [base_point.lora.targets]
-    facts, tokenizer = model_facts(base_point, targets)
-    try:
-        check_space_ranks(space, facts, base_point.model.name)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    sizes = _choices(leaves, "data.size") or [base_point.data.size]
+    facts = {}
+    models = _choices(leaves, "model.name") or [base_point.model.name]
+    for model in models:
+        point = {**sample_point(space), "model.name": model}
+        facts[model], tokenizer = model_facts(check_config(point), targets)
+        try:
+            check_space_ranks(space, facts[model], model)
+            # the source and the largest size, with this model's tokenizer; warms the cache
+            build_data(check_config({**point, "data.size": max(sizes)}).data, tokenizer)
+        except ValueError as err:
+            raise UsageError(f"{model}: {err}" if len(models) > 1 else str(err)) from None
     if options.address is None:  # this machine trains: bf16 only where it computes bf16
         _check_dtypes(_choices(leaves, "train.dtype") or [base_point.train.dtype])
     # trials forked from a pre-imported server (study.forkserver) or started in Ray workers:
@@ -370,9 +350,6 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
                 f"--max-mem-mb {options.max_mem_mb:g}: every configuration of the space is "
                 f"estimated above it (the smallest needs about {smallest:.0f} MB)"
             )
-    sizes = _choices(leaves, "data.size") or [base_point.data.size]
-    biggest = check_config({**sample_point(space), "data.size": max(sizes)})
-    build_data(biggest.data, tokenizer)  # checks the source and size; warms the shared cache
     baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
                                                           extra_mb)
     name = study_dir.name

@@ -15,6 +15,7 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
     curve.jsonl    one line per evaluation
     examples.json  a few generations: prompt, target, output
     env.json       versions, hardware, threads, dtype, seed
+    labels.json    classify: the label names in id order, the training split's class counts
     status.json    written by the study: running / finished / stopped / errored
     adapter/       the adapter in PEFT format (method lora)
     checkpoint/    trainable weights, optimizer and RNG state, trial progress
@@ -27,24 +28,29 @@ A study directory holds ``study.json`` (command, resolved space, objectives, sch
 from __future__ import annotations
 
 import json
-import os
-import threading
+import re
 import time
 from pathlib import Path
 from typing import Any
+
+from study.files import RecordError, atomic_write, read_json, read_jsonl, write_json
+from study.files import read_object as _read_object
+
+__all__ = ["RecordError", "atomic_write", "read_json", "read_jsonl", "write_json"]
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
 CURVE = "curve.jsonl"
 EXAMPLES = "examples.json"
 ENV = "env.json"
+LABELS = "labels.json"
 STATUS = "status.json"
 RAY_SESSION = ".ray_session.json"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint"
 STUDY = "study.json"
 OPTUNA = "optuna.journal"
-TRIAL_FILES = (CONFIG, METRICS, CURVE, EXAMPLES, ENV, STATUS, ADAPTER, CHECKPOINT)
+TRIAL_FILES = (CONFIG, METRICS, CURVE, EXAMPLES, ENV, LABELS, STATUS, ADAPTER, CHECKPOINT)
 STUDY_FILES = (STUDY, OPTUNA)
 FILE_NAMES = TRIAL_FILES + STUDY_FILES
 
@@ -59,128 +65,6 @@ STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
 SHARED_GPU_OOM = "out of memory on a shared GPU"  # a reason: the config may fit a whole GPU
 FINAL = "final"
 SCHEMA_VERSION = 1
-
-
-class RecordError(ValueError):
-    """A record file that is missing, unreadable, truncated or not valid JSON.
-
-    ``str(err)`` is one line naming the file and the problem; ``problem`` is one of
-    ``missing``, ``unreadable``, ``truncated``, ``not valid JSON``, ``not a JSON object``.
-    """
-
-    def __init__(self, path: Path, problem: str, detail: str = "") -> None:
-        self.path, self.problem = Path(path), problem
-        super().__init__(f"{path}: {problem}" + (f" ({detail})" if detail else ""))
-
-
-# --- writing --------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, fsync, rename.
-
-    A reader (or a resume after a kill) sees the old file or the new one, never a torn one. The
-    temporary name is this process's and thread's own, so two writers never share one; it is
-    created with the usual permissions (0666 less the umask), as a plain ``open`` would.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (a crash of the machine, not only of the process)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems do not fsync directories
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON (non-JSON values as their str)."""
-    atomic_write(path, json.dumps(data, indent=2, default=str))
-
-
-# --- reading --------------------------------------------------------------------------------
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parsed JSON of ``path``.
-
-    Raises:
-        RecordError: missing, unreadable, truncated (a write cut short) or not valid JSON.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RecordError(path, "missing") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecordError(path, "unreadable", type(err).__name__) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        # A cut inside a string reports where the string starts, not the end of the text.
-        cut = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
-        raise RecordError(
-            path, "truncated" if cut else "not valid JSON", f"{err.msg}: char {err.pos}"
-        ) from None
-
-
-def _read_object(path: Path) -> dict:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise RecordError(path, "not a JSON object")
-    return data
-
-
-def read_jsonl(path: str | os.PathLike, valid=None) -> tuple[list[dict], list[int]]:
-    """(the JSON objects of a JSON-lines file, numbers of the lines that are not one).
-
-    A kill during a write can leave a half line at the end; such lines are reported, not
-    raised, so the rest of the file still counts. A missing file is ``([], [])``.
-
-    Raises:
-        RecordError: the file exists but cannot be read (a directory, no permission).
-    """
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode(errors="replace")
-    except FileNotFoundError:
-        return [], []
-    except OSError as err:
-        raise RecordError(path, "unreadable", type(err).__name__) from None
-    points, bad = [], []
-    for number, line in enumerate(text.split("\n"), 1):  # JSON escapes every other separator
-        if not line.strip():
-            continue
-        try:
-            point = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(number)
-            continue
-        if isinstance(point, dict) and (valid is None or valid(point)):
-            points.append(point)
-        else:
-            bad.append(number)
-    return points, bad
 
 
 # --- a trial directory ----------------------------------------------------------------------
@@ -283,6 +167,19 @@ def read_env(trial_dir: Path, optional: bool = False) -> dict:
     return {} if optional and not path.exists() else _read_object(path)
 
 
+def write_labels(trial_dir: Path, labels: list[str], train_counts: dict[str, int]) -> None:
+    """A classify trial's labels: their names in id order (the order of its logits and of
+    ``test_confusion``) and how many training examples each has."""
+    write_json(Path(trial_dir) / LABELS, {"labels": labels, "train_counts": train_counts})
+
+
+def read_labels(trial_dir: Path) -> dict | None:
+    """``{"labels": [...], "train_counts": {...}}``, or None when the trial has no labels file
+    (not a classify trial). Raises RecordError if it exists but is damaged."""
+    path = Path(trial_dir) / LABELS
+    return _read_object(path) if path.exists() else None
+
+
 def write_status(trial_dir: Path, status: str, **fields: Any) -> None:
     """The trial's status.json: ``status`` (one of STATUSES), ``step``, ``reason``, ``time``."""
     if status not in STATUSES:
@@ -340,6 +237,15 @@ def group_dir(study_dir: Path, group: str) -> Path:
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
     return Path(study_dir) / group
+
+
+def baseline_name(config: dict, baselines: list[dict]) -> str:
+    """The trial directory name of a baseline (a nested config of the study's ``baselines``):
+    its method, followed by its model's name when the baselines cover several models."""
+    name = config["method"]
+    if len({b["model"]["name"] for b in baselines}) > 1:
+        name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", config["model"]["name"]).strip("-.")
+    return name
 
 
 def trial_dirs(study_dir: Path, group: str) -> list[Path]:

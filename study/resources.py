@@ -1,4 +1,5 @@
-"""Resource metrics: peak memory over a phase, synchronised wall-clock time, decode latency.
+"""Resource metrics: peak memory over a phase, synchronised wall-clock time, latency (decode;
+classify).
 
 Peak memory is measured the same way everywhere (trials and benchmarks):
 - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``;
@@ -12,6 +13,7 @@ segment began.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -98,6 +100,34 @@ def now(device: torch.device) -> float:
 WARMUP_TOKENS = 2  # tokens the latency's warm-up run decodes
 
 
+@contextlib.contextmanager
+def _deployed(model: torch.nn.Module, autocast: torch.dtype | None):
+    """The model in eval mode under one autocast block, its frozen weights cast once.
+
+    Autocast caches its bf16 copy of a weight only for leaves that require grad; frozen
+    weights would be re-cast at every call, which a model deployed in bf16 never does (and
+    which made LoRA look 2x slower than full fine-tuning). Mark float weights as requiring grad
+    for the measurement (no graph is built under no_grad), then restore. One autocast block
+    around every run: leaving it empties its cast-weight cache, so a block per prompt would
+    time the weights' casts again in every sample."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    frozen = [p for p in model.parameters() if p.is_floating_point() and not p.requires_grad]
+    if autocast is not None:
+        for p in frozen:
+            p.requires_grad_(True)
+    try:
+        with torch.autocast(device.type, dtype=autocast or torch.float32,
+                            enabled=autocast is not None):
+            yield device
+    finally:
+        model.train(was_training)
+        if autocast is not None:
+            for p in frozen:
+                p.requires_grad_(False)
+
+
 @torch.no_grad()
 def decode_latency_ms(
     model: torch.nn.Module,
@@ -111,43 +141,38 @@ def decode_latency_ms(
     Each prompt generates exactly ``new_tokens`` tokens (end-of-sequence is ignored), so the
     figure is prefill plus decode divided by the token count, comparable across models.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     per_token = []
-    # Autocast caches its bf16 copy of a weight only for leaves that require grad; frozen
-    # weights would be re-cast at every decoded token, which a model deployed in bf16 never
-    # does (and which made LoRA look 2x slower than full fine-tuning). Mark float weights as
-    # requiring grad for the measurement (no graph is built under no_grad), then restore.
-    frozen = [p for p in model.parameters() if p.is_floating_point() and not p.requires_grad]
-    if autocast is not None:
-        for p in frozen:
-            p.requires_grad_(True)
-    # One autocast block around every run: leaving it empties its cast-weight cache, so a block
-    # per prompt would time the weights' casts again in every sample.
-    amp = torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
-    try:
-        with amp:
-            for i, prompt in enumerate([prompts[0], *prompts]):  # the first run warms up
-                # the warm-up needs a prefill and a decode step (kernels, allocator, autocast's
-                # weight cache), not a whole answer
-                tokens = new_tokens if i > 0 else min(new_tokens, WARMUP_TOKENS)
-                ids = torch.tensor([prompt], device=device)
-                t0 = now(device)
-                model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                )
-                elapsed = now(device) - t0
-                if i > 0:
-                    per_token.append(elapsed * 1e3 / new_tokens)
-    finally:
-        model.train(was_training)
-        if autocast is not None:
-            for p in frozen:
-                p.requires_grad_(False)
+    with _deployed(model, autocast) as device:
+        for i, prompt in enumerate([prompts[0], *prompts]):  # the first run warms up
+            # the warm-up needs a prefill and a decode step (kernels, allocator, autocast's
+            # weight cache), not a whole answer
+            tokens = new_tokens if i > 0 else min(new_tokens, WARMUP_TOKENS)
+            ids = torch.tensor([prompt], device=device)
+            t0 = now(device)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
+            elapsed = now(device) - t0
+            if i > 0:
+                per_token.append(elapsed * 1e3 / new_tokens)
     return statistics.median(per_token)
+
+
+@torch.no_grad()
+def classify_latency_ms(model: torch.nn.Module, texts: list[list[int]],
+                        autocast: torch.dtype | None = None) -> float:
+    """Median ms to classify one text (a batch-1 forward of its tokens), after a warm-up."""
+    times = []
+    with _deployed(model, autocast) as device:
+        for i, tokens in enumerate([texts[0], *texts]):  # the first run warms up
+            ids = torch.tensor([tokens], device=device)
+            t0 = now(device)
+            model(ids, torch.ones_like(ids))
+            if i > 0:
+                times.append((now(device) - t0) * 1e3)
+    return statistics.median(times)

@@ -16,7 +16,7 @@ from lora_impl.inject import SHORTHANDS
 from lora_impl.layer import LoraSpec
 
 METHODS = ("lora", "full", "base")
-TASKS = ("skills", "lm", "sft")
+TASKS = ("skills", "lm", "sft", "classify")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -76,7 +76,8 @@ class LoraConfig:
     dropout: float = 0.0
     """Dropout on the adapter's input, in [0, 1)."""
     targets: str = "all-linear"
-    """A shorthand (qv, qkvo, attention, mlp, all-linear) or comma-separated module names."""
+    """A shorthand (qv, qkv, qkvo, attention, mlp, all-linear) or comma-separated module names
+    (GPT-2, GPT-NeoX, Phi-3 fuse q, k and v: there qv and qkv are the one fused projection)."""
     rslora: bool = False
     """Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r."""
     init: str = "kaiming"
@@ -121,10 +122,17 @@ class LoraConfig:
         return [t.strip() for t in self.targets.split(",") if t.strip()]
 
 
+SCHEMES = {"16": (16, None), "8": (8, None), "nf4": (4, "nf4"), "fp4": (4, "fp4")}
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Quantization of the frozen base's linear layers (bitsandbytes)."""
 
+    scheme: str | None = None
+    """A shorthand for bits and type: 16, 8, nf4 or fp4, resolved into quant.bits and
+    quant.type (a study comparing 16-bit with nf4 and fp4 searches this one factor, so no two
+    trials differ only in a type that 16 bits ignores)."""
     bits: int = 16
     """16 (none), 8 (LLM.int8) or 4."""
     type: str = "nf4"
@@ -143,6 +151,24 @@ class QuantConfig:
             "one of 4, 8, 16",
         )
         require(self.type in ("nf4", "fp4"), "quant.type", self.type, "one of nf4, fp4")
+        if self.scheme is not None:
+            scheme = str(self.scheme) if not isinstance(self.scheme, bool) else ""
+            require(scheme in SCHEMES, "quant.scheme", self.scheme, "one of 16, 8, nf4, fp4")
+            bits, kind = SCHEMES[scheme]
+            # bits=16 and type=nf4 are the defaults: a scheme overrides them; another value
+            # given next to a scheme must agree with it (as lora.alpha with lora.alpha_ratio)
+            if self.bits not in (16, bits) or (kind and self.type not in ("nf4", kind)):
+                raise ValueError(
+                    f"quant.scheme {scheme} and quant.bits={self.bits}, quant.type={self.type} "
+                    "disagree: give the scheme alone"
+                )
+            object.__setattr__(self, "bits", bits)
+            object.__setattr__(self, "type", kind or "nf4")
+        if self.bits != 4:  # the type means nothing here: one value, so equal bases compare equal
+            object.__setattr__(self, "type", "nf4")
+        # a shorthand, resolved: the config holds bits and type (what a trial's config.json
+        # records), so a recorded config with a changed quant.bits is not a contradiction
+        object.__setattr__(self, "scheme", None)
         require(
             isinstance(self.double_quant, bool),
             "quant.double_quant",
@@ -159,20 +185,33 @@ class QuantConfig:
             "a number >= 0",
         )
 
+    @property
+    def name(self) -> str:
+        """The scheme this is: 16, 8, nf4 or fp4 (the one factor to compare bases by)."""
+        return self.type if self.bits == 4 else str(self.bits)
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """The task and how much of it to use."""
 
     task: str = "skills"
-    """skills (built-in checkable instructions), lm (language modelling) or sft (dialogue)."""
+    """skills (built-in checkable instructions), lm (language modelling), sft (dialogue) or
+    classify (text -> label with a linear score head on the last token)."""
     source: str = "builtin"
     """lm: builtin, wikitext-2 or a .txt/.jsonl/.parquet path; sft: hh-rlhf, alpaca or a .jsonl
-    path; skills: builtin."""
+    path; skills: builtin; classify: builtin (stdlib docstrings by area), ag_news or a
+    .csv/.jsonl/.parquet path with a text and a label column."""
     size: int = 400
-    """Number of training examples (LM: blocks); subsets are nested across sizes."""
+    """Number of training examples (LM: blocks); subsets are nested (and, for classify,
+    stratified) across sizes."""
     seq_len: int = 128
-    """Tokens per LM block; the maximum length of an SFT/skills example."""
+    """Tokens per LM block; the maximum length of an SFT/skills example; classify: texts are
+    truncated to it."""
+    text_column: str = "text"
+    """classify: the column (field) holding the text."""
+    label_column: str = "label"
+    """classify: the column holding the label (strings or integers; ids in sorted order)."""
     eval_size: int = 150
     """Examples in the eval split (selection and early stopping)."""
     test_size: int = 150
@@ -188,6 +227,10 @@ class DataConfig:
         )
         for name in ("size", "seq_len", "eval_size", "test_size"):
             _positive_int(f"data.{name}", getattr(self, name))
+        for name in ("text_column", "label_column"):
+            value = getattr(self, name)
+            require(isinstance(value, str) and bool(value), f"data.{name}", value,
+                    "a non-empty column name")
 
 
 @dataclass(frozen=True)

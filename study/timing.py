@@ -182,12 +182,17 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
         gen_flops, gen_calls, gen_tokens = _generation(facts, gen, share, cfg.eval.max_new_tokens)
         flops, calls = flops + times * gen_flops, calls + times * gen_calls
         tokens += times * gen_tokens
-    # latency: batch-1 decodes of each prompt after a short warm-up, unmerged and (LoRA) merged
+    # latency: batch-1 decodes of each prompt after a short warm-up (classify: one forward of
+    # each text after one), unmerged and (LoRA) merged
     runs = 2 if cfg.method == "lora" else 1
-    prompts = work.test_generation.prompt_lengths[: cfg.eval.latency_prompts] or (0,)
-    warmup = min(WARMUP_TOKENS, cfg.eval.latency_tokens)
-    calls += runs * (cfg.eval.latency_prompts * (cfg.eval.latency_tokens + 1) + warmup + 1)
-    tokens += runs * (len(prompts) + 1) * (max(prompts) + cfg.eval.latency_tokens)
+    prompts = work.latency or (0,)
+    if cfg.data.task == "classify":
+        calls += runs * (len(work.latency) + 1)
+        tokens += runs * (sum(prompts) + prompts[0])
+    else:
+        warmup = min(WARMUP_TOKENS, cfg.eval.latency_tokens)
+        calls += runs * (cfg.eval.latency_prompts * (cfg.eval.latency_tokens + 1) + warmup + 1)
+        tokens += runs * (len(prompts) + 1) * (max(prompts) + cfg.eval.latency_tokens)
     out["eval.compute"] = flops / speed
     out["eval.elementwise"] = _elements(facts, tokens)
     out["eval.calls"] = facts.layers * calls
@@ -212,9 +217,10 @@ def trial_time(cfg: TrialConfig, facts, speed: float | None = None, forked: bool
 
 
 # what a trial's time depends on (the rest of a configuration does not change it)
-TIME_KEYS = ("method", "lora.rank", "lora.targets", "quant.bits", "data.size", "data.seq_len",
-             "train.batch_size", "train.grad_accum", "train.steps", "train.epochs",
-             "train.grad_checkpointing", "train.dtype", "eval.every", "eval.max_new_tokens")
+TIME_KEYS = ("model.name", "method", "lora.rank", "lora.targets", "quant.bits", "quant.scheme",
+             "data.size", "data.seq_len", "train.batch_size", "train.grad_accum", "train.steps",
+             "train.epochs", "train.grad_checkpointing", "train.dtype", "eval.every",
+             "eval.max_new_tokens")
 LONGER = ("train.steps", "train.epochs", "data.size", "data.seq_len", "eval.max_new_tokens")
 
 
@@ -246,7 +252,8 @@ def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
                concurrency: int = 1, forked: bool = False) -> StudyTime | None:
     """The wall time of a study of ``num_samples`` trials of ``space`` plus ``baselines``, each
     trial run to its last step; None when no configuration of the space can be estimated.
-    ``forked``: trials are forked from the study's fork server."""
+    ``facts``: each model's (``study.estimate.Facts``); ``forked``: trials are forked from the
+    study's fork server."""
     from search_spaces import choice_points
 
     start = FORKED_WORKER_START_S if forked else WORKER_START_S
@@ -256,11 +263,11 @@ def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
             cfg = TrialConfig.from_dict(point)
         except ValueError:
             continue  # a combination the search never launches
-        times.append(trial_time(cfg, facts, forked=forked).total_s + start)
+        times.append(trial_time(cfg, facts[cfg.model.name], forked=forked).total_s + start)
     if not times:
         return None
-    base = sum(trial_time(TrialConfig.from_dict(b), facts, forked=forked).total_s + start
-               for b in baselines)
+    configs = [TrialConfig.from_dict(b) for b in baselines]
+    base = sum(trial_time(c, facts[c.model.name], forked=forked).total_s + start for c in configs)
     mean = sum(times) / len(times)
     width = max(1, concurrency)
     return StudyTime(
@@ -275,5 +282,10 @@ def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
 
 
 def trial_estimator(facts, forked: bool = False):
-    """A function config dict -> estimated seconds of its trial run to its end (the summary)."""
-    return lambda config: trial_time(TrialConfig.from_dict(config), facts, forked=forked).total_s
+    """A function config dict -> estimated seconds of its trial run to its end (the summary);
+    ``facts``: each model's."""
+    def estimate(config: dict) -> float:
+        cfg = TrialConfig.from_dict(config)
+        return trial_time(cfg, facts[cfg.model.name], forked=forked).total_s
+
+    return estimate

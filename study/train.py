@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.classify import classification_loss
 from study.data import IGNORE, BatchOrder, Example, collate
 from study.resources import PeakMemory, now
 from study.sections import TrainConfig
@@ -92,6 +93,14 @@ def causal_lm_loss(
     logits, targets, _ = target_logits(model, batch)
     loss = F.cross_entropy(logits.float(), targets, reduction=reduction)
     return loss, int(targets.numel())
+
+
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss of a batch: over its labels' classes for a classifier (classify
+    examples carry ``class_labels``), else next-token cross-entropy."""
+    if "class_labels" in batch:
+        return classification_loss(model, batch)
+    return causal_lm_loss(model, batch)[0]
 
 
 @dataclass
@@ -188,7 +197,7 @@ def train_loop(
             }
             t0 = now(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, _ = causal_lm_loss(model, batch)
+                loss = batch_loss(model, batch)
             t1 = now(device)
             grad_scaler.scale(loss / cfg.grad_accum).backward()
             t2 = now(device)

@@ -73,7 +73,7 @@ def _read_config_file(path: Path) -> dict:
 
 def metrics_table(metrics: dict) -> str:
     """The final metrics as an aligned two-column table."""
-    rows = [(k, v) for k, v in metrics.items() if not isinstance(v, dict)]
+    rows = [(k, v) for k, v in metrics.items() if not isinstance(v, (dict, list))]
     width = max(len(k) for k, _ in rows)
     lines = []
     for key, value in rows:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             speed["tok/s"] = f"{metrics['train_tokens_per_s']:.0f}"
         shown = {
             k: metrics[k]
-            for k in ("eval_loss", "exact_match", "train_tokens_per_s")
+            for k in ("eval_loss", "exact_match", "accuracy", "f1_macro", "train_tokens_per_s")
             if metrics.get(k) is not None
         }
         line = f"step {metrics['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())

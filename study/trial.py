@@ -33,8 +33,8 @@ from lora_impl import (
     unmerge,
 )
 from lora_impl.layer import base_layer_dims
+from study import classify, precision, record
 from study import metrics as M
-from study import precision, record
 from study.checkpoint import load_checkpoint, save_checkpoint
 from study.config import TrialConfig
 from study.data import Example, TaskData, build_data
@@ -50,11 +50,13 @@ from study.evaluate import (
     split_loss,
 )
 from study.models import cast_float_weights, load_model, set_compute_dtype
-from study.resources import PeakMemory, decode_latency_ms
+from study.models.classifier import HEAD, as_classifier
+from study.resources import PeakMemory, classify_latency_ms, decode_latency_ms
 from study.train import StepStats, make_optimizer, train_loop
 
 Report = Callable[[dict, "str | None"], None]
-CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
+CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH,
+              *M.CLASSIFY_EVAL)
 
 
 def _finite_or_none(value):
@@ -63,6 +65,8 @@ def _finite_or_none(value):
 
 
 def _prepare(model: torch.nn.Module, cfg: TrialConfig) -> None:
+    """The adapter (or the trainable weights) and checkpointing; a classifier's head trains
+    in full beside them (``base``: evaluated untrained)."""
     if cfg.method == "lora":
         names = resolve_targets(model, cfg.lora.target_spec)
         dims = [base_layer_dims(model.get_submodule(n))[:2] for n in names]
@@ -71,6 +75,8 @@ def _prepare(model: torch.nn.Module, cfg: TrialConfig) -> None:
     else:
         for param in model.parameters():
             param.requires_grad_(cfg.method == "full")
+    if cfg.data.task == "classify":
+        getattr(model, HEAD).requires_grad_(cfg.method != "base")
     if cfg.train.grad_checkpointing and cfg.method != "base":
         # transformers 5 renamed it; the old name still works there, with a deprecation warning
         enable = getattr(model, "activation_checkpointing_enable", None)
@@ -148,8 +154,11 @@ class _Trial:
             cast_float_weights(self.model, wanted)
             storage = wanted
         set_compute_dtype(self.model, self.amp or torch.float32)  # 4-bit layers, explicitly
-        _prepare(self.model, cfg)
         self.data: TaskData = build_data(cfg.data, self.tokenizer)
+        self.labels = self.data.info.get("labels")  # classify: label names in id order
+        if self.labels:
+            self.model = as_classifier(self.model, len(self.labels), cfg.seed)
+        _prepare(self.model, cfg)
         self.load_s = time.perf_counter() - t_load
         self.env = environment(cfg, self.device, self.precision.record(), storage)
 
@@ -185,6 +194,10 @@ class _Trial:
         Before the last evaluation (``final`` False) only the first ``eval.early_prompts``
         prompts are answered (none when 0): the loss is the whole split either way."""
         examples = self.data.eval if split == "eval" else self.data.test
+        if self.labels:  # classify: one forward per batch, no generation
+            shown = self.cfg.eval.num_examples if split == "eval" or final else 0
+            return classify.quality(self.model, examples, self.pad_id, self.labels, split,
+                                    self.amp, shown)
         prompts = self.eval_prompts if split == "eval" else self.test_prompts
         skills = self.cfg.data.task == "skills"  # every prompt is checked; else a few are shown
         chosen = prompts if skills else prompts[: self.cfg.eval.num_examples]
@@ -243,7 +256,8 @@ class _Trial:
         if self.cfg.method != "lora":
             return sum(p.numel() * p.element_size() for p in self.trainable) / 2**20
         path = save_adapter(
-            self.model, record.adapter_dir(self.out), base_model_name_or_path=self.cfg.model.name
+            self.model, record.adapter_dir(self.out), base_model_name_or_path=self.cfg.model.name,
+            modules_to_save=(HEAD,) if self.labels else (),
         )
         return adapter_weights_file(path).stat().st_size / 2**20
 
@@ -346,17 +360,32 @@ def run_trial(
     out.mkdir(parents=True, exist_ok=True)
     record.write_config(out, config.to_dict())
     record.write_env(out, trial.env)
+    if trial.labels:
+        record.write_labels(out, trial.labels, trial.data.info["train_counts"])
     return trial.run(callbacks)
 
 
 def _latencies(model, prompts: list[Example], cfg: TrialConfig, pad_id: int, amp) -> dict:
-    ids = [e.prompt_ids for e in prompts[: cfg.eval.latency_prompts]]
-    unmerged = decode_latency_ms(model, ids, cfg.eval.latency_tokens, pad_id, amp)
+    """Batch-1 latency, unmerged and (LoRA) merged: ms per decoded token, or for a classifier
+    ms per classified text."""
+    if cfg.data.task == "classify":
+        ids = [e.input_ids for e in prompts[: cfg.eval.latency_prompts]]
+        keys = (M.LATENCY_EXAMPLE_UNMERGED, M.LATENCY_EXAMPLE_MERGED)
+
+        def measure() -> float:
+            return classify_latency_ms(model, ids, amp)
+    else:
+        ids = [e.prompt_ids for e in prompts[: cfg.eval.latency_prompts]]
+        keys = (M.LATENCY_UNMERGED, M.LATENCY_MERGED)
+
+        def measure() -> float:
+            return decode_latency_ms(model, ids, cfg.eval.latency_tokens, pad_id, amp)
+    unmerged = measure()
     if cfg.method != "lora":
-        return {M.LATENCY_UNMERGED: unmerged, M.LATENCY_MERGED: unmerged}
+        return dict.fromkeys(keys, unmerged)
     merge(model)
     try:
-        merged = decode_latency_ms(model, ids, cfg.eval.latency_tokens, pad_id, amp)
+        merged = measure()
     finally:
         unmerge(model)
-    return {M.LATENCY_UNMERGED: unmerged, M.LATENCY_MERGED: merged}
+    return dict(zip(keys, (unmerged, merged), strict=True))

@@ -92,20 +92,21 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
 
 
 def _baselines_left(plan: Plan) -> list[dict]:
-    """The baselines not yet finished or errored (each trial directory is named by method)."""
+    """The baselines not yet finished or errored (each trial directory is named by
+    ``record.baseline_name``)."""
     done = {
         d.name
         for d in record.trial_dirs(plan.study_dir, record.BASELINES)
         if record.read_status(d).get("status") in (record.FINISHED, record.ERRORED)
     }
-    return [b for b in plan.baselines if b["method"] not in done]
-
-
-def _baseline_name(trial) -> str:
-    return trial.config["baseline"]["method"]
+    every = list(plan.baselines)
+    return [b for b in every if record.baseline_name(b, every) not in done]
 
 
 def _baseline_tuner(baselines: list[dict], plan: Plan, fn, run_config):
+    def _baseline_name(trial) -> str:
+        return record.baseline_name(trial.config["baseline"], list(plan.baselines))
+
     return tune.Tuner(
         fn,
         run_config=run_config,
@@ -161,7 +162,8 @@ def _fork_server(plan: Plan) -> forkserver.ForkServer | None:
     if not plan.forked:
         return None
     configs = []
-    for point in [*choice_points(plan.space, ("model.name", "quant.bits")), *plan.baselines]:
+    keys = ("model.name", "quant.bits", "quant.scheme")
+    for point in [*choice_points(plan.space, keys), *plan.baselines]:
         try:
             configs.append(TrialConfig.from_dict(point))
         except ValueError:

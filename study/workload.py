@@ -57,6 +57,8 @@ class Workload:
     early_generation: Generation  # at each evaluation before the last (eval.early_prompts)
     eval_generation: Generation  # at the last
     test_generation: Generation
+    latency: tuple[int, ...] = ()  # token counts of the texts the latency runs use
+    classes: int = 0  # classify: the labels (the score head's outputs); else 0
 
 
 _CACHE: dict[tuple, Workload] = {}
@@ -74,6 +76,10 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
         steps = t.steps or math.ceil(t.epochs * len(data.train) / (t.batch_size * t.grad_accum))
         train, largest = _train(data.train, cfg, steps)
         generative = cfg.data.task != "lm"
+        test_generation = _generation(data.test, cfg, generative)
+        latency = test_generation.prompt_lengths  # study.trial: the test split's first prompts
+        if cfg.data.task == "classify":
+            latency = tuple(len(e.input_ids) for e in data.test)
         _CACHE[key] = Workload(
             steps=steps,
             train=train,
@@ -83,7 +89,9 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
             evaluations=1 if cfg.method == "base" else math.ceil(steps / cfg.eval.every),
             early_generation=_generation(data.eval, cfg, generative, cfg.eval.early_prompts),
             eval_generation=_generation(data.eval, cfg, generative),
-            test_generation=_generation(data.test, cfg, generative),
+            test_generation=test_generation,
+            latency=latency[: cfg.eval.latency_prompts],
+            classes=len(data.info.get("labels", ())),
         )
     return _CACHE[key]
 
@@ -126,7 +134,9 @@ def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None 
                 ) -> Generation:
     """The prompts ``study.trial`` answers at an evaluation: every one of the skills task, the
     first ``eval.num_examples`` otherwise; before the last evaluation, the first
-    ``eval.early_prompts`` of those."""
+    ``eval.early_prompts`` of those; none for classify (its answer is the loss pass's)."""
+    if cfg.data.task == "classify":
+        return Generation()
     if cfg.data.task != "skills":
         examples = examples[: cfg.eval.num_examples]
     if early is not None:

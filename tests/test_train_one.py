@@ -107,7 +107,8 @@ def test_a_new_config_field_gets_its_flag_without_touching_the_cli():
 
 
 def test_flags_parse_to_the_fields_types():
-    cfg = build_config(parse_args(["--train.epochs", "0.5", "--lora.rslora", "--quant.type=fp4"]))
+    cfg = build_config(parse_args(["--train.epochs", "0.5", "--lora.rslora", "--quant.type=fp4",
+                                   "--bits", "4"]))
     assert cfg.train.steps is None and cfg.train.epochs == 0.5
     assert cfg.lora.rslora is True and cfg.quant.type == "fp4"
     assert build_config(parse_args(["--rslora", "false"])).lora.rslora is False

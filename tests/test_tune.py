@@ -224,7 +224,7 @@ def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_
     plan = plan_study(parse_args(argv), argv)
     fits, over = (
         estimate_cfg(TrialConfig.from_dict({**sample_point(plan.space), "train.batch_size": b}),
-                     plan.facts, plan.worker_mb)
+                     plan.facts["tiny-llama"], plan.worker_mb)
         for b in (4, 256)
     )
     limit = f"{(fits + over) / 2:.0f}"
@@ -263,7 +263,7 @@ BAD_INPUTS = [
     (["--num-samples", "-1"], "--num-samples must be a number >= 1"),
     (["--max-mem-mb", "nan"], "--max-mem-mb must be a number >= 1, got nan"),
     (["--set", "train.weight_decay=.inf"], "train.weight_decay must be a number >= 0, got inf"),
-    (["--objective", "accuracy"], "unknown objective 'accuracy'"),
+    (["--objective", "precision"], "unknown objective 'precision'"),
     (["--objective", "peak_mem_mb"], "must be a quality metric"),
     (["--resume"], "--resume needs --name"),
     (["--objective", "exact_match", "--set", "data.task=lm"], "needs data.task=skills"),
@@ -320,17 +320,18 @@ def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
     full = next(b for b in plan.baselines if b["method"] == "full")
     from study.config import TrialConfig
 
-    full_mb = estimate_cfg(TrialConfig.from_dict(full), plan.facts, plan.worker_mb)
+    facts = plan.facts[full["model"]["name"]]
+    full_mb = estimate_cfg(TrialConfig.from_dict(full), facts, plan.worker_mb)
     lora_mb = min(
         estimate_cfg(TrialConfig.from_dict({**full, "method": "lora", "quant.bits": b}),
-                     plan.facts, plan.worker_mb)
+                     facts, plan.worker_mb)
         for b in (4, 16)
     )
     assert lora_mb < full_mb
     limit = str((lora_mb + full_mb) / 2)
     plan = plan_study(parse_args([*argv, "--max-mem-mb", limit]), argv)
     assert [b["method"] for b in plan.baselines] == ["base"]
-    assert "the full baseline is not run" in capsys.readouterr().out
+    assert "the full baseline of tiny-llama is not run" in capsys.readouterr().out
 
 
 def test_resume_takes_the_recorded_study_and_refuses_changed_flags(tmp_path, capsys):
@@ -347,7 +348,8 @@ def test_resume_takes_the_recorded_study_and_refuses_changed_flags(tmp_path, cap
     plan = plan_study(parse_args(again), again)  # no --space: the default space is NOT used
     assert plan.space == first.space and plan.space["train"]["steps"] == 4
     assert plan.objectives == ["eval_loss", "peak_mem_mb"]
-    assert plan.facts.total_params == first.facts.total_params
+    assert plan.facts.keys() == first.facts.keys() == {"tiny-llama"}
+    assert plan.facts["tiny-llama"].total_params == first.facts["tiny-llama"].total_params
     assert main([*again, "--space", "default"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "as it was started, with --space 'smoke'" in err[0], err

@@ -48,7 +48,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def _local(source: str) -> Path:
+def local_file(source: str) -> Path:
+    """The existing local file ``source`` names (DataSourceError if there is none)."""
     path = Path(source).expanduser()
     if not path.is_file():
         raise DataSourceError(f"data source {source!r} is not a built-in name or an existing file")
@@ -67,7 +68,7 @@ def lm_text(source: str) -> str:
             for split in ("train", "validation", "test")
             for r in _hub_split(source, split)
         )
-    path = _local(source)
+    path = local_file(source)
     if path.suffix == ".txt":
         return path.read_text()
     if path.suffix == ".jsonl":
@@ -112,7 +113,7 @@ def sft_pairs(source: str) -> list[tuple[str, str]]:
             _hub_split(source, "test") if source == "hh-rlhf" else []
         )
     else:
-        path = _local(source)
+        path = local_file(source)
         if path.suffix != ".jsonl":
             raise DataSourceError(f"SFT source {source!r}: use a .jsonl file")
         records = _read_jsonl(path)

@@ -1,0 +1,128 @@
+"""The classify task's data: CSV / JSONL / parquet sources, label ids, stratified nested splits,
+and one clear line (exit code 2, nothing written) for each kind of bad file."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from study.data import build_data, collate
+from study.models import tiny_tokenizer
+from study.sections import DataConfig
+from study.tasks.labelled import read_labelled, stratified_split
+from study.train_one import main as train_one
+
+CLASSES = ["business", "science", "sports", "world"]
+
+
+def _rows(n_per_class=30, labels=CLASSES):
+    return [{"body": f"{label} story number {i} " + "word " * (i % 7), "topic": label}
+            for i in range(n_per_class) for label in labels]
+
+
+def _write(tmp_path, rows, suffix, text="body", label="topic"):
+    frame = pd.DataFrame(rows).rename(columns={"body": text, "topic": label})
+    path = tmp_path / f"news{suffix}"
+    if suffix in (".csv", ".csv.gz"):
+        frame.to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")))
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+def _cfg(path, **kw):
+    return DataConfig(task="classify", source=str(path), text_column="body", label_column="topic",
+                      eval_size=12, test_size=12, size=kw.pop("size", 40), seq_len=24, **kw)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".jsonl", ".parquet"])
+def test_each_format_gives_the_same_examples(tmp_path, suffix):
+    path = _write(tmp_path, _rows(), suffix)
+    data = build_data(_cfg(path), tiny_tokenizer(), cache_dir=tmp_path / "cache")
+    assert data.info["labels"] == CLASSES
+    assert sum(data.info["train_counts"].values()) == 40 == len(data.train)
+    assert all(e.label in range(4) and 0 < len(e.input_ids) <= 24 for e in data.train)
+    reference = _write(tmp_path / "..", _rows(), ".csv") if suffix != ".csv" else path
+    same = build_data(_cfg(reference), tiny_tokenizer(), cache_dir=tmp_path / "cache2")
+    assert [e.input_ids for e in data.test] == [e.input_ids for e in same.test]
+
+
+def test_integer_labels_sort_numerically_and_custom_columns(tmp_path):
+    rows = [{"body": f"text {i} " * 3, "topic": k} for i in range(20) for k in (10, 2, 1)]
+    texts, ids, names = read_labelled(str(_write(tmp_path, rows, ".jsonl")), "body", "topic")
+    assert names == ["1", "2", "10"]  # numeric order, not "1" < "10" < "2"
+    assert Counter(ids) == {0: 20, 1: 20, 2: 20} and len(texts) == 60
+    csv_names = read_labelled(str(_write(tmp_path, rows, ".csv")), "body", "topic")[2]
+    assert csv_names == names  # a CSV reads integers as text: the same ids
+
+
+def test_splits_are_disjoint_stratified_and_nested(tmp_path):
+    labels = [k for k, n in enumerate((90, 45, 30, 15)) for _ in range(n)]
+    train, evals, test = stratified_split(labels, eval_size=36, test_size=36)
+    assert not (set(train) & set(evals) or set(train) & set(test) or set(evals) & set(test))
+    assert len(train) + len(evals) + len(test) == len(labels)
+    for split in (evals, test):  # 36 of 180: each class gives a fifth
+        assert Counter(labels[i] for i in split) == {0: 18, 1: 9, 2: 6, 3: 3}
+    for n in (20, 50, 100):  # every prefix (a data.size) keeps the class shares
+        counts = Counter(labels[i] for i in train[:n])
+        for k, total in enumerate((90, 45, 30, 15)):
+            assert abs(counts[k] - n * total / 180) <= 1
+    assert stratified_split(labels, 36, 36) == (train, evals, test)  # fixed: no trial seed
+
+
+def test_sizes_are_nested_prefixes_and_batches_pad_to_their_longest(tmp_path):
+    path = _write(tmp_path, _rows(), ".csv")
+    small = build_data(_cfg(path, size=16), tiny_tokenizer(), cache_dir=tmp_path / "c")
+    large = build_data(_cfg(path, size=80), tiny_tokenizer(), cache_dir=tmp_path / "c")
+    assert [e.input_ids for e in small.train] == [e.input_ids for e in large.train[:16]]
+    batch = collate(small.train[:4], pad_id=0)
+    assert batch["input_ids"].shape[1] == max(len(e.input_ids) for e in small.train[:4])
+    assert batch["class_labels"].tolist() == [e.label for e in small.train[:4]]
+
+
+def _text(directory, content):
+    (directory / "news.csv").write_text(content)
+    return directory / "news.csv"
+
+
+BAD = {
+    "missing column": (lambda p: _write(p, _rows(), ".csv", label="category"),
+                       "has no column 'topic'"),
+    "empty file": (lambda p: _text(p, ""), "is empty"),
+    "header only": (lambda p: _text(p, "body,topic\n"), "has no rows"),
+    "single class": (lambda p: _write(p, _rows(labels=["world"]), ".csv"), "a single label"),
+    # 12 of 132 examples: one each in eval and test, none among the first 4 training ones
+    "class absent from train": (lambda p: _write(p, _rows() + _rows(12, ["zoo"]), ".csv"),
+                                "leaves label 'zoo' out of the training examples"),
+    "empty text": (lambda p: _write(p, _rows() + [{"body": "", "topic": "world"}], ".csv"),
+                   "empty text or label"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_sources_give_one_line_exit_2_and_no_directory(tmp_path, capsys, case):
+    make, message = BAD[case]
+    path = make(tmp_path)
+    size = 4 if "absent" in case else 40
+    with pytest.raises(ValueError, match=message):
+        build_data(_cfg(path, size=size), tiny_tokenizer(), cache_dir=tmp_path / "cache")
+    out = tmp_path / "trial"
+    code = train_one(["--model", "tiny-llama", "--task", "classify", "--source", str(path),
+                      "--data.text_column", "body", "--data.label_column", "topic",
+                      "--size", str(size), "--data.eval_size", "12", "--data.test_size", "12",
+                      "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_size_that_leaves_a_class_out_is_refused(tmp_path):
+    rows = _rows(n_per_class=40, labels=["a", "b"]) + _rows(n_per_class=8, labels=["c"])
+    path = _write(tmp_path, rows, ".csv")
+    with pytest.raises(ValueError, match="leaves label 'c' out"):
+        build_data(_cfg(path, size=2), tiny_tokenizer(), cache_dir=tmp_path / "cache")
