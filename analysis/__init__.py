@@ -4,8 +4,9 @@
     from analysis.load import load_studies      # the tables, for your own analysis
 
 load.py (directories -> tables, read through study.record), pareto.py (numpy Pareto masks, ranks,
-hypervolume), selection.py (fronts, best under a budget), figure_data.py (what each figure
-shows), render.py (matplotlib), report.py (the HTML report), summary.py (the end-of-study
-summary that python -m study.tune prints), anytime.py (searchers' best-so-far quality against
-compute spent, for bench/search_efficiency.py).
+hypervolume), selection.py (fronts, best under a budget, labels), figure_data.py (what each
+figure shows), render.py (matplotlib), classify.py (a classify study's confusion matrices),
+tables.py (HTML tables), report.py (the HTML report), summary.py (the end-of-study summary that
+python -m study.tune prints), anytime.py (searchers' best-so-far quality against compute spent,
+for bench/search_efficiency.py).
 """

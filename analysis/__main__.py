@@ -3,6 +3,7 @@
     python -m analysis report results/demo [results/other ...] [--out DIR] [--curves-by rank]
     python -m analysis pareto results/demo --x peak_mem_mb --y eval_loss
     python -m analysis best results/demo --max-mem-mb 800 [--objective exact_match]
+    python -m analysis best results/cls --objective accuracy      # a classify study (maximised)
 
 Bad input (a directory that is not a study, an unknown metric) ends with one line on stderr and
 exit code 2; "no trial fits the budget" with one line and exit code 1. Corrupt trial files are
@@ -17,9 +18,13 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from study.metrics import EVAL_LOSS, PEAK_MEM_MB
+from study.metrics import ACCURACY, EVAL_LOSS, EXACT_MATCH, F1_MACRO, PEAK_MEM_MB, TEST_OF
 
 PROG = "python -m analysis"
+QUALITY_HELP = (
+    f"{EVAL_LOSS}, {EXACT_MATCH}, {ACCURACY}, {F1_MACRO}, ... (default: {EVAL_LOSS}, or the "
+    "first quality metric the trials have: a classify study may have no eval_loss)"
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,13 +54,13 @@ def parse_args(argv: list[str] | None):
         "dirs", nargs="+", type=Path, metavar="DIR", help="study directories (pooled: one front)"
     )
     pareto.add_argument("--x", default=PEAK_MEM_MB, help=f"resource (default {PEAK_MEM_MB})")
-    pareto.add_argument("--y", default=EVAL_LOSS, help=f"quality (default {EVAL_LOSS})")
+    pareto.add_argument("--y", help=f"quality: {QUALITY_HELP}")
     best = sub.add_parser("best", help="the best finished trial under a memory budget")
     best.add_argument(
         "dirs", nargs="+", type=Path, metavar="DIR", help="study directories (pooled)"
     )
     best.add_argument("--max-mem-mb", type=float, help="largest peak memory allowed (MB)")
-    best.add_argument("--objective", default=EVAL_LOSS, help=f"metric (default {EVAL_LOSS})")
+    best.add_argument("--objective", help=f"metric: {QUALITY_HELP}")
     for p in (report, pareto):
         p.add_argument(
             "--include-stopped",
@@ -82,12 +87,28 @@ def _report(args) -> int:
     return 0
 
 
+def _default_quality(trials) -> str:
+    """eval_loss, or for trials without it (a classify study may have none) the first quality
+    metric of the report's figures that they have."""
+    from analysis.figure_data import FRONT_QUALITY
+    from analysis.selection import present
+
+    return next(iter(present(trials, FRONT_QUALITY)), EVAL_LOSS)
+
+
 def _pareto(args) -> int:
-    from analysis.figure_data import TEST_OF
     from analysis.load import load_studies
-    from analysis.selection import check_metric, format_table, front_rows, label, left_out
+    from analysis.selection import (
+        check_metric,
+        format_table,
+        front_rows,
+        label,
+        left_out,
+        several_models,
+    )
 
     trials = load_studies(args.dirs).trials
+    args.y = args.y or _default_quality(trials)
     check_metric(trials, args.x)
     check_metric(trials, args.y)
     front = front_rows(trials, args.x, args.y, args.include_stopped).copy()
@@ -97,7 +118,8 @@ def _pareto(args) -> int:
         if why:
             print(f"{PROG}: {why}", file=sys.stderr)
         return 1
-    front["label"] = [label(r) for _, r in front.iterrows()]
+    by_model = several_models(trials)  # the label names the model where several are pooled
+    front["label"] = [label(r, by_model) for _, r in front.iterrows()]
     columns = ["study", "group", "trial", "label", "status", args.y, args.x]
     if args.y in TEST_OF:
         columns.append(TEST_OF[args.y])
@@ -112,11 +134,18 @@ def _pareto(args) -> int:
 
 def _best(args) -> int:
     from analysis.load import load_studies
-    from analysis.selection import best_trial, describe, left_out, train_one_command
+    from analysis.selection import (
+        best_trial,
+        describe,
+        left_out,
+        several_models,
+        train_one_command,
+    )
 
     if args.max_mem_mb is not None and not args.max_mem_mb > 0:  # NaN too
         raise ValueError(f"--max-mem-mb must be a number of MB > 0, got {args.max_mem_mb:g}")
     trials = load_studies(args.dirs).trials
+    args.objective = args.objective or _default_quality(trials)
     row = best_trial(trials, args.objective, args.max_mem_mb)
     why = left_out(trials, [args.objective], max_mem_mb=args.max_mem_mb)
     budget = "" if args.max_mem_mb is None else f" with {PEAK_MEM_MB} <= {args.max_mem_mb:g}"
@@ -129,7 +158,8 @@ def _best(args) -> int:
     mem_text = "-" if mem != mem else f"{mem:.0f} MB"
     print(
         f"best {args.objective}{budget}: {row[args.objective]:.6g}  "
-        f"[{row['study']}/{row['group']}/{row['trial']}] {describe(row)}, peak {mem_text}"
+        f"[{row['study']}/{row['group']}/{row['trial']}] "
+        f"{describe(row, several_models(trials))}, peak {mem_text}"
     )
     print(train_one_command(row))
     if why:

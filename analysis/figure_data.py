@@ -16,10 +16,22 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from analysis.selection import check_metric, front_flags, label, maximize
+from analysis.selection import (
+    UNTRAINED_BASE,
+    check_metric,
+    front_flags,
+    is_untrained_base,
+    label,
+    maximize,
+    model_short,
+    present,
+    several_models,
+)
 from study import metrics as M
 
-FRONT_QUALITY = (M.EVAL_LOSS, M.EXACT_MATCH)
+# eval-split quality; a study shows those it has (see selection.present)
+FRONT_QUALITY = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
+# the resources every study's trials measure (a report draws each of them against quality)
 FRONT_RESOURCES = (
     M.PEAK_MEM_MB,
     M.TRAIN_S,
@@ -28,10 +40,35 @@ FRONT_RESOURCES = (
     M.LATENCY_MERGED,
     M.ADAPTER_MB,
 )
+# a classify trial's latency is per example (one forward, no decoding) instead of per token
+EXAMPLE_LATENCIES = (M.LATENCY_EXAMPLE_UNMERGED, M.LATENCY_EXAMPLE_MERGED)
 LOG_AXES = frozenset({M.TRAINABLE_PARAMS})
-TEST_OF = {M.EVAL_LOSS: M.TEST_LOSS, M.EXACT_MATCH: M.TEST_EXACT_MATCH}
-FACTORS = ("rank", "alpha", "targets", "bits", "data_size")
+FACTORS = ("rank", "alpha", "targets", "bits", "scheme", "data_size", "model")
+# factors shown only where they vary: one model, or a scheme that only repeats bits, says nothing
+SOMETIMES = ("scheme", "model")
 TARGET_ORDER = ("qv", "qkvo", "attention", "mlp", "all-linear")
+SCHEME_ORDER = ("16", "8", "nf4", "fp4")
+BASELINE_LEVELS = ("full", "base", UNTRAINED_BASE)  # curves' levels of the baselines
+
+
+def front_resources(trials: pd.DataFrame) -> list[str]:
+    """The resource axes for the trials' Pareto figures: :data:`FRONT_RESOURCES`, and the
+    per-example latencies where some trial measured them (classify)."""
+    return [*FRONT_RESOURCES, *present(trials, EXAMPLE_LATENCIES)]
+
+
+def shown_factors(trials: pd.DataFrame) -> list[str]:
+    """The factors worth a panel: every one of :data:`FACTORS` except ``model`` with a single
+    model and ``scheme`` when it has no more levels than ``bits`` (no nf4 against fp4)."""
+    def levels(column: str) -> int:
+        return trials[column].dropna().nunique() if column in trials.columns else 0
+
+    shown = [f for f in FACTORS if f not in SOMETIMES]
+    if levels("scheme") > levels("bits"):
+        shown.insert(shown.index("bits") + 1, "scheme")
+    if levels("model") > 1:
+        shown.append("model")
+    return shown
 
 
 class ParetoInfo(NamedTuple):
@@ -40,11 +77,13 @@ class ParetoInfo(NamedTuple):
     x: str
     y: str
     log_x: bool
-    points: pd.DataFrame  # study, trial, method, baseline, status, label, x, y, on_front
+    points: pd.DataFrame  # study, trial, method, baseline, status, model, label, x, y, on_front
     fronts: dict[str, pd.DataFrame]  # study -> front rows sorted by x: x, y, label, test
     steps: dict[str, tuple[np.ndarray, np.ndarray]]  # study -> the front's step line (x, y)
     where: str  # matplotlib step mode that draws the dominated region's boundary
     missing: int  # trials without x or y (e.g. errored before the first evaluation)
+    # the models drawn apart (a colour each), sorted; [] when the points are of one model
+    models: list[str] = []
 
 
 def _step_line(front: pd.DataFrame, x_max: bool, right: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +105,9 @@ def pareto_info(trials: pd.DataFrame, x: str, y: str, include_stopped: bool = Fa
     has = trials[x].notna() & trials[y].notna()
     rows = trials[has]
     on_front = front_flags(rows, [y, x], include_stopped)
+    # a front may mix models (which model and config is cheapest for this quality): each
+    # point says its model, in its label and its colour
+    by_model = several_models(rows)
     points = pd.DataFrame(
         {
             "study": rows["study"],
@@ -73,13 +115,14 @@ def pareto_info(trials: pd.DataFrame, x: str, y: str, include_stopped: bool = Fa
             "method": rows["method"],
             "baseline": rows["baseline"].astype(bool),
             "status": rows["status"],
-            "label": [label(r) for _, r in rows.iterrows()],
+            "model": rows["model"] if "model" in rows.columns else None,
+            "label": [label(r, by_model) for _, r in rows.iterrows()],
             "x": rows[x].astype(float),
             "y": rows[y].astype(float),
             "on_front": on_front.astype(bool),
         }
     )
-    test = TEST_OF.get(y)
+    test = M.TEST_OF.get(y)
     points["test"] = rows[test].astype(float) if test else np.nan
     fronts, steps = {}, {}
     edge = (points["x"].min() if maximize(x) else points["x"].max()) if len(points) else 0.0
@@ -97,6 +140,7 @@ def pareto_info(trials: pd.DataFrame, x: str, y: str, include_stopped: bool = Fa
         steps=steps,
         where="pre" if maximize(x) else "post",
         missing=int((~has).sum()),
+        models=sorted(rows["model"].dropna().unique().tolist()) if by_model else [],
     )
 
 
@@ -111,11 +155,13 @@ class FactorInfo(NamedTuple):
 
 
 def _level_order(values: list) -> list:
-    """Numbers ascending; target shorthands in order of size, then other names alphabetically."""
+    """Numbers ascending; target shorthands in order of size, quant schemes from 16 bits down,
+    then other names alphabetically."""
     if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
         return sorted(values)
-    known = [t for t in TARGET_ORDER if t in values]
-    return known + sorted(str(v) for v in values if v not in TARGET_ORDER)
+    order = (*TARGET_ORDER, *SCHEME_ORDER)
+    known = [t for t in order if t in values]
+    return known + sorted(str(v) for v in values if v not in order)
 
 
 def _level_text(value) -> str:
@@ -155,7 +201,40 @@ def factor_info(trials: pd.DataFrame, factor: str, metric: str = M.EVAL_LOSS) ->
                 for i in range(len(levels))
             ]
         )
-    return FactorInfo(factor, metric, [_level_text(v) for v in levels], points, medians)
+    text = model_short if factor == "model" else _level_text
+    return FactorInfo(factor, metric, [text(v) for v in levels], points, medians)
+
+
+def factor_table(trials: pd.DataFrame, factor: str, metrics: list[str]) -> pd.DataFrame:
+    """The numbers behind a factor's panels: per study and level, the finished LoRA trials and
+    each metric's median and best over them (columns ``trials``, ``median <m>``, ``best <m>``)."""
+    if factor not in FACTORS:
+        raise ValueError(f"unknown factor {factor!r}; use one of {', '.join(FACTORS)}")
+    for metric in metrics:
+        check_metric(trials, metric)
+    rows = trials[
+        (trials["status"] == "finished") & (trials["method"] == "lora") & trials[factor].notna()
+    ]
+    raw = [v.item() if hasattr(v, "item") else v for v in rows[factor]]
+    order = {v: i for i, v in enumerate(_level_order(list(dict.fromkeys(raw))))}
+    text = model_short if factor == "model" else _level_text
+    entries = []
+    for study in trials["study"].unique():
+        for level in order:
+            match = np.array([v == level for v in raw], dtype=bool)
+            part = rows[(rows["study"] == study).to_numpy() & match]
+            if not len(part):
+                continue
+            entry = {"study": study, factor: text(level), "trials": len(part)}
+            for m in metrics:
+                values = part[m].dropna()
+                best = (values.max() if maximize(m) else values.min()) if len(values) else np.nan
+                entry[f"median {m}"] = values.median() if len(values) else np.nan
+                entry[f"best {m}"] = best
+            entries.append(entry)
+    stats = (f"{s} {m}" for m in metrics for s in ("median", "best"))
+    columns = ["study", factor, "trials", *stats]
+    return pd.DataFrame(entries, columns=columns)
 
 
 class CurveLine(NamedTuple):
@@ -196,7 +275,10 @@ def curves_info(
         part = part[part[metric].notna()].sort_values(M.STEP)
         if not len(part):
             continue
-        value = row[factor] if row["method"] == "lora" else row["method"]
+        if row["method"] == "lora":
+            value = row[factor]
+        else:
+            value = UNTRAINED_BASE if is_untrained_base(row) else row["method"]
         value = value.item() if hasattr(value, "item") else value
         raw_levels.append(value)
         line = CurveLine(
@@ -210,8 +292,8 @@ def curves_info(
         lines.append(line)
         if line.status == "stopped":
             stops.append((study, trial, line.level, line.steps[-1], line.values[-1]))
-    numeric = [v for v in dict.fromkeys(raw_levels) if v not in ("full", "base")]
-    others = [v for v in ("full", "base") if v in raw_levels]
+    numeric = [v for v in dict.fromkeys(raw_levels) if v not in BASELINE_LEVELS]
+    others = [v for v in BASELINE_LEVELS if v in raw_levels]
     levels = [_level_text(v) for v in _level_order(numeric)] + others
     stops_frame = pd.DataFrame(stops, columns=["study", "trial", "level", "step", "value"])
     return CurvesInfo(metric, factor, levels, lines, stops_frame)
@@ -230,16 +312,23 @@ class SeedsInfo(NamedTuple):
 SEEDS_METRICS = (M.TRAINABLE_PARAMS, M.STEP_MS, M.PEAK_MEM_MB)
 
 
-def seeds_info(trials: pd.DataFrame, quality: str = M.EVAL_LOSS, limit: int = 12) -> SeedsInfo:
-    """The seeds' question: full fine-tuning vs LoRA (rank x targets x bits, median of trials)."""
+def seeds_info(
+    trials: pd.DataFrame, quality: str | None = None, limit: int = 12
+) -> SeedsInfo:
+    """The seeds' question: full fine-tuning vs LoRA (rank x targets x bits, median of trials).
+
+    ``quality`` orders the variants; by default the first of :data:`FRONT_QUALITY` the trials
+    have (eval_loss where measured). The other quality metrics they have get panels too.
+    """
+    quality = quality or next(iter(present(trials, FRONT_QUALITY)), M.EVAL_LOSS)
     check_metric(trials, quality)
     metrics = [*SEEDS_METRICS, quality]
-    if quality != M.EXACT_MATCH and trials[M.EXACT_MATCH].notna().any():
-        metrics.append(M.EXACT_MATCH)
+    metrics += [m for m in present(trials, FRONT_QUALITY) if m not in metrics]
     rows = trials[trials["status"].eq("finished") & trials["method"].isin(["lora", "full"])].copy()
     several = trials["study"].nunique() > 1
+    by_model = several_models(trials)  # the same variant of two models is two bars
     rows["variant"] = [
-        (f"{r['study']}: " if several else "") + label(r) for _, r in rows.iterrows()
+        (f"{r['study']}: " if several else "") + label(r, by_model) for _, r in rows.iterrows()
     ]
     grouped = rows.groupby("variant", sort=False)
     table = grouped[metrics].median()

@@ -5,10 +5,10 @@
     data.curves.query("trial == 'a1b2c3d4'")[["step", "eval_loss"]]
 
 Only the trial files of DESIGN.md are read (config.json, metrics.json, curve.jsonl, status.json,
-examples.json) plus the study's study.json (through :mod:`study.record`) and its Optuna journal
-(through :mod:`study.journal`, with Optuna's own reader);
-Ray's files are never opened and nothing is unpickled. A truncated or corrupt file gives a
-:class:`ResultWarning` naming it: a trial without a readable config.json is skipped, one without
+examples.json, labels.json) plus the study's study.json (through :mod:`study.record`) and its
+Optuna journal (through :mod:`study.journal`, with Optuna's own reader); Ray's files are never
+opened and nothing is unpickled. A truncated or corrupt file gives a :class:`ResultWarning`
+naming it: a trial without a readable config.json is skipped, one without
 readable metrics keeps its config, status and curve; the other trials still load.
 """
 
@@ -37,6 +37,7 @@ CONFIG_COLUMNS = {
     "dropout": ("lora", "dropout"),
     "bits": ("quant", "bits"),
     "quant_type": ("quant", "type"),
+    "scheme": ("quant", "scheme"),  # derived from bits and type where older results lack it
     "data_size": ("data", "size"),
     "lr": ("train", "lr"),
     "steps": ("train", "steps"),
@@ -44,7 +45,11 @@ CONFIG_COLUMNS = {
 }
 LORA_ONLY = ("rank", "alpha", "targets", "dropout")
 METRIC_COLUMNS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
-CURVE_COLUMNS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH)
+CURVE_COLUMNS = (
+    M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL
+)
+# eval-split quality whose best point along the curve is kept (best_<name>, best_<name>_step)
+BEST_OF = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
 STATUSES = (*record.STATUSES, "unknown")
 DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")  # Optuna trials that must have a directory
 TRIAL_COLUMNS = [
@@ -60,7 +65,7 @@ TRIAL_COLUMNS = [
     "status_step",
     "status_reason",
     *METRIC_COLUMNS,
-    *(f"best_{m}{s}" for m in (M.EVAL_LOSS, M.EXACT_MATCH) for s in ("", "_step")),
+    *(f"best_{m}{s}" for m in BEST_OF for s in ("", "_step")),
     "evals",
 ]
 
@@ -85,6 +90,12 @@ class StudyData(NamedTuple):
 def _warn(found: list[str], message: str) -> None:
     found.append(message)
     warnings.warn(message, ResultWarning, stacklevel=3)
+
+
+def warn(found: list[str], message: str) -> None:
+    """A :class:`ResultWarning` for a problem found in a result file after loading (e.g. a
+    malformed confusion matrix), added to ``found`` as the loader's own are."""
+    _warn(found, message)
 
 
 def _read(read, where: Path, found: list[str], what: str):
@@ -171,6 +182,7 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
     for column, keys in CONFIG_COLUMNS.items():
         value = _get(config, keys)
         row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
+    row["scheme"] = scheme(row["scheme"], row["bits"], row["quant_type"])
     row["baseline"] = group == record.BASELINES
     # written with config.json; a trial of another tool may have none
     env = _read(lambda t: record.read_env(t, optional=True), d, found,
@@ -189,7 +201,7 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         metrics = _read(record.read_metrics, d, found, "trial loaded without its metrics") or {}
     row.update({name: _scalar(metrics.get(name)) for name in METRIC_COLUMNS})
     curve = _curve(d, found)
-    for name in (M.EVAL_LOSS, M.EXACT_MATCH):
+    for name in BEST_OF:
         values = [(p[M.STEP], _scalar(p.get(name))) for p in curve]
         values = [(s, v) for s, v in values if not math.isnan(v)]
         pick = (max if M.mode(name) == "max" else min)(values, key=lambda sv: sv[1], default=None)
@@ -201,6 +213,18 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         for p in curve
     ]
     return row, points, config
+
+
+def scheme(given, bits, kind) -> str | None:
+    """quant.scheme as recorded ("16", "8", "nf4", "fp4"), or derived from quant.bits and
+    quant.type for results written before the field existed (16 -> "16", 8 -> "8", 4 -> type)."""
+    if given is not None:
+        return str(given)
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)):
+        return None
+    if bits == 4:
+        return kind if isinstance(kind, str) else None
+    return str(int(bits)) if bits in (8, 16) else None
 
 
 def _status(d: Path, found: list[str]) -> dict:
@@ -332,6 +356,25 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
+
+
+def read_labels(trial_dir: str | Path, found: list[str]) -> dict | None:
+    """A classify trial's labels.json (``{"labels": [...], "train_counts": {...}}``); None when
+    it has none, and None with a warning naming the file when it is damaged."""
+    what = "its class names are not shown"
+    labels = _read(record.read_labels, Path(trial_dir), found, what)
+    if labels is not None and not (
+        isinstance(labels.get("labels"), list) and all(isinstance(n, str) for n in labels["labels"])
+    ):
+        _warn(found, f"{Path(trial_dir) / record.LABELS}: no list of label names; {what}")
+        return None
+    return labels
+
+
+def read_metrics(trial_dir: str | Path, found: list[str]) -> dict:
+    """A trial's whole metrics.json, the non-scalar entries too (``test_confusion``, the per-class
+    F1); {} with a warning when it is damaged (the trial table keeps only numbers)."""
+    return _read(record.read_metrics, Path(trial_dir), found, "its metrics are not shown") or {}
 
 
 def read_examples(trial_dir: str | Path, found: list[str]) -> list[dict]:

@@ -5,7 +5,9 @@
 
 Markers say what a point is, colours say which study (or, for curves, which factor level):
 filled circle = finished, hollow circle = stopped by ASHA, red X = errored, square = the base
-model, diamond = full fine-tuning. Every function returns the Figure.
+model, diamond = full fine-tuning. Where the trials are of several models, a Pareto figure's
+colours say which model instead, and each study's front line has a dash pattern of its own.
+Every function returns the Figure.
 
 Figures are made without pyplot, on an Agg canvas, and the style is applied with rc_context: no
 display is needed (servers, CI), and importing this module changes no global matplotlib state
@@ -23,7 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.figure_data import CurvesInfo, FactorInfo, ParetoInfo, SeedsInfo
+from analysis.figure_data import BASELINE_LEVELS, CurvesInfo, FactorInfo, ParetoInfo, SeedsInfo
+from analysis.selection import UNTRAINED_BASE, maximize, model_short
 from study import metrics as M
 
 STYLE = {"font.size": 9, "svg.hashsalt": "lora-study"}  # a fixed salt: stable SVG ids
@@ -60,12 +63,17 @@ def axis_label(name: str) -> str:
     for suffix, unit in units.items():
         if name.endswith(suffix) and not name.endswith("_per_s"):
             return name + unit
-    return name + (" (ms/token)" if "per_token" in name else "")
+    if "per_token" in name:
+        return name + " (ms/token)"
+    return name + (" (ms/example)" if "per_example" in name else "")
 
 
-def _scatter(ax, rows, color: str) -> None:
-    """Trials of one study, with a marker per status / baseline kind."""
+def _scatter(ax, rows, color: str, model_colors: dict[str, str] | None = None) -> None:
+    """Trials of one study, with a marker per status / baseline kind; coloured by model when
+    ``model_colors`` is given."""
     for _, r in rows.iterrows():
+        if model_colors:
+            color = model_colors.get(r["model"], "0.5")
         kind = dict(s=36, color=color, edgecolors=color, zorder=3, linewidths=1.2)
         if r["baseline"]:
             kind.update(marker=BASELINE_MARKERS.get(r["method"], "P"), s=60, edgecolors="black")
@@ -76,16 +84,29 @@ def _scatter(ax, rows, color: str) -> None:
         ax.scatter([r["x"]], [r["y"]], **kind)
 
 
-def _legend_handles(colors: dict[str, str], several: bool) -> list:
+DASHES = ["-", "--", ":", "-."]  # each study's front line, when colours say the model
+
+
+def _legend_handles(
+    colors: dict[str, str], several: bool, models: dict[str, str], base: str = "base model"
+) -> list:
     gray = "0.35"
     handles = [
         Line2D([], [], ls="", marker="o", color=gray, label="finished"),
         Line2D([], [], ls="", marker="o", mfc="none", color=gray, label="stopped (ASHA)"),
         Line2D([], [], ls="", marker="X", color=ERRORED, label="errored"),
-        Line2D([], [], ls="", marker="s", color=gray, mec="black", label="base model"),
+        Line2D([], [], ls="", marker="s", color=gray, mec="black", label=base),
         Line2D([], [], ls="", marker="D", color=gray, mec="black", label="full fine-tuning"),
     ]
-    if several:
+    handles += [
+        Line2D([], [], ls="", marker="o", color=c, label=model_short(m)) for m, c in models.items()
+    ]
+    if several and models:
+        handles += [
+            Line2D([], [], color="0.3", lw=1.2, ls=DASHES[i % len(DASHES)], label=s)
+            for i, s in enumerate(colors)
+        ]
+    elif several:
         handles += [Line2D([], [], color=c, lw=2, label=s) for s, c in colors.items()]
     return handles
 
@@ -97,11 +118,14 @@ def pareto_figure(info: ParetoInfo) -> Figure:
     ax = fig.subplots()
     colors = study_colors(info.fronts)
     several = len(info.fronts) > 1
-    for study, color in colors.items():
-        _scatter(ax, info.points[info.points["study"] == study], color)
+    # several models: a colour per model (the models' palette), a gray front line per study
+    models = study_colors(info.models) if len(info.models) > 1 else {}
+    for i, (study, color) in enumerate(colors.items()):
+        _scatter(ax, info.points[info.points["study"] == study], color, models)
         xs, ys = info.steps[study]
         if len(xs):
-            ax.step(xs, ys, where=info.where, color=color, lw=1.2, alpha=0.8, zorder=2)
+            line = dict(color="0.3", ls=DASHES[i % len(DASHES)]) if models else dict(color=color)
+            ax.step(xs, ys, where=info.where, lw=1.2, alpha=0.8, zorder=2, **line)
         front = info.fronts[study]
         for _, r in front.iterrows():
             text = f"{r['study']}: {r['label']}" if several else r["label"]
@@ -109,14 +133,18 @@ def pareto_figure(info: ParetoInfo) -> Figure:
                 text, (r["x"], r["y"]), xytext=(4, 5), textcoords="offset points", fontsize=7
             )
             if np.isfinite(r["test"]):  # held-out quality of the chosen configs
-                ax.plot([r["x"]] * 2, [r["y"], r["test"]], color=color, lw=0.6, ls=":")
-                ax.scatter([r["x"]], [r["test"]], marker="_", s=60, color=color, zorder=3)
+                mark = models.get(r["model"], "0.5") if models else color
+                ax.plot([r["x"]] * 2, [r["y"], r["test"]], color=mark, lw=0.6, ls=":")
+                ax.scatter([r["x"]], [r["test"]], marker="_", s=60, color=mark, zorder=3)
     if info.log_x:
         # symlog: the base model has 0 trainable parameters and must stay visible
         ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel(axis_label(info.x) + (", log scale" if info.log_x else ""))
-    ax.set_ylabel(info.y + (" (higher is better)" if info.y == "exact_match" else ""))
-    handles = _legend_handles(colors, several)
+    ax.set_ylabel(info.y + (" (higher is better)" if maximize(info.y) else ""))
+    # a classify study's base has a random head: the legend must not call it the base model
+    untrained = any(UNTRAINED_BASE in str(text) for text in info.points["label"])
+    base = UNTRAINED_BASE if untrained else "base model"
+    handles = _legend_handles(colors, several, models, base)
     if any(np.isfinite(f["test"]).any() for f in info.fronts.values()):
         handles.append(Line2D([], [], ls=":", marker="_", color="0.35", label="front's test value"))
     ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
@@ -168,13 +196,13 @@ def curves_figure(info: CurvesInfo) -> Figure:
     fig = _new_figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"]
-    factor_levels = [lv for lv in info.levels if lv not in ("full", "base")]
+    factor_levels = [lv for lv in info.levels if lv not in BASELINE_LEVELS]
     colors = {
         lv: cmap(i / max(1, len(factor_levels) - 1) * 0.9) for i, lv in enumerate(factor_levels)
     }
-    colors.update({"full": "black", "base": "0.5"})
+    colors.update({"full": "black", "base": "0.5", BASELINE_LEVELS[-1]: "0.5"})
     for line in info.lines:
-        style = "--" if line.level in ("full", "base") else "-"
+        style = "--" if line.level in BASELINE_LEVELS else "-"
         ax.plot(line.steps, line.values, style, color=colors[line.level], lw=1.1, alpha=0.85)
         if len(line.steps) == 1 and line.status != "stopped":  # e.g. the base model: one eval
             ax.scatter(line.steps, line.values, marker="s", color=colors[line.level], zorder=3)
@@ -195,7 +223,7 @@ def curves_figure(info: CurvesInfo) -> Figure:
     ]
     handles += [
         Line2D([], [], color=colors[lv], ls="--", label=lv)
-        for lv in ("full", "base")
+        for lv in BASELINE_LEVELS
         if lv in info.levels
     ]
     handles.append(

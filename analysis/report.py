@@ -5,7 +5,9 @@
 
 Writes ``report.html`` (images embedded as base64: it opens from disk, mailed or copied alone),
 ``figures/*.png`` and ``figures/*.svg``, ``trials.csv`` (one row per trial, with the Pareto flag
-over eval_loss and peak_mem_mb) and ``curves.csv`` (every evaluation of every trial).
+over eval_loss and peak_mem_mb, and over each classification metric the trials have) and
+``curves.csv`` (every evaluation of every trial). The report shows the quality metrics the
+studies have (a classify study: accuracy and F1, with the best trials' confusion matrices).
 """
 
 from __future__ import annotations
@@ -23,16 +25,23 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figure_data, render
+from analysis.classify import confusion_infos
 from analysis.load import StudyData, load_studies, read_examples
 from analysis.selection import (
-    PARETO_COLUMN,
+    UNTRAINED_BASE,
+    classify_metric,
     describe,
     front_hypervolumes,
     front_rows,
+    is_untrained_base,
     label,
     maximize,
+    pareto_column,
+    present,
+    several_models,
     with_pareto_column,
 )
+from analysis.tables import confusion_html, html_table
 from study import metrics as M
 from study import record
 from study.outdir import check_output_dir
@@ -51,39 +60,38 @@ figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 .warn { color: #a15c00; }
+table.confusion td.diag { background: #e6f2e6; font-weight: bold; }
 """
+# the tables' metric columns; each table shows those the trials have (see _table_metrics)
 TABLE_METRICS = [
     M.EVAL_LOSS,
     M.TEST_LOSS,
     M.EXACT_MATCH,
     M.TEST_EXACT_MATCH,
+    *(name for m in M.CLASSIFY_EVAL for name in (m, M.TEST_OF[m])),
     M.PEAK_MEM_MB,
     M.TRAIN_S,
     M.TRAINABLE_PARAMS,
     M.LATENCY_MERGED,
+    M.LATENCY_EXAMPLE_MERGED,
 ]
+UNTRAINED_NOTE = (
+    f"{UNTRAINED_BASE}: a classify study's base trial scores the pretrained body through a "
+    "score head that was never trained (random), so its quality is chance-like: it is not the "
+    "pretrained model's skill."
+)
 
 
-def _cell(value) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
+def _table_metrics(trials: pd.DataFrame) -> list[str]:
+    """TABLE_METRICS the trials have a value of (a classify study has no exact_match column)."""
+    return present(trials, TABLE_METRICS)
 
 
-def html_table(
-    rows: pd.DataFrame, columns: list[str], left: tuple[str, ...] = (), wrap: bool = False
-) -> str:
-    """An HTML table of ``columns`` (text columns in ``left`` are left-aligned)."""
-    cls = {c: ' class="l"' if c in left else "" for c in columns}
-    head = "".join(f"<th{cls[c]}>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td{cls[c]}>{_cell(r[c])}</td>" for c in columns) + "</tr>"
-        for _, r in rows.iterrows()
-    )
-    table = "<table class='wrap'>" if wrap else "<table>"
-    return f"<div class='scroll'>{table}<tr>{head}</tr>{body}</table></div>"
+def _front_qualities(data: StudyData, trials: pd.DataFrame) -> list[str]:
+    """The quality metrics of the report's Pareto sets: eval_loss, and each study's first
+    classification metric (see selection.classify_metric), those the trials have."""
+    picked = [classify_metric(info) for info in data.studies.values()]
+    return present(trials, dict.fromkeys([M.EVAL_LOSS, *picked])) or [M.EVAL_LOSS]
 
 
 class _Figures:
@@ -107,11 +115,9 @@ class _Figures:
 
 def _pareto_section(trials: pd.DataFrame, figs: _Figures, include_stopped: bool) -> str:
     parts = []
-    for y in figure_data.FRONT_QUALITY:
-        if not trials[y].notna().any():
-            continue
+    for y in present(trials, figure_data.FRONT_QUALITY):
         items = []
-        for x in figure_data.FRONT_RESOURCES:
+        for x in figure_data.front_resources(trials):
             info = figure_data.pareto_info(trials, x, y, include_stopped)
             if not len(info.points):
                 continue
@@ -123,21 +129,30 @@ def _pareto_section(trials: pd.DataFrame, figs: _Figures, include_stopped: bool)
 
 def _factors_section(trials: pd.DataFrame, figs: _Figures) -> str:
     rows = []
-    for metric in figure_data.FRONT_QUALITY:
-        if not trials[metric].notna().any():
-            continue
-        infos = [figure_data.factor_info(trials, f, metric) for f in figure_data.FACTORS]
+    factors = figure_data.shown_factors(trials)
+    metrics = present(trials, figure_data.FRONT_QUALITY)
+    for metric in metrics:
+        infos = [figure_data.factor_info(trials, f, metric) for f in factors]
         infos = [i for i in infos if i.levels]
         if infos:
             rows.append(infos)
     if not rows:
         return "<p>No finished LoRA trial: no factor effects to show.</p>"
-    return figs.add(render.factors_figure(rows), "factors", "quality by factor level")
+    figure = figs.add(render.factors_figure(rows), "factors", "quality by factor level")
+    if "model" not in factors:
+        return figure
+    table = figure_data.factor_table(trials, "model", metrics)
+    return (
+        f"{figure}<h3>By model</h3><p>Finished LoRA trials of each model: the median and the "
+        "best of each quality metric (eval split).</p>"
+        + html_table(table, list(table.columns), ("study", "model"))
+    )
 
 
 def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str:
     """Generations of the best finished trials on eval_loss (and exact_match if measured)."""
     parts, shown = [], set()
+    by_model = several_models(trials)
     for metric in (M.EVAL_LOSS, M.EXACT_MATCH):
         pool = trials[(trials["status"] == "finished") & trials[metric].notna()]
         best = pool.sort_values(metric, ascending=not maximize(metric)).head(k)
@@ -150,7 +165,7 @@ def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str
             if examples.empty:
                 continue
             title = (
-                f"{row['study']}/{row['group']}/{row['trial']}: {describe(row)} "
+                f"{row['study']}/{row['group']}/{row['trial']}: {describe(row, by_model)} "
                 f"({metric} {row[metric]:.4g})"
             )
             cols = [c for c in ("prompt", "target", "output") if c in examples.columns]
@@ -161,17 +176,40 @@ def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str
     return "".join(parts) or "<p>No generation examples.</p>"
 
 
-def _hypervolume_text(trials: pd.DataFrame, include_stopped: bool) -> str:
+def _hypervolume_text(trials: pd.DataFrame, include_stopped: bool, y: str) -> str:
     """For overlaid studies: the area each front dominates, against one shared reference."""
     if trials["study"].nunique() < 2:
         return ""
-    volumes, (ref_y, ref_x) = front_hypervolumes(
-        trials, M.PEAK_MEM_MB, M.EVAL_LOSS, include_stopped
-    )
+    volumes, (ref_y, ref_x) = front_hypervolumes(trials, M.PEAK_MEM_MB, y, include_stopped)
     items = "".join(f"<li>{html.escape(s)}: {v:.4g}</li>" for s, v in volumes.items())
     return (
-        f"<p>Hypervolume of each study's front (larger is better; reference: eval_loss "
+        f"<p>Hypervolume of each study's front (larger is better; reference: {y} "
         f"{ref_y:.4g}, peak_mem_mb {ref_x:.4g}, the worst of all studies):</p><ul>{items}</ul>"
+    )
+
+
+def _front_section(
+    trials: pd.DataFrame, y: str, columns: list[str], include_stopped: bool
+) -> tuple[str, str]:
+    """The heading and table of the Pareto set of ``y`` against peak memory."""
+    front = front_rows(trials, M.PEAK_MEM_MB, y, include_stopped, by_study=True)
+    return (
+        f"Pareto set: {y} vs peak_mem_mb",
+        "<p>Finished trials no other finished trial of their study beats on both (flagged in "
+        f"trials.csv as <code>{pareto_column(y)}</code>); test metrics are on the held-out "
+        "split.</p>"
+        + html_table(front, columns, ("study", "group", "trial", "label", "status"))
+        + _hypervolume_text(trials, include_stopped, y),
+    )
+
+
+def _confusion_section(infos: list) -> str:
+    """The test confusion matrices of each classify study's best trials."""
+    return (
+        "<p>The best finished trials of each classify study by its first classification "
+        "objective (eval split; accuracy if it has none); counts on the held-out test split, "
+        "a row per true class, a column per predicted class.</p>"
+        + "".join(confusion_html(info) for info in infos)
     )
 
 
@@ -190,6 +228,8 @@ def _studies_section(data: StudyData) -> str:
             f"<pre>{html.escape(command)}</pre><details><summary>search space</summary>"
             f"<pre>{html.escape(space)}</pre></details>"
         )
+    if any(is_untrained_base(r) for _, r in data.trials.iterrows()):
+        parts.append(f"<p class='warn'>{html.escape(UNTRAINED_NOTE)}</p>")
     return "".join(parts)
 
 
@@ -240,30 +280,30 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     trials = with_pareto_column(data.trials)
     trials.to_csv(out / "trials.csv", index=False)
     data.curves.to_csv(out / "curves.csv", index=False)
-    trials["label"] = [label(r) for _, r in trials.iterrows()]
+    by_model = several_models(trials)  # labels name the model where the trials have several
+    trials["label"] = [label(r, by_model) for _, r in trials.iterrows()]
     figs = _Figures(out)
     sections = [("Studies", _studies_section(data))]
-    examples = _examples_section(trials, data.warnings)  # its warnings go in the list below
+    # both read trial files: their warnings go in the list below
+    examples = _examples_section(trials, data.warnings)
+    confusions = confusion_infos(trials, data.studies, data.warnings)
     if data.warnings:
         items = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
         sections.append(("Problems found while loading", f"<ul class='warn'>{items}</ul>"))
-    front = front_rows(trials, M.PEAK_MEM_MB, M.EVAL_LOSS, include_stopped, by_study=True)
-    columns = ["study", "group", "trial", "label", "status", *TABLE_METRICS]
-    sections.append(
-        (
-            "Pareto set: eval_loss vs peak_mem_mb",
-            "<p>Finished trials no other finished trial of their study beats on both (flagged in "
-            f"trials.csv as <code>{PARETO_COLUMN}</code>); test metrics are on the held-out "
-            "split.</p>"
-            + html_table(front, columns, ("study", "group", "trial", "label", "status"))
-            + _hypervolume_text(trials, include_stopped),
-        )
-    )
+    metrics = _table_metrics(trials)
+    columns = ["study", "group", "trial", "label", "status", *metrics]
+    for y in _front_qualities(data, trials):
+        sections.append(_front_section(trials, y, columns, include_stopped))
+    if confusions:
+        sections.append(("Confusion matrices of the best trials", _confusion_section(confusions)))
     sections.append(("Quality vs resources", _pareto_section(trials, figs, include_stopped)))
     sections.append(("Factor effects", _factors_section(trials, figs)))
-    if len(data.curves):
-        info = figure_data.curves_info(trials, data.curves, curves_by)
-        caption = f"learning curves coloured by {curves_by}"
+    # a classify study's curves may have no eval_loss: draw the first quality it has
+    curve_metric = next(iter(present(data.curves, figure_data.FRONT_QUALITY)), None)
+    if len(data.curves) and curve_metric:
+        info = figure_data.curves_info(trials, data.curves, curves_by, curve_metric)
+        what = "" if curve_metric == M.EVAL_LOSS else f" of {curve_metric}"
+        caption = f"learning curves{what} coloured by {curves_by}"
         sections.append(
             ("Learning curves", figs.add(render.curves_figure(info), "curves", caption))
         )
@@ -278,7 +318,7 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     if len(errored):
         cols = ["study", "group", "trial", "label", "status_step", "status_reason"]
         sections.append(("Errored trials", html_table(errored, cols, tuple(cols), wrap=True)))
-    all_cols = ["study", "group", "trial", "label", "status", "status_step", *TABLE_METRICS]
+    all_cols = ["study", "group", "trial", "label", "status", "status_step", *metrics]
     sections.append(
         (
             "All trials",

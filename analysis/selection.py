@@ -21,7 +21,7 @@ from analysis.pareto import hypervolume_2d, pareto_mask
 from study import metrics as M
 from study import record
 
-PARETO_COLUMN = f"pareto_{M.EVAL_LOSS}_{M.PEAK_MEM_MB}"
+PARETO_COLUMN = f"pareto_{M.EVAL_LOSS}_{M.PEAK_MEM_MB}"  # the flag every study has
 
 
 def maximize(name: str) -> bool:
@@ -36,32 +36,76 @@ def check_metric(trials: pd.DataFrame, name: str) -> None:
         raise ValueError(f"unknown metric {name!r}; use one of {', '.join(known)}")
 
 
+def present(trials: pd.DataFrame, names) -> list[str]:
+    """The metric columns among ``names`` that some trial has a value of: a classify study has
+    no exact_match and a skills study no accuracy, and neither gets an empty figure or column."""
+    return [n for n in names if n in trials.columns and trials[n].notna().any()]
+
+
+def classify_metric(study_info: dict) -> str:
+    """The study's first classification objective (study.json's "objectives"), else accuracy:
+    the metric a classify study's best trials are picked by."""
+    objectives = study_info.get("objectives") if isinstance(study_info, dict) else None
+    for name in objectives if isinstance(objectives, list) else []:
+        if name in M.CLASSIFY_EVAL:
+            return name
+    return M.ACCURACY
+
+
+def several_models(trials: pd.DataFrame) -> bool:
+    """Whether the table holds trials of more than one model (then labels name the model)."""
+    return "model" in trials.columns and trials["model"].dropna().nunique() > 1
+
+
+def model_short(name) -> str:
+    """A model's name as labels show it: the last part of a hub id or a path
+    (``Qwen/Qwen2-0.5B`` -> ``Qwen2-0.5B``), "?" when unknown."""
+    if name is None or (isinstance(name, float) and math.isnan(name)) or name is pd.NA:
+        return "?"
+    return str(name).rstrip("/").rsplit("/", 1)[-1] or str(name)
+
+
 STORAGE = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")  # env.json's "weights"
+# A classify study's base trial scores the body with a freshly initialised (random) score head:
+# its accuracy is chance-like and says nothing of what the pretrained model knows.
+UNTRAINED_BASE = "base (untrained head)"
 
 
-def label(row: pd.Series | dict) -> str:
+def is_untrained_base(row: pd.Series | dict) -> bool:
+    """Whether the trial is a classify study's base trial (its head was never trained)."""
+    return row.get("method") == "base" and row.get("task") == "classify"
+
+
+def label(row: pd.Series | dict, model: bool = False) -> str:
     """A short name for a trial: ``r8 all-linear 4b nf4`` for LoRA, ``full 16b fp32`` for
     baselines: the bits and, where the trial recorded it, what its base weights are stored as
-    (on CUDA "16-bit" is bf16 or fp16, on CPU fp32)."""
+    (on CUDA "16-bit" is bf16 or fp16, on CPU fp32). With ``model`` (a table of several
+    models, see :func:`several_models`) the model's short name comes first."""
     bits = row.get("bits")
     suffix = "" if bits is None or pd.isna(bits) else f" {int(bits)}b"
     if suffix and row.get("weights") in STORAGE:
         suffix += f" {row.get('weights')}"
+    elif suffix and row.get("scheme") in ("nf4", "fp4"):  # no env.json: the 4-bit scheme
+        suffix += f" {row.get('scheme')}"
+    prefix = f"{model_short(row.get('model'))} " if model else ""
     if row.get("method") != "lora":
-        return f"{row.get('method')}{suffix}"
+        method = UNTRAINED_BASE if is_untrained_base(row) else row.get("method")
+        return f"{prefix}{method}{suffix}"
     rank = row.get("rank")
     rank_text = "?" if rank is None or pd.isna(rank) else int(rank)
-    return f"r{rank_text} {row.get('targets')}{suffix}"
+    return f"{prefix}r{rank_text} {row.get('targets')}{suffix}"
 
 
-def describe(row: pd.Series | dict) -> str:
-    """A longer description: method, rank/alpha/targets, bits, data size, lr."""
+def describe(row: pd.Series | dict, model: bool = False) -> str:
+    """A longer description: (model,) method, rank/alpha/targets, bits, data size, lr."""
     what = label(row)
     if row.get("method") == "lora":
         alpha = row.get("alpha")
         if alpha is not None and not pd.isna(alpha):
             what = what.replace(" ", f" a{alpha:g} ", 1)
         what = f"lora {what}"
+    if model:
+        what = f"{model_short(row.get('model'))} {what}"
     lr = row.get("lr")
     lr_text = f", lr {lr:.2g}" if isinstance(lr, (int, float)) and not math.isnan(lr) else ""
     return f"{what}, data {row.get('data_size')}{lr_text}"
@@ -122,14 +166,22 @@ def front_hypervolumes(
     return volumes, reference
 
 
+def pareto_column(quality: str) -> str:
+    """The name of trials.csv's flag of the front of ``quality`` against peak memory."""
+    return f"pareto_{quality}_{M.PEAK_MEM_MB}"
+
+
 def with_pareto_column(trials: pd.DataFrame) -> pd.DataFrame:
     """A copy with ``pareto_eval_loss_peak_mem_mb`` (each study's finished front, as drawn) and,
-    for several studies, ``..._pooled`` (the front of all of them together)."""
+    for several studies, ``..._pooled`` (the front of all of them together); the same for each
+    classification metric the trials have (``pareto_accuracy_peak_mem_mb``, ...)."""
     out = trials.copy()
-    objectives = [M.EVAL_LOSS, M.PEAK_MEM_MB]
-    out[PARETO_COLUMN] = front_flags(trials, objectives)
-    if trials["study"].nunique() > 1:
-        out[f"{PARETO_COLUMN}_pooled"] = front_flags(trials, objectives, by_study=False)
+    for quality in [M.EVAL_LOSS, *present(trials, M.CLASSIFY_EVAL)]:
+        objectives = [quality, M.PEAK_MEM_MB]
+        out[pareto_column(quality)] = front_flags(trials, objectives)
+        if trials["study"].nunique() > 1:
+            pooled = front_flags(trials, objectives, by_study=False)
+            out[f"{pareto_column(quality)}_pooled"] = pooled
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.pareto import pareto_mask
+from analysis.selection import UNTRAINED_BASE, model_short
 from study import journal, record
 from study import metrics as M
 
@@ -43,16 +44,31 @@ def collect(study_dir: Path) -> list[dict]:
     return rows
 
 
-def describe(config: dict) -> str:
-    """A short label: method, rank/alpha/targets, bits, size, lr."""
+def describe(config: dict, model: bool = False) -> str:
+    """A short label: (model,) method, rank/alpha/targets, bits, size, lr. A classify study's
+    base trial is "base (untrained head)": its score head is random, its quality chance-like."""
     lora, method = config["lora"], config["method"]
+    if method == "base" and (config.get("data") or {}).get("task") == "classify":
+        method = UNTRAINED_BASE
     what = (
         f"lora r{lora['rank']} a{lora['alpha']:g} {lora['targets']}" if method == "lora" else method
     )
-    return (
-        f"{what}, {config['quant']['bits']}-bit, size {config['data']['size']}, "
-        f"lr {config['train']['lr']:.2g}"
-    )
+    if model:
+        what = f"{model_short((config.get('model') or {}).get('name'))} {what}"
+    quant = config["quant"]
+    # 4-bit has two schemes (nf4, fp4) a study may compare: name it
+    bits = f"{quant['bits']}-bit" + (f" {quant.get('type')}" if quant["bits"] == 4 else "")
+    return f"{what}, {bits}, size {config['data']['size']}, lr {config['train']['lr']:.2g}"
+
+
+def _test_metric(quality: str, config: dict) -> str:
+    """The held-out metric printed beside a Pareto point: the test split's own value of a
+    maximised quality metric (test_accuracy for accuracy), else the task's headline test
+    metric (test_accuracy for classify, test_exact_match otherwise)."""
+    if M.mode(quality) == "max" and quality in M.TEST_OF:
+        return M.TEST_OF[quality]
+    classify = (config.get("data") or {}).get("task") == "classify"
+    return M.TEST_ACCURACY if classify else M.TEST_EXACT_MATCH
 
 
 def _fmt(value) -> str:
@@ -74,6 +90,9 @@ def print_summary(
     finished trial's ``trial_s``).
     """
     rows = collect(study_dir)
+    # trials of several models (the model searched): each line names its model
+    models = {(r["config"].get("model") or {}).get("name") for r in rows}
+    by_model = len(models - {None}) > 1
     finished = [r for r in rows if r["status"].get("status") == record.FINISHED]
     searched = [r for r in rows if r["group"] == record.SEARCH]
     counts = {
@@ -94,7 +113,7 @@ def print_summary(
             )
             print(
                 f"  best {objective}: {_fmt(pick['metrics'][objective])}  "
-                f"[{pick['group']}/{pick['trial']}] {describe(pick['config'])}"
+                f"[{pick['group']}/{pick['trial']}] {describe(pick['config'], by_model)}"
             )
     quality = objectives[0]
     points = [
@@ -109,17 +128,19 @@ def print_summary(
         for r in sorted(
             (r for r, m in zip(points, mask) if m), key=lambda r: r["metrics"][M.PEAK_MEM_MB]
         ):
+            test = _test_metric(quality, r["config"])
             print(
                 f"    {quality} {_fmt(r['metrics'][quality])}, "
                 f"peak {r['metrics'][M.PEAK_MEM_MB]:.0f} MB, "
-                f"test_exact_match {_fmt(r['metrics'].get(M.TEST_EXACT_MATCH))}  "
-                f"[{r['group']}/{r['trial']}] {describe(r['config'])}"
+                f"{test} {_fmt(r['metrics'].get(test))}  "
+                f"[{r['group']}/{r['trial']}] {describe(r['config'], by_model)}"
             )
     shared_oom = []
     for r in rows:
         if r["status"].get("status") == record.ERRORED:
             reason = str(r["status"].get("reason"))
-            print(f"  errored [{r['group']}/{r['trial']}] {describe(r['config'])}: {reason}")
+            what = describe(r["config"], by_model)
+            print(f"  errored [{r['group']}/{r['trial']}] {what}: {reason}")
             if reason.startswith(record.SHARED_GPU_OOM):
                 shared_oom.append(r)
     if shared_oom:
@@ -152,12 +173,13 @@ def _print_durations(finished: list[dict], duration: Callable[[dict], float]) ->
     if not timed:
         return
     errors = []
+    by_model = len({(r["config"].get("model") or {}).get("name") for r in timed} - {None}) > 1
     print("  time estimate vs measured trial time (trials run to their end):")
     for r in timed:
         actual, estimated = r["metrics"][M.TRIAL_S], duration(r["config"])
         errors.append(100 * (estimated - actual) / actual)
         print(f"    {estimated:6.0f} s estimated, {actual:6.0f} s measured ({errors[-1]:+4.0f}%)  "
-              f"[{r['group']}/{r['trial']}] {describe(r['config'])}")
+              f"[{r['group']}/{r['trial']}] {describe(r['config'], by_model)}")
     print(f"    median |error| {np.median(np.abs(errors)):.0f}% over {len(errors)} trials")
 
 
