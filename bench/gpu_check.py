@@ -3,7 +3,7 @@
     python bench/gpu_check.py             # CUDA: the whole check; no CUDA: its CPU dry run
     python bench/gpu_check.py --dry-run   # the CPU dry run even where CUDA exists
 
-Three parts, one table:
+Four parts, one table:
 
 1. ``pytest -m gpu``: the `gpu`-marked tests (those that need Ray as well skip where it is
    missing; every test module must import without Ray, Optuna, datasets and gguf);
@@ -13,7 +13,10 @@ Three parts, one table:
    within 1e-6 for an fp32 base) and exported (adapter and merged model); peak memory from
    ``torch.cuda.max_memory_allocated``; the 16-bit trial run twice, its losses compared with
    ``RTOL`` (the tolerance ``study.reproduce`` documents for CUDA);
-3. a throughput probe: a randomly initialised model with Qwen2-0.5B's config (no download),
+3. a classify trial (the built-in set, score head, nf4 base, bf16 where the GPU has it) and its
+   merged export as transformers' sequence classifier (where pandas, which reads the set, is
+   installed);
+4. a throughput probe: a randomly initialised model with Qwen2-0.5B's config (no download),
    LoRA r8 on all linear layers, batch 8 x 512 tokens, bf16 autocast: tokens/s and model-FLOPs
    utilisation (against the GPU's dense bf16 peak where known, and the matmul rate measured here).
 
@@ -237,6 +240,39 @@ def run_throughput(rows: list, device: torch.device, dry: bool) -> None:
         math.isfinite(loss.item())))
 
 
+def run_classify(rows: list, device: torch.device, work: Path) -> None:
+    """A 4-bit classify trial on the built-in set, exported merged and reloaded."""
+    try:
+        import pandas  # noqa: F401  (reads the built-in set; the lent machine may lack it)
+    except ImportError:
+        rows.append(("classify trial nf4", "skipped: pandas is not installed here", True))
+        return
+    from study import record
+    from study.config import TrialConfig
+    from study.export import export
+    from study.trial import run_trial
+
+    cfg = TrialConfig.from_dict({
+        **trial_config(4, device).to_dict(), "data": {"task": "classify", "size": 120,
+                                                      "seq_len": 64, "eval_size": 30,
+                                                      "test_size": 30},
+        "lora.targets": "qkv", "quant.scheme": "nf4", "quant.double_quant": True})
+    metrics = run_trial(cfg, out_dir=work / "classify")
+    env = record.read_env(work / "classify")
+    export(work / "classify", work / "classify-merged", merged=True)
+    from transformers import AutoModelForSequenceClassification
+
+    labels = AutoModelForSequenceClassification.from_pretrained(
+        work / "classify-merged").config.num_labels
+    ok = math.isfinite(metrics["eval_loss"]) and 0 <= metrics["test_accuracy"] <= 1
+    latency = metrics["latency_ms_per_example_merged"]
+    rows.append((f"classify trial nf4 ({env['weights']}, {env['compute_dtype']})",
+                 f"test accuracy {metrics['test_accuracy']:.3f} (6 classes, 8 steps), peak "
+                 f"{metrics['peak_mem_mb']:.1f} MB, latency {latency:.2f} ms/text merged; "
+                 f"exported merged as a transformers classifier of {labels} labels",
+                 ok and labels == 6))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check; print one table; exit 1 if a part failed (0 on a CPU dry run that passed)."""
     parser = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__,
@@ -253,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     run_gpu_tests(rows, dry)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
         run_trials(rows, device, Path(work))
+        run_classify(rows, device, Path(work))
     run_throughput(rows, device, dry)
     where = "CPU dry run" if dry else torch.cuda.get_device_name(device)
     print(f"\n| gpu-check ({where}; torch {torch.__version__}, "
