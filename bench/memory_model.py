@@ -6,7 +6,8 @@
 
 The named set (issue 13): the five variants of ``bench/lora_vs_full.py`` (full; LoRA all-linear
 r8 at 16, 8 and 4 bits; qv r8), batch sizes 4 and 16, a sequence length twice the default, and
-the 12 classes rank 1 / 8 / 64 x targets qv / all-linear x bits 4 / 16 of the ``default`` space.
+the 12 classes rank 1 / 8 / 64 x targets qv / all-linear x bits 4 / 16 of the ``default`` space,
+and five classify configurations (issue 15: 16-bit, nf4, fp4, full; ``--only classify``).
 Each runs ``python -m study.train_one`` for ``--steps`` steps in its own process (a fresh
 process: no other configuration's memory in its high-water mark) and its ``peak_mem_mb`` (the
 training phase) is compared with ``study.estimate.estimate_cfg`` for the same config. Then the
@@ -54,6 +55,15 @@ def named_set() -> dict[str, dict]:
                     **DEFAULT_SPACE, "lora.rank": rank, "lora.alpha": rank,
                     "lora.targets": targets, "quant.bits": bits,
                 }
+    # issue 15: the classify task (a score head, no vocabulary logits) on the built-in set
+    classify = {"data.task": "classify"}
+    out["classify all-linear r8"] = classify
+    out["classify qkv r8"] = {**classify, "lora.targets": "qkv"}
+    out["classify qkv r8, nf4"] = {**classify, "lora.targets": "qkv", "quant.scheme": "nf4"}
+    out["classify full"] = {**classify, "method": "full", "train.lr": 3e-5}
+    out["classify thesis: qkvo r32 fp4 double-quant, batch 4, seq_len 256"] = {
+        **classify, "lora.targets": "qkvo", "lora.rank": 32, "quant.scheme": "fp4",
+        "quant.double_quant": True, "train.batch_size": 4, "data.seq_len": 256}
     out["LoRA all-linear r8, 8-bit"] = {"quant.bits": 8}  # last: the slowest on CPU
     return out
 
@@ -173,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.save.write_text(json.dumps(seen, indent=1))
     if args.save:
         args.save.write_text(json.dumps(seen, indent=1))
-    facts, _ = model_facts(TrialConfig(), ["qv", "all-linear"])  # every config: bundled model
+    # every config: the bundled model
+    facts, _ = model_facts(TrialConfig(), ["qv", "qkv", "qkvo", "all-linear"])
     if args.fit:
         runtime, backward, loo = fit(seen, facts)
         print(f"RUNTIME_MB = {runtime:.1f}, BACKWARD = {backward:.3f}; left-one-out errors: "

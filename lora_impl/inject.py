@@ -96,7 +96,7 @@ def model_family(model: nn.Module) -> str | None:
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """Qualified names of every linear-like module a LoRA may target (not the output head)."""
-    heads = _heads(model)
+    heads = output_heads(model)
     names = []
     for name, module in model.named_modules():
         if (
@@ -114,7 +114,7 @@ def _inside_lora(name: str) -> bool:
     return "base_layer" in parts or any(p.startswith("lora_") for p in parts)
 
 
-def _heads(model: nn.Module) -> list[nn.Module]:
+def output_heads(model: nn.Module) -> list[nn.Module]:
     """The model's output heads: a causal LM's output embeddings, a classifier's head."""
     get_head = getattr(model, "get_output_embeddings", None)
     heads = [get_head() if callable(get_head) else None]
@@ -161,7 +161,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
     """
     expanded = expand_targets(model, targets)
     modules = dict(model.named_modules())
-    heads = _heads(model)
+    heads = output_heads(model)
     if isinstance(expanded, str):
         try:
             pattern = re.compile(expanded)

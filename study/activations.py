@@ -73,15 +73,15 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
             setattr(c, name, 0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(c)
-    classify = cfg.data.task == "classify"
-    if classify:
-        from study.models.classifier import as_classifier
-
-        model = as_classifier(model, PROBE_LABELS)
     if cfg.quant.bits != 16:
         quantize_linears(model, cfg.quant.bits, cfg.quant.type, cfg.quant.double_quant,
                          int8_threshold=cfg.quant.int8_threshold)
         set_compute_dtype(model, amp or torch.float32)  # as the trial's 4-bit layers compute
+    classify = cfg.data.task == "classify"
+    if classify:  # as the trial: the loaded (quantized) causal LM, then its fp32 score head
+        from study.models.classifier import as_classifier
+
+        model = as_classifier(model, PROBE_LABELS)
     for p in model.parameters():
         p.requires_grad_(cfg.method == "full")
     if cfg.method == "lora":

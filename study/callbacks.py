@@ -24,11 +24,11 @@ COLUMNS = [
     ("rank", 4),
     ("alpha", 5),
     ("targets", 10),
-    ("bits", 4),
+    ("quant", 5),
     ("size", 5),
     ("step", 5),
     ("eval_loss", 9),
-    ("exact", 6),
+    ("ex/acc", 6),
     ("peak MB", 7),
     ("tok/s", 6),
     ("dtype", 5),
@@ -98,7 +98,8 @@ def _cell(value, width: int, fmt: str = "{}") -> str:
 
 
 def _config_cells(config: dict) -> list:
-    """rank, alpha, targets, bits, size of a trial's config ("bad" and dashes: an invalid one)."""
+    """rank, alpha, targets, quant scheme (16, 8, nf4, fp4), size of a trial's config ("bad"
+    and dashes: an invalid one)."""
     try:
         cfg = TrialConfig.from_dict(config)
     except ValueError:  # a combination the space allows but a config refuses: the trial errors
@@ -108,9 +109,18 @@ def _config_cells(config: dict) -> list:
         cfg.lora.rank if lora else cfg.method,
         cfg.lora.alpha if lora else None,
         cfg.lora.targets if lora else None,
-        cfg.quant.bits,
+        cfg.quant.name,
         cfg.data.size,
     ]
+
+
+def _measured(result: dict, *names: str):
+    """The first of ``names`` the result has a number for (tune_result fills NaN elsewhere)."""
+    for name in names:
+        value = result.get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return value
+    return None
 
 
 class LiveTable(Callback):
@@ -133,7 +143,7 @@ class LiveTable(Callback):
             *_config_cells(trial.config.get("baseline", trial.config)),  # baselines are wrapped
             r.get(M.STEP),
             r.get(M.EVAL_LOSS),
-            r.get(M.EXACT_MATCH),
+            _measured(r, M.EXACT_MATCH, M.ACCURACY),  # exact match, or a classifier's accuracy
             r.get(M.PEAK_MEM_MB),
             r.get(M.TRAIN_TOKENS_PER_S),
             _precision(_dir(self.dir, trial)),

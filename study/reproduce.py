@@ -32,8 +32,9 @@ from study import record
 from study.cli import OneLineParser, check_threads
 from study.outdir import check_output_dir
 
-CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH)
-FINAL_KEYS = (M.EVAL_LOSS, M.EXACT_MATCH, M.TEST_LOSS, M.TEST_EXACT_MATCH)
+CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
+FINAL_KEYS = (M.EVAL_LOSS, M.EXACT_MATCH, M.TEST_LOSS, M.TEST_EXACT_MATCH, *M.CLASSIFY_EVAL,
+              M.TEST_ACCURACY, M.TEST_F1_MACRO, M.TEST_F1_WEIGHTED)
 SHOWN_RESOURCES = (M.PEAK_MEM_MB, M.TRAIN_TOKENS_PER_S, M.STEP_MS, M.TRAIN_S)
 # env.json fields whose change alters floating-point results
 LIKE_FOR_LIKE = ("threads", "device", "compute_dtype", "cpu", "gpu")
@@ -184,7 +185,7 @@ def reproduce(
     if diffs:
         lines.append(f"NOT reproduced: {len(diffs)} values differ ({how}).")
         return 1, "\n".join(lines)
-    points = len(curve) * len(CURVE_KEYS)
+    points = sum(isinstance(p.get(k), (int, float)) for p in curve for k in CURVE_KEYS)
     lines.append(f"Reproduced: every loss and quality metric is equal {how} ({points} values).")
     return 0, "\n".join(lines)
 

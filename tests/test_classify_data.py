@@ -126,3 +126,49 @@ def test_a_size_that_leaves_a_class_out_is_refused(tmp_path):
     path = _write(tmp_path, rows, ".csv")
     with pytest.raises(ValueError, match="leaves label 'c' out"):
         build_data(_cfg(path, size=2), tiny_tokenizer(), cache_dir=tmp_path / "cache")
+
+
+def test_ag_news_goes_through_datasets_and_keeps_its_class_names(monkeypatch):
+    """The hub path offline: datasets.load_dataset answers with a local set of AG News's shape
+    (text, and a ClassLabel of 4 names stored as ids), train and test splits."""
+    datasets = pytest.importorskip("datasets")
+    names = ["World", "Sports", "Business", "Sci/Tech"]
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=names)})
+
+    def split(n):
+        return datasets.Dataset.from_dict(
+            {"text": [f"story {i}" for i in range(n)], "label": [i % 4 for i in range(n)]},
+            features=features)
+
+    asked = []
+
+    def load_dataset(path, *args, **kwargs):
+        asked.append(path)
+        return datasets.DatasetDict({"train": split(40), "test": split(8)})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    texts, ids, labels = read_labelled("ag_news")
+    assert asked == ["fancyzhx/ag_news"] and len(texts) == 48
+    assert labels == sorted(names)  # the names, not the stored ids
+    assert [labels[i] for i in ids[:4]] == names  # row k has class k % 4
+
+
+def test_an_unreachable_hub_is_one_line(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (LocalEntryNotFound)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match="could not load ag_news .* through datasets: Couldn't"):
+        read_labelled("ag_news")
+
+
+def test_a_csv_with_a_bom_reads_and_one_not_in_utf8_is_one_line(tmp_path):
+    rows = "text,label\n" + "".join(f"новость {i},{'abc'[i % 3]}\n" for i in range(30))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    assert read_labelled(str(tmp_path / "bom.csv"))[2] == ["a", "b", "c"]
+    (tmp_path / "cp1251.csv").write_bytes(rows.encode("cp1251"))
+    with pytest.raises(ValueError, match="is not UTF-8 text .*: save it as UTF-8"):
+        read_labelled(str(tmp_path / "cp1251.csv"))

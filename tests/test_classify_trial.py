@@ -131,3 +131,25 @@ def test_a_merged_classify_export_loads_as_a_transformers_classifier(tmp_path, n
         torch.testing.assert_close(
             exported(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
             ours.eval()(batch["input_ids"], batch["attention_mask"]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("extra", [{}, {"quant.scheme": "nf4"}, {"quant.scheme": "8"},
+                                   {"method": "full"}, {"method": "base"}])
+def test_the_memory_and_time_models_cover_classify(news, extra):
+    """The probes run the classifier (a 4/8-bit body, its fp32 head never quantized) and the
+    time model counts its batches: every method and scheme is estimated."""
+    import math
+
+    from study.estimate import RUNTIME_MB, estimate_cfg, model_facts
+    from study.timing import trial_time
+
+    cfg = _cfg(news, **extra)
+    facts, _ = model_facts(cfg, [cfg.lora.targets])
+    megabytes = estimate_cfg(cfg, facts, worker_mb=0.0)
+    seconds = trial_time(cfg, facts).total_s
+    assert math.isfinite(megabytes) and megabytes > RUNTIME_MB
+    assert math.isfinite(seconds) and seconds > 0
+    if extra.get("method") != "base":  # training keeps activations: more than evaluating
+        base = estimate_cfg(_cfg(news, method="base", **{k: v for k, v in extra.items()
+                                                         if k != "method"}), facts, 0.0)
+        assert megabytes > base

@@ -86,7 +86,7 @@ def test_summary_lists_the_pareto_set(multi_study):
     out = (multi_study / "stdout.txt").read_text()
     header = [line.split() for line in out.splitlines() if "eval_loss" in line and "tok/s" in line]
     assert header, "the live table was not printed"  # our columns, not Ray's default output
-    assert {"rank", "alpha", "targets", "bits", "size", "exact", "status"} <= set(header[0])
+    assert {"rank", "alpha", "targets", "quant", "size", "ex/acc", "status"} <= set(header[0])
 
 
 def test_multi_objective_optuna_states(multi_study):

@@ -62,7 +62,8 @@ def quantize_linears(
     compute_dtype: torch.dtype | None = None,
     int8_threshold: float = 6.0,
 ) -> list[str]:
-    """Replace every linear except the output head by a bitsandbytes layer; return the names.
+    """Replace every linear except the output head (a causal LM's ``lm_head``, a classifier's
+    ``score``) by a bitsandbytes layer; return the names.
 
     Each weight is quantized where it already is (put the model on its device first): a
     bitsandbytes parameter moved after quantization by ``Module.to`` keeps the Parameter object
@@ -72,12 +73,14 @@ def quantize_linears(
     GPT-2's ``Conv1D`` (weight stored (in, out)) becomes a bnb Linear with the transposed weight.
     """
     bnb = import_bitsandbytes()
+    from lora_impl.inject import output_heads
     from lora_impl.layer import is_conv1d, is_linear_like, quant_kind
 
-    head = model.get_output_embeddings()
+    heads = output_heads(model)
     replaced = []
     for name, module in list(model.named_modules()):
-        if module is head or not is_linear_like(module) or quant_kind(module) is not None:
+        if any(module is h for h in heads) or not is_linear_like(module) or quant_kind(
+                module) is not None:
             continue
         weight = module.weight.data
         if is_conv1d(module):

@@ -49,13 +49,16 @@ def _frame(source: str):
     try:
         if name.endswith((".csv", ".csv.gz")):
             # empty cells stay "" (not NaN): an empty text or label is reported as such
-            return pd.read_csv(path, keep_default_na=False, dtype=str)
+            return pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8-sig")
         if name.endswith(".jsonl"):
             return pd.read_json(path, lines=True, dtype=False)
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataSourceError(f"classify source {source!r} is empty") from None
-    except (ValueError, OSError, pd.errors.ParserError) as err:
+    except UnicodeDecodeError as err:  # e.g. a cp1251 CSV: say what to do, not only the byte
+        raise DataSourceError(f"classify source {source!r} is not UTF-8 text ({err.reason} at "
+                              f"byte {err.start}): save it as UTF-8") from None
+    except (ValueError, OSError, ImportError, pd.errors.ParserError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataSourceError(f"classify source {source!r} cannot be read: {first}") from None
 
