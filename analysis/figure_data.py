@@ -46,7 +46,7 @@ LOG_AXES = frozenset({M.TRAINABLE_PARAMS})
 FACTORS = ("rank", "alpha", "targets", "bits", "scheme", "data_size", "model")
 # factors shown only where they vary: one model, or a scheme that only repeats bits, says nothing
 SOMETIMES = ("scheme", "model")
-TARGET_ORDER = ("qv", "qkvo", "attention", "mlp", "all-linear")
+TARGET_ORDER = ("qv", "qkv", "qkvo", "attention", "mlp", "all-linear")
 SCHEME_ORDER = ("16", "8", "nf4", "fp4")
 BASELINE_LEVELS = ("full", "base", UNTRAINED_BASE)  # curves' levels of the baselines
 

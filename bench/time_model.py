@@ -25,7 +25,7 @@ from bench.common import machine, machine_line  # noqa: E402
 from study import metrics as M  # noqa: E402
 from study import record  # noqa: E402
 
-TARGETS = ["qv", "qkvo", "all-linear"]
+TARGETS = ["qv", "qkv", "qkvo", "all-linear"]
 # kept at their value: with one batch shape in most runs, per-call and per-FLOP costs of
 # training cannot be told apart, and FLOPs are what scales to other batch shapes
 FIXED = ("train.calls",)

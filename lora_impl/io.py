@@ -138,6 +138,9 @@ def _atomic_write(target: Path, write) -> None:
 
 
 _UNSUPPORTED = {  # PEFT LoraConfig fields with non-default values this implementation lacks
+    # modules saved whole: a classifier's head only (an lm_head may be tied to the embeddings,
+    # which loading it in place would overwrite; PEFT keeps a separate copy)
+    "modules_to_save": lambda v: bool(v) and any(n not in CLASSIFIER_HEADS for n in v),
     "use_dora": lambda v: bool(v),
     "bias": lambda v: v not in (None, "none"),
     "rank_pattern": lambda v: bool(v),

@@ -37,7 +37,7 @@ from study.tasks import skills as skills_task
 from study.tasks import text as text_sources
 
 IGNORE = -100
-_FORMAT = 3  # bump when the cached layout or rendering changes
+_FORMAT = 4  # bump when the cached layout or rendering changes
 SKILL_POOL = 3000
 SPLIT_SEED = 1234  # fixed: the same splits for every trial
 
@@ -160,7 +160,7 @@ def _build_classify(cfg: DataConfig, tokenizer) -> TaskData:
     if empty := sum(not e.input_ids for part in parts for e in part):
         raise text_sources.DataSourceError(
             f"classify source {cfg.source!r}: {empty} texts have no tokens")
-    return TaskData(*parts, {"labels": names, "examples": len(texts)})
+    return TaskData(*parts, {"labels": names, "examples": len(texts)})  # after de-duplication
 
 
 def _build(cfg: DataConfig, tokenizer) -> TaskData:

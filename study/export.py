@@ -24,7 +24,8 @@ checkpoint. ``method=base`` trials trained nothing and are refused.
 A classify trial's merged export is transformers' ``...ForSequenceClassification`` of its
 architecture (the same state-dict keys as ``study.models.classifier``), with ``num_labels``,
 ``id2label`` and ``label2id`` from the trial's ``labels.json``: it loads with
-``AutoModelForSequenceClassification.from_pretrained(OUT)``.
+``AutoModelForSequenceClassification.from_pretrained(OUT)``. Either export's ``export.json`` lists
+the label names in the order of the logits.
 """
 
 from __future__ import annotations
@@ -238,6 +239,8 @@ def _write_export(trial_dir: Path, tmp: Path, config: dict, cfg, merged: bool, s
         "step": status.get("step"),
         **notes,
     }
+    if cfg.data.task == "classify":  # the adapter's logits in this order (also id2label merged)
+        what["labels"] = (record.read_labels(trial_dir) or {}).get("labels")
     (tmp / "export.json").write_text(json.dumps(what, indent=2))
 
 

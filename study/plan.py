@@ -41,6 +41,8 @@ from study.options import StudyOptions, UsageError, check_counts, parse_resource
 from study.outdir import check_output_dir
 from study.precision import check_supported
 from study.resume import recorded_options
+from study.tasks import labelled
+from study.tasks import text as text_sources
 from study.timing import StudyTime, study_time
 
 
@@ -173,6 +175,24 @@ def _early_prompts(space: dict, objectives: list[str]) -> dict:
     if M.EXACT_MATCH in objectives or "eval.early_prompts" in flat_leaves(space):
         return space
     return apply_sets(space, {"eval.early_prompts": 0})
+
+
+def _absolute_sources(space: dict) -> dict:
+    """A local data.source as an absolute path: trials run in their own directories (Ray's
+    workers change into them), where a path relative to this command's directory is not."""
+    leaf = flat_leaves(space).get("data.source")
+    values = leaf["choice"] if isinstance(leaf, dict) and "choice" in leaf else [leaf]
+
+    def absolute(value):
+        named = ("builtin", *text_sources.HUB_DATASETS, *labelled.HUB)
+        if not isinstance(value, str) or value in named or not Path(value).expanduser().exists():
+            return value  # a built-in or hub name, or a missing file (the plan says so)
+        return str(Path(value).expanduser().resolve())
+
+    fixed = [absolute(v) for v in values]
+    if fixed == values:
+        return space
+    return apply_sets(space, {"data.source": {"choice": fixed} if values is not leaf else fixed[0]})
 
 
 def _choices(leaves: dict, key: str) -> list:
@@ -317,6 +337,7 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
             space = apply_sets(load_space(options.space), parse_sets(options.set))
             space = _apply_max_t(space, options.max_t)
             space = _early_prompts(space, objectives)
+            space = _absolute_sources(space)
         validate_space(space)
     except SpaceError as err:
         raise UsageError(str(err)) from None

@@ -53,7 +53,7 @@ def test_each_format_gives_the_same_examples(tmp_path, suffix):
 
 
 def test_integer_labels_sort_numerically_and_custom_columns(tmp_path):
-    rows = [{"body": f"text {i} " * 3, "topic": k} for i in range(20) for k in (10, 2, 1)]
+    rows = [{"body": f"text {i} {k} " * 3, "topic": k} for i in range(20) for k in (10, 2, 1)]
     texts, ids, names = read_labelled(str(_write(tmp_path, rows, ".jsonl")), "body", "topic")
     assert names == ["1", "2", "10"]  # numeric order, not "1" < "10" < "2"
     assert Counter(ids) == {0: 20, 1: 20, 2: 20} and len(texts) == 60
@@ -136,16 +136,16 @@ def test_ag_news_goes_through_datasets_and_keeps_its_class_names(monkeypatch):
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=names)})
 
-    def split(n):
+    def split(n, name):
         return datasets.Dataset.from_dict(
-            {"text": [f"story {i}" for i in range(n)], "label": [i % 4 for i in range(n)]},
+            {"text": [f"{name} story {i}" for i in range(n)], "label": [i % 4 for i in range(n)]},
             features=features)
 
     asked = []
 
     def load_dataset(path, *args, **kwargs):
         asked.append(path)
-        return datasets.DatasetDict({"train": split(40), "test": split(8)})
+        return datasets.DatasetDict({"train": split(40, "train"), "test": split(8, "test")})
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     texts, ids, labels = read_labelled("ag_news")
@@ -172,3 +172,22 @@ def test_a_csv_with_a_bom_reads_and_one_not_in_utf8_is_one_line(tmp_path):
     (tmp_path / "cp1251.csv").write_bytes(rows.encode("cp1251"))
     with pytest.raises(ValueError, match="is not UTF-8 text .*: save it as UTF-8"):
         read_labelled(str(tmp_path / "cp1251.csv"))
+
+
+def test_missing_values_of_nullable_parquet_columns_are_empty_not_text(tmp_path):
+    frame = pd.DataFrame({"text": [f"a {i}" if i % 3 != 1 else None for i in range(30)],
+                          "label": [1, 2, 10] * 10})
+    frame = frame.convert_dtypes()  # string and Int64: missing values read back as pd.NA
+    frame.loc[3, "label"] = pd.NA  # a row whose text is there
+    frame.to_parquet(tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match="11 rows have an empty text or label .*row 2\\)"):
+        read_labelled(str(tmp_path / "n.parquet"))
+    frame.dropna().to_parquet(tmp_path / "ok.parquet")
+    assert read_labelled(str(tmp_path / "ok.parquet"))[2] == ["1", "10"]  # Int64 stays numeric
+
+
+def test_a_repeated_text_is_kept_once(tmp_path):
+    rows = [{"body": f"story {i % 25}", "topic": "ab"[i % 2]} for i in range(60)]
+    texts, ids, _ = read_labelled(str(_write(tmp_path, rows, ".csv")), "body", "topic")
+    assert len(texts) == len(set(texts)) == 25  # first label wins: story k is "ab"[k % 2]
+    assert ids == [k % 2 for k in range(25)]

@@ -134,6 +134,12 @@ def test_bad_adapter_directories(tmp_path):
     )
     with pytest.raises(ValueError, match="use_dora"):
         load_adapter(model, tmp_path)
+    # an lm_head saved whole (tied to the embeddings here): refused; a classifier head loads
+    (tmp_path / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "modules_to_save": ["lm_head"], "target_modules": ["q_proj"]}'
+    )
+    with pytest.raises(ValueError, match="modules_to_save=\\['lm_head'\\] is not supported"):
+        load_adapter(model, tmp_path)
     (tmp_path / "adapter_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_adapter(model, tmp_path)

@@ -271,6 +271,11 @@ BAD_INPUTS = [
     (["--dashboard", "--address", "127.0.0.1:6379"], "a cluster joined with --address"),
     (["--set", "train.steps={randint: [4, 8]}", "--max-t", "4"], "--max-t sets train.steps"),
     (["--set", "lora.rank=[1, 2"], "--set lora.rank=[1, 2: the value does not parse"),
+    (["--set", "data.task=classify", "--set", "data.source=missing.csv"], "not a built-in name"),
+    (["--set", "data.task=classify", "--set", "data.label_column=topic"],
+     "has no column 'topic' (data.label_column='topic'); its columns: text, label"),
+    (["--objective", "accuracy"], "--objective accuracy needs data.task=classify"),
+    (["--set", "quant.scheme=int4"], "quant.scheme must be one of 16, 8, nf4, fp4"),
 ]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def _label_key(values: list) -> list:
             return True
         if isinstance(v, float):
             return v.is_integer()
-        return isinstance(v, str) and v.strip().lstrip("-").isdigit()
+        return isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()) is not None
 
     if all(integral(v) for v in values):
         return [int(float(v)) if not isinstance(v, str) else int(v.strip()) for v in values]
@@ -102,7 +103,8 @@ def _label_key(values: list) -> list:
 
 def read_labelled(source: str, text_column: str = "text", label_column: str = "label",
                   ) -> tuple[list[str], list[int], list[str]]:
-    """(texts, label ids, label names in id order) of a classify source.
+    """(texts, label ids, label names in id order) of a classify source; a repeated text keeps
+    its first row.
 
     Raises:
         DataSourceError: a missing or unreadable file, a missing column, no rows, an empty text
@@ -134,13 +136,24 @@ def read_labelled(source: str, text_column: str = "text", label_column: str = "l
             f"{label_column!r}: a classifier needs at least two"
         )
     ids = {name: i for i, name in enumerate(names)}
-    return [str(t) for t in texts], [ids[k] for k in keys], [str(n) for n in names]
+    # One example per text (the first): a text repeated in train and test (AG News has some)
+    # would make the held-out split not held out
+    first: dict[str, int] = {}
+    for text, key in zip(map(str, texts), keys):
+        first.setdefault(text, ids[key])
+    return list(first), list(first.values()), [str(n) for n in names]
 
 
 def _blank(value) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    return isinstance(value, str) and not value.strip()
+    """None, NaN, pandas' NA (nullable dtypes of a parquet file), or only whitespace."""
+    import pandas as pd
+
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or mapping: not missing
+        return False
 
 
 def _interleave(groups: dict[int, list[int]]) -> list[int]:
@@ -166,7 +179,7 @@ def stratified_split(labels: list[int], eval_size: int, test_size: int,
     """(train, eval, test) example indices: disjoint, stratified, each in prefix-stratified order.
 
     Raises:
-        DataSourceError: not enough examples, or a class too small to be in the training split.
+        DataSourceError: fewer examples than the eval and test splits and one training example.
     """
     need = eval_size + test_size + 1
     if len(labels) < need:
