@@ -13,27 +13,20 @@ command. Results: bench/out/classify_recipe/ and stdout (markdown).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench.common import machine, machine_line  # noqa: E402
+from bench.common import machine, machine_line, run_train_one  # noqa: E402
 from study import record  # noqa: E402
 
 OUT = HERE / "out" / "classify_recipe"
 
 
 def run(name: str, *flags: str) -> tuple[dict, float]:
-    """Run one train_one command; return its final metrics and wall time in seconds."""
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "study.train_one", "--task", "classify",
-           "--out", str(OUT / name), *flags]
-    subprocess.run(cmd, cwd=HERE.parent, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return record.read_metrics(OUT / name), time.perf_counter() - t0
+    """Run one classify train_one command; return its final metrics and wall time in seconds."""
+    return run_train_one(OUT / name, "--task", "classify", *flags, quiet=True)
 
 
 def main() -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -49,3 +53,16 @@ def machine_line(info: dict) -> str:
 def median(xs: list[float]) -> float:
     """The median of ``xs``, NaN when it is empty."""
     return statistics.median(xs) if xs else float("nan")
+
+
+def run_train_one(out: Path, *flags: str, quiet: bool = False) -> tuple[dict, float]:
+    """Run ``python -m study.train_one --out OUT FLAGS`` in a process of its own (from the
+    repository root); return its final metrics and wall time in seconds. ``quiet``: its
+    stderr (progress bars) is dropped too."""
+    from study import record
+
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "study.train_one", "--out", str(out), *flags]
+    subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
+    return record.read_metrics(out), time.perf_counter() - t0

@@ -11,14 +11,12 @@ wall time of each command. Results: bench/out/skills_recipe/ and stdout (markdow
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench.common import machine, machine_line  # noqa: E402
+from bench.common import machine, machine_line, run_train_one  # noqa: E402
 from study import record  # noqa: E402
 
 OUT = HERE / "out" / "skills_recipe"
@@ -26,10 +24,7 @@ OUT = HERE / "out" / "skills_recipe"
 
 def run(name: str, *flags: str) -> tuple[dict, float]:
     """Run one train_one command; return its final metrics and wall time in seconds."""
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "study.train_one", "--out", str(OUT / name), *flags]
-    subprocess.run(cmd, cwd=HERE.parent, check=True, stdout=subprocess.DEVNULL)
-    return record.read_metrics(OUT / name), time.perf_counter() - t0
+    return run_train_one(OUT / name, *flags)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ import math
 import random
 import re
 from importlib import resources
-from pathlib import Path
 
 from study.tasks.text import DataSourceError, local_file
 
@@ -207,7 +206,3 @@ def missing_classes(subset: list[int], labels: list[int], names: list[str]) -> l
     have = set(subset)
     return [names[k] for k in sorted(set(labels)) if k not in have]
 
-
-def builtin_path() -> Path:
-    """Where the built-in set lives (for its README and the build script's default output)."""
-    return Path(str(resources.files("study.tasks") / "data" / BUILTIN))
