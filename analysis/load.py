@@ -57,6 +57,8 @@ TRIAL_COLUMNS = [
     "group",
     "trial",
     "trial_dir",
+    "config_id",  # a study's configuration (shared by its replicates), from status.json
+    "replicate",
     *CONFIG_COLUMNS,
     "baseline",
     "weights",
@@ -195,6 +197,8 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         what = status.get("status")
         _warn(found, f"{d / record.STATUS}: unknown status {what!r}; status unknown")
     row["status_step"] = _scalar(status.get("step"))
+    row["config_id"] = status.get(record.CONFIG_ID)
+    row["replicate"] = _scalar(status.get(record.REPLICATE))
     row["status_reason"] = status.get("reason")
     metrics = {}
     if record.has_metrics(d) or row["status"] in (record.FINISHED, record.STOPPED):

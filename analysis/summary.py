@@ -71,6 +71,16 @@ def _test_metric(quality: str, config: dict) -> str:
     return M.TEST_ACCURACY if classify else M.TEST_EXACT_MATCH
 
 
+def _where(row: dict) -> str:
+    """A trial's place: its directory, and its configuration id and replicate when the study
+    ran each configuration more than once."""
+    status = row["status"]
+    config_id, replicate = status.get(record.CONFIG_ID), status.get(record.REPLICATE)
+    if config_id is None or replicate is None or row.get("repeats", 1) < 2:
+        return f"[{row['group']}/{row['trial']}]"
+    return f"[{row['group']}/{row['trial']} = {str(config_id)[:8]} r{replicate}]"
+
+
 def _fmt(value) -> str:
     return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
 
@@ -90,6 +100,10 @@ def print_summary(
     finished trial's ``trial_s``).
     """
     rows = collect(study_dir)
+    seen = [r["status"].get(record.REPLICATE) for r in rows]
+    repeats = 1 + max((v for v in seen if isinstance(v, int) and v >= 0), default=0)
+    for r in rows:
+        r["repeats"] = repeats
     # trials of several models (the model searched): each line names its model
     models = {(r["config"].get("model") or {}).get("name") for r in rows}
     by_model = len(models - {None}) > 1
@@ -113,8 +127,10 @@ def print_summary(
             )
             print(
                 f"  best {objective}: {_fmt(pick['metrics'][objective])}  "
-                f"[{pick['group']}/{pick['trial']}] {describe(pick['config'], by_model)}"
+                f"{_where(pick)} {describe(pick['config'], by_model)}"
             )
+    if repeats > 1:
+        _print_replicates(rows, objectives[0], by_model)
     quality = objectives[0]
     points = [
         r
@@ -133,14 +149,14 @@ def print_summary(
                 f"    {quality} {_fmt(r['metrics'][quality])}, "
                 f"peak {r['metrics'][M.PEAK_MEM_MB]:.0f} MB, "
                 f"{test} {_fmt(r['metrics'].get(test))}  "
-                f"[{r['group']}/{r['trial']}] {describe(r['config'], by_model)}"
+                f"{_where(r)} {describe(r['config'], by_model)}"
             )
     shared_oom = []
     for r in rows:
         if r["status"].get("status") == record.ERRORED:
             reason = str(r["status"].get("reason"))
             what = describe(r["config"], by_model)
-            print(f"  errored [{r['group']}/{r['trial']}] {what}: {reason}")
+            print(f"  errored {_where(r)} {what}: {reason}")
             if reason.startswith(record.SHARED_GPU_OOM):
                 shared_oom.append(r)
     if shared_oom:
@@ -167,6 +183,25 @@ def print_summary(
     print(f"\nBuild the report: python -m analysis report {study_dir}")
 
 
+def _print_replicates(rows: list[dict], objective: str, by_model: bool) -> None:
+    """Per configuration (its config_id): how many replicates finished, and the mean and the
+    standard deviation of ``objective`` over them once two have."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        config_id = r["status"].get(record.CONFIG_ID)
+        if config_id is not None:
+            groups.setdefault((r["group"], config_id), []).append(r)
+    print(f"  per configuration ({objective} over its finished replicates, mean +- sd):")
+    for (group, config_id), members in groups.items():
+        values = [r["metrics"][objective] for r in members
+                  if r["status"].get("status") == record.FINISHED
+                  and isinstance(r["metrics"].get(objective), (int, float))]
+        spread = (f"{np.mean(values):.4g} +- {np.std(values, ddof=1):.2g}" if len(values) > 1
+                  else _fmt(values[0]) if values else "-")
+        print(f"    {group}/{str(config_id)[:8]}: {len(values)} of {len(members)} finished, "
+              f"{spread}  {describe(members[0]['config'], by_model)}")
+
+
 def _print_durations(finished: list[dict], duration: Callable[[dict], float]) -> None:
     """Estimated against measured wall time, per finished trial (trial_s: run_trial's time)."""
     timed = [r for r in finished if r["metrics"].get(M.TRIAL_S)]
@@ -179,7 +214,7 @@ def _print_durations(finished: list[dict], duration: Callable[[dict], float]) ->
         actual, estimated = r["metrics"][M.TRIAL_S], duration(r["config"])
         errors.append(100 * (estimated - actual) / actual)
         print(f"    {estimated:6.0f} s estimated, {actual:6.0f} s measured ({errors[-1]:+4.0f}%)  "
-              f"[{r['group']}/{r['trial']}] {describe(r['config'], by_model)}")
+              f"{_where(r)} {describe(r['config'], by_model)}")
     print(f"    median |error| {np.median(np.abs(errors)):.0f}% over {len(errors)} trials")
 
 

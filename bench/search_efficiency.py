@@ -96,7 +96,8 @@ def searchers(seed: int, num_samples: int) -> dict[str, tuple]:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from study.search import StudySearch, make_search, tpe_sampler
+    from study.samplers import tpe_sampler
+    from study.search import StudySearch, make_search
 
     class RerunRepeats(StudySearch):
         """Ours without skipping configurations already run (each repeat is trained again)."""

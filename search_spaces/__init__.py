@@ -294,15 +294,14 @@ def to_optuna(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def grid(space: dict[str, Any], limit: int = 100_000) -> list[dict[str, Any]] | None:
-    """Every configuration of a finite space (searched keys only), or None.
+def continuous(space: dict[str, Any]) -> list[str]:
+    """The searched keys with a continuous domain (``uniform`` / ``loguniform``)."""
+    return [k for k, (kind, _) in _searched(space).items() if kind in ("uniform", "loguniform")]
 
-    None when a parameter is continuous (``uniform`` / ``loguniform``) or the space has more
-    than ``limit`` configurations: such a space is never exhausted by a search.
-    """
-    import itertools
-    import math
 
+def grid_axes(space: dict[str, Any], limit: int = 100_000) -> dict[str, list] | None:
+    """Each searched key's values (a choice's, every integer of a randint), or None when a
+    parameter is continuous or the space has more than ``limit`` configurations."""
     axes = {}
     for key, (kind, args) in _searched(space).items():
         if kind == "choice":
@@ -312,5 +311,17 @@ def grid(space: dict[str, Any], limit: int = 100_000) -> list[dict[str, Any]] | 
         else:
             return None
     if math.prod(len(v) for v in axes.values()) > limit:
+        return None
+    return axes
+
+
+def grid(space: dict[str, Any], limit: int = 100_000) -> list[dict[str, Any]] | None:
+    """Every configuration of a finite space (searched keys only), or None.
+
+    None when a parameter is continuous (``uniform`` / ``loguniform``) or the space has more
+    than ``limit`` configurations: such a space is never exhausted by a search.
+    """
+    axes = grid_axes(space, limit)
+    if axes is None:
         return None
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]

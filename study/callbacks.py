@@ -5,11 +5,13 @@ status.json (written by the study, not by the trial; see ``study.record``):
     {"status": "finished", "step": N}           ran to the end (its metrics hold test_*)
     {"status": "stopped", "step": N}            stopped early by ASHA at step N
     {"status": "errored", "step": N, "reason": "..."}
+each with the trial's ``config_id`` and ``replicate`` (``study.replicates``).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -18,9 +20,12 @@ from ray.tune import Callback
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
+from study.replicates import split
 
 COLUMNS = [
     ("trial", 8),
+    ("config", 8),
+    ("rep", 3),
     ("rank", 4),
     ("alpha", 5),
     ("targets", 10),
@@ -58,28 +63,31 @@ class StatusWriter(Callback):
         self.dir = Path(experiment_dir)
         self.time_budget_s = time_budget_s
 
+    def _write(self, trial, status: str, **fields) -> None:
+        identity = split(trial.config)[1]  # config_id and replicate, with every status
+        record.write_status(_dir(self.dir, trial), status, **identity, **fields)
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if record.read_status(_dir(self.dir, trial)).get("status") != record.FINISHED:
-            record.write_status(_dir(self.dir, trial), record.RUNNING)
+            self._write(trial, record.RUNNING)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        step, trial_dir = result.get(M.STEP), _dir(self.dir, trial)
+        step = result.get(M.STEP)
         if result.get("error"):
-            record.write_status(trial_dir, record.ERRORED, step=step, reason=result["error"])
+            self._write(trial, record.ERRORED, step=step, reason=result["error"])
         elif record.is_final(result):
-            record.write_status(trial_dir, record.FINISHED, step=step)
+            self._write(trial, record.FINISHED, step=step)
         else:
             # Tune also ends running trials when --time-budget-s runs out, and does not say
             # which of the two stopped a trial.
             by = "ASHA" if not self.time_budget_s else "ASHA or --time-budget-s"
             reason = f"stopped by {by} at step {step}"
-            record.write_status(trial_dir, record.STOPPED, step=step, reason=reason)
+            self._write(trial, record.STOPPED, step=step, reason=reason)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         step = (trial.last_result or {}).get(M.STEP)
-        reason = _error_reason(trial)
-        record.write_status(_dir(self.dir, trial), record.ERRORED, step=step, reason=reason)
+        self._write(trial, record.ERRORED, step=step, reason=_error_reason(trial))
 
 
 def _precision(trial_dir: Path) -> str | None:
@@ -126,10 +134,12 @@ def _measured(result: dict, *names: str):
 class LiveTable(Callback):
     """Prints a compact table of every trial at most every ``interval`` seconds."""
 
-    def __init__(self, experiment_dir: Path, interval: float = 10.0, label: str = "") -> None:
+    def __init__(self, experiment_dir: Path, interval: float = 10.0, label: str = "",
+                 objective: str = M.EVAL_LOSS) -> None:
         self.dir = Path(experiment_dir)
         self.interval = interval
         self.label = label
+        self.objective = objective  # summarised per configuration over its replicates
         self.last_print = 0.0
 
     def _row(self, trial) -> str:
@@ -138,9 +148,12 @@ class LiveTable(Callback):
         state = status.get("status", trial.status.lower())
         if state == record.STOPPED:
             state = f"stopped@{status.get('step')}"
+        config, identity = split(trial.config)
         values = [
             str(trial)[-8:],
-            *_config_cells(trial.config.get("baseline", trial.config)),  # baselines are wrapped
+            (identity.get(record.CONFIG_ID) or "")[:8] or None,
+            identity.get(record.REPLICATE),
+            *_config_cells(config),
             r.get(M.STEP),
             r.get(M.EVAL_LOSS),
             _measured(r, M.EXACT_MATCH, M.ACCURACY),  # exact match, or a classifier's accuracy
@@ -150,6 +163,8 @@ class LiveTable(Callback):
             state,
         ]
         fmts = [
+            "{}",
+            "{}",
             "{}",
             "{}",
             "{:g}",
@@ -167,9 +182,23 @@ class LiveTable(Callback):
         return " ".join(_cell(v, w, f) for v, (_, w), f in zip(values, COLUMNS, fmts))
 
     def table(self, trials) -> str:
-        """The current table as text."""
+        """The current table as text, then each configuration's mean and spread of the
+        objective over its finished replicates, once two have finished."""
         header = " ".join(name.rjust(w) for name, w in COLUMNS)
-        return "\n".join([header] + [self._row(t) for t in trials])
+        return "\n".join([header] + [self._row(t) for t in trials] + self._spread(trials))
+
+    def _spread(self, trials) -> list[str]:
+        finished: dict[str, list[float]] = {}
+        for trial in trials:
+            config_id = split(trial.config)[1].get(record.CONFIG_ID)
+            value = _measured(trial.last_result or {}, self.objective)
+            if config_id and value is not None and record.is_final(trial.last_result):
+                finished.setdefault(config_id, []).append(value)
+        rows = [f"{c[:8]:>8} {len(v):>2} {statistics.fmean(v):>10.4f} {statistics.stdev(v):>9.4f}"
+                for c, v in finished.items() if len(v) >= 2]
+        if not rows:
+            return []
+        return ["", f"{'config':>8} {'n':>2} {self.objective[:10]:>10} {'sd':>9}", *rows]
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if time.monotonic() - self.last_print >= self.interval:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -84,6 +86,14 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         """Nested plain data (JSON/YAML-ready)."""
         return dataclasses.asdict(self)
+
+    def config_id(self) -> str:
+        """A stable hash of the resolved config without its seed (12 hex digits): a
+        configuration's replicates, which differ only in their seeds, share it."""
+        data = self.to_dict()
+        del data["seed"]
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

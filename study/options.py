@@ -15,6 +15,7 @@ from pathlib import Path
 
 from study import metrics as M
 from study.cli import OneLineParser
+from study.samplers import SEARCHES
 
 
 class UsageError(ValueError):
@@ -29,7 +30,7 @@ class StudyOptions:
     set: tuple[str, ...] = ()
     name: str | None = None
     storage_path: Path = Path("results")
-    num_samples: int = 8
+    num_samples: int | None = None  # the plan resolves it: a grid search's size, else 8
     max_concurrent: int = 1
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
@@ -46,6 +47,9 @@ class StudyOptions:
     dashboard: bool = False
     resource: tuple[str, ...] = ()
     max_failures: int = 2
+    repeats: int = 1
+    search: str = "tpe"
+    scheduler: str = "asha"
 
 
 # Flags that define a study: --resume takes them from study.json (a different value is refused).
@@ -60,7 +64,12 @@ STUDY_FLAGS = {
     "seed": "--seed",
     "max_mem_mb": "--max-mem-mb",
     "no_baselines": "--no-baselines",
+    "repeats": "--repeats",
+    "search": "--search",
+    "scheduler": "--scheduler",
 }
+
+SCHEDULERS = ("asha", "none")
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -69,7 +78,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         default="default",
-        help="built-in search space (default, smoke, seeds-qwen2) or a YAML file",
+        help="built-in search space (default, smoke, smoke-grid, thesis-news, seeds-qwen2) or a"
+        " YAML file",
     )
     p.add_argument(
         "--set",
@@ -86,7 +96,31 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         help="where studies are written (default $LORA_STUDY_RESULTS or ./results); a shared path"
         " on clusters",
     )
-    p.add_argument("--num-samples", type=int, default=8, help="searched trials (default 8)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        help="configurations searched (default 8; --search grid: every point of the grid)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each configuration, seeded seed+0..seed+K-1 (the space's seed); the"
+        " searcher is told their mean (default 1)",
+    )
+    p.add_argument(
+        "--search",
+        choices=SEARCHES,
+        default="tpe",
+        help="how configurations are chosen: tpe (default), grid (every point of an all-choice"
+        " space once, in a seeded random order), random, gp (Gaussian process)",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default="asha",
+        help="asha (default: stop weak trials early) or none (every trial runs to its end)",
+    )
     p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
     p.add_argument(
         "--cpus-per-trial", type=float, help="CPUs per trial (default: all / concurrent)"
@@ -109,7 +143,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--grace", type=int, help="ASHA: steps before any stop (default: eval.every)")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the searcher's sampler (trial seeds come from the space's seed)",
+    )
     p.add_argument("--time-budget-s", type=float, help="stop launching trials after this long")
     p.add_argument(
         "--max-mem-mb",
@@ -176,6 +215,7 @@ def check_counts(options: StudyOptions) -> None:
         ("--max-failures", options.max_failures, 0),
         ("--time-budget-s", options.time_budget_s, 1e-9),
         ("--max-mem-mb", options.max_mem_mb, 1),
+        ("--repeats", options.repeats, 1),
     ]
     for flag, value, low in checks:
         if value is not None and not (math.isfinite(value) and value >= low):  # NaN, inf too

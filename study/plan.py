@@ -8,6 +8,7 @@ objectives, the model's facts for the memory estimate and the baselines to run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -41,6 +42,7 @@ from study.options import StudyOptions, UsageError, check_counts, parse_resource
 from study.outdir import check_output_dir
 from study.precision import check_supported
 from study.resume import recorded_options
+from study.samplers import check_search, grid_size
 from study.tasks import labelled
 from study.tasks import text as text_sources
 from study.timing import StudyTime, study_time
@@ -342,6 +344,11 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     except SpaceError as err:
         raise UsageError(str(err)) from None
 
+    if problem := check_search(options.search, space):
+        raise UsageError(problem)
+    if options.num_samples is None:  # a grid search runs its whole grid unless told otherwise
+        size = grid_size(space) if options.search == "grid" else None
+        options = dataclasses.replace(options, num_samples=size or 8)
     leaves = flat_leaves(space)
     base_point = check_config(sample_point(space))
     check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
@@ -374,7 +381,8 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
                                                           extra_mb)
     name = study_dir.name
-    estimated = study_time(space, facts, options.num_samples, baselines, options.max_concurrent,
-                           forked)
+    repeats = options.repeats  # every configuration and baseline runs that many times
+    estimated = study_time(space, facts, options.num_samples * repeats, baselines * repeats,
+                           options.max_concurrent, forked)
     return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines),
                 estimated, forked)

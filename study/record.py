@@ -16,7 +16,8 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
     examples.json  a few generations: prompt, target, output
     env.json       versions, hardware, threads, dtype, seed
     labels.json    classify: the label names in id order, the training split's class counts
-    status.json    written by the study: running / finished / stopped / errored
+    status.json    written by the study: running / finished / stopped / errored, and the
+                   trial's config_id and replicate
     adapter/       the adapter in PEFT format (method lora)
     checkpoint/    trainable weights, optimizer and RNG state, trial progress
 
@@ -62,6 +63,10 @@ GROUPS = (SEARCH, BASELINES)
 # a trial that ran to its end. ("done" would collide with Ray Tune's own result key.)
 RUNNING, FINISHED, STOPPED, ERRORED = "running", "finished", "stopped", "errored"
 STATUSES = (FINISHED, STOPPED, ERRORED, RUNNING)
+# A study trial's identity, in the config Tune gives it and in its status.json: the hash of its
+# configuration without the seed (TrialConfig.config_id), shared by the configuration's
+# replicates, and which replicate it is (0 .. --repeats - 1; its seed is the config's + that).
+CONFIG_ID, REPLICATE = "config_id", "replicate"
 SHARED_GPU_OOM = "out of memory on a shared GPU"  # a reason: the config may fit a whole GPU
 FINAL = "final"
 SCHEMA_VERSION = 1
@@ -239,12 +244,15 @@ def group_dir(study_dir: Path, group: str) -> Path:
     return Path(study_dir) / group
 
 
-def baseline_name(config: dict, baselines: list[dict]) -> str:
+def baseline_name(config: dict, baselines: list[dict], repeats: int = 1) -> str:
     """The trial directory name of a baseline (a nested config of the study's ``baselines``):
-    its method, followed by its model's name when the baselines cover several models."""
+    its method, followed by its model's name when the baselines cover several models, and by
+    ``-r<replicate>`` when a study runs each configuration more than once."""
     name = config["method"]
     if len({b["model"]["name"] for b in baselines}) > 1:
         name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", config["model"]["name"]).strip("-.")
+    if repeats > 1:
+        name += f"-r{config.get(REPLICATE, 0)}"
     return name
 
 

@@ -32,6 +32,7 @@ from study import metrics as M
 from study import record
 from study.checkpoint import find_checkpoint
 from study.config import TrialConfig
+from study.replicates import split
 from study.resources import rss_peak_mb
 from study.train import NonFiniteLossError
 from study.trial import run_trial
@@ -92,8 +93,10 @@ def _fault(kind: str, at: int, marker: Path):
 
 
 def trial_config(config: dict) -> TrialConfig:
-    """Tune's config: dotted keys (``lora.rank``), or a baseline as ``{"baseline": {...}}``."""
-    return TrialConfig.from_dict(config.get("baseline", config))
+    """Tune's config: dotted keys (``lora.rank``), or a baseline as ``{"baseline": {...}}``;
+    the study's identity of the trial (``record.CONFIG_ID``, ``record.REPLICATE``) is left out:
+    the study records it, the trial does not depend on it."""
+    return TrialConfig.from_dict(split(config)[0])
 
 
 def _final_metrics(trial_dir: Path) -> dict | None:

@@ -9,6 +9,9 @@
   objective; one that ASHA stopped is PRUNED with its intermediate values (Ray's stock
   ``OptunaSearch`` tells it COMPLETE with its partial value, which teaches TPE that early, worse
   numbers are final); one that errored is FAIL;
+- with ``--repeats K`` a configuration runs as K Ray trials (its replicates, seeded seed+0 ..
+  seed+K-1, see ``study.replicates``); Optuna is asked once and told once, when all K have
+  ended: COMPLETE with their mean, PRUNED when none finished, FAIL when all errored;
 - a configuration over ``--max-mem-mb`` (estimated on the whole config it would run, the space's
   fixed values included) is not launched: PRUNED with no value and its excess as the constraint
   ``memory_mb``, which TPE reads (it ignores FAIL) and the importance evaluators skip;
@@ -17,10 +20,10 @@
   waits and is told that trial's outcome when it ends, so no configuration runs twice at once;
 - the search ends (``Searcher.FINISHED``, the reason kept as the study attribute
   ``search_ended``) after ``num_samples`` launched trials, when a finite space has no untried
-  configuration under the budget left, or after ``max_tries`` suggestions in a row that could
-  not be launched;
+  configuration under the budget left, or after ``max_tries`` unlaunchable suggestions in a row;
 - on ``--resume`` a trial a kill left RUNNING is marked FAIL and its parameters are asked again
-  (first), into the same trial directory, so every configuration is resolved exactly once.
+  (first); its replicates that ended keep their outcome (recorded in the journal), the others
+  run again in their own trial directories, so every configuration is resolved exactly once.
 
 Only this module and ``study.asha`` (the scheduler) know Tune's searcher and scheduler hooks.
 """
@@ -36,9 +39,13 @@ from collections.abc import Callable, Iterable
 from ray.tune.search import Searcher
 
 from search_spaces import fixed_values, grid, to_optuna
-from study import journal, record
+from study import journal
 from study import metrics as M
+from study import replicates as R
 from study.asha import StudyASHA
+from study.config import TrialConfig
+from study.samplers import make_sampler, retries
+from study.telling import Config, tell_like, tell_not_launched, tell_outcome
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ class StudySearch(Searcher):
         objectives, modes: the metrics Optuna optimizes and their directions ("min" / "max").
         space: the search space (``search_spaces``): its searched keys become Optuna
             distributions, its fixed values complete a suggestion for the memory estimate.
-        sampler: an Optuna sampler (:func:`tpe_sampler` in a study).
+        sampler: an Optuna sampler (``study.samplers.make_sampler`` in a study).
         storage: Optuna storage (``study.journal.storage``); None keeps the study in memory.
         study_name: the Optuna study's name (a study's ``--name``).
         points: configurations (searched keys) to try first, queued one at a time after any
@@ -65,6 +72,7 @@ class StudySearch(Searcher):
         num_samples: the most trials launched in the whole study (None: no limit).
         max_tries: suggestions in a row that may be answered without a launch before the
             search ends (a finite space gets one untried configuration enqueued first).
+        repeats: replicates of each configuration (``--repeats``).
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class StudySearch(Searcher):
         num_samples: int | None = None,
         max_tries: int = 200,
         curves: Callable[[], Iterable[tuple]] | None = None,
+        repeats: int = 1,
     ) -> None:
         import optuna
 
@@ -109,10 +118,11 @@ class StudySearch(Searcher):
             raise ValueError(f"the Optuna study {study_name!r} has other objectives")
         self.points = list(points or [])  # asked one at a time, after pending resumes
         journal.mark_interrupted(self.study)
-        self.live: dict[str, object] = {}  # Ray trial id -> optuna.Trial, launched and running
+        self.repeats = repeats
+        self.configs: dict[int, Config] = {}  # Optuna trial number -> a config in progress
+        self.live: dict[str, tuple[int, int]] = {}  # Ray trial id -> (number, replicate)
         self.dirs: dict[str, str] = {}  # Ray trial id -> trial directory name
         self.waiting: dict[int, list] = {}  # running trial number -> duplicates told at its end
-        self.reported: dict[str, set[int]] = {}  # Ray trial id -> steps told to Optuna
         self.admissible = self._admissible(grid(space))
         self.rng = random.Random(0)  # picks an untried configuration when the sampler stalls
 
@@ -162,7 +172,8 @@ class StudySearch(Searcher):
         return out
 
     def running(self) -> dict[str, object]:
-        return {_key(t.params): t for t in self.live.values()}
+        """Key -> the Optuna trial of each configuration whose replicates have not all ended."""
+        return {_key(c.trial.params): c.trial for c in self.configs.values()}
 
     def _launched(self) -> int:
         return len(journal.launched(self.study))
@@ -182,7 +193,12 @@ class StudySearch(Searcher):
         return self.dirs.get(trial_id, trial_id)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next configuration to launch (searched keys), or ``Searcher.FINISHED``."""
+        """The next trial to launch (searched keys, seed and identity), or
+        ``Searcher.FINISHED``: a replicate of a configuration in progress first."""
+        for config in self.configs.values():
+            for replicate, run in enumerate(config.runs):
+                if not run.ended and not run.active:
+                    return self._start(trial_id, config, replicate)
         if self.num_samples is not None and self._launched() >= self.num_samples:
             return Searcher.FINISHED
         for _ in range(self.max_tries):
@@ -193,7 +209,7 @@ class StudySearch(Searcher):
             trial = self.study.ask(self.distributions)
             key = _key(trial.params)
             if key in resolved:
-                self._tell_like(trial, resolved[key], journal.REPEAT_OF)
+                tell_like(self.study, trial, resolved[key], journal.REPEAT_OF)
                 continue
             if key in running:
                 trial.set_user_attr(journal.DUPLICATE_OF, running[key].number)
@@ -201,11 +217,12 @@ class StudySearch(Searcher):
                 continue
             excess = self._excess(trial.params)
             if excess > 0:
-                self._not_launched(trial, excess)
+                tell_not_launched(self.study, trial, excess, self.max_mem_mb)
                 continue
             if self.max_mem_mb and self.estimate_mb is not None:
                 trial.set_constraint(journal.MEMORY, excess)  # feasible: <= 0
-            return self._launch(trial_id, trial)
+            if (config := self._launch(trial_id, trial)) is not None:
+                return config  # (None: a resumed configuration whose replicates had all ended)
         if self.admissible is not None:
             # The sampler keeps proposing what is resolved: try an untried one of the space.
             untried = sorted(self.admissible - self._resolved().keys() - self.running().keys())
@@ -217,23 +234,49 @@ class StudySearch(Searcher):
             "--max-mem-mb"
         )
 
-    def _launch(self, trial_id: str, trial) -> dict:
-        """Start ``trial`` under Ray trial ``trial_id``; a resumed one keeps its directory and
-        its intermediate values so far."""
-        name = trial.user_attrs.get(journal.RESUME_DIR, trial_id)
-        trial.set_user_attr(journal.TRIAL_DIR, name)
-        self.live[trial_id], self.dirs[trial_id] = trial, name
-        if journal.RESUMES in trial.user_attrs and self.single:
-            earlier = self.study.get_trials(deepcopy=False)[trial.user_attrs[journal.RESUMES]]
-            values = {**self._recorded(name), **earlier.intermediate_values}
-            for step, value in sorted(values.items()):
-                trial.report(value, step)
-            self.reported[trial_id] = set(values)
+    def _launch(self, trial_id: str, trial) -> dict | None:
+        """Start ``trial``'s configuration with its first replicate under Ray trial
+        ``trial_id``. A resumed one keeps what its replicates did (their directories, the
+        outcomes of those that ended) and, with one replicate, its intermediate values so far;
+        None when all of its replicates had ended (it is told now)."""
+        runs = journal.replicates_of(self.study, trial, self.repeats)
+        config = self.configs[trial.number] = Config(trial, runs, self._config_id(trial.params))
+        config.save()  # before TRIAL_DIR: a kill in between still finds the directories
+        trial.set_user_attr(journal.TRIAL_DIR, runs[0].dir or trial_id)
         if self.study.user_attrs.get(journal.SEARCH_ENDED):
             self.study.set_user_attr(journal.SEARCH_ENDED, None)  # an earlier end, now moot
-        return dict(trial.params)
+        if journal.RESUMES in trial.user_attrs and self.single and self.repeats == 1:
+            earlier = self.study.get_trials(deepcopy=False)[trial.user_attrs[journal.RESUMES]]
+            values = {**self._recorded(runs[0].dir), **earlier.intermediate_values}
+            for step, value in sorted(values.items()):
+                trial.report(value, step)
+            config.reported = set(values)
+        if config.ended:
+            self._finish(config)
+            return None
+        replicate = next(r for r, run in enumerate(runs) if not run.ended)
+        return self._start(trial_id, config, replicate)
 
-    def _recorded(self, name: str) -> dict[int, float]:
+    def _config_id(self, params: dict) -> str | None:
+        try:
+            return TrialConfig.from_dict({**self.fixed, **params}).config_id()
+        except ValueError:
+            return None  # a combination the space allows but a config refuses: the trial errors
+
+    def _start(self, trial_id: str, config: Config, replicate: int) -> dict:
+        """Launch replicate ``replicate`` of ``config`` (into its directory if it had one)."""
+        run = config.runs[replicate]
+        name = run.dir or trial_id
+        if run.dir is not None:  # resumed: what it evaluated before the kill is in its curve
+            run.steps = {**self._recorded(name), **run.steps}
+        run.dir, run.active = name, True
+        self.live[trial_id], self.dirs[trial_id] = (config.trial.number, replicate), name
+        config.save()
+        params = config.trial.params
+        seed = params.get("seed", self.fixed.get("seed", TrialConfig().seed))
+        return R.seeded(dict(params), seed, replicate, config.config_id)
+
+    def _recorded(self, name: str | None) -> dict[int, float]:
         """The objective at each evaluation in trial directory ``name``'s curve: a kill between
         an evaluation's files and the journal's append leaves a step only there (the trial then
         resumes after it and does not report it again)."""
@@ -251,93 +294,53 @@ class StudySearch(Searcher):
             return f"every configuration of the space under --max-mem-mb {limit} has run"
         return "every configuration of the space has run"
 
-    def _not_launched(self, trial, excess: float) -> None:
-        from optuna.trial import TrialState
-
-        estimate = excess + self.max_mem_mb
-        reason = f"estimated peak {estimate:.0f} MB > --max-mem-mb {self.max_mem_mb:g}"
-        trial.set_user_attr(journal.NOT_LAUNCHED, reason)
-        trial.set_constraint(journal.MEMORY, excess)
-        self.study.tell(trial, state=TrialState.PRUNED)
-        log.info("not launched: %s", reason)
-
-    def _tell_like(self, trial, earlier, attr: str) -> None:
-        """Tell ``trial`` the outcome of ``earlier`` (same params), marked with ``attr``."""
-        from optuna.trial import TrialState
-
-        trial.set_user_attr(attr, earlier.number)
-        for name, value in earlier.constraints.items():
-            trial.set_constraint(name, value)
-        if earlier.state == TrialState.PRUNED and self.single:
-            for step, value in earlier.intermediate_values.items():
-                trial.report(value, step)  # TPE ranks pruned trials by their last value
-        values = earlier.values if earlier.state == TrialState.COMPLETE else None
-        if values is not None and self.single:
-            values = values[0]
-        self.study.tell(trial, values, state=earlier.state)
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not self.single or trial_id not in self.live:
-            return  # Optuna takes intermediate values for single-objective studies only
+        if trial_id not in self.live:
+            return
+        number, replicate = self.live[trial_id]
+        config = self.configs[number]
         value, step = result.get(self.objectives[0]), result.get(M.STEP)
-        known = self.reported.setdefault(trial_id, set())
-        if value is not None and step is not None and math.isfinite(value) and step not in known:
-            self.live[trial_id].report(value, step)  # steps, not Ray iterations
-            known.add(step)
+        if value is None or step is None or not math.isfinite(value):
+            return
+        config.runs[replicate].steps[step] = value
+        # One replicate: Optuna gets each value as it comes (steps, not Ray iterations), as a
+        # live record; several: their mean, once all have ended (single-objective studies only)
+        if self.single and self.repeats == 1 and step not in config.reported:
+            config.trial.report(value, step)
+            config.reported.add(step)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        from optuna.trial import TrialState
-
-        trial = self.live.get(trial_id)
-        if trial is None:
+        if trial_id not in self.live:
             return
         result = result or {}
-        if not (error or result.get("error")):
+        failed = error or result.get("error")
+        if not failed:
             # The result on which ASHA stopped the trial (a weak one, or the last one at max_t)
             # never reached on_trial_result (Tune hides it from the searcher): record it, so
             # TPE ranks a pruned trial by its last value and every evaluation is in Optuna.
             self.on_trial_result(trial_id, result)
-        self.live.pop(trial_id)
-        if error or result.get("error"):
-            state, values = TrialState.FAIL, None
-            # why, for the summary and optuna-dashboard: a shared GPU's out-of-memory is a
-            # failure of the card's share, not necessarily of the configuration
-            trial.set_user_attr(journal.ERROR, str(result.get("error") or "the trial crashed"))
-        elif record.is_final(result):
-            values = [result.get(m) for m in self.objectives]
-            if any(v is None or not math.isfinite(v) for v in values):
-                state, values = TrialState.FAIL, None
-            else:
-                state = TrialState.COMPLETE
-                values = values if not self.single else values[0]
-        else:
-            state, values = TrialState.PRUNED, None
-        frozen = self.study.tell(trial, values, state=state)
+        number, replicate = self.live.pop(trial_id)
+        config = self.configs[number]
+        config.runs[replicate].end(result, self.objectives, bool(failed))
+        config.save()
+        if config.ended:
+            self._finish(config)
+
+    def _finish(self, config: Config) -> None:
+        """Tell Optuna the outcome of ``config`` (all its replicates ended); and its waiting
+        duplicates."""
+        del self.configs[config.trial.number]
+        frozen = tell_outcome(self.study, config, len(self.objectives))
         for duplicate in self.waiting.pop(frozen.number, []):
-            self._tell_like(duplicate, frozen, journal.DUPLICATE_OF)
+            tell_like(self.study, duplicate, frozen, journal.DUPLICATE_OF)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna journal is the searcher's state (Tune calls this)."""
 
     def restore(self, checkpoint_path: str) -> None:
         """Nothing to restore: a resumed study reads its Optuna journal (see __init__)."""
-
-
-def tpe_sampler(seed: int, num_samples: int | None = None):
-    """Optuna's TPE, seeded, multivariate, with its random start sized to the study.
-
-    TPE samples at random for its first ``n_startup_trials`` (Optuna's default 10) before it
-    models anything. Studies here are often small (the demo runs 8 trials), so a quarter of the
-    planned trials, between 3 and 10, start at random and the rest are guided. Multivariate TPE
-    models the parameters jointly (rank, alpha, lr and targets interact: the best lr depends on
-    the scaling alpha / r); bench/search_efficiency.py measures both choices.
-    """
-    from optuna.samplers import TPESampler
-
-    startup = 10 if num_samples is None else max(3, min(10, num_samples // 4))
-    return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
 def make_search(
@@ -355,8 +358,12 @@ def make_search(
     max_mem_mb: float | None = None,
     replay: Callable[[], Iterable[tuple[str, list[dict]]]] | None = None,
     num_samples: int | None = None,
-) -> tuple[StudySearch, StudyASHA]:
-    """The study's searcher (TPE on every objective) and scheduler (ASHA on the first one).
+    search: str = "tpe",
+    scheduler: str = "asha",
+    repeats: int = 1,
+) -> tuple[StudySearch, StudyASHA | None]:
+    """The study's searcher (``--search`` on every objective) and scheduler (ASHA on the first
+    one, or None with ``--scheduler none``: Tune's FIFO, every trial runs to its end).
 
     One place builds both, so ``study.tune`` and ``bench/search_efficiency.py`` run the same
     search. ASHA counts optimizer steps (``step``), not Ray iterations, and knows a trial by its
@@ -367,7 +374,7 @@ def make_search(
         objectives,
         modes,
         space=space,
-        sampler=tpe_sampler(seed, num_samples),
+        sampler=make_sampler(search, space, seed, num_samples),
         storage=storage,
         study_name=study_name,
         points=points,
@@ -375,8 +382,12 @@ def make_search(
         max_mem_mb=max_mem_mb,
         num_samples=num_samples,
         curves=replay,
+        repeats=repeats,
+        max_tries=retries(search),
     )
-    scheduler = StudyASHA(
+    if scheduler == "none":
+        return searcher, None
+    asha = StudyASHA(
         time_attr=M.STEP,
         metric=objectives[0],
         mode=modes[0],
@@ -386,4 +397,4 @@ def make_search(
         key=lambda trial: searcher.trial_dir(trial.trial_id),
         replay=replay,
     )
-    return searcher, scheduler
+    return searcher, asha

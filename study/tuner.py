@@ -71,7 +71,10 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
     """
     exp_dir = record.group_dir(plan.study_dir, group)
     budget = plan.options.time_budget_s if group == record.SEARCH else None
-    callbacks = [StatusWriter(exp_dir, budget), LiveTable(exp_dir, label=f"[{group}]\n")]
+    callbacks = [
+        StatusWriter(exp_dir, budget),
+        LiveTable(exp_dir, label=f"[{group}]\n", objective=plan.objectives[0]),
+    ]
     resources = _resources(plan.options)
     fn = tune.with_parameters(
         trainable,
@@ -91,29 +94,44 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
     make_tuner(fn, run_config).fit()
 
 
+def _baseline_runs(plan: Plan) -> list[dict]:
+    """Each baseline once per replicate (seeds seed+0 .. seed+K-1, as a searched
+    configuration's), with its identity (``record.CONFIG_ID``, ``record.REPLICATE``)."""
+    runs = []
+    for baseline in plan.baselines:
+        config_id = TrialConfig.from_dict(baseline).config_id()
+        for replicate in range(plan.options.repeats):
+            runs.append({**baseline, "seed": baseline["seed"] + replicate,
+                         record.REPLICATE: replicate, record.CONFIG_ID: config_id})
+    return runs
+
+
+def _baseline_name(run: dict, plan: Plan) -> str:
+    return record.baseline_name(run, list(plan.baselines), plan.options.repeats)
+
+
 def _baselines_left(plan: Plan) -> list[dict]:
-    """The baselines not yet finished or errored (each trial directory is named by
+    """The baseline runs not yet finished or errored (each trial directory is named by
     ``record.baseline_name``)."""
     done = {
         d.name
         for d in record.trial_dirs(plan.study_dir, record.BASELINES)
         if record.read_status(d).get("status") in (record.FINISHED, record.ERRORED)
     }
-    every = list(plan.baselines)
-    return [b for b in every if record.baseline_name(b, every) not in done]
+    return [b for b in _baseline_runs(plan) if _baseline_name(b, plan) not in done]
 
 
 def _baseline_tuner(baselines: list[dict], plan: Plan, fn, run_config):
-    def _baseline_name(trial) -> str:
-        return record.baseline_name(trial.config["baseline"], list(plan.baselines))
+    def name(trial) -> str:
+        return _baseline_name(trial.config["baseline"], plan)
 
     return tune.Tuner(
         fn,
         run_config=run_config,
         param_space={"baseline": tune.grid_search(baselines)},
         tune_config=tune.TuneConfig(
-            trial_name_creator=_baseline_name,
-            trial_dirname_creator=_baseline_name,
+            trial_name_creator=name,
+            trial_dirname_creator=name,
             max_concurrent_trials=plan.options.max_concurrent,
         ),
     )
@@ -135,6 +153,9 @@ def _search_tuner(plan: Plan, fn, run_config):
         max_mem_mb=options.max_mem_mb,
         replay=functools.partial(replay_curves, plan.study_dir, record.SEARCH),
         num_samples=options.num_samples,
+        search=options.search,
+        scheduler=options.scheduler,
+        repeats=options.repeats,
     )
 
     def name(trial) -> str:
@@ -147,8 +168,9 @@ def _search_tuner(plan: Plan, fn, run_config):
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent),
             scheduler=scheduler,
-            # a cap only: the searcher counts --num-samples over the whole study (resumes too)
-            num_samples=options.num_samples,
+            # a cap only: the searcher counts --num-samples configurations over the whole
+            # study (resumes too), each run --repeats times
+            num_samples=options.num_samples * options.repeats,
             time_budget_s=options.time_budget_s,
             trial_name_creator=name,
             trial_dirname_creator=name,
