@@ -74,7 +74,7 @@ def _test_metric(quality: str, config: dict) -> str:
 def _where(row: dict) -> str:
     """A trial's place: its directory, and its configuration id and replicate when the study
     ran each configuration more than once."""
-    status = row["status"]
+    status = row.get("status") or {}
     config_id, replicate = status.get(record.CONFIG_ID), status.get(record.REPLICATE)
     if config_id is None or replicate is None or row.get("repeats", 1) < 2:
         return f"[{row['group']}/{row['trial']}]"

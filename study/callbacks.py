@@ -63,31 +63,31 @@ class StatusWriter(Callback):
         self.dir = Path(experiment_dir)
         self.time_budget_s = time_budget_s
 
-    def _write(self, trial, status: str, **fields) -> None:
+    def _write_status(self, trial, status: str, **fields) -> None:
         identity = split(trial.config)[1]  # config_id and replicate, with every status
         record.write_status(_dir(self.dir, trial), status, **identity, **fields)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if record.read_status(_dir(self.dir, trial)).get("status") != record.FINISHED:
-            self._write(trial, record.RUNNING)
+            self._write_status(trial, record.RUNNING)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
         step = result.get(M.STEP)
         if result.get("error"):
-            self._write(trial, record.ERRORED, step=step, reason=result["error"])
+            self._write_status(trial, record.ERRORED, step=step, reason=result["error"])
         elif record.is_final(result):
-            self._write(trial, record.FINISHED, step=step)
+            self._write_status(trial, record.FINISHED, step=step)
         else:
             # Tune also ends running trials when --time-budget-s runs out, and does not say
             # which of the two stopped a trial.
             by = "ASHA" if not self.time_budget_s else "ASHA or --time-budget-s"
             reason = f"stopped by {by} at step {step}"
-            self._write(trial, record.STOPPED, step=step, reason=reason)
+            self._write_status(trial, record.STOPPED, step=step, reason=reason)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         step = (trial.last_result or {}).get(M.STEP)
-        self._write(trial, record.ERRORED, step=step, reason=_error_reason(trial))
+        self._write_status(trial, record.ERRORED, step=step, reason=_error_reason(trial))
 
 
 def _precision(trial_dir: Path) -> str | None:

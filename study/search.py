@@ -198,7 +198,7 @@ class StudySearch(Searcher):
         for config in self.configs.values():
             for replicate, run in enumerate(config.runs):
                 if not run.ended and not run.active:
-                    return self._start(trial_id, config, replicate)
+                    return self._start_replicate(trial_id, config, replicate)
         if self.num_samples is not None and self._launched() >= self.num_samples:
             return Searcher.FINISHED
         for _ in range(self.max_tries):
@@ -252,10 +252,10 @@ class StudySearch(Searcher):
                 trial.report(value, step)
             config.reported = set(values)
         if config.ended:
-            self._finish(config)
+            self._tell_config(config)
             return None
         replicate = next(r for r, run in enumerate(runs) if not run.ended)
-        return self._start(trial_id, config, replicate)
+        return self._start_replicate(trial_id, config, replicate)
 
     def _config_id(self, params: dict) -> str | None:
         try:
@@ -263,7 +263,7 @@ class StudySearch(Searcher):
         except ValueError:
             return None  # a combination the space allows but a config refuses: the trial errors
 
-    def _start(self, trial_id: str, config: Config, replicate: int) -> dict:
+    def _start_replicate(self, trial_id: str, config: Config, replicate: int) -> dict:
         """Launch replicate ``replicate`` of ``config`` (into its directory if it had one)."""
         run = config.runs[replicate]
         name = run.dir or trial_id
@@ -326,9 +326,9 @@ class StudySearch(Searcher):
         config.runs[replicate].end(result, self.objectives, bool(failed))
         config.save()
         if config.ended:
-            self._finish(config)
+            self._tell_config(config)
 
-    def _finish(self, config: Config) -> None:
+    def _tell_config(self, config: Config) -> None:
         """Tell Optuna the outcome of ``config`` (all its replicates ended); and its waiting
         duplicates."""
         del self.configs[config.trial.number]
