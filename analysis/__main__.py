@@ -1,6 +1,9 @@
 """python -m analysis: reports, Pareto fronts and the best trial under a budget, from study dirs.
 
     python -m analysis report results/demo [results/other ...] [--out DIR] [--curves-by rank]
+                              [--interactions rank:targets,...]
+    python -m analysis report --table runs.csv --factors rank,bits --quality accuracy:max \
+        --resources peak_gb:min,train_s [--replicate seed] [--data-size n] --out DIR
     python -m analysis pareto results/demo --x peak_mem_mb --y eval_loss
     python -m analysis best results/demo --max-mem-mb 800 [--objective exact_match]
     python -m analysis best results/cls --objective accuracy      # a classify study (maximised)
@@ -42,10 +45,24 @@ def parse_args(argv: list[str] | None):
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{report,pareto,best}")
     report = sub.add_parser("report", help="HTML report, figures and trials.csv")
-    report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="study directories")
+    report.add_argument("dirs", nargs="*", type=Path, metavar="DIR", help="study directories")
     report.add_argument(
         "--out", type=Path, help="output directory (default: DIR/report for one study)"
     )
+    report.add_argument(
+        "--interactions", help="two-factor terms of the ANOVA model, as A:B,C:D (rank:targets)"
+    )
+    table = report.add_argument_group("an external results table (one row per run)")
+    table.add_argument("--table", type=Path, help="a CSV made by any tool, instead of DIRs")
+    table.add_argument("--factors", help="its factor columns, as COL,COL,...")
+    table.add_argument(
+        "--quality", help="its quality columns, as COL[:max|:min],... (the first leads; max by "
+        "default, except metrics this project knows such as eval_loss)"
+    )
+    table.add_argument("--resources", help="its resource columns, as COL[:min|:max],... (the "
+                       "first is the memory budget's axis; min by default)")
+    table.add_argument("--replicate", help="the column that tells repeated runs apart (seed)")
+    table.add_argument("--data-size", help="the column of the amount of training data")
     report.add_argument(
         "--curves-by", default="rank", help="factor colouring the learning curves (default rank)"
     )
@@ -77,12 +94,33 @@ def default_out(dirs: list[Path]) -> Path:
     return dirs[0].resolve().parent / ("report-" + "+".join(d.resolve().name for d in dirs))
 
 
-def _report(args) -> int:
-    from analysis.report import build_report
+TABLE_ONLY = ("factors", "quality", "resources", "replicate", "data_size")
 
-    path = build_report(
-        args.dirs, args.out or default_out(args.dirs), args.curves_by, args.include_stopped
-    )
+
+def _report(args) -> int:
+    from analysis.report import build_report, build_table_report
+    from analysis.table_input import parse_metrics, parse_names
+
+    if args.table is None:
+        given = [f"--{n.replace('_', '-')}" for n in TABLE_ONLY if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{given[0]} describes a --table; a study directory needs none")
+        if not args.dirs:
+            raise ValueError("give study directories, or --table FILE.csv with --factors, "
+                             "--quality and --out")
+        path = build_report(args.dirs, args.out or default_out(args.dirs), args.curves_by,
+                            args.include_stopped, args.interactions)
+    else:
+        if args.dirs:
+            raise ValueError("give study directories or --table, not both")
+        if args.out is None:
+            raise ValueError("--table needs --out DIR, the report's directory")
+        path = build_table_report(
+            args.table, args.out, factors=parse_names(args.factors),
+            quality=parse_metrics(args.quality, "--quality", default_max=True),
+            resources=parse_metrics(args.resources, "--resources", default_max=False),
+            replicate=args.replicate, data_size=args.data_size,
+            interactions=args.interactions)
     print(f"report: {path.resolve()}")
     return 0
 

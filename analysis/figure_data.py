@@ -144,16 +144,6 @@ def pareto_info(trials: pd.DataFrame, x: str, y: str, include_stopped: bool = Fa
     )
 
 
-class FactorInfo(NamedTuple):
-    """Quality ``metric`` by the levels of one factor: every finished LoRA trial, medians."""
-
-    factor: str
-    metric: str
-    levels: list[str]  # in plotting order
-    points: pd.DataFrame  # study, trial, level (index into levels), y
-    medians: dict[str, np.ndarray]  # study -> median per level (NaN where it has no trial)
-
-
 def _level_order(values: list) -> list:
     """Numbers ascending; target shorthands in order of size, quant schemes from 16 bits down,
     then other names alphabetically."""
@@ -168,41 +158,6 @@ def _level_text(value) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
-
-
-def factor_info(trials: pd.DataFrame, factor: str, metric: str = M.EVAL_LOSS) -> FactorInfo:
-    """The effect of ``factor`` on ``metric`` over finished searched LoRA trials."""
-    if factor not in FACTORS:
-        raise ValueError(f"unknown factor {factor!r}; use one of {', '.join(FACTORS)}")
-    check_metric(trials, metric)
-    rows = trials[
-        (trials["status"] == "finished")
-        & (trials["method"] == "lora")
-        & trials[factor].notna()
-        & trials[metric].notna()
-    ]
-    raw = [v.item() if hasattr(v, "item") else v for v in rows[factor]]
-    levels = _level_order(list(dict.fromkeys(raw)))
-    index = {lv: i for i, lv in enumerate(levels)}
-    points = pd.DataFrame(
-        {
-            "study": rows["study"].to_numpy(),
-            "trial": rows["trial"].to_numpy(),
-            "level": np.array([index[v] for v in raw], dtype=int),
-            "y": rows[metric].to_numpy(float),
-        }
-    )
-    medians = {}
-    for study in trials["study"].unique():
-        mine = points[points["study"] == study]
-        medians[study] = np.array(
-            [
-                np.median(mine["y"][mine["level"] == i]) if (mine["level"] == i).any() else np.nan
-                for i in range(len(levels))
-            ]
-        )
-    text = model_short if factor == "model" else _level_text
-    return FactorInfo(factor, metric, [text(v) for v in levels], points, medians)
 
 
 def factor_table(trials: pd.DataFrame, factor: str, metrics: list[str]) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.figure_data import BASELINE_LEVELS, CurvesInfo, FactorInfo, ParetoInfo, SeedsInfo
+from analysis.figure_data import BASELINE_LEVELS, CurvesInfo, ParetoInfo, SeedsInfo
 from analysis.selection import UNTRAINED_BASE, maximize, model_short
 from study import metrics as M
 
@@ -157,35 +157,54 @@ def pareto_figure(info: ParetoInfo) -> Figure:
 
 
 @_styled
-def factors_figure(infos: list[list[FactorInfo]]) -> Figure:
-    """Rows of factor panels (one row per metric): points per level and the median line."""
-    n_rows, n_cols = len(infos), max(len(row) for row in infos)
+def effects_figure(panels: list[list[tuple]]) -> Figure:
+    """Rows (one per metric) of factor panels ``(factor, metric, levels, points)`` from
+    ``analysis.stats.level_means``: every run (points) and each level's mean with its 95%
+    t-interval (bar; none with a single run)."""
+    n_rows, n_cols = len(panels), max(len(row) for row in panels)
     fig = _new_figure(figsize=(2.6 * n_cols, 2.6 * n_rows))
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey="row")
-    studies = list(dict.fromkeys(s for row in infos for i in row for s in i.medians))
-    colors = study_colors(studies)
-    for r, row in enumerate(infos):
+    for r, row in enumerate(panels):
         for c in range(n_cols):
             ax = axes[r][c]
             if c >= len(row):
                 ax.set_visible(False)
                 continue
-            info = row[c]
+            factor, metric, levels, points = row[c]
             rng = np.random.default_rng(0)  # fixed jitter: the same report twice is identical
-            for study, color in colors.items():
-                pts = info.points[info.points["study"] == study]
-                jitter = rng.uniform(-0.12, 0.12, len(pts))
-                ax.scatter(pts["level"] + jitter, pts["y"], s=14, color=color, alpha=0.6)
-                med = info.medians.get(study)
-                if med is not None and np.isfinite(med).any():
-                    ax.plot(range(len(med)), med, color=color, marker="_", ms=18, mew=2, lw=1)
-            ax.set_xticks(range(len(info.levels)), info.levels, rotation=30, fontsize=7)
-            ax.set_xlim(-0.5, max(len(info.levels), 1) - 0.5)
-            ax.set_xlabel(info.factor)
+            jitter = rng.uniform(-0.15, 0.15, len(points))
+            ax.scatter(points["level"] + jitter, points["y"], s=12, color="#1f77b4", alpha=0.45)
+            x = np.arange(len(levels))
+            low = (levels["mean"] - levels["ci_low"]).fillna(0).clip(lower=0)
+            high = (levels["ci_high"] - levels["mean"]).fillna(0).clip(lower=0)
+            ax.errorbar(x, levels["mean"], yerr=[low, high], fmt="o-", color="black", ms=4,
+                        capsize=4, lw=1)
+            ax.set_xticks(x, [str(v) for v in levels["level"]], rotation=30, fontsize=7)
+            ax.set_xlim(-0.5, max(len(levels), 1) - 0.5)
+            ax.set_xlabel(factor)
             if c == 0:
-                ax.set_ylabel(info.metric)
+                ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-    fig.suptitle("Factor effects: finished LoRA trials (points) and median per level (line)")
+    fig.suptitle("Factor effects: every finished run (points), mean per level with its 95% "
+                 "t-interval (black)")
+    fig.tight_layout()
+    return fig
+
+
+@_styled
+def front_figure(x, y, on_front, x_name: str, y_name: str, x_max: bool = False) -> Figure:
+    """Runs of an external table: quality ``y`` against resource ``x`` and the Pareto front
+    (larger ``x`` better when ``x_max``)."""
+    fig = _new_figure(figsize=(5.2, 3.6))
+    ax = fig.subplots()
+    ax.scatter(x[~on_front], y[~on_front], s=14, color="#999999", alpha=0.6, label="run")
+    order = np.argsort(x[on_front])
+    ax.plot(x[on_front][order], y[on_front][order], "o-", color="#1f77b4", ms=5,
+            drawstyle="steps-pre" if x_max else "steps-post", label="Pareto front")
+    ax.set_xlabel(axis_label(x_name))
+    ax.set_ylabel(y_name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

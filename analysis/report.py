@@ -6,27 +6,32 @@
 Writes ``report.html`` (images embedded as base64: it opens from disk, mailed or copied alone),
 ``figures/*.png`` and ``figures/*.svg``, ``trials.csv`` (one row per trial, with the Pareto flag
 over eval_loss and peak_mem_mb, and over each classification metric the trials have) and
-``curves.csv`` (every evaluation of every trial). The report shows the quality metrics the
-studies have (a classify study: accuracy and F1, with the best trials' confusion matrices).
+``curves.csv`` (every evaluation of every trial) and ``stats/`` (``analysis.answer``: each
+configuration's interval, the paired comparisons per factor, importances, ANOVA tables and the
+recommendations). The page leads with the answer in sentences, the recommendation table, the
+importances and the factor effects, then the Pareto panels of the studies' objectives (the other
+metric pairs behind a disclosure), the study-specific sections and every trial. The report shows
+the quality metrics the studies have (a classify study: accuracy and F1, with the best trials'
+confusion matrices). ``build_table_report`` makes the same leading sections from any tool's
+results table (``python -m analysis report --table``).
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
-import os
 import shlex
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import figure_data, render
+from analysis.answer import analyse, write
+from analysis.answer_report import leading_sections, write_table_report
 from analysis.classify import confusion_infos
+from analysis.design import from_trials
 from analysis.load import StudyData, load_studies, read_examples
+from analysis.page import Figures, page, publish
 from analysis.selection import (
     UNTRAINED_BASE,
     classify_metric,
@@ -41,27 +46,12 @@ from analysis.selection import (
     several_models,
     with_pareto_column,
 )
+from analysis.table_input import from_table, parse_interactions
 from analysis.tables import confusion_html, html_table
 from study import metrics as M
 from study import record
 from study.outdir import check_output_dir
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
-table.wrap td { white-space: pre-wrap; max-width: 36em; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
-.scroll { overflow-x: auto; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; }
-.grid figure { flex: 1 1 520px; max-width: 590px; }
-figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.8em; color: #555; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
-.warn { color: #a15c00; }
-table.confusion td.diag { background: #e6f2e6; font-weight: bold; }
-"""
 # the tables' metric columns; each table shows those the trials have (see _table_metrics)
 TABLE_METRICS = [
     M.EVAL_LOSS,
@@ -94,57 +84,39 @@ def _front_qualities(data: StudyData, trials: pd.DataFrame) -> list[str]:
     return present(trials, dict.fromkeys([M.EVAL_LOSS, *picked])) or [M.EVAL_LOSS]
 
 
-class _Figures:
-    """Saves figures under ``out/figures`` and keeps their HTML (PNG embedded as base64)."""
-
-    def __init__(self, out: Path) -> None:
-        self.dir = out / "figures"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.files: list[Path] = []
-
-    def add(self, fig, name: str, caption: str) -> str:
-        """Save ``fig`` as ``figures/<name>.png`` and ``.svg``; return its HTML figure."""
-        png, svg = render.save(fig, self.dir / name)
-        self.files += [png, svg]
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        return (
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)} (figures/{name}.png, .svg)</figcaption></figure>"
-        )
-
-
-def _pareto_section(trials: pd.DataFrame, figs: _Figures, include_stopped: bool) -> str:
-    parts = []
-    for y in present(trials, figure_data.FRONT_QUALITY):
-        items = []
-        for x in figure_data.front_resources(trials):
+def _pareto_section(
+    trials: pd.DataFrame, figs: Figures, include_stopped: bool, objectives: list[str]
+) -> str:
+    """The panels of the studies' objectives (a quality against peak memory when only quality
+    is optimised) first; every other quality / resource pair behind a disclosure."""
+    lead, rest = [], []
+    qualities = present(trials, figure_data.FRONT_QUALITY)
+    resources = figure_data.front_resources(trials)
+    wanted = {(y, x) for y in objectives if y in qualities for x in objectives if x in resources}
+    if not wanted and qualities:
+        first = next((o for o in objectives if o in qualities), qualities[0])
+        wanted = {(first, M.PEAK_MEM_MB)}
+    for y in qualities:
+        for x in resources:
             info = figure_data.pareto_info(trials, x, y, include_stopped)
             if not len(info.points):
                 continue
             caption = f"{y} vs {x}" + (" (log scale)" if info.log_x else "")
-            items.append(figs.add(render.pareto_figure(info), f"pareto_{y}_{x}", caption))
-        parts.append(f"<h3>{html.escape(y)}</h3><div class='grid'>{''.join(items)}</div>")
-    return "".join(parts)
+            item = figs.add(render.pareto_figure(info), f"pareto_{y}_{x}", caption)
+            (lead if (y, x) in wanted else rest).append(item)
+    more = (f"<details><summary>the other metric pairs ({len(rest)})</summary><div "
+            f"class='grid'>{''.join(rest)}</div></details>") if rest else ""
+    return f"<div class='grid'>{''.join(lead)}</div>{more}"
 
 
-def _factors_section(trials: pd.DataFrame, figs: _Figures) -> str:
-    rows = []
-    factors = figure_data.shown_factors(trials)
-    metrics = present(trials, figure_data.FRONT_QUALITY)
-    for metric in metrics:
-        infos = [figure_data.factor_info(trials, f, metric) for f in factors]
-        infos = [i for i in infos if i.levels]
-        if infos:
-            rows.append(infos)
-    if not rows:
-        return "<p>No finished LoRA trial: no factor effects to show.</p>"
-    figure = figs.add(render.factors_figure(rows), "factors", "quality by factor level")
-    if "model" not in factors:
-        return figure
-    table = figure_data.factor_table(trials, "model", metrics)
+def _by_model(trials: pd.DataFrame) -> str:
+    """Where the studies have several models: each model's median and best quality."""
+    if "model" not in figure_data.shown_factors(trials):
+        return ""
+    table = figure_data.factor_table(trials, "model", present(trials, figure_data.FRONT_QUALITY))
     return (
-        f"{figure}<h3>By model</h3><p>Finished LoRA trials of each model: the median and the "
-        "best of each quality metric (eval split).</p>"
+        "<h3>By model</h3><p>Finished LoRA trials of each model: the median and the best of "
+        "each quality metric (eval split).</p>"
         + html_table(table, list(table.columns), ("study", "model"))
     )
 
@@ -233,71 +205,70 @@ def _studies_section(data: StudyData) -> str:
     return "".join(parts)
 
 
-REPORT_FILES = frozenset({"report.html", "trials.csv", "curves.csv", "figures"})
-
-
 def build_report(
     dirs: list[str | Path],
     out: str | Path,
     curves_by: str = "rank",
     include_stopped: bool = False,
+    interactions: list[tuple[str, ...]] | str | None = None,
 ) -> Path:
-    """Load the studies, write every figure, table and report.html under ``out``; return it.
-
-    The report is written to a temporary directory beside ``out`` and moved into place when
-    complete (replacing an earlier report there): a failure or a kill never leaves half a
-    report, and never touches files that are not a report's.
+    """Load the studies, write every figure, table, ``stats/`` and report.html under ``out``
+    (atomically, see :func:`publish`); return the report's path.
 
     Raises:
-        NotAStudyError: a directory that is not a study. ValueError: an unknown factor, or an
-            ``out`` that cannot be written or holds other files.
+        NotAStudyError: a directory that is not a study. ValueError: an unknown factor or
+            interaction, or an ``out`` that cannot be written or holds other files.
     """
     if curves_by not in figure_data.FACTORS:
         factors = ", ".join(figure_data.FACTORS)
         raise ValueError(f"unknown factor {curves_by!r}; use one of {factors}")
-    out = Path(out)
-    check_output_dir(out, "--out")
-    if out.is_dir() and not {p.name for p in out.iterdir()} <= REPORT_FILES:
-        raise ValueError(f"--out {out} holds files that are not a report's; give a new directory")
+    check_output_dir(Path(out), "--out")
     data = load_studies(dirs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    design = from_trials(data.trials, data.studies)
+    if isinstance(interactions, str) or interactions is None:
+        interactions = parse_interactions(interactions, design.factors)
+    return publish(out, lambda tmp: _write_report(
+        data, tmp, curves_by, include_stopped, design, interactions, [Path(d) for d in dirs]))
+
+
+def _optuna_study(dirs: list[Path]):
+    """The one study's Optuna storage (importances read it), or None for pooled studies."""
+    if len(dirs) != 1:
+        return None
+    from study import journal
+
     try:
-        _write_report(data, tmp, curves_by, include_stopped)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "report")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved into place
-    return out / "report.html"
+        return journal.load(dirs[0])
+    except record.RecordError:
+        return None
 
 
-def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: bool) -> None:
+def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: bool,
+                  design, interactions, dirs: list[Path]) -> None:
     trials = with_pareto_column(data.trials)
     trials.to_csv(out / "trials.csv", index=False)
     data.curves.to_csv(out / "curves.csv", index=False)
     by_model = several_models(trials)  # labels name the model where the trials have several
     trials["label"] = [label(r, by_model) for _, r in trials.iterrows()]
-    figs = _Figures(out)
-    sections = [("Studies", _studies_section(data))]
+    figs = Figures(out)
+    objectives = list(
+        dict.fromkeys(o for i in data.studies.values() for o in i.get("objectives", [])))
+    optuna_study = _optuna_study(dirs)
+    found = analyse(design, interactions, optuna_study, objectives if optuna_study else None)
+    write(found, out / "stats")
+    sections = leading_sections(design, found, figs)
+    sections[-1] = (sections[-1][0], sections[-1][1] + _by_model(trials))
+    sections.append(
+        ("Quality vs resources", _pareto_section(trials, figs, include_stopped, objectives)))
     # both read trial files: their warnings go in the list below
     examples = _examples_section(trials, data.warnings)
     confusions = confusion_infos(trials, data.studies, data.warnings)
-    if data.warnings:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
-        sections.append(("Problems found while loading", f"<ul class='warn'>{items}</ul>"))
     metrics = _table_metrics(trials)
     columns = ["study", "group", "trial", "label", "status", *metrics]
     for y in _front_qualities(data, trials):
         sections.append(_front_section(trials, y, columns, include_stopped))
     if confusions:
         sections.append(("Confusion matrices of the best trials", _confusion_section(confusions)))
-    sections.append(("Quality vs resources", _pareto_section(trials, figs, include_stopped)))
-    sections.append(("Factor effects", _factors_section(trials, figs)))
     # a classify study's curves may have no eval_loss: draw the first quality it has
     curve_metric = next(iter(present(data.curves, figure_data.FRONT_QUALITY)), None)
     if len(data.curves) and curve_metric:
@@ -318,6 +289,10 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     if len(errored):
         cols = ["study", "group", "trial", "label", "status_step", "status_reason"]
         sections.append(("Errored trials", html_table(errored, cols, tuple(cols), wrap=True)))
+    sections.append(("Studies", _studies_section(data)))
+    if data.warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
+        sections.append(("Problems found while loading", f"<ul class='warn'>{items}</ul>"))
     all_cols = ["study", "group", "trial", "label", "status", "status_step", *metrics]
     sections.append(
         (
@@ -328,10 +303,27 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     )
     title = "LoRA study report: " + ", ".join(data.studies)
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
-    page = (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>Built {time.strftime('%Y-%m-%d %H:%M:%S')} from "
-        f"{len(trials)} trials.</p>{body}</body></html>"
-    )
-    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / "report.html").write_text(page(title, len(trials), body), encoding="utf-8")
+
+
+def build_table_report(path: str | Path, out: str | Path, *, factors: list[str],
+                       quality: dict[str, bool], resources: dict[str, bool],
+                       replicate: str | None = None, data_size: str | None = None,
+                       interactions: str | None = None) -> Path:
+    """The report of an external results table (``analysis.table_input``): the answer,
+    recommendations, importance, factor effects, fronts, ``trials.csv`` and ``stats/``.
+
+    Raises:
+        ValueError: a bad table or flag (one line), or an ``out`` that cannot be written.
+    """
+    check_output_dir(Path(out), "--out")
+    design = from_table(Path(path), factors, quality, resources, replicate, data_size)
+    terms = parse_interactions(interactions, design.factors)
+
+    def write_all(tmp: Path) -> None:
+        body, runs = write_table_report(design, tmp, Figures(tmp), terms)
+        runs.to_csv(tmp / "trials.csv", index=False)
+        title = f"LoRA study report: {Path(path).name}"
+        (tmp / "report.html").write_text(page(title, len(runs), body), encoding="utf-8")
+
+    return publish(out, write_all)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -64,14 +66,19 @@ def check_replicated(study: Path, configs: int = 4, k: int = 3) -> None:
     assert points == {(r, t) for r in (2, 8) for t in ("qv", "all-linear")}
 
 
-def test_a_replicated_grid_study_runs_each_point_k_times_and_tells_optuna_the_mean(
-    tmp_path, capsys
-):
+@pytest.fixture(scope="module")
+def grid_study(tmp_path_factory) -> tuple[Path, str]:
+    """The replicated smoke-grid study (no baselines) and what it printed."""
+    root = tmp_path_factory.mktemp("grid")
     argv = [*GRID, "--no-baselines", "--max-concurrent", "2", "--name", "grid"]
-    assert main([*argv, "--storage-path", str(tmp_path)]) == 0
-    study = tmp_path / "grid"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main([*argv, "--storage-path", str(root)]) == 0
+    return root / "grid", printed.getvalue()
+
+
+def test_a_replicated_grid_study_runs_each_point_k_times_and_tells_optuna_the_mean(grid_study):
+    study, out = grid_study
     check_replicated(study)
-    out = capsys.readouterr().out
     assert "per configuration (eval_loss over its finished replicates, mean +- sd):" in out
     assert out.count(" 3 of 3 finished, ") == 4
     assert "config  n  eval_loss" in out  # the live table's per-configuration spread
@@ -81,6 +88,38 @@ def test_a_replicated_grid_study_runs_each_point_k_times_and_tells_optuna_the_me
     table = load_study(study).trials  # the analysis tables carry the identity too
     assert sorted(table.groupby("config_id")["replicate"].apply(sorted).tolist()) == [
         [0, 1, 2]] * 4
+
+
+def test_its_report_leads_with_the_answer_and_pairs_every_factor(grid_study, tmp_path):
+    """Issue 17: the answer and the recommendations first (in headless Chromium), and
+    stats/comparisons.csv with both factors compared over 6 pairs."""
+    import pandas as pd
+
+    from analysis.__main__ import main as analysis_main
+    from analysis.stats import COLUMNS
+    from tests.cdp import open_page
+    from tests.test_report import _chromium
+
+    out = tmp_path / "report"
+    assert analysis_main(["report", str(grid_study[0]), "--out", str(out),
+                          "--interactions", "rank:targets"]) == 0
+    comps = pd.read_csv(out / "stats" / "comparisons.csv")
+    assert list(comps.columns) == COLUMNS
+    loss = comps[comps["metric"] == "eval_loss"].set_index("factor")
+    assert loss.loc["rank", "n_pairs"] == 6 and loss.loc["targets", "n_pairs"] == 6
+    assert loss["level_a"].tolist() == ["2", "qv"]
+    assert loss["level_b"].tolist() == ["8", "all-linear"]
+    anova = pd.read_csv(out / "stats" / "anova.csv")
+    assert "rank:targets" in anova[anova["metric"] == "eval_loss"]["term"].tolist()
+    shown = open_page(
+        _chromium(), (out / "report.html").resolve().as_uri(), tmp_path,
+        expression="[Array.from(document.querySelectorAll('h2')).map(h => h.textContent), "
+                   "Array.from(document.querySelectorAll('ul.answer li')).map(l => l.textContent)]",
+    ).value
+    assert shown[0][:4] == ["The answer", "Recommendations", "Parameter importance",
+                            "Factor effects"]
+    assert shown[1][0].startswith("Best eval_loss: lora r")
+    assert any(s.startswith("targets all-linear has ") and "over 6 pairs" in s for s in shown[1])
 
 
 @pytest.mark.parametrize(
@@ -150,13 +189,14 @@ def test_a_kill_9_mid_study_and_resume_keep_every_count_exact(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["random", "gp"])
 def test_random_and_gp_search_run_end_to_end(mode, tmp_path):
-    """Through Ray and the fork server, with ASHA; 6 configurations of a 4-point space, so the
-    GP's model (after its start-up trials) proposes some of them."""
+    """Through Ray and the fork server, with ASHA; --num-samples 6 on a 4-point space, so the
+    sampler proposes points already run (told, not trained again) until the space is done."""
     argv = ["--space", "smoke-grid", "--search", mode, "--num-samples", "6", "--no-baselines",
             "--max-concurrent", "2", "--name", mode, "--storage-path", str(tmp_path)]
     assert main(argv) == 0
     told = launched(tmp_path / mode)
-    assert len(told) == 6 and {t.state.name for t in told} <= {"COMPLETE", "PRUNED"}
+    assert len(told) == 4 and {t.state.name for t in told} <= {"COMPLETE", "PRUNED"}
     assert any(t.state.name == "COMPLETE" for t in told)
+    assert "search_ended" in optuna_study(tmp_path / mode).user_attrs  # the space, exhausted
     rows = trials(tmp_path / mode)
-    assert len(rows) == 6 and {r["status"]["replicate"] for r in rows} == {0}
+    assert len(rows) == 4 and {r["status"]["replicate"] for r in rows} == {0}

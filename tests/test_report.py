@@ -60,7 +60,8 @@ def test_report_files_are_valid_png_svg_and_html_is_self_contained(report):
     svgs = sorted((report / "figures").glob("*.svg"))
     assert len(pngs) >= 10 and [p.stem for p in pngs] == [s.stem for s in svgs]
     names = {p.stem for p in pngs}
-    assert {"pareto_eval_loss_peak_mem_mb", "factors", "curves", "seeds"} <= names
+    # (no "factors": the factor-effects figure draws finished runs, too few of them vary here)
+    assert {"pareto_eval_loss_peak_mem_mb", "curves", "seeds"} <= names
     assert {f"pareto_eval_loss_{r}" for r in figure_data.FRONT_RESOURCES} <= names
     for png in pngs:
         data = png.read_bytes()
@@ -267,26 +268,30 @@ def test_pareto_info_overlays_studies_with_their_own_fronts():
     assert len(info.fronts["s"]) == 2 and len(info.fronts["q4"]) == 1
 
 
-def test_factor_info_levels_points_and_medians():
+def test_a_study_s_design_orders_levels_and_keeps_finished_lora_runs_only():
+    from analysis.design import from_trials
+    from analysis.stats import level_means
+
     trials = table(
         [
-            {"targets": "all-linear", "eval_loss": 1.0},
-            {"targets": "qv", "eval_loss": 3.0},
-            {"targets": "qv", "eval_loss": 2.0},
-            {"targets": "qkvo", "eval_loss": 2.5},
-            {"targets": "qv", "eval_loss": 0.1, "status": "stopped"},  # not counted
-            {"targets": None, "method": "full", "eval_loss": 0.5},  # not a LoRA trial
+            {"targets": "all-linear", "rank": 8, "eval_loss": 1.0, "trial_dir": "/x/search/t0"},
+            {"targets": "qv", "rank": 8, "eval_loss": 3.0, "trial_dir": "/x/search/t1"},
+            {"targets": "qv", "rank": 16, "eval_loss": 2.0, "trial_dir": "/x/search/t2"},
+            {"targets": "qkvo", "rank": 8, "eval_loss": 2.5, "trial_dir": "/x/search/t3"},
+            {"targets": "qv", "rank": 2, "eval_loss": 0.1, "status": "stopped",
+             "trial_dir": "/x/search/t4"},  # not counted: less budget
+            {"targets": None, "method": "full", "eval_loss": 0.5, "trial_dir": "/x/search/t5"},
         ]
     )
-    info = figure_data.factor_info(trials, "targets")
-    assert info.levels == ["qv", "qkvo", "all-linear"]
-    assert sorted(info.points["level"].tolist()) == [0, 0, 1, 2]
-    assert info.medians["s"].tolist() == [2.5, 2.5, 1.0]
-    by_rank = table([{"rank": r, "eval_loss": r} for r in (16, 2, 8)])
-    ranks = figure_data.factor_info(by_rank, "rank")
-    assert ranks.levels == ["2", "8", "16"]
-    with pytest.raises(ValueError, match="unknown factor"):
-        figure_data.factor_info(trials, "colour")
+    trials["alpha"] = trials["rank"] * 2  # follows rank: no factor of its own
+    design = from_trials(trials, {"s": {"space": {}, "objectives": ["eval_loss"]}})
+    assert design.factors == ["rank", "targets"] and len(design.runs) == 4
+    assert design.orders["targets"] == ["qv", "qkvo", "all-linear"]  # by size, not the table's
+    assert design.orders["rank"] == [8, 16]
+    levels, points = level_means(design, "targets", "eval_loss")
+    assert levels["level"].tolist() == ["qv", "qkvo", "all-linear"]
+    assert levels["mean"].tolist() == [2.5, 2.5, 1.0]
+    assert sorted(points["level"].tolist()) == [0, 0, 1, 2]
 
 
 def test_curves_info_marks_asha_stops():
@@ -380,3 +385,16 @@ def test_plot_anytime_draws_without_pyplot_or_changing_the_backend(tmp_path):
     assert data.startswith(PNG_MAGIC)
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (750, 450)  # 7.5 x 4.5 inches at the default 100 dpi
+
+
+def test_a_tpe_study_without_pairs_says_so_and_leads_with_what_needs_none(report):
+    """One replicate and a log-uniform lr: no comparison has 5 pairs (issue 17, acceptance 4)."""
+    page = (report / "report.html").read_text()
+    heads = re.findall(r"<h2>(.*?)</h2>", page)
+    assert heads[:4] == ["The answer", "Recommendations", "Parameter importance",
+                         "Factor effects"]
+    answer = page[page.index("<ul class='answer'>"):page.index("<h2>Recommendations</h2>")]
+    assert "No two levels of any factor have 5 or more matched pairs" in answer
+    assert "each configuration ran once" in answer
+    assert pd.read_csv(report / "stats" / "comparisons.csv").empty
+    assert len(pd.read_csv(report / "stats" / "recommendations.csv"))
