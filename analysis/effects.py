@@ -89,7 +89,7 @@ def importance(design: Design, optuna_study=None, objectives: list[str] | None =
             except (ValueError, RuntimeError, ZeroDivisionError) as err:
                 notes.append(f"{name} importance of {metric}: not computed ({err})")
                 continue
-            rows += [[name, metric, COLUMN_OF.get(param, param), float(value)]
+            rows += [[name, metric, COLUMN_OF.get(param, param.rsplit(".", 1)[-1]), float(value)]
                      for param, value in found.items()]
     return pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS), notes
 
@@ -108,7 +108,7 @@ def anova(design: Design, interactions: list[tuple[str, ...]] = ()) -> tuple[pd.
     import statsmodels.api as sm
     from statsmodels.formula.api import ols
 
-    rows, notes = [], []
+    rows, notes, no_df = [], [], []
     for metric in design.metrics:
         data = design.runs.dropna(subset=[metric]).copy()
         for f in design.factors:  # a missing value is a level of its own ("not applicable")
@@ -124,8 +124,7 @@ def anova(design: Design, interactions: list[tuple[str, ...]] = ()) -> tuple[pd.
             warnings.simplefilter("always")
             fit = ols(formula, data=data).fit()
             if fit.df_resid < 1:
-                notes.append(f"ANOVA of {metric}: no residual degrees of freedom ({len(data)} "
-                             f"runs for {int(fit.df_model) + 1} parameters); replicates give some")
+                no_df.append(f"{metric} ({len(data)} runs, {int(fit.df_model) + 1} parameters)")
                 continue
             table = sm.stats.anova_lm(fit, typ=2)
         if any("rank-deficient" in str(w.message) for w in caught):
@@ -134,6 +133,10 @@ def anova(design: Design, interactions: list[tuple[str, ...]] = ()) -> tuple[pd.
         for term, r in table.iterrows():
             name = term.replace('C(Q("', "").replace('"))', "")
             rows.append([metric, name, r["sum_sq"], r["df"], r["F"], r["PR(>F)"]])
+    if no_df:
+        notes.append(f"ANOVA skipped for {len(no_df)} metrics without residual degrees of freedom "
+                     f"(replicates would give some): {', '.join(no_df[:3])}"
+                     + (", ..." if len(no_df) > 3 else ""))
     frame = pd.DataFrame(rows, columns=ANOVA_COLUMNS)
     frame[["F", "p"]] = frame[["F", "p"]].astype(float).replace([np.inf, -np.inf], np.nan)
     return frame, notes
