@@ -26,8 +26,8 @@ from analysis.selection import describe, several_models, train_one_command
 from study import metrics as M
 
 # a study's identity columns: what the searcher and the space may vary (seed is the replicate)
-IDENTITY = ("model", "task", "rank", "alpha", "targets", "dropout", "bits", "quant_type",
-            "scheme", "data_size", "lr", "steps")
+IDENTITY = ("model", "task", "rank", "alpha", "targets", "dropout", "variant", "init",
+            "loraplus_ratio", "rslora", "bits", "quant_type", "scheme", "data_size", "lr", "steps")
 # the resources a recommendation reads, in its order: the budget axis first
 STUDY_ORDER = (*TARGET_ORDER, *SCHEME_ORDER)  # where the space gives no order
 STUDY_RESOURCES = (M.PEAK_MEM_MB, M.TRAIN_S, M.ADAPTER_MB, M.LATENCY_MERGED,

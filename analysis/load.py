@@ -35,6 +35,10 @@ CONFIG_COLUMNS = {
     "alpha": ("lora", "alpha"),
     "targets": ("lora", "targets"),
     "dropout": ("lora", "dropout"),
+    "variant": ("lora", "variant"),
+    "init": ("lora", "init"),
+    "loraplus_ratio": ("lora", "loraplus_ratio"),
+    "rslora": ("lora", "rslora"),
     "bits": ("quant", "bits"),
     "quant_type": ("quant", "type"),
     "scheme": ("quant", "scheme"),  # derived from bits and type where older results lack it
@@ -43,7 +47,7 @@ CONFIG_COLUMNS = {
     "steps": ("train", "steps"),
     "seed": ("seed",),
 }
-LORA_ONLY = ("rank", "alpha", "targets", "dropout")
+LORA_ONLY = ("rank", "alpha", "targets", "dropout", "variant", "init", "loraplus_ratio", "rslora")
 METRIC_COLUMNS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
 CURVE_COLUMNS = (
     M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL

@@ -11,6 +11,7 @@ less budget, so its metrics are not comparable with a finished one's.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -93,7 +94,22 @@ def label(row: pd.Series | dict, model: bool = False) -> str:
         return f"{prefix}{method}{suffix}"
     rank = row.get("rank")
     rank_text = "?" if rank is None or pd.isna(rank) else int(rank)
-    return f"{prefix}r{rank_text} {row.get('targets')}{suffix}"
+    return f"{prefix}{_variant_text(row)}r{rank_text} {row.get('targets')}{suffix}"
+
+
+def _variant_text(row: pd.Series | dict) -> str:
+    """"dora pissa lora+16 rs " where a trial departs from plain LoRA ("" where it does not)."""
+    parts = []
+    for column, plain in (("variant", "lora"), ("init", "kaiming")):
+        value = row.get(column)
+        if isinstance(value, str) and value != plain:
+            parts.append(value.rsplit(":", 1)[-1])  # a user's module:Class -> Class
+    ratio = row.get("loraplus_ratio")
+    if isinstance(ratio, (int, float)) and not pd.isna(ratio) and ratio != 1:
+        parts.append(f"lora+{ratio:g}")
+    if row.get("rslora") is True:
+        parts.append("rs")
+    return "".join(f"{p} " for p in parts)
 
 
 def describe(row: pd.Series | dict, model: bool = False) -> str:
@@ -102,7 +118,7 @@ def describe(row: pd.Series | dict, model: bool = False) -> str:
     if row.get("method") == "lora":
         alpha = row.get("alpha")
         if alpha is not None and not pd.isna(alpha):
-            what = what.replace(" ", f" a{alpha:g} ", 1)
+            what = re.sub(r"(^|\s)(r[\d?]+) ", rf"\1\2 a{alpha:g} ", what, count=1)
         what = f"lora {what}"
     if model:
         what = f"{model_short(row.get('model'))} {what}"

@@ -64,6 +64,9 @@ def named_set() -> dict[str, dict]:
     out["classify thesis: qkvo r32 fp4 double-quant, batch 4, seq_len 256"] = {
         **classify, "lora.targets": "qkvo", "lora.rank": 32, "quant.scheme": "fp4",
         "quant.double_quant": True, "train.batch_size": 4, "data.seq_len": 256}
+    # issue 18: DoRA keeps more per adapted layer (probed by study.activations) and holds W
+    out["DoRA all-linear r8"] = {"lora.variant": "dora"}
+    out["DoRA all-linear r8, 4-bit"] = {"lora.variant": "dora", "quant.bits": 4}
     out["LoRA all-linear r8, 8-bit"] = {"quant.bits": 8}  # last: the slowest on CPU
     return out
 

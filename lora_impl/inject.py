@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 
 from torch import nn
 
+from lora_impl import variants
 from lora_impl.layer import LoRALinear, LoraSpec, is_linear_like, lora_layers
 
 SHORTHANDS = ("qv", "qkv", "qkvo", "attention", "mlp", "all-linear")
@@ -240,11 +241,12 @@ def inject_lora(
             target problem (see resolve_targets).
     """
     spec = _spec_of(spec, kwargs)
+    layer_class = variants.layer_class(spec.variant)  # a user's class, imported (ValueError)
     names = resolve_targets(model, targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), spec))
+        setattr(parent, child, layer_class(getattr(parent, child), spec))
     for param_name, param in model.named_parameters():
         param.requires_grad_("lora_" in param_name)
     trainable, total = count_parameters(model)

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lora_impl.dora import DoRALinear
 from lora_impl.inject import CLASSIFIER_HEADS, InjectResult, compact_targets, inject_lora
 from lora_impl.layer import LoRALinear, LoraSpec, lora_layers
 
@@ -46,13 +47,42 @@ def adapter_state_dict(model: nn.Module, modules_to_save: tuple[str, ...] = ()
                        ) -> dict[str, torch.Tensor]:
     """The adapter weights, and those of ``modules_to_save``, under PEFT's key names."""
     state = {}
-    for name, layer in lora_layers(model):
-        for part in ("lora_A", "lora_B"):
-            weight = getattr(layer, part).weight
-            state[f"{KEY_PREFIX}{name}.{part}.weight"] = weight.detach().cpu().contiguous()
+    for key, weight in _lora_parameters(model):
+        layer = model.get_submodule(key.removeprefix(KEY_PREFIX).rsplit(".lora_", 1)[0])
+        if _user_variant(layer) and ".lora_" in key:
+            weight = _as_plain_lora(layer)[0 if ".lora_A." in key else 1]
+        elif converted(layer) and ".lora_A." in key:
+            weight = torch.cat([weight, layer.init_A], dim=0)  # A' = [A; A0]
+        elif converted(layer) and ".lora_B." in key:
+            weight = torch.cat([weight, -layer.init_B], dim=1)  # B' = [B, -B0]
+        state[key] = weight.detach().cpu().contiguous()
     for key, param in _saved_module_parameters(model, modules_to_save):
         state[key] = param.detach().cpu().contiguous()
     return state
+
+
+def _user_variant(layer: nn.Module) -> bool:
+    return type(layer) not in (LoRALinear, DoRALinear)
+
+
+def _as_plain_lora(layer: LoRALinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of the plain LoRA with a user variant's update: s B A = delta_weight(), from its
+    SVD truncated to rank r (exact when the update has rank <= r, as a LoRA-shaped variant's
+    does; PEFT cannot express the variant itself)."""
+    with torch.no_grad():
+        delta = layer.delta_weight().float()
+        delta = delta.T if layer.fan_in_fan_out else delta  # (out, in)
+        u, sv, vh = torch.linalg.svd(delta / layer.scaling, full_matrices=False)
+        root = torch.sqrt(sv[: layer.rank])
+        a = root[:, None] * vh[: layer.rank]
+        b = u[:, : layer.rank] * root
+    return a.to(layer.spec.dtype), b.to(layer.spec.dtype)
+
+
+def converted(layer: nn.Module) -> bool:
+    """Whether ``layer``'s adapter is saved converted to a plain LoRA of the original base (a
+    PiSSA / OLoRA init; PEFT's ``path_initial_model_for_weight_conversion``, lora_impl.inits)."""
+    return hasattr(layer, "init_A")
 
 
 def _saved_module_parameters(model: nn.Module, names) -> list[tuple[str, torch.Tensor]]:
@@ -84,20 +114,23 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None,
                 f"config: {spec} and {layer.spec}"
             )
     classifier = any(name in CLASSIFIER_HEADS for name in modules_to_save)
+    rank, alpha, init = spec.rank, spec.alpha, spec.init
+    if converted(layers[0]):  # rank 2r and the same scale: alpha x 2 (x sqrt(2) under rsLoRA)
+        rank, alpha, init = 2 * rank, alpha * (2 ** 0.5 if spec.rslora else 2), "kaiming"
     return {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS" if classifier else "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
-        "r": spec.rank,
-        "lora_alpha": spec.alpha,
+        "r": rank,
+        "lora_alpha": alpha,
         "lora_dropout": spec.dropout,
         "target_modules": compact_targets(model),
         "use_rslora": spec.rslora,
-        "init_lora_weights": True if spec.init == "kaiming" else "gaussian",
+        "init_lora_weights": True if init == "kaiming" else "gaussian",
         "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers),
         "bias": "none",
         "modules_to_save": list(modules_to_save) or None,
-        "use_dora": False,
+        "use_dora": isinstance(layers[0], DoRALinear),
         "rank_pattern": {},
         "alpha_pattern": {},
         "layers_to_transform": None,
@@ -141,7 +174,6 @@ _UNSUPPORTED = {  # PEFT LoraConfig fields with non-default values this implemen
     # modules saved whole: a classifier's head only (an lm_head may be tied to the embeddings,
     # which loading it in place would overwrite; PEFT keeps a separate copy)
     "modules_to_save": lambda v: bool(v) and any(n not in CLASSIFIER_HEADS for n in v),
-    "use_dora": lambda v: bool(v),
     "bias": lambda v: v not in (None, "none"),
     "rank_pattern": lambda v: bool(v),
     "alpha_pattern": lambda v: bool(v),
@@ -188,6 +220,7 @@ def spec_from_peft_config(config: dict, dtype: torch.dtype = torch.float32) -> L
         dropout=config.get("lora_dropout", 0.0),
         rslora=config.get("use_rslora", False),
         init="gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming",
+        variant="dora" if config.get("use_dora") else "lora",
         dtype=dtype,
     )
 
@@ -239,3 +272,5 @@ def _lora_parameters(model: nn.Module):
         assert isinstance(layer, LoRALinear)
         yield f"{KEY_PREFIX}{name}.lora_A.weight", layer.lora_A.weight
         yield f"{KEY_PREFIX}{name}.lora_B.weight", layer.lora_B.weight
+        if isinstance(layer, DoRALinear):  # PEFT's key for DoRA's magnitude
+            yield f"{KEY_PREFIX}{name}.lora_magnitude_vector", layer.lora_magnitude

@@ -11,13 +11,16 @@ forward serve plain and quantized bases alike (PEFT's design, not loralib's).
 from __future__ import annotations
 
 import math
-import sys
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from lora_impl.inits import check_init, from_weight, init_from_weight
+from lora_impl.quant import is_conv1d
 
 INITS = ("kaiming", "gaussian")
 
@@ -44,9 +47,14 @@ class LoraSpec:
     rslora: bool = False
     """Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r."""
     init: str = "kaiming"
-    """A's init: kaiming (uniform, a=sqrt(5), PEFT's default) or gaussian (N(0, 1/r)); B is 0."""
+    """A's init: kaiming (uniform, a=sqrt(5), PEFT's default) or gaussian (N(0, 1/r)), B zero;
+    or pissa, pissa_niter_K, olora: A and B from the base weight, which keeps the residual
+    (lora_impl.inits)."""
     dtype: torch.dtype = torch.float32
     """dtype of the adapter weights, whatever the base layer's dtype."""
+    variant: str = "lora"
+    """The layer: lora, dora (weight-decomposed, a magnitude per output) or module:Class, a
+    user's LoRALinear subclass (lora_impl.variants, docs/VARIANTS.md)."""
 
     def __post_init__(self) -> None:
         rank, alpha, dropout = self.rank, self.alpha, self.dropout
@@ -61,7 +69,15 @@ class LoraSpec:
         )
         _require(_is_number(dropout) and 0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
         _require(isinstance(self.rslora, bool), "rslora", self.rslora, "true or false")
-        _require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
+        for problem in (check_init(self.init), check_variant(self.variant)):
+            if problem:
+                raise ValueError(problem)
+        if self.variant == "dora" and from_weight(self.init):
+            raise ValueError(
+                f"lora.init {self.init} with lora.variant dora is not supported: PEFT's export "
+                "of a PiSSA / OLoRA adapter (a converted plain LoRA) cannot carry DoRA's "
+                "magnitude; use init kaiming or gaussian with dora"
+            )
         _require(
             isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point,
             "dtype",
@@ -75,6 +91,19 @@ class LoraSpec:
         return self.alpha / math.sqrt(self.rank) if self.rslora else self.alpha / self.rank
 
 
+BUILTIN_VARIANTS = ("lora", "dora")
+USER_VARIANT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # module:Class
+
+
+def check_variant(name: object) -> str | None:
+    """Why ``name`` is no variant name (one line), or None: a built-in or ``module:Class``
+    (``lora_impl.variants`` finds the class)."""
+    if isinstance(name, str) and (name in BUILTIN_VARIANTS or USER_VARIANT.fullmatch(name)):
+        return None
+    return (f"lora.variant must be one of {', '.join(BUILTIN_VARIANTS)} or module:Class (a "
+            f"LoRALinear subclass in an importable module), got {name!r}")
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -82,28 +111,6 @@ def _is_number(value: object) -> bool:
 def _require(ok: bool, field: str, value: object, allowed: str) -> None:
     if not ok:
         raise ValueError(f"lora.{field} must be {allowed}, got {value!r}")
-
-
-def quant_kind(module: nn.Module) -> str | None:
-    """'4bit' or '8bit' for a bitsandbytes linear, None for anything else.
-
-    bitsandbytes is only consulted if something already imported it: a bnb layer cannot exist
-    otherwise, and importing it costs seconds.
-    """
-    bnb = sys.modules.get("bitsandbytes")
-    if bnb is None:
-        return None
-    if isinstance(module, bnb.nn.Linear4bit):
-        return "4bit"
-    if isinstance(module, bnb.nn.Linear8bitLt):
-        return "8bit"
-    return None
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """True for transformers' GPT-2 style ``Conv1D`` (a linear with a (in, out) weight)."""
-    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
-    return pytorch_utils is not None and isinstance(module, pytorch_utils.Conv1D)
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -136,6 +143,9 @@ class LoRALinear(nn.Module):
     Raises:
         TypeError: ``spec`` is not a LoraSpec, or an unsupported base layer.
     """
+
+    mergeable = True  # a variant whose update cannot be folded into W sets False
+    merge_keeps_base = False  # True: merge keeps W itself, as W' - W depends on W (DoRA)
 
     def __init__(self, base_layer: nn.Module, spec: LoraSpec) -> None:
         super().__init__()
@@ -193,7 +203,11 @@ class LoRALinear(nn.Module):
         return self.spec.dropout
 
     def reset_lora_parameters(self) -> None:
-        """Initialise A (Kaiming-uniform or Gaussian) and set B to zero, as PEFT does."""
+        """Initialise A (Kaiming-uniform or Gaussian) and set B to zero, as PEFT does; or both
+        from the base weight (PiSSA, OLoRA: ``lora_impl.inits``)."""
+        if self.init not in INITS:
+            init_from_weight(self)
+            return
         if self.init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         else:

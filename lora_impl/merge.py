@@ -16,7 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lora_impl.layer import LoRALinear, lora_layers, quant_kind
+from lora_impl.layer import LoRALinear, lora_layers
+from lora_impl.quant import (
+    dequantize_4bit_weight,
+    int8_weight_stats,
+    quant_kind,
+    quantize_4bit_like,
+    quantize_int8,
+)
 
 
 def merge(model: nn.Module) -> int:
@@ -61,6 +68,9 @@ def merge_layer(layer: LoRALinear, name: str = "") -> None:
     """Fold ``layer``'s update into its base weight (see the module docstring)."""
     if layer.merged:
         return
+    if not layer.mergeable:
+        raise ValueError(f"{type(layer).__name__} ({name or 'a layer'}) cannot be merged: its "
+                         "update is not a fixed weight; use it unmerged")
     kind = quant_kind(layer.base_layer)
     delta = layer.delta_weight().detach()
     if kind == "4bit":
@@ -71,8 +81,9 @@ def merge_layer(layer: LoRALinear, name: str = "") -> None:
         weight = layer.base_layer.weight
         merged = (weight.data.float() + delta.float()).to(weight.dtype)
         _check_finite(merged, name)
-        if weight.dtype != torch.float32:
-            # (W + d) - d is not W once rounded to 16 bits: keep W for a bitwise unmerge
+        if weight.dtype != torch.float32 or layer.merge_keeps_base:
+            # (W + d) - d is not W once rounded to 16 bits, and DoRA's d depends on W: keep W
+            # for a bitwise unmerge
             layer._unmerged_base = {"data": weight.data.clone()}
         weight.data.copy_(merged)
     layer.merged = True
@@ -106,70 +117,6 @@ def _check_finite(weight: torch.Tensor, name: str) -> None:
             f"merging the adapter of {name or 'a layer'} gives non-finite weights; "
             "the layer was left unmerged"
         )
-
-
-def canonical_4bit(base: nn.Module) -> None:
-    """Undo bitsandbytes' CPU inference packing of a Linear4bit weight, in place.
-
-    On CPUs with AVX512-BF16, an eval-mode no-grad forward re-packs the 4-bit weight into a
-    kernel-friendly layout; (de)quantization functions expect the standard layout.
-    """
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-    weight = base.weight
-    if getattr(weight.quant_state, "packing_format_for_cpu", False):
-        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-            weight.data, weight.quant_state
-        )
-        base.quant_state = weight.quant_state
-
-
-def dequantize_4bit_weight(base: nn.Module) -> torch.Tensor:
-    """The float weight (out, in) a Linear4bit computes with."""
-    import bitsandbytes.functional as bnbf
-
-    canonical_4bit(base)
-    return bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state)
-
-
-def quantize_4bit_like(weight: torch.Tensor, like: nn.Parameter, module: nn.Module) -> nn.Parameter:
-    """Quantize a float weight with the blocksize, type and storage of the Params4bit ``like``."""
-    import bitsandbytes as bnb
-
-    data, state = bnb.functional.quantize_4bit(
-        weight,
-        blocksize=like.blocksize,
-        compress_statistics=like.compress_statistics,
-        quant_type=like.quant_type,
-        quant_storage=like.quant_storage,
-    )
-    return bnb.nn.Params4bit(
-        data,
-        requires_grad=False,
-        quant_state=state,
-        blocksize=like.blocksize,
-        compress_statistics=like.compress_statistics,
-        quant_type=like.quant_type,
-        quant_storage=like.quant_storage,
-        module=module,
-        bnb_quantized=True,
-    )
-
-
-def int8_weight_stats(base: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CB, SCB) of a Linear8bitLt: int8 rows and their absmax scales, wherever bnb keeps them."""
-    weight = base.weight
-    if getattr(weight, "CB", None) is not None:
-        return weight.CB, weight.SCB
-    return base.state.CB, base.state.SCB  # moved there by the layer's first forward
-
-
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CB, SCB) of a float weight, exactly as ``Int8Params`` quantizes (row-wise, via fp16)."""
-    import bitsandbytes.functional as bnbf
-
-    cb, scb, _ = bnbf.int8_vectorwise_quant(weight.to(torch.float16))
-    return cb, scb
 
 
 def _merge_4bit(layer: LoRALinear, delta: torch.Tensor, name: str) -> None:

@@ -187,11 +187,12 @@ def saved_bytes(hf_config, cfg: TrialConfig, amp: torch.dtype | None) -> Graph:
            "quant.bits": cfg.quant.bits, "quant.type": cfg.quant.type,
            "quant.int8_threshold": cfg.quant.int8_threshold,
            "train.grad_checkpointing": cfg.train.grad_checkpointing,
-           "data.task": "classify" if cfg.data.task == "classify" else "lm"}
+           "data.task": "classify" if cfg.data.task == "classify" else "lm",
+           "lora.variant": cfg.lora.variant}  # DoRA keeps more per layer: probed, not guessed
     if cfg.method == "full":
         cls["quant.bits"] = 16
     if cfg.method != "lora":  # no adapter: its targets and rank change nothing
-        cls.update({"lora.targets": "qv", "lora.rank": 1})
+        cls.update({"lora.targets": "qv", "lora.rank": 1, "lora.variant": "lora"})
 
     config_json = json.dumps(keep, sort_keys=True, default=str)
 

@@ -151,7 +151,9 @@ def adapter_params(cfg: TrialConfig, facts: ModelFacts) -> int:
     """Parameters of ``cfg``'s adapter (A and B of every targeted layer); 0 unless LoRA."""
     if cfg.method != "lora":
         return 0
-    return sum(cfg.lora.rank * (i + o) for i, o in facts.target_dims[cfg.lora.targets])
+    dims = facts.target_dims[cfg.lora.targets]
+    magnitude = sum(o for _, o in dims) if cfg.lora.variant == "dora" else 0  # one per output
+    return sum(cfg.lora.rank * (i + o) for i, o in dims) + magnitude
 
 
 def head_params(cfg: TrialConfig, facts: ModelFacts) -> int:
@@ -176,6 +178,8 @@ def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
         return weights, 0.0
     if cfg.method == "lora":
         state = adapter_params(cfg, facts) * (4.0 + ADAM_BYTES) + head * ADAM_BYTES
+        if cfg.lora.variant == "dora":  # each forward's fp32 W (dequantized) and W + s B A
+            state += 2 * 4.0 * max(i * o for i, o in facts.target_dims[cfg.lora.targets])
     else:
         state = (params + head) * ADAM_BYTES
     graph = saved_bytes(facts.hf_config, cfg, compute_precision(cfg, facts))
@@ -217,6 +221,7 @@ MEMORY_KEYS = (
     "method",
     "lora.rank",
     "lora.targets",
+    "lora.variant",
     "quant.bits",
     "quant.scheme",
     "train.batch_size",

@@ -90,8 +90,7 @@ def dequantize_linears(model) -> list[str]:
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    from lora_impl.layer import is_conv1d, quant_kind
-    from lora_impl.merge import dequantize_4bit_weight, int8_weight_stats
+    from lora_impl.quant import dequantize_4bit_weight, int8_weight_stats, is_conv1d, quant_kind
 
     with torch.device("meta"):
         reference = AutoModelForCausalLM.from_config(model.config)

@@ -67,6 +67,13 @@ def usable(address: str | None, gpus_per_trial: float | None) -> bool:
     return gpus_per_trial == 0
 
 
+def user_pythonpath() -> str:
+    """The driver's PYTHONPATH with every entry made absolute ("" when unset): where a user's
+    own modules (a ``lora.variant=module:Class``) are found, whatever directory a trial runs in."""
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return os.pathsep.join(os.path.abspath(e) for e in entries)
+
+
 class ForkServer:
     """The driver's handle on the server process: its socket, its log, its end."""
 
@@ -79,7 +86,7 @@ class ForkServer:
         """Start the server (it imports while the caller goes on); ``ready()`` waits for it."""
         directory = Path(tempfile.mkdtemp(prefix="lora-study-"))  # mode 0700: ours alone
         root = str(Path(__file__).resolve().parents[1])
-        path = os.environ.get("PYTHONPATH")
+        path = user_pythonpath()
         env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
         with open(directory / LOG, "wb") as log:
             proc = subprocess.Popen(

@@ -78,8 +78,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         default="default",
-        help="built-in search space (default, smoke, smoke-grid, thesis-news, seeds-qwen2) or a"
-        " YAML file",
+        help="built-in search space (default, smoke, smoke-grid, smoke-variants, thesis-news, "
+        "seeds-qwen2) or a YAML file",
     )
     p.add_argument(
         "--set",

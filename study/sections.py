@@ -81,7 +81,13 @@ class LoraConfig:
     rslora: bool = False
     """Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r."""
     init: str = "kaiming"
-    """Initialisation of A: kaiming (PEFT's default) or gaussian; B starts at zero."""
+    """Initialisation: kaiming (PEFT's default) or gaussian (A random, B zero); pissa,
+    pissa_niter_K or olora (A and B from the base weight, which keeps the residual)."""
+    variant: str = "lora"
+    """The adapter layer: lora, dora (a learned magnitude per output, PEFT's use_dora) or
+    module:Class, your own LoRALinear subclass (docs/VARIANTS.md)."""
+    loraplus_ratio: float = 1.0
+    """LoRA+: B's learning rate is lr x this (1 = plain LoRA; the paper suggests 16)."""
 
     def __post_init__(self) -> None:
         _positive_int("lora.rank", self.rank)  # before alpha = ratio x rank is computed
@@ -89,7 +95,11 @@ class LoraConfig:
             _positive_float("lora.alpha_ratio", self.alpha_ratio)
         if self.alpha is None:
             object.__setattr__(self, "alpha", float((self.alpha_ratio or 2.0) * self.rank))
-        self.spec()  # the adapter's own checks: rank, alpha, dropout, rslora, init
+        self.spec()  # the adapter's own checks: rank, alpha, dropout, rslora, init, variant
+        _positive_float("lora.loraplus_ratio", self.loraplus_ratio)
+        from lora_impl.variants import layer_class
+
+        layer_class(self.variant)  # a user's module: imported now, so a bad name stops the study
         if self.alpha_ratio is not None and not math.isclose(
             self.alpha, self.alpha_ratio * self.rank
         ):
@@ -112,6 +122,7 @@ class LoraConfig:
             dropout=self.dropout,
             rslora=self.rslora,
             init=self.init,
+            variant=self.variant,
         )
 
     @property

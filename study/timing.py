@@ -141,6 +141,24 @@ def _generation(facts, gen: Generation, share: float, new_tokens: int,
     return flops, calls, tokens
 
 
+def _variant_terms(out: dict, cfg: TrialConfig, facts, forwards: float, speed: float) -> None:
+    """What a LoRA variant adds, in the terms' own units (their coefficients were fitted on
+    plain LoRA: bench/time_model.py). DoRA, every forward of every adapted layer: the product
+    B A and the norm of W + s B A over the whole weight (elementwise), and a quantized weight
+    dequantized once more. PiSSA / OLoRA, once at load: an SVD or a QR of each adapted weight,
+    counted as about 4 x out x in x min(out, in) flops (LAPACK's dense SVD is a few times that
+    of a matrix product of the same shapes)."""
+    dims = facts.target_dims[cfg.lora.targets]
+    weights = sum(i * o for i, o in dims)
+    if cfg.lora.variant == "dora":
+        out["train.compute"] += 2.0 * cfg.lora.rank * weights * forwards / speed
+        out["train.elementwise"] += 3.0 * weights * forwards
+        if cfg.quant.bits != 16:
+            out["train.dequant"] += weights * forwards / 1e9
+    if cfg.lora.init.startswith(("pissa", "olora")):
+        out["train.compute"] += sum(4.0 * i * o * min(i, o) for i, o in dims) / speed
+
+
 def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
           ) -> dict[str, float]:
     """Each term's size for ``cfg`` (the units of ``COEFFICIENTS``); ``generated``: the share
@@ -163,6 +181,8 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
         out["train.elementwise"] = _elements(facts, work.train.tokens) * (forwards + 1.0)
         out["train.dequant"] = quantized * work.train.count * (forwards + 1.0) / 1e9
         out["train.calls"] = facts.layers * work.train.count
+        if cfg.method == "lora":
+            _variant_terms(out, cfg, facts, work.train.count * forwards, speed)
         trainable = facts.total_params if full else adapter_params(cfg, facts)
         out["train.optimizer"] = trainable * work.steps / 1e9
         written = trainable * 12.0 + (facts.total_params * 4.0 if full else 0.0)

@@ -33,6 +33,7 @@ from lora_impl import (
     unmerge,
 )
 from lora_impl.layer import base_layer_dims
+from lora_impl.loraplus import loraplus_groups
 from study import classify, precision, record
 from study import metrics as M
 from study.checkpoint import load_checkpoint, save_checkpoint
@@ -168,7 +169,11 @@ class _Trial:
             cfg.train.epochs * len(self.data.train) / per_step
         )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.trainable, cfg.train)
+        params = self.trainable
+        if cfg.method == "lora" and cfg.lora.loraplus_ratio != 1:  # B faster than A (LoRA+)
+            params = loraplus_groups(self.model, cfg.train.lr, cfg.lora.loraplus_ratio,
+                                     cfg.train.weight_decay)
+        self.optimizer = make_optimizer(params, cfg.train)
         generative = cfg.data.task != "lm"
         self.eval_prompts = self.data.eval if generative else self._lm(self.data.eval)
         self.test_prompts = self.data.test if generative else self._lm(self.data.test)

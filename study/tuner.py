@@ -46,6 +46,8 @@ def _ray_init(options: StudyOptions) -> str:
     host = os.environ.get("LORA_STUDY_DASHBOARD_HOST", "127.0.0.1")
     if options.dashboard:
         kwargs.update(dashboard_host=host)
+    if path := forkserver.user_pythonpath():  # a user's variant module, importable in every worker
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
     context = ray.init(address=options.address, **kwargs)
     if options.dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url} (token auth; bound to {host})")

@@ -130,9 +130,9 @@ def test_bad_adapter_directories(tmp_path):
     with pytest.raises(ValueError, match="no adapter_config.json"):
         load_adapter(model, tmp_path)
     (tmp_path / "adapter_config.json").write_text(
-        '{"peft_type": "LORA", "use_dora": true, "target_modules": ["q_proj"], "r": 2}'
-    )
-    with pytest.raises(ValueError, match="use_dora"):
+        '{"peft_type": "LORA", "rank_pattern": {"q": 4}, "target_modules": ["q_proj"], "r": 2}'
+    )  # (DoRA loads since issue 18: tests/test_variants.py)
+    with pytest.raises(ValueError, match="rank_pattern"):
         load_adapter(model, tmp_path)
     # an lm_head saved whole (tied to the embeddings here): refused; a classifier head loads
     (tmp_path / "adapter_config.json").write_text(

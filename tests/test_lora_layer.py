@@ -73,7 +73,8 @@ def test_adapter_dtype_is_float32_whatever_the_base():
         ({"alpha": float("inf")}, "lora.alpha must be a number > 0, got inf"),
         ({"dropout": 1.0}, "lora.dropout must be in [0, 1), got 1.0"),
         ({"dropout": -0.1}, "lora.dropout must be in [0, 1), got -0.1"),
-        ({"init": "xavier"}, "lora.init must be one of kaiming, gaussian, got 'xavier'"),
+        ({"init": "xavier"}, "lora.init must be one of kaiming, gaussian, pissa, pissa_niter_K "
+         "(K >= 1) or olora, got 'xavier'"),
         ({"rslora": "yes"}, "lora.rslora must be true or false, got 'yes'"),
     ],
 )
@@ -92,7 +93,7 @@ BAD_FIELDS = {
     "rank": (0, "a positive integer"),
     "alpha": (-1.0, "a number > 0"),
     "dropout": (1.5, "in [0, 1)"),
-    "init": ("xavier", "one of kaiming, gaussian"),
+    "init": ("xavier", "one of kaiming, gaussian, pissa, pissa_niter_K (K >= 1) or olora"),
     "rslora": (1, "true or false"),
     "dtype": (torch.int8, "a floating-point torch.dtype"),
 }

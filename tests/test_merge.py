@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lora_impl import inject_lora, lora_layers, merge, unload, unmerge
-from lora_impl.merge import canonical_4bit, int8_weight_stats
+from lora_impl.quant import canonical_4bit, int8_weight_stats
 from study.models import load_model
 from tests.conftest import randomize_lora
 

@@ -74,7 +74,8 @@ def quantize_linears(
     """
     bnb = import_bitsandbytes()
     from lora_impl.inject import output_heads
-    from lora_impl.layer import is_conv1d, is_linear_like, quant_kind
+    from lora_impl.layer import is_linear_like
+    from lora_impl.quant import is_conv1d, quant_kind
 
     heads = output_heads(model)
     replaced = []
@@ -147,7 +148,7 @@ def quantize_linears(
 def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     """Make every 4-bit layer compute in ``dtype`` (the trial's compute dtype), explicitly:
     left unset, bitsandbytes takes the dtype of its first input and keeps it."""
-    from lora_impl.layer import quant_kind
+    from lora_impl.quant import quant_kind
 
     for module in model.modules():
         if quant_kind(module) == "4bit":
