@@ -57,12 +57,15 @@ def test_the_largest_batch_is_the_loops(facts):
     assert work.train.squares == sum(s[1] * s[2] ** 2 for s in seen)
 
 
-@pytest.mark.parametrize("targets", ["qv", "all-linear"])
-@pytest.mark.parametrize("amp", [None, torch.bfloat16])
-def test_the_counted_graph_matches_the_whole_model(targets, amp):
+@pytest.mark.parametrize("targets, amp, variant", [
+    ("qv", None, "lora"), ("all-linear", None, "lora"), ("qv", torch.bfloat16, "lora"),
+    ("all-linear", torch.bfloat16, "lora"),
+    ("all-linear", None, "dora"),  # DoRA keeps more per layer: the probe counts it too
+])
+def test_the_counted_graph_matches_the_whole_model(targets, amp, variant):
     """study.activations fits small copies of the architecture; the same count on the whole
     tiny model must agree."""
-    cfg = tiny_trial(**{"lora.targets": targets})
+    cfg = tiny_trial(**{"lora.targets": targets, "lora.variant": variant})
     model, tok = load_model(cfg.model.name)
     from study.trial import _prepare
 
@@ -114,3 +117,12 @@ def test_ranks_between_and_beyond_the_probed_two_equal_a_probe_of_their_own(amp,
             getattr(probed, field.name), rel=1e-6, abs=1.0), field.name
     assert probed.per_token > saved_bytes(model.config, tiny_trial(**{
         "lora.rank": 1, "lora.targets": "all-linear"}), amp).per_token  # the rank is seen
+
+
+def test_dora_s_estimate_counts_its_magnitudes_and_its_larger_graph(facts):
+    from study.estimate import adapter_params
+
+    lora, dora = tiny_trial(), tiny_trial(**{"lora.variant": "dora"})
+    outputs = sum(o for _, o in facts.target_dims[lora.lora.targets])
+    assert adapter_params(dora, facts) == adapter_params(lora, facts) + outputs
+    assert estimate_cfg(dora, facts) > estimate_cfg(lora, facts)
