@@ -31,9 +31,14 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig):
         return None
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     try:  # one fused kernel for all parameters (CPU and CUDA since torch 2.4)
-        return torch.optim.AdamW(params, fused=True, **kwargs)
+        optimizer = torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, **kwargs)
+        optimizer = torch.optim.AdamW(params, **kwargs)
+    for group in optimizer.param_groups:
+        # a group's learning rate relative to cfg.lr (LoRA+ gives B ratio x lr): the schedule
+        # scales it, never replaces it (``train`` sets lr_at(step) * lr_scale at each step)
+        group["lr_scale"] = group["lr"] / cfg.lr
+    return optimizer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -185,7 +190,7 @@ def train_loop(
     for step in range(start_step, total_steps):
         lr = lr_at(step, total_steps, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # no scale: a checkpoint from before it
         t_step = now(device)
         fwd = bwd = 0.0
         step_loss = 0.0
