@@ -273,7 +273,7 @@ def to_optuna(space: dict[str, Any]) -> dict[str, Any]:
     """The searched parameters as Optuna distributions (dotted names, the space's order).
 
     The same distributions Ray's ``OptunaSearch.convert_search_space(to_tune(space))`` builds
-    (tests/test_search.py checks it), so a searcher on these asks what Ray's would.
+    (tests/test_spaces.py checks it), so a searcher on these asks what Ray's would.
     """
     from optuna.distributions import (
         CategoricalDistribution,

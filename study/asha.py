@@ -5,7 +5,7 @@
 The rule of Li et al. (2020) as Ray's ``ASHAScheduler`` applies it with one bracket: rungs at
 ``grace * rf**k`` steps (``k = 0, 1, ...`` while ``<= max_t``); the first result of a trial at or
 past a rung it has not reached before is recorded there, and the trial stops when it is worse
-than the ``1 - 1/rf`` quantile of that rung's recorded values. tests/test_search.py checks the
+than the ``1 - 1/rf`` quantile of that rung's recorded values. tests/test_asha.py checks the
 decisions against Ray's ``ASHAScheduler`` on random curves.
 
 Written here rather than subclassed because Ray keeps the rungs in private fields, and a study

@@ -1,9 +1,8 @@
-"""The study's searcher, scheduler and memory estimate, without a Ray cluster."""
+"""The study's searcher (Optuna ask/tell behind Tune's hooks), without a Ray cluster."""
 
 from __future__ import annotations
 
 import math
-import random
 from types import SimpleNamespace
 
 import pytest
@@ -12,82 +11,9 @@ pytest.importorskip("optuna")  # the searcher: absent on a GPU machine without t
 pytest.importorskip("ray")
 from optuna.samplers import TPESampler
 
-from search_spaces import SpaceError, load_space, to_tune, tune_points, validate
+from search_spaces import SpaceError, validate
 from study import metrics as M
-from study.asha import StudyASHA
 from study.search import StudySearch
-
-
-def _asha(**kw):
-    args = dict(time_attr="step", metric="eval_loss", mode="min", max_t=40, reduction_factor=2)
-    return StudyASHA(**{**args, "grace": 5, **kw})
-
-
-def _ray_asha(**kw):
-    from ray.tune.schedulers import ASHAScheduler
-
-    args = dict(time_attr="step", metric="eval_loss", mode="min", max_t=40, reduction_factor=2)
-    return ASHAScheduler(**{**args, "grace_period": 5, **kw})
-
-
-def _run(scheduler, curves: dict[str, list[dict]]) -> dict[str, int]:
-    """Feed each trial's curve in turn, as Tune does; the step each trial was stopped at."""
-    stopped_at = {}
-    for trial_id, curve in curves.items():
-        trial = SimpleNamespace(trial_id=trial_id)
-        scheduler.on_trial_add(None, trial)
-        for point in curve:
-            if scheduler.on_trial_result(None, trial, point) == "STOP":
-                stopped_at[trial_id] = point["step"]
-                break
-        scheduler.on_trial_complete(None, trial, point)
-    return stopped_at
-
-
-def _ended(curves: dict) -> list:
-    return [(key, curve, True) for key, curve in curves.items()]
-
-
-def _curves(seed: int, n: int = 16, steps=(5, 10, 20, 40), prefix: str = "t") -> dict:
-    rng = random.Random(seed)
-    out = {}
-    for t in range(n):
-        chosen = sorted(rng.sample(steps, rng.randint(1, len(steps))))  # some skip rungs
-        out[f"{prefix}{t}"] = [{"step": s, "eval_loss": rng.uniform(1, 3) / s} for s in chosen]
-    return out
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("rf, mode", [(2, "min"), (3, "min"), (3, "max")])
-def test_asha_decides_as_rays_asha(seed, rf, mode):
-    curves = _curves(seed, steps=(5, 10, 15, 20, 30, 40))
-    ours = _run(_asha(reduction_factor=rf, mode=mode), curves)
-    rays = _run(_ray_asha(reduction_factor=rf, mode=mode), curves)
-    assert ours == rays
-    assert any(step < 40 for step in ours.values())  # some trials were stopped early
-
-
-def test_asha_rungs_are_rebuilt_from_recorded_curves():
-    past, future = _curves(0, n=12), _curves(1, n=8, prefix="new")
-    live = _asha()
-    stopped = _run(live, past)
-    # what the trial directories hold: each curve up to where ASHA stopped it
-    past = {k: [p for p in c if p["step"] <= stopped.get(k, 40)] for k, c in past.items()}
-    rebuilt = _asha(replay=lambda: _ended(past))
-    # every new trial is judged against the recorded rungs exactly as the live run would
-    assert _run(rebuilt, future) == _run(live, future)
-    fresh = _asha()
-    assert _run(fresh, future) != _run(_asha(replay=lambda: _ended(past)), future)
-
-
-def test_asha_treats_nan_as_not_known_yet():
-    asha = _asha()
-    _run(asha, {f"t{i}": [{"step": 5, "eval_loss": 0.1 * (i + 1)}] for i in range(4)})
-    trial = SimpleNamespace(trial_id="nan")
-    asha.on_trial_add(None, trial)
-    # a NaN at the rung is neither judged nor recorded: the next finite value is
-    assert asha.on_trial_result(None, trial, {"step": 5, "eval_loss": math.nan}) == "CONTINUE"
-    assert asha.on_trial_result(None, trial, {"step": 6, "eval_loss": 9.0}) == "STOP"
 
 
 def _searcher(space, objectives=("eval_loss",), **kw):
@@ -294,17 +220,6 @@ def test_points_a_distribution_cannot_hold_are_refused_before_the_search():
     validate({**space, "points_to_evaluate": [{"train.lr": 0.5}]})  # a reference: tried as given
 
 
-def test_a_stop_a_kill_cut_short_is_made_when_the_trial_reports_again():
-    past = {f"t{i}": [{"step": 5, "eval_loss": 0.1 * (i + 1)}] for i in range(4)}
-    curves = [(k, c, True) for k, c in past.items()]
-    curves.append(("cut", [{"step": 5, "eval_loss": 9.0}], False))  # its STOP never arrived
-    asha = _asha(replay=lambda: curves)
-    asha.on_trial_add(None, SimpleNamespace(trial_id="cut"))
-    good = {"step": 10, "eval_loss": 0.01}
-    assert asha.key(SimpleNamespace(trial_id="cut")) == "cut"
-    assert asha.on_trial_result(None, SimpleNamespace(trial_id="cut"), good) == "STOP"
-
-
 def test_a_half_written_journal_line_is_cut_before_appending(tmp_path):
     from study import journal
 
@@ -335,61 +250,6 @@ def test_the_search_decides_on_the_recorded_grid_as_it_did_on_rays_classes():
     assert set(now) == set(recorded) and compare(recorded, now) == []
     changed = {k: [list(reversed(seed)) for seed in v] for k, v in now.items()}
     assert len(compare(recorded, changed)) == 2 * len(now)  # and it would see a difference
-
-
-def test_optuna_distributions_equal_rays_conversion():
-    from ray.tune.search.optuna import OptunaSearch
-
-    from search_spaces import to_optuna
-
-    for name in ("default", "smoke", "seeds-qwen2"):
-        space = load_space(name)
-        assert to_optuna(space) == OptunaSearch.convert_search_space(to_tune(space))
-    ints = {"train": {"steps": {"randint": [4, 8]}}}
-    assert to_optuna(ints) == OptunaSearch.convert_search_space(to_tune(ints))
-
-
-def test_builtin_spaces_are_valid_and_convert():
-    for name in ("default", "smoke", "seeds-qwen2"):
-        space = load_space(name)
-        converted = to_tune(space)
-        assert "lora.rank" in converted  # dotted TrialConfig names, the same all the way
-    default = load_space("default")
-    assert default["lora"]["rank"] == {"choice": [1, 2, 4, 8, 16, 32, 64]}
-    assert default["quant"]["bits"] == {"choice": [4, 8, 16]}
-    assert default["lora"]["targets"] == {"choice": ["qv", "qkvo", "all-linear"]}
-    seeds = load_space("seeds-qwen2")  # the reports' setting: Qwen2-0.5B, wikitext-2, q and v first
-    assert (seeds["model"]["name"], seeds["data"]["source"]) == ("Qwen/Qwen2-0.5B", "wikitext-2")
-    assert tune_points(seeds)[0]["lora.targets"] == "qv"
-
-
-@pytest.mark.parametrize(
-    "space, message",
-    [
-        ({"lora": {"rank": {"choice": []}}}, "non-empty list"),
-        ({"lora": {"rank": {"choice": [[1, 2]]}}}, "scalars or strings"),
-        ({"train": {"lr": {"loguniform": [0, 1]}}}, "0 < low < high"),
-        ({"lora": {"rank": {"gauss": [1, 2]}}}, "unknown distribution"),
-        ({"lora": {"rank": {"choice": [0, 8]}}}, "lora.rank must be a positive integer"),
-        ({"lora": {"rnk": 8}}, "unknown config key lora.rnk"),
-        (
-            {"lora": {"rank": {"choice": [4, 8]}}, "points_to_evaluate": [{"lora.alpha": 1}]},
-            "not a searched parameter",
-        ),
-    ],
-)
-def test_bad_spaces_name_the_problem(space, message):
-    with pytest.raises(SpaceError, match=message):
-        validate(space)
-
-
-def test_points_to_evaluate_fill_every_searched_key():
-    space = {
-        "lora": {"rank": {"choice": [4, 8]}, "targets": {"choice": ["qv", "all-linear"]}},
-        "points_to_evaluate": [{"lora.rank": 8}],
-    }
-    validate(space)
-    assert tune_points(space) == [{"lora.rank": 8, "lora.targets": "qv"}]
 
 
 def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, monkeypatch):
@@ -443,23 +303,6 @@ def test_the_live_table_survives_a_config_the_space_allows_but_a_trial_refuses()
     invalid, valid = table.splitlines()[1:]
     # after the trial, its config id and replicate (unknown here: dashes)
     assert invalid.split()[3] == "bad" and valid.split()[3:6] == ["4", "8", "qv"]
-
-
-def test_a_torn_curve_line_is_left_out_of_asha_replay_and_named(tmp_path):
-    """A half-written last line of curve.jsonl made --resume fail with a traceback (issue 12,
-    bug 4); it is left out, the rest is replayed, and the resume's warning names the file."""
-    from study import record
-    from study.resume import damaged_lines, replay_curves
-
-    trial = record.group_dir(tmp_path, record.SEARCH) / "t0"
-    record.write_config(trial, {"lora": {"rank": 1}})
-    record.write_curve(trial, [{"step": 2, "eval_loss": 1.0}, {"step": 4, "eval_loss": 0.9}])
-    record.write_status(trial, record.RUNNING)
-    path = record.curve_path(trial)
-    path.write_bytes(path.read_bytes() + b'{"step": 6, "eval_lo')
-    ((name, points, ended),) = replay_curves(tmp_path, record.SEARCH)
-    assert (name, [p["step"] for p in points], ended) == ("t0", [2, 4], False)
-    assert damaged_lines(tmp_path) == [f"{path}: damaged line 3 left out"]
 
 
 @pytest.mark.parametrize(
