@@ -49,12 +49,14 @@ def run_arm(name: str, args: list[str], out: Path, repeats: int) -> Path:
 
 
 def table(report: Path) -> list[str]:
-    """Each arm's mean [95% CI] per metric and its paired comparison against LoRA."""
+    """Each arm's mean [95% CI] per metric, then its paired comparisons against LoRA."""
     configs = pd.read_csv(report / "stats" / "configurations.csv")
     comps = pd.read_csv(report / "stats" / "comparisons.csv")
-    lines = ["| arm | n | " + " | ".join(f"{m} mean [95% CI]" for m in METRICS)
-             + " | eval_loss vs LoRA: median ratio, mean diff [95% CI], Wilcoxon p (Holm) |",
-             "|---|---|" + "---|" * len(METRICS) + "---|"]
+    lines = ["| arm | n | " + " | ".join(f"{m} mean [95% CI]" for m in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
+    paired = ["| arm vs LoRA (same seeds) | pairs | " + " | ".join(
+        f"{m}: median ratio, mean diff [95% CI], Wilcoxon p (Holm)" for m in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS)]
     for label, part in configs.groupby("label", sort=False):
         cells = []
         for metric in METRICS:
@@ -65,16 +67,23 @@ def table(report: Path) -> list[str]:
             r = row.iloc[0]
             cells.append(f"{r['mean']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]")
         arm = next((a for a, f in FACTOR_OF.items() if _is_arm(label, a)), "lora")
-        vs = "-"
-        if arm != "lora":
-            c = comps[(comps["factor"] == FACTOR_OF[arm]) & (comps["metric"] == "eval_loss")]
-            if len(c):
-                c = c.iloc[0]
-                vs = (f"{c['median_ratio']:.3f}x, {c['mean_diff']:+.4f} [{c['ci_low']:.4f}, "
-                      f"{c['ci_high']:.4f}], p = {c['wilcoxon_p']:.3g} ({c['p_holm']:.3g})")
-        n = int(part["n"].max())
-        lines.append(f"| {arm} ({label}) | {n} | " + " | ".join(cells) + f" | {vs} |")
-    return lines
+        lines.append(f"| {arm} ({label}) | {int(part['n'].max())} | " + " | ".join(cells) + " |")
+        if arm == "lora":
+            continue
+        cells, n_pairs = [], "-"
+        for metric in METRICS:
+            c = comps[(comps["factor"] == FACTOR_OF[arm]) & (comps["metric"] == metric)]
+            if not len(c):
+                cells.append("-")
+                continue
+            c = c.iloc[0]
+            n_pairs = int(c["n_pairs"])
+            ci = ("no spread" if pd.isna(c["ci_low"])
+                  else f"[{c['ci_low']:.4g}, {c['ci_high']:.4g}]")
+            cells.append(f"{c['median_ratio']:.3f}x, {c['mean_diff']:+.4g} {ci}, "
+                         f"p = {c['wilcoxon_p']:.3g} ({c['p_holm']:.3g})")
+        paired.append(f"| {arm} | {n_pairs} | " + " | ".join(cells) + " |")
+    return [*lines, "", *paired]
 
 
 def _is_arm(label: str, arm: str) -> bool:
