@@ -26,6 +26,9 @@ def test_a_grid_over_variant_and_init_compares_them_with_6_pairs_each(tmp_path):
     loss = comps[comps["metric"] == "eval_loss"].set_index("factor")
     assert (loss.loc["variant", "level_a"], loss.loc["variant", "level_b"]) == ("lora", "dora")
     assert loss.loc["variant", "n_pairs"] == 6 and loss.loc["init", "n_pairs"] == 6
+    # each factor changes training: a field that never reached the loop (LoRA+'s ratio once)
+    # makes every paired difference zero, and the interval empty
+    assert loss.loc[["variant", "init"], "ci_low"].notna().all()
     trials = pd.read_csv(tmp_path / "r" / "trials.csv")
     finished = trials[(trials["group"] == "search") & (trials["status"] == "finished")]
     assert len(finished) == 12 and set(finished["variant"]) == {"lora", "dora"}
