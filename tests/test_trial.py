@@ -88,8 +88,15 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
-    cfg = tiny_trial(**{"train.steps": 8, "eval.every": 4, "lora.dropout": 0.1})
+@pytest.mark.parametrize("variant", [
+    {},
+    # DoRA's magnitude and LoRA+'s per-group lr go through the checkpoint; PiSSA's init is
+    # derived again from the base and the seed, and its residual base must be too
+    {"lora.variant": "dora", "lora.loraplus_ratio": 16},
+    {"lora.init": "pissa"},
+])
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, variant):
+    cfg = tiny_trial(**{"train.steps": 8, "eval.every": 4, "lora.dropout": 0.1, **variant})
     whole = run_trial(cfg, out_dir=tmp_path / "whole")
 
     def stop_at_4(metrics, checkpoint):
