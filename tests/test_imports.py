@@ -1,7 +1,9 @@
-"""lora_impl and study never import peft (it is only the test oracle)."""
+"""lora_impl and study never import peft (it is only the test oracle); every test module
+collects where the GPU machine's missing packages are missing."""
 
 from __future__ import annotations
 
+import os
 import pkgutil
 import subprocess
 import sys
@@ -37,3 +39,19 @@ def test_importing_every_module_does_not_load_peft():
         "assert 'peft' not in sys.modules, 'peft was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_test_module_collects_where_ray_optuna_datasets_gguf_are_missing():
+    """`make gpu-check` runs `pytest -m gpu` on a machine without them: a test module that
+    imports one at its top, without importorskip, stops the whole collection there (issue 16's
+    test_replicates.py did, seen only in make test-slow's dry run)."""
+    from tests.blocking import ENV, GPU_MACHINE_LACKS
+
+    env = {**os.environ, ENV: ",".join(GPU_MACHINE_LACKS)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q", "-p",
+         "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode in (0, 5), done.stdout[-3000:]  # 5: nothing collected, no error
+    assert "error" not in done.stdout.splitlines()[-1].lower(), done.stdout[-3000:]

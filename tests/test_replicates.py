@@ -9,6 +9,8 @@ from unittest import mock
 
 import pytest
 
+pytest.importorskip("optuna")  # the searcher: absent on a GPU machine without them (gpu-check)
+pytest.importorskip("ray")
 from search_spaces import load_space
 from study import journal
 from study import replicates as R
