@@ -23,7 +23,7 @@ import re
 
 import torch
 
-from lora_impl.quant import base_weight, quant_kind, quantize_4bit_like, quantize_int8
+from lora_impl.quant import base_weight, quant_kind, write_quantized
 
 BASIC = ("kaiming", "gaussian")
 FROM_WEIGHT = re.compile(r"pissa|pissa_niter_[1-9]\d*|olora")
@@ -47,18 +47,10 @@ def _float_weight(layer) -> torch.Tensor:
 
 
 def _write_residual(layer, residual: torch.Tensor, kind: str | None) -> None:
-    base = layer.base_layer
-    if kind == "4bit":
-        base.weight = quantize_4bit_like(residual, base.weight, base)
-        base.quant_state = base.weight.quant_state
-    elif kind == "8bit":
-        import bitsandbytes as bnb
-
-        cb, scb = quantize_int8(residual)
-        base.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False,
-                                        CB=cb, SCB=scb)
-        base.state.CB = base.state.SCB = None  # the next forward reads the new weight
+    if kind:
+        write_quantized(layer.base_layer, residual)
     else:
+        base = layer.base_layer
         layout = residual.T if layer.fan_in_fan_out else residual
         base.weight.data.copy_(layout.to(base.weight.dtype))
 

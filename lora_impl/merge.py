@@ -17,13 +17,7 @@ import torch
 from torch import nn
 
 from lora_impl.layer import LoRALinear, lora_layers
-from lora_impl.quant import (
-    dequantize_4bit_weight,
-    int8_weight_stats,
-    quant_kind,
-    quantize_4bit_like,
-    quantize_int8,
-)
+from lora_impl.quant import base_weight, quant_kind, write_quantized
 
 
 def merge(model: nn.Module) -> int:
@@ -121,24 +115,16 @@ def _check_finite(weight: torch.Tensor, name: str) -> None:
 
 def _merge_4bit(layer: LoRALinear, delta: torch.Tensor, name: str) -> None:
     base = layer.base_layer
-    original = dequantize_4bit_weight(base)
+    original = base_weight(base)
     merged = original + delta.to(original.dtype)
     _check_finite(merged, name)
     layer._unmerged_base = {"weight": base.weight, "quant_state": base.weight.quant_state}
-    base.weight = quantize_4bit_like(merged, base.weight, base)
-    base.quant_state = base.weight.quant_state
+    write_quantized(base, merged)
 
 
 def _merge_8bit(layer: LoRALinear, delta: torch.Tensor, name: str) -> None:
-    import bitsandbytes as bnb
-
     base = layer.base_layer
-    cb, scb = int8_weight_stats(base)
-    merged = bnb.functional.int8_vectorwise_dequant(cb, scb) + delta.float()
+    merged = base_weight(base) + delta.float()
     _check_finite(merged.to(torch.float16), name)  # Int8Params quantizes from fp16
-    new_cb, new_scb = quantize_int8(merged)
     layer._unmerged_base = {"weight": base.weight, "state": (base.state.CB, base.state.SCB)}
-    base.weight = bnb.nn.Int8Params(
-        new_cb, requires_grad=False, has_fp16_weights=False, CB=new_cb, SCB=new_scb
-    )
-    base.state.CB = base.state.SCB = None  # the next forward re-initialises from the new weight
+    write_quantized(base, merged)

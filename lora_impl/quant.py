@@ -2,6 +2,7 @@
 
     quant_kind(module)      # "4bit", "8bit" or None
     base_weight(module)     # the float (out, in) weight a base layer computes with
+    write_quantized(module, weight)  # a float (out, in) weight into a 4/8-bit layer
 
 The one place lora_impl touches bitsandbytes' storage (Params4bit, Int8Params and their
 states); merge, DoRA and the PiSSA / OLoRA inits use it. Imports nothing of lora_impl.
@@ -113,3 +114,21 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     cb, scb, _ = bnbf.int8_vectorwise_quant(weight.to(torch.float16))
     return cb, scb
+
+
+def write_quantized(base: nn.Module, weight: torch.Tensor) -> None:
+    """Quantize the float (out, in) ``weight`` into the 4- or 8-bit layer ``base`` with its own
+    settings, replacing its weight (the caller keeps the old one where it must come back)."""
+    kind = quant_kind(base)
+    if kind == "4bit":
+        base.weight = quantize_4bit_like(weight, base.weight, base)
+        base.quant_state = base.weight.quant_state
+    elif kind == "8bit":
+        import bitsandbytes as bnb
+
+        cb, scb = quantize_int8(weight)
+        base.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb,
+                                        SCB=scb)
+        base.state.CB = base.state.SCB = None  # the next forward re-initialises from the weight
+    else:
+        raise TypeError(f"not a 4- or 8-bit bitsandbytes layer: {type(base).__name__}")

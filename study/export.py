@@ -90,21 +90,15 @@ def dequantize_linears(model) -> list[str]:
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    from lora_impl.quant import dequantize_4bit_weight, int8_weight_stats, is_conv1d, quant_kind
+    from lora_impl.quant import base_weight, is_conv1d, quant_kind
 
     with torch.device("meta"):
         reference = AutoModelForCausalLM.from_config(model.config)
     replaced = []
     for name, module in list(model.named_modules()):
-        kind = quant_kind(module)
-        if kind is None:
+        if quant_kind(module) is None:
             continue
-        if kind == "4bit":
-            weight = dequantize_4bit_weight(module).float()
-        else:
-            import bitsandbytes as bnb
-
-            weight = bnb.functional.int8_vectorwise_dequant(*int8_weight_stats(module)).float()
+        weight = base_weight(module).float()
         out_features, in_features = weight.shape
         has_bias = module.bias is not None
         if is_conv1d(reference.get_submodule(name)):

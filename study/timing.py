@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lora_impl.inits import from_weight
 from study import precision
 from study.config import TrialConfig
 from study.estimate import adapter_params
@@ -155,7 +156,7 @@ def _variant_terms(out: dict, cfg: TrialConfig, facts, forwards: float, speed: f
         out["train.elementwise"] += 3.0 * weights * forwards
         if cfg.quant.bits != 16:
             out["train.dequant"] += weights * forwards / 1e9
-    if cfg.lora.init.startswith(("pissa", "olora")):
+    if from_weight(cfg.lora.init):
         out["train.compute"] += sum(4.0 * i * o * min(i, o) for i, o in dims) / speed
 
 
