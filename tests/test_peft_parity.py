@@ -17,17 +17,27 @@ peft = pytest.importorskip("peft")
 TOL = 1e-5
 
 
-def peft_twin(name: str, bits: int, targets: str, rank: int, alpha: float, rslora: bool):
-    """(ours, PEFT's) on two loads of one model, adapters holding the same random A and B."""
-    ours, _ = load_model(name, quant_bits=bits)
-    ref, _ = load_model(name, quant_bits=bits)
-    inject_lora(ours, targets, rank=rank, alpha=alpha, rslora=rslora)
+def peft_twin(name: str, bits: int, targets: str, rank: int, alpha: float, rslora: bool,
+              variant: str = "lora", device=None):
+    """(ours, PEFT's) on two loads of one model, adapters holding the same random A and B (and,
+    for ``variant="dora"``, the same magnitude, moved off its init so it matters)."""
+    ours, _ = load_model(name, quant_bits=bits, device=device)
+    ref, _ = load_model(name, quant_bits=bits, device=device)
+    inject_lora(ours, targets, rank=rank, alpha=alpha, rslora=rslora, variant=variant)
     randomize_lora(ours, seed=7)
+    dora = variant == "dora"
+    if dora:
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for _, layer in lora_layers(ours):
+                m = layer.lora_magnitude
+                m.mul_(1 + 0.1 * torch.randn(m.shape, generator=gen).to(m.device))
     config = peft.LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=0.0,
         use_rslora=rslora,
+        use_dora=dora,
         target_modules=expand_targets(ref, targets),
         task_type="CAUSAL_LM",
         fan_in_fan_out=(name == "tiny-gpt2" and bits == 16),
@@ -39,14 +49,18 @@ def peft_twin(name: str, bits: int, targets: str, rank: int, alpha: float, rslor
             twin = inner.get_submodule(module_name)
             twin.lora_A["default"].weight.copy_(layer.lora_A.weight)
             twin.lora_B["default"].weight.copy_(layer.lora_B.weight)
+            if dora:
+                twin.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
     return ours, theirs
 
 
-def lora_grads(model, prefix=""):
+def lora_grads(model):
+    """The adapter's gradients by our parameter names (PEFT's renamed to ours)."""
     grads = {}
     for name, param in model.named_parameters():
         if "lora_" in name:
             key = name.removeprefix("base_model.model.").replace(".default", "")
+            key = key.replace("lora_magnitude_vector.weight", "lora_magnitude")
             grads[key] = param.grad
     return grads
 

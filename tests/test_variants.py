@@ -12,6 +12,7 @@ from lora_impl.inject import expand_targets
 from lora_impl.variants import layer_class
 from study.models import load_model
 from tests.conftest import randomize_lora
+from tests.test_peft_parity import lora_grads, peft_twin
 
 bnb = pytest.importorskip("bitsandbytes")
 peft = pytest.importorskip("peft")
@@ -21,39 +22,8 @@ TOL = 1e-5
 
 def dora_twin(name: str, bits: int, targets: str, rslora: bool = False, device=None):
     """(ours, PEFT's) DoRA on two loads of one model: the same random A, B and magnitude."""
-    ours, _ = load_model(name, quant_bits=bits, device=device)
-    ref, _ = load_model(name, quant_bits=bits, device=device)
-    inject_lora(ours, targets, rank=4, alpha=12, rslora=rslora, variant="dora")
-    randomize_lora(ours, seed=7)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for _, layer in lora_layers(ours):
-            m = layer.lora_magnitude
-            m.mul_(1 + 0.1 * torch.randn(m.shape, generator=gen).to(m.device))
-    config = peft.LoraConfig(
-        r=4, lora_alpha=12, lora_dropout=0.0, use_rslora=rslora, use_dora=True,
-        target_modules=expand_targets(ref, targets), task_type="CAUSAL_LM",
-        fan_in_fan_out=(name == "tiny-gpt2" and bits == 16),
-    )
-    theirs = peft.get_peft_model(ref, config)
-    inner = theirs.base_model.model
-    with torch.no_grad():
-        for module_name, layer in lora_layers(ours):
-            twin = inner.get_submodule(module_name)
-            twin.lora_A["default"].weight.copy_(layer.lora_A.weight)
-            twin.lora_B["default"].weight.copy_(layer.lora_B.weight)
-            twin.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
-    return ours, theirs
-
-
-def grads(model) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            key = name.removeprefix("base_model.model.").replace(".default", "")
-            key = key.replace("lora_magnitude_vector.weight", "lora_magnitude")
-            out[key] = param.grad
-    return out
+    return peft_twin(name, bits, targets, rank=4, alpha=12, rslora=rslora, variant="dora",
+                     device=device)
 
 
 DORA_CASES = [
@@ -83,7 +53,7 @@ def test_dora_logits_and_gradients_match_peft(name, bits, targets, rslora, sampl
     out_theirs = theirs(sample_ids, labels=sample_ids)
     out_ours.loss.backward()
     out_theirs.loss.backward()
-    mine, peft_grads = grads(ours), grads(theirs)
+    mine, peft_grads = lora_grads(ours), lora_grads(theirs)
     assert mine.keys() == peft_grads.keys()
     assert any(k.endswith("lora_magnitude") for k in mine)
     for key, grad in mine.items():
@@ -103,7 +73,7 @@ def test_dora_on_cuda_matches_peft_where_its_8bit_path_runs(bits, sample_ids):
     assert diff <= 1e-4, f"eval logits differ by {diff}"
     ours(ids, labels=ids).loss.backward()
     theirs(ids, labels=ids).loss.backward()
-    mine, peft_grads = grads(ours), grads(theirs)
+    mine, peft_grads = lora_grads(ours), lora_grads(theirs)
     assert mine.keys() == peft_grads.keys()
     for key, grad in mine.items():
         gdiff = (grad - peft_grads[key]).abs().max().item()
