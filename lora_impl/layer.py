@@ -22,8 +22,6 @@ from torch import nn
 from lora_impl.inits import check_init, from_weight, init_from_weight
 from lora_impl.quant import is_conv1d
 
-INITS = ("kaiming", "gaussian")
-
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -205,7 +203,7 @@ class LoRALinear(nn.Module):
     def reset_lora_parameters(self) -> None:
         """Initialise A (Kaiming-uniform or Gaussian) and set B to zero, as PEFT does; or both
         from the base weight (PiSSA, OLoRA: ``lora_impl.inits``)."""
-        if self.init not in INITS:
+        if from_weight(self.init):
             init_from_weight(self)
             return
         if self.init == "kaiming":
