@@ -42,6 +42,19 @@ def from_weight(init: str) -> bool:
     return bool(FROM_WEIGHT.fullmatch(init))
 
 
+def refusal(init: str, kind: str | None = None, conv1d: bool = False) -> str | None:
+    """Why ``init`` cannot start from a base of this ``kind`` ("4bit", "8bit", None: float) or
+    from GPT-2's Conv1D layers (one line), or None: where PEFT has no working path. A study
+    asks before it starts (study.config, study.estimate); the layer asks again as it inits."""
+    if init.startswith("pissa") and kind:
+        return (f"lora.init {init} on a {kind} base is not supported (PEFT initialises PiSSA "
+                "on 16/32-bit weights only): use quant.bits 16, or init olora")
+    if init == "olora" and conv1d:
+        return ("lora.init olora on GPT-2's Conv1D layers is not supported (PEFT has no "
+                "working path there): use pissa or kaiming for this model")
+    return None
+
+
 def _float_weight(layer) -> torch.Tensor:
     return base_weight(layer.base_layer).detach().float().clone()  # (out, in)
 
@@ -59,12 +72,8 @@ def init_from_weight(layer) -> None:
     """Set ``layer``'s A and B from its base weight and the base to the residual (module)."""
     init, r, s = layer.init, layer.rank, layer.scaling
     kind = quant_kind(layer.base_layer)
-    if init.startswith("pissa") and kind:
-        raise ValueError(f"lora.init {init} on a {kind} base is not supported (PEFT initialises "
-                         "PiSSA on 16/32-bit weights only): use quant.bits 16, or init olora")
-    if init == "olora" and layer.fan_in_fan_out:
-        raise ValueError("lora.init olora on GPT-2's Conv1D layers is not supported (PEFT has "
-                         "no working path there): use pissa or kaiming for this model")
+    if problem := refusal(init, kind, conv1d=layer.fan_in_fan_out):
+        raise ValueError(problem)
     weight = _float_weight(layer)
     if init == "olora":
         q, rr = torch.linalg.qr(weight)

@@ -64,6 +64,11 @@ class TrialConfig:
             self.seed,
             "an integer",
         )
+        if self.method == "lora" and self.quant.bits < 16:  # PiSSA on a 4/8-bit base
+            from lora_impl.inits import refusal
+
+            if problem := refusal(self.lora.init, f"{self.quant.bits}bit"):
+                raise ValueError(problem)
         if self.method == "full" and self.quant.bits < 16:
             raise ValueError(
                 f"method=full needs quant.bits=16: quantized weights cannot be trained "

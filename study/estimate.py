@@ -34,8 +34,10 @@ from pathlib import Path
 
 import torch
 
+from lora_impl.inits import refusal
 from lora_impl.inject import resolve_targets
 from lora_impl.layer import base_layer_dims, is_linear_like
+from lora_impl.quant import is_conv1d
 from search_spaces import choice_points, flat_leaves, is_distribution
 from study import precision
 from study.activations import saved_bytes
@@ -68,6 +70,7 @@ class ModelFacts:
     linear_params: int = 0  # weights of the linear layers a 4/8-bit base quantizes
     param_bytes: float = 4.0  # bytes per unquantized parameter as loaded
     untied_head: int = 0  # the output head's weights when not shared with the embeddings
+    conv1d: bool = False  # the targets are GPT-2's Conv1D layers (no OLoRA init there)
     hf_config: object = field(default=None, compare=False, repr=False)
     tokenizer: object = field(default=None, compare=False, repr=False)
 
@@ -92,11 +95,12 @@ def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, objec
             raise ModelNotFoundError(hub_error(name, err)) from None
         with torch.device("meta"):  # shapes and names only: no memory, no download of weights
             model = AutoModelForCausalLM.from_config(hf_config)
-    dims = {}
+    dims, conv1d = {}, False
     for spec in target_specs:
         target = TrialConfig.from_dict({"lora.targets": spec}).lora.target_spec
         names = resolve_targets(model, target)
         dims[spec] = [_in_out(model.get_submodule(n)) for n in names]
+        conv1d = conv1d or any(is_conv1d(model.get_submodule(n)) for n in names)
     head = model.get_output_embeddings()
     linear = sum(m.weight.numel() for m in model.modules() if is_linear_like(m) and m is not head)
     tied = head is None or head.weight is model.get_input_embeddings().weight
@@ -110,6 +114,7 @@ def model_facts(cfg: TrialConfig, target_specs: list) -> tuple[ModelFacts, objec
         linear_params=linear,
         param_bytes=float(next(model.parameters()).element_size()),
         untied_head=0 if tied else head.weight.numel(),
+        conv1d=conv1d,
         hf_config=c,
         tokenizer=tokenizer,
     )
@@ -280,3 +285,12 @@ def check_space_ranks(space: dict, facts: ModelFacts, model: str) -> None:
         return
     for spec, dims in facts.target_dims.items():
         check_rank(leaf, spec, dims, model)
+
+
+def check_space_inits(space: dict, facts: ModelFacts) -> None:
+    """``lora_impl.inits.refusal`` for every init a space can draw, on this model's layers (a
+    ValueError before the study starts, not an error in every trial)."""
+    leaf = flat_leaves(space).get("lora.init", TrialConfig().lora.init)
+    for init in next(iter(leaf.values())) if is_distribution(leaf) else [leaf]:
+        if problem := refusal(init, conv1d=facts.conv1d):
+            raise ValueError(problem)

@@ -31,6 +31,7 @@ from study.config import TrialConfig
 from study.data import build_data
 from study.estimate import (
     Facts,
+    check_space_inits,
     check_space_ranks,
     estimate_cfg,
     model_facts,
@@ -361,6 +362,7 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         facts[model], tokenizer = model_facts(check_config(point), targets)
         try:
             check_space_ranks(space, facts[model], model)
+            check_space_inits(space, facts[model])
             # the source and the largest size, with this model's tokenizer; warms the cache
             build_data(check_config({**point, "data.size": max(sizes)}).data, tokenizer)
         except ValueError as err:

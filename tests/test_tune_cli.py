@@ -31,6 +31,11 @@ BAD_INPUTS = [
      "has no column 'topic' (data.label_column='topic'); its columns: text, label"),
     (["--objective", "accuracy"], "--objective accuracy needs data.task=classify"),
     (["--set", "quant.scheme=int4"], "quant.scheme must be one of 16, 8, nf4, fp4"),
+    # where PEFT has no path: refused before the study, not as an error in every trial
+    (["--set", "lora.init=pissa", "--set", "quant.bits=4"],
+     "lora.init pissa on a 4bit base is not supported"),
+    (["--set", "lora.init=olora", "--set", "model.name=tiny-gpt2"],
+     "lora.init olora on GPT-2's Conv1D layers is not supported"),
 ]
 
 
