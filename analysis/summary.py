@@ -220,7 +220,7 @@ def _print_durations(finished: list[dict], duration: Callable[[dict], float]) ->
 
 def _print_precision(finished: list[dict]) -> None:
     """The compute precision the finished trials ran in, and for train.dtype=auto the matmul
-    timings it was chosen by (see study.precision)."""
+    timings it was chosen by (see study.trial.precision)."""
     seen: dict[str, int] = {}
     for r in finished:
         choice = r["env"].get("dtype_choice")

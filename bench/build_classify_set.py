@@ -6,9 +6,9 @@ CPython's standard library, labelled by the area of the module that defines it: 
 modules of each). The classes are balanced and the rows shuffled with fixed seeds, and the gzip
 header carries no time stamp, so one Python version on one platform always writes the same bytes.
 
-Rebuild (the shipped file was built with CPython 3.11; see ``study/tasks/data/README.md``)::
+Rebuild (the shipped file was built with CPython 3.11; see ``study/trial/tasks/data/README.md``)::
 
-    python -m bench.build_classify_set [--out study/tasks/data/stdlib_docs.csv.gz]
+    python -m bench.build_classify_set [--out study/trial/tasks/data/stdlib_docs.csv.gz]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
-DEFAULT_OUT = Path("study/tasks/data/stdlib_docs.csv.gz")
+DEFAULT_OUT = Path("study/trial/tasks/data/stdlib_docs.csv.gz")
 
 # A package name takes its submodules too. C accelerators (``_csv``, ``_io``, ...) are named
 # because their classes report the accelerator as ``__module__``, not the public module.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from study.environment import cpu_name
+from study.trial.environment import cpu_name
 
 
 def machine() -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.common import machine, machine_line
 from study import record
-from study.precision import cpu_has_bf16
+from study.trial.precision import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_EVAL = ["--data.eval_size", "8", "--data.test_size", "8", "--eval.num_examples", "4",

@@ -15,9 +15,9 @@ import time
 from bench.common import machine, machine_line
 from lora_impl.io import load_adapter
 from study.config import TrialConfig
-from study.data import build_data
-from study.evaluate import exact_match, generate, loss_and_answers, split_loss
-from study.models import load_model
+from study.trial.data import build_data
+from study.trial.evaluate import exact_match, generate, loss_and_answers, split_loss
+from study.trial.models import load_model
 
 
 def main() -> None:

@@ -85,8 +85,9 @@ def check_merge(cfg, trial_dir: Path, device: torch.device) -> tuple[float, bool
     bitwise by unmerge) for a trial's adapter on a freshly loaded base."""
     from lora_impl import load_adapter, merge, unmerge
     from lora_impl.layer import lora_layers
-    from study import precision, record
-    from study.models import load_model
+    from study import record
+    from study.trial import precision
+    from study.trial.models import load_model
 
     env = record.read_env(trial_dir)
     storage = precision.storage_dtype(device, env["dtype_choice"]["name"], cfg.method)
@@ -113,7 +114,7 @@ def run_trials(rows: list, device: torch.device, work: Path) -> None:
     """Three trials (16, 8, 4 bits), merged and exported; the 16-bit one twice."""
     from study import record
     from study.export import export
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     losses = {}
     for bits in (16, 8, 4):
@@ -193,7 +194,7 @@ def run_throughput(rows: list, device: torch.device, dry: bool) -> None:
     from transformers import Qwen2ForCausalLM
 
     from lora_impl import count_parameters, inject_lora
-    from study.train import causal_lm_loss
+    from study.trial.train import causal_lm_loss
 
     config = qwen2_config(dry)
     batch, seq, steps, warm = (2, 32, 2, 1) if dry else (8, 512, 10, 3)
@@ -250,7 +251,7 @@ def run_classify(rows: list, device: torch.device, work: Path) -> None:
     from study import record
     from study.config import TrialConfig
     from study.export import export
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     cfg = TrialConfig.from_dict({
         **trial_config(4, device).to_dict(), "data": {"task": "classify", "size": 120,

@@ -30,8 +30,8 @@ def worker(args: argparse.Namespace) -> dict:
     """One variant in this process: load, adapt, train ``warmup + steps`` steps, measure."""
     import torch
 
-    from study.models import load_model
-    from study.resources import PeakMemory, now
+    from study.trial.models import load_model
+    from study.trial.resources import PeakMemory, now
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +94,7 @@ def load_times() -> dict:
         out = {}
         for key in ("first_load_s", "cached_load_s"):
             code = (
-                "import time,sys; t=time.perf_counter(); from study.models import load_model;"
+                "import time,sys; t=time.perf_counter(); from study.trial.models import load_model;"
                 f"load_model('smollm2-135m', cache_dir={str(cache)!r});"
                 "print(time.perf_counter()-t)"
             )

@@ -10,7 +10,7 @@ the 12 classes rank 1 / 8 / 64 x targets qv / all-linear x bits 4 / 16 of the ``
 and five classify configurations (issue 15: 16-bit, nf4, fp4, full; ``--only classify``).
 Each runs ``python -m study.train_one`` for ``--steps`` steps in its own process (a fresh
 process: no other configuration's memory in its high-water mark) and its ``peak_mem_mb`` (the
-training phase) is compared with ``study.estimate.estimate_cfg`` for the same config. Then the
+training phase) is compared with ``study.cost.estimate.estimate_cfg`` for the same config. Then the
 gate: for budgets at the 25th, 50th and 75th percentiles of the measured peaks, every
 configuration measured at least 10% under the budget must be admitted (estimate <= budget) and
 every one at least 10% over it refused.
@@ -64,7 +64,7 @@ def named_set() -> dict[str, dict]:
     out["classify thesis: qkvo r32 fp4 double-quant, batch 4, seq_len 256"] = {
         **classify, "lora.targets": "qkvo", "lora.rank": 32, "quant.scheme": "fp4",
         "quant.double_quant": True, "train.batch_size": 4, "data.seq_len": 256}
-    # issue 18: DoRA keeps more per adapted layer (probed by study.activations) and holds W
+    # issue 18: DoRA keeps more per adapted layer (probed by study.cost.activations) and holds W
     out["DoRA all-linear r8"] = {"lora.variant": "dora"}
     out["DoRA all-linear r8, 4-bit"] = {"lora.variant": "dora", "quant.bits": 4}
     out["LoRA all-linear r8, 8-bit"] = {"quant.bits": 8}  # last: the slowest on CPU
@@ -102,11 +102,11 @@ def gate_check(rows: list[dict]) -> list[str]:
 def fit(seen: dict, facts) -> tuple[float, float, list[float]]:
     """Least squares of measured = RUNTIME_MB + held + BACKWARD x kept over the LoRA
     configurations of ``seen``: the two constants, and each configuration's error (%) when it
-    is left out of the fit (full fine-tuning, ``study.estimate.combine``, is never in it)."""
+    is left out of the fit (full fine-tuning, ``study.cost.estimate.combine``, is never in it)."""
     import numpy as np
 
     from study.config import TrialConfig
-    from study.estimate import combine, estimate_parts
+    from study.cost.estimate import combine, estimate_parts
 
     cfgs = [TrialConfig.from_dict(one["config"]) for one in seen.values()]
     parts = [estimate_parts(cfg, facts) for cfg in cfgs]
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="estimate again for measurements --save wrote (no training)")
     args = parser.parse_args(argv)
     from study.config import TrialConfig
-    from study.estimate import estimate_cfg, model_facts
+    from study.cost.estimate import estimate_cfg, model_facts
 
     start = time.time()
     if args.measured:

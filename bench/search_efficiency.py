@@ -11,7 +11,7 @@
    table goes to ``bench/data/search_grid.json`` (committed: the replays need no training).
 2. **Replay** (the tabular-benchmark method of HPOBench / LCBench): each searcher runs one trial
    at a time against the recorded curves, through the very objects ``study.tune`` builds
-   (``study.search.make_search``: ``StudySearch``, our ask/tell searcher on Optuna, and
+   (``study.search.searcher.make_search``: ``StudySearch``, our ask/tell searcher on Optuna, and
    ``StudyASHA``, our ASHA on Tune's public scheduler interface), and is charged the optimizer
    steps each trial actually ran. Compared: random search (Optuna's RandomSampler in the same
    searcher, no early stopping), TPE without early stopping, TPE + ASHA (ours, the default of
@@ -96,8 +96,8 @@ def searchers(seed: int, num_samples: int) -> dict[str, tuple]:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from study.samplers import tpe_sampler
-    from study.search import StudySearch, make_search
+    from study.search.samplers import tpe_sampler
+    from study.search.searcher import StudySearch, make_search
 
     class RerunRepeats(StudySearch):
         """Ours without skipping configurations already run (each repeat is trained again)."""
@@ -202,7 +202,7 @@ def check_tuner(table: dict, seed: int, budget: int) -> str:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from study.search import make_search
+    from study.search.searcher import make_search
 
     def trainable(config: dict) -> None:
         for result in results_of(table[key_of(config)]):

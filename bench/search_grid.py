@@ -60,7 +60,7 @@ def _grid_one(job: tuple[int, dict, int]) -> tuple[str, dict]:
     import torch
 
     from study.config import TrialConfig
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     i, point, threads = job
     torch.set_num_threads(threads)

@@ -4,7 +4,8 @@
 
 The 24-point grid of bench/search_efficiency.py (every configuration of rank x lr x targets x
 bits trained to its full 40 steps on the bundled model; ``bench/data/search_grid.json``) is
-searched by each mode through the searcher ``study.tune`` builds (``study.search.make_search``,
+searched by each mode through the searcher ``study.tune`` builds
+(``study.search.searcher.make_search``,
 ``--scheduler none``: every trial reported to its end), one trial at a time, 24 trials, for
 each seed. Per mode: the searcher's own time per suggestion (the sampler's work plus the
 searcher's bookkeeping, what a study adds to each trial's seconds or minutes), and how many
@@ -44,7 +45,7 @@ def space() -> dict:
 
 def run(mode: str, seed: int, table: dict) -> dict:
     """One search of 24 trials; the seconds each suggestion took, the trial that found the best."""
-    from study.search import make_search
+    from study.search.searcher import make_search
 
     best = min(entry[M.EVAL_LOSS] if M.EVAL_LOSS in entry else entry["curve"][-1][M.EVAL_LOSS]
                for entry in table.values())

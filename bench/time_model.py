@@ -6,9 +6,9 @@
 Each DIR is a study directory or a directory of trial directories (``bench/memory_model.py
 --keep``); every trial with config.json, metrics.json and env.json is used. The fit is a
 non-negative least squares per phase (``load_s``, ``train_s``, ``eval_s`` and the rest of
-``trial_s``) of the measured seconds on ``study.timing.terms``; a trial stopped early (ASHA)
+``trial_s``) of the measured seconds on ``study.cost.timing.terms``; a trial stopped early (ASHA)
 counts for the training phase with the steps it ran. Printed: the coefficients (to paste into
-``study.timing.COEFFICIENTS``), and per trial the estimate against ``trial_s``.
+``study.cost.timing.COEFFICIENTS``), and per trial the estimate against ``trial_s``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _FACTS: dict[str, object] = {}
 
 
 def facts_of(cfg):
-    from study.estimate import model_facts
+    from study.cost.estimate import model_facts
 
     if cfg.model.name not in _FACTS:
         _FACTS[cfg.model.name] = model_facts(cfg, TARGETS)[0]
@@ -60,7 +60,7 @@ def facts_of(cfg):
 def phases(trial: dict):
     """(the config as run, its terms, the measured seconds per phase) of one trial."""
     from study.config import TrialConfig
-    from study.timing import machine_speed, terms
+    from study.cost.timing import machine_speed, terms
 
     cfg = TrialConfig.from_dict(trial["config"])
     m = trial["metrics"]
@@ -96,7 +96,7 @@ def fit(rows: list[dict]) -> dict[str, float]:
                 return coef, None
             active = [j for j in active if j not in negative]
 
-    from study.timing import COEFFICIENTS
+    from study.cost.timing import COEFFICIENTS
 
     out = {}
     for phase in ("load", "train", "eval", "other"):
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--fit", action="store_true", help="fit the coefficients on these")
     args = parser.parse_args()
-    from study.timing import COEFFICIENTS, trial_time
+    from study.cost.timing import COEFFICIENTS, trial_time
 
     rows = []
     for trial in trials(args.dirs):

@@ -32,9 +32,9 @@ def _setup(args):
     import torch
 
     from study.config import TrialConfig
-    from study.data import build_data
-    from study.models import load_model
-    from study.precision import matmul_shape, resolve
+    from study.trial.data import build_data
+    from study.trial.models import load_model
+    from study.trial.precision import matmul_shape, resolve
 
     cfg = TrialConfig.from_dict({"train.steps": args.steps, "seed": 0})
     model, tok = load_model(cfg.model.name)
@@ -45,12 +45,12 @@ def _setup(args):
 
 
 def run_ours(args) -> dict:
-    """lora_impl + study.train.train_loop, no evaluation."""
+    """lora_impl + study.trial.train.train_loop, no evaluation."""
     import torch
 
     from lora_impl import inject_lora
-    from study.resources import PeakMemory
-    from study.train import make_optimizer, train_loop
+    from study.trial.resources import PeakMemory
+    from study.trial.train import make_optimizer, train_loop
 
     cfg, model, tok, data, amp = _setup(args)
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def run_hf(args) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from lora_impl.inject import expand_targets
-    from study.resources import PeakMemory
+    from study.trial.resources import PeakMemory
 
     cfg, model, tok, data, amp = _setup(args)
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def main() -> None:
         "| loop | tokens/s | train s | start MB | peak MB | mean train loss |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for impl, label in (("ours", "study.train + lora_impl"), ("hf", "HF Trainer + PEFT")):
+    for impl, label in (("ours", "study.trial.train + lora_impl"), ("hf", "HF Trainer + PEFT")):
         rs = [r for r in runs if r["impl"] == impl]
 
         def cell(key, fmt="{:.0f}", rs=rs):

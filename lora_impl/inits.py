@@ -45,7 +45,7 @@ def from_weight(init: str) -> bool:
 def refusal(init: str, kind: str | None = None, conv1d: bool = False) -> str | None:
     """Why ``init`` cannot start from a base of this ``kind`` ("4bit", "8bit", None: float) or
     from GPT-2's Conv1D layers (one line), or None: where PEFT has no working path. A study
-    asks before it starts (study.config, study.estimate); the layer asks again as it inits."""
+    asks before it starts (study.config, study.cost.estimate); the layer asks again as it inits."""
     if init.startswith("pissa") and kind:
         return (f"lora.init {init} on a {kind} base is not supported (PEFT initialises PiSSA "
                 "on 16/32-bit weights only): use quant.bits 16, or init olora")

@@ -6,7 +6,7 @@
 Without ``--merged`` the adapter is copied as it is (``adapter_config.json`` and
 ``adapter_model.safetensors``: loads with ``peft.PeftModel.from_pretrained`` or
 ``lora_impl.load_adapter``). With ``--merged`` the base model is loaded as the trial loaded it
-(``study.models.load_model``), the adapter is loaded into it, merged and stripped
+(``study.trial.models.load_model``), the adapter is loaded into it, merged and stripped
 (``lora_impl.unload(merge=True)``), and model and tokenizer are written with ``save_pretrained``:
 ``AutoModelForCausalLM.from_pretrained(OUT)`` then needs neither this project nor PEFT.
 
@@ -22,7 +22,7 @@ The model is larger on disk than the quantized one. ``export.json`` records what
 checkpoint. ``method=base`` trials trained nothing and are refused.
 
 A classify trial's merged export is transformers' ``...ForSequenceClassification`` of its
-architecture (the same state-dict keys as ``study.models.classifier``), with ``num_labels``,
+architecture (the same state-dict keys as ``study.trial.models.classifier``), with ``num_labels``,
 ``id2label`` and ``label2id`` from the trial's ``labels.json``: it loads with
 ``AutoModelForSequenceClassification.from_pretrained(OUT)``. Either export's ``export.json`` lists
 the label names in the order of the logits.
@@ -118,8 +118,8 @@ def dequantize_linears(model) -> list[str]:
 def merged_model(trial_dir: Path, cfg):
     """(model, tokenizer, notes): the trial's base with its adapter (or weights) merged in."""
     from lora_impl import load_adapter, unload
-    from study.checkpoint import load_trainable_weights
-    from study.models import load_model
+    from study.trial.checkpoint import load_trainable_weights
+    from study.trial.models import load_model
 
     quant = cfg.quant
     model, tokenizer = load_model(
@@ -135,7 +135,7 @@ def merged_model(trial_dir: Path, cfg):
         notes["dequantized_from"] = kind
     labels = record.read_labels(trial_dir) if cfg.data.task == "classify" else None
     if labels is not None:
-        from study.models.classifier import as_classifier
+        from study.trial.models.classifier import as_classifier
 
         model = as_classifier(model, len(labels["labels"]))
     if cfg.method == "lora":

@@ -3,7 +3,8 @@
     study = journal.load(study_dir)          # an optuna.Study, None when there is no journal yet
     facts = journal.outcomes(study)          # what the end-of-study summary says of the search
 
-The searcher (``study.search``) is its only writer; Optuna's tools read it while the study runs
+The searcher (``study.search.searcher``) is its only writer; Optuna's tools read it while the study
+runs
 and after, with no code of ours::
 
     optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(PATH)))
@@ -15,7 +16,7 @@ on its trials (the names below), so the journal alone says what happened to ever
 - ``trial_dir``: a launched trial's directory under ``search/`` (its first replicate's);
 - ``replicates``: each replicate of a launched configuration (``--repeats``): its directory,
   and once it ended, its state, objectives, first objective per step and error (see
-  ``study.replicates.Run``); rewritten after every change;
+  ``study.search.replicates.Run``); rewritten after every change;
 - ``not_launched``: why a configuration was not run (over ``--max-mem-mb``); the trial is
   PRUNED with no value and its estimated excess as the constraint ``memory_mb`` (> 0 is
   infeasible: TPE ranks it below every feasible trial; the GP sampler, which reads COMPLETE
@@ -53,7 +54,8 @@ INTERRUPTED = "interrupted"
 SEARCH_ENDED = "search_ended"
 ERROR = "error"  # on a FAIL trial: the reason its trial reported (record.SHARED_GPU_OOM...)
 MEMORY = "memory_mb"  # the constraint: estimated peak minus --max-mem-mb
-REPLICATES = "replicates"  # a launched configuration's replicates (study.replicates.Run records)
+# a launched configuration's replicates (study.search.replicates.Run records)
+REPLICATES = "replicates"
 
 
 def storage(study_dir: Path):
@@ -180,19 +182,3 @@ def pending_resumes(study):
             continue
         params = {**attrs.get(ENQUEUED, {}), **trials[number].params}
         yield number, params, attrs.get(TRIAL_DIR) or attrs.get(RESUME_DIR)
-
-
-def replicates_of(study, trial, k: int) -> list:
-    """The K replicates (``study.replicates.Run``) of the configuration ``trial`` resumes, as
-    the journal last recorded them (following a chain of resumes); fresh ones otherwise."""
-    from study import replicates
-
-    trials, attrs = study.get_trials(deepcopy=False), trial.user_attrs
-    number = attrs.get(RESUMES)
-    while number is not None and REPLICATES not in trials[number].user_attrs:
-        number = trials[number].user_attrs.get(RESUMES)
-    if number is not None:
-        return replicates.restore(trials[number].user_attrs[REPLICATES], k)
-    runs = replicates.restore(None, k)
-    runs[0].dir = attrs.get(RESUME_DIR)  # a study recorded before replicates (or a new one)
-    return runs

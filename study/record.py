@@ -6,7 +6,7 @@
 
 The contract between ``study`` (writes) and ``analysis`` (reads), and its only owner: no other
 module names or opens these files. No torch, no Ray. Inside ``adapter/`` is PEFT's format
-(``lora_impl.io``), inside ``checkpoint/`` ``study.checkpoint``'s; their names are owned here.
+(``lora_impl.io``), inside ``checkpoint/`` ``study.trial.checkpoint``'s; their names are owned here.
 
 A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.train_one``)::
 
@@ -23,7 +23,7 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
 
 A study directory holds ``study.json`` (command, resolved space, objectives, schema version),
 ``optuna.journal`` (Optuna's journal storage; content owned by ``study.journal``), ``search/``,
-``baselines/`` and, while a driver runs, ``.ray_session.json`` (``study.leftovers``).
+``baselines/`` and, while a driver runs, ``.ray_session.json`` (``study.search.leftovers``).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def read_examples(trial_dir: Path) -> list[dict]:
 
 
 def write_env(trial_dir: Path, env: dict) -> None:
-    """What the result depends on besides its config (see ``study.environment``)."""
+    """What the result depends on besides its config (see ``study.trial.environment``)."""
     write_json(Path(trial_dir) / ENV, env)
 
 
@@ -212,7 +212,7 @@ def adapter_dir(trial_dir: Path) -> Path:
 
 
 def checkpoint_dir(trial_dir: Path) -> Path:
-    """Where the trial's checkpoint is saved (see ``study.checkpoint``)."""
+    """Where the trial's checkpoint is saved (see ``study.trial.checkpoint``)."""
     return Path(trial_dir) / CHECKPOINT
 
 
@@ -297,7 +297,7 @@ def owner_path(study_dir: Path) -> Path:
 
 
 def ray_session_path(study_dir: Path) -> Path:
-    """The driver's record of its local Ray session (see study.leftovers)."""
+    """The driver's record of its local Ray session (see study.search.leftovers)."""
     return Path(study_dir) / RAY_SESSION
 
 

@@ -115,8 +115,8 @@ def reproduce(
     import torch
 
     from study.config import TrialConfig
-    from study.train import NonFiniteLossError
-    from study.trial import run_trial
+    from study.trial.run import run_trial
+    from study.trial.train import NonFiniteLossError
 
     config = TrialConfig.from_dict(_read(record.read_config, trial_dir))
     env = _read(record.read_env, trial_dir)

@@ -52,7 +52,7 @@ class ModelConfig:
     """Which model to fine-tune."""
 
     name: str = "smollm2-135m"
-    """A registry name (study.models.REGISTRY), a local directory or a Hugging Face id."""
+    """A registry name (study.trial.models.REGISTRY), a local directory or a Hugging Face id."""
 
     def __post_init__(self) -> None:
         require(
@@ -269,7 +269,7 @@ class TrainConfig:
     dtype: str = "auto"
     """Compute precision: fp32, bf16 (autocast; needs native bf16), fp16 (autocast with loss
     scaling; CUDA only) or auto: the fastest on this machine by a timed matmul of the model's
-    shapes (cached; see study.precision)."""
+    shapes (cached; see study.trial.precision)."""
     grad_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
 

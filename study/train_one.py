@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from study.train import NonFiniteLossError
-    from study.trial import run_trial
+    from study.trial.run import run_trial
+    from study.trial.train import NonFiniteLossError
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

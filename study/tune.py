@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
-from study.options import StudyOptions, UsageError, parse_options
+from study.search.options import StudyOptions, UsageError, parse_options
 
 
 def parse_args(argv: list[str] | None = None) -> StudyOptions:
@@ -27,9 +27,9 @@ def parse_args(argv: list[str] | None = None) -> StudyOptions:
 def main(argv: list[str] | None = None) -> int:
     """Check everything, run the study, print its summary; bad input -> one line, exit code 2."""
     options = parse_args(argv)
-    from study.estimate import estimator
-    from study.leftovers import end_leftovers
-    from study.plan import claim, plan_study
+    from study.cost.estimate import estimator
+    from study.search.leftovers import end_leftovers
+    from study.search.plan import claim, plan_study
 
     try:
         plan = plan_study(options, argv if argv is not None else sys.argv[1:])
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study.tune: error: {err}", file=sys.stderr)
         return 2
     from analysis.summary import print_summary  # the entry point may use analysis; study may not
-    from study.timing import trial_estimator
-    from study.tuner import run_study  # Ray: imported once the input is known to be good
+    from study.cost.timing import trial_estimator
+    from study.search.tuner import run_study  # Ray: imported once the input is known to be good
 
     if plan.time is not None:
         print(f"study.tune: {plan.time.describe()}", flush=True)

@@ -139,7 +139,8 @@ def multi_study(storage, tmp_path_factory):
     return storage / "multi"
 
 
-# A NaN the training loop raises at step 2 (study.runner's LORA_STUDY_FAULT hook), for rank 1.
+# A NaN the training loop raises at step 2 (study.search.runner's LORA_STUDY_FAULT hook), for rank
+# 1.
 NAN_FAULT = "nan@2@lora.rank=1"
 
 

@@ -24,7 +24,8 @@ from study import record
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("study", "analysis", "lora_impl", "search_spaces", "bench")
 OWNER = ROOT / "study" / "record.py"
-RAY_MODULES = {"study.tuner", "study.search", "study.asha", "study.callbacks", "study.trainable"}
+RAY_MODULES = {"study.search.tuner", "study.search.searcher", "study.search.asha",
+               "study.search.callbacks", "study.search.trainable"}
 IO_METHODS = {"read_text", "write_text", "read_bytes", "write_bytes", "open"}
 
 
@@ -314,13 +315,76 @@ def _third_party(path: Path) -> set[str]:
 def test_ray_only_at_the_edge_and_analysis_free_of_torch_and_ray():
     files = sources()
     ray_users = {m for m, p in files.items() if m.startswith("study") and "ray" in _third_party(p)}
-    assert ray_users <= RAY_MODULES and "study.trainable" in ray_users
+    assert ray_users <= RAY_MODULES and "study.search.trainable" in ray_users
     heavy = {m for m, p in files.items() if m.startswith("analysis")
              and _third_party(p) & {"torch", "ray"}}
     assert heavy == set()
     assert _third_party(OWNER) & {"torch", "ray"} == set()
 
 
-def test_no_module_over_400_lines():
-    long = {m: n for m, p in sources().items() if (n := len(p.read_text().splitlines())) > 400}
-    assert long == {}
+# The layers of study/ (issue 32). Every top-level module of study/ is listed: a new one is
+# placed here on purpose. The shared contracts import only each other; the one-trial package
+# imports the contracts and itself (never the search, the cost model or Ray); the cost model
+# adds the one-trial package; the search adds the cost model; the entry points may import all.
+CONTRACTS = {"study", "study.sections", "study.config", "study.fields", "study.record",
+             "study.files", "study.metrics", "study.journal", "study.outdir", "study.cli"}
+ENTRY_POINTS = {"study.tune", "study.train_one", "study.reproduce", "study.export",
+                "study.forkserver"}
+PACKAGES_OF_STUDY = {"study.trial", "study.cost", "study.search"}
+TOP_LEVEL = CONTRACTS | ENTRY_POINTS | PACKAGES_OF_STUDY
+LAYERS = {  # layer -> the layers it may import
+    "contracts": {"contracts"},
+    "study.trial": {"contracts", "study.trial"},
+    "study.cost": {"contracts", "study.trial", "study.cost"},
+    "study.search": {"contracts", "study.trial", "study.cost", "study.search"},
+}
+
+
+def layer(module: str) -> str | None:
+    """The layer of a study module: contracts, one of the three packages, or None (an entry
+    point, which may import anything)."""
+    if module in CONTRACTS:
+        return "contracts"
+    return next((p for p in PACKAGES_OF_STUDY if module == p or module.startswith(p + ".")), None)
+
+
+def layering_offenders(graph: dict[str, set[str]], third_party: dict[str, set[str]]) -> list[str]:
+    """Every import that breaks the layering rule: ``module imports target`` lines."""
+    out = []
+    for module in sorted(set(graph) | set(third_party), key=list({**graph, **third_party}).index):
+        mine = layer(module)
+        if mine is None:
+            continue
+        for dep in sorted(graph.get(module, ())):
+            theirs = layer(dep)
+            if dep.startswith("study") and (theirs is None or theirs not in LAYERS[mine]):
+                out.append(f"{module} imports {dep}")
+        if mine != "study.search" and "ray" in third_party.get(module, set()):
+            out.append(f"{module} imports ray")
+    return out
+
+
+def test_study_top_level_is_the_listed_modules():
+    top = {m for m in sources() if m.startswith("study") and m.count(".") <= 1}
+    assert top == TOP_LEVEL
+
+
+def test_layering_rule():
+    files = sources()
+    third = {m: _third_party(p) for m, p in files.items() if m.startswith("study")}
+    assert layering_offenders(import_graph(), third) == []
+
+
+def test_layering_rule_fails_when_a_trial_module_imports_the_search():
+    graph = {"study.trial.run": {"study.search.plan", "study.record"},
+             "study.trial.data": {"study.cost.estimate"},
+             "study.cost.timing": {"study.trial.data"},
+             "study.record": {"study.trial.data"},
+             "study.tune": {"study.search.tuner"}}
+    third = {"study.trial.train": {"ray", "torch"}}
+    assert layering_offenders(graph, third) == [
+        "study.trial.run imports study.search.plan",
+        "study.trial.data imports study.cost.estimate",
+        "study.record imports study.trial.data",
+        "study.trial.train imports ray",
+    ]

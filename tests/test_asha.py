@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 pytest.importorskip("ray")
-from study.asha import StudyASHA
+from study.search.asha import StudyASHA
 
 
 def _asha(**kw):
@@ -100,7 +100,7 @@ def test_a_torn_curve_line_is_left_out_of_asha_replay_and_named(tmp_path):
     """A half-written last line of curve.jsonl made --resume fail with a traceback (issue 12,
     bug 4); it is left out, the rest is replayed, and the resume's warning names the file."""
     from study import record
-    from study.resume import damaged_lines, replay_curves
+    from study.search.resume import damaged_lines, replay_curves
 
     trial = record.group_dir(tmp_path, record.SEARCH) / "t0"
     record.write_config(trial, {"lora": {"rank": 1}})

@@ -9,11 +9,11 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from study.data import build_data, collate
-from study.models import tiny_tokenizer
 from study.sections import DataConfig
-from study.tasks.labelled import read_labelled, stratified_split
 from study.train_one import main as train_one
+from study.trial.data import build_data, collate
+from study.trial.models import tiny_tokenizer
+from study.trial.tasks.labelled import read_labelled, stratified_split
 
 CLASSES = ["business", "science", "sports", "world"]
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from lora_impl import inject_lora, load_adapter, save_adapter
-from study.data import Example, collate
-from study.models import load_model
-from study.models.classifier import HEAD, as_classifier
-from study.train import batch_loss
+from study.trial.data import Example, collate
+from study.trial.models import load_model
+from study.trial.models.classifier import HEAD, as_classifier
+from study.trial.train import batch_loss
 from tests.conftest import TINY_MODELS, randomize_lora
 
 peft = pytest.importorskip("peft")

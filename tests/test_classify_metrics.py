@@ -7,7 +7,7 @@ import random
 import pytest
 
 from study import metrics as M
-from study.classify import confusion, scores
+from study.trial.classify import confusion, scores
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

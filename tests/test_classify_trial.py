@@ -10,9 +10,9 @@ from lora_impl import load_adapter
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
-from study.models import load_model
-from study.models.classifier import as_classifier
-from study.trial import run_trial
+from study.trial.models import load_model
+from study.trial.models.classifier import as_classifier
+from study.trial.run import run_trial
 from tests.conftest import tiny_trial
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -51,8 +51,8 @@ def test_a_classify_trial_writes_its_metrics_labels_and_a_seq_cls_adapter(tmp_pa
     lm, _ = load_model("tiny-llama")
     model = as_classifier(lm, len(LABELS), seed=99)  # another head: the file must replace it
     load_adapter(model, record.adapter_dir(tmp_path))
-    from study.classify import quality
-    from study.data import build_data
+    from study.trial.classify import quality
+    from study.trial.data import build_data
 
     data = build_data(_cfg(news).data, load_model("tiny-llama")[1])
     again, _ = quality(model, data.test, 0, LABELS, "test")
@@ -116,8 +116,8 @@ def test_a_scheme_that_disagrees_or_is_unknown_is_refused(given):
 def test_a_merged_classify_export_loads_as_a_transformers_classifier(tmp_path, news):
     from transformers import AutoModelForSequenceClassification
 
-    from study.data import build_data, collate
     from study.export import export
+    from study.trial.data import build_data, collate
 
     run_trial(_cfg(news), out_dir=tmp_path / "trial")
     out = export(tmp_path / "trial", tmp_path / "merged", merged=True)
@@ -140,8 +140,8 @@ def test_the_memory_and_time_models_cover_classify(news, extra):
     time model counts its batches: every method and scheme is estimated."""
     import math
 
-    from study.estimate import RUNTIME_MB, estimate_cfg, model_facts
-    from study.timing import trial_time
+    from study.cost.estimate import RUNTIME_MB, estimate_cfg, model_facts
+    from study.cost.timing import trial_time
 
     cfg = _cfg(news, **extra)
     facts, _ = model_facts(cfg, [cfg.lora.targets])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from study.config import DataConfig
-from study.data import (
+from study.trial.data import (
     IGNORE,
     BatchOrder,
     build_data,
@@ -20,9 +20,9 @@ from study.data import (
     end_of_turn_id,
     lm_blocks,
 )
-from study.models import load_model, tiny_tokenizer
-from study.tasks import skills
-from study.tasks.text import hh_messages, hh_pair, to_pair
+from study.trial.models import load_model, tiny_tokenizer
+from study.trial.tasks import skills
+from study.trial.tasks.text import hh_messages, hh_pair, to_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +168,8 @@ def test_two_processes_build_one_cache_at_once(tmp_path):
     code = (
         "import json, sys\n"
         "from study.config import DataConfig\n"
-        "from study.data import build_data\n"
-        "from study.models import tiny_tokenizer\n"
+        "from study.trial.data import build_data\n"
+        "from study.trial.models import tiny_tokenizer\n"
         "cfg = DataConfig(size=10, seq_len=100)\n"
         "d = build_data(cfg, tiny_tokenizer(), cache_dir=sys.argv[1])\n"
         "print(json.dumps([e.input_ids for e in d.eval[:5]]))\n"

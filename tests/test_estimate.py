@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import estimate
-from study.activations import saved_bytes
-from study.data import IGNORE, BatchOrder, build_data, collate
-from study.estimate import estimate_cfg, largest_batch, model_facts
-from study.models import load_model
-from study.train import causal_lm_loss
+from study.cost import estimate
+from study.cost.activations import saved_bytes
+from study.cost.estimate import estimate_cfg, largest_batch, model_facts
+from study.trial.data import IGNORE, BatchOrder, build_data, collate
+from study.trial.models import load_model
+from study.trial.train import causal_lm_loss
 from tests.conftest import tiny_trial
 
 
@@ -39,7 +39,7 @@ def test_the_estimate_grows_with_what_it_should(facts):
 def test_the_largest_batch_is_the_loops(facts):
     cfg = tiny_trial(**{"train.batch_size": 4, "train.steps": 5})
     rows, length, targets = largest_batch(cfg, facts.tokenizer)
-    from study.data import build_data
+    from study.trial.data import build_data
 
     train = build_data(cfg.data, facts.tokenizer).train
     order, seen = BatchOrder(len(train), 4, cfg.seed), []
@@ -49,7 +49,7 @@ def test_the_largest_batch_is_the_loops(facts):
         seen.append((ids.numel(), *ids.shape, int((batch["labels"][:, 1:] != IGNORE).sum())))
     assert (rows, length, targets) == max(seen)[1:]
     # the time estimate's counts are the same batches'
-    from study.workload import workload
+    from study.cost.workload import workload
 
     work = workload(cfg, facts.tokenizer)
     assert work.train.count == 5 and work.train.tokens == sum(s[0] for s in seen)
@@ -63,11 +63,11 @@ def test_the_largest_batch_is_the_loops(facts):
     ("all-linear", None, "dora"),  # DoRA keeps more per layer: the probe counts it too
 ])
 def test_the_counted_graph_matches_the_whole_model(targets, amp, variant):
-    """study.activations fits small copies of the architecture; the same count on the whole
+    """study.cost.activations fits small copies of the architecture; the same count on the whole
     tiny model must agree."""
     cfg = tiny_trial(**{"lora.targets": targets, "lora.variant": variant})
     model, tok = load_model(cfg.model.name)
-    from study.trial import _prepare
+    from study.trial.run import _prepare
 
     _prepare(model, cfg)
     train = build_data(cfg.data, tok).train
@@ -105,7 +105,7 @@ def test_ranks_between_and_beyond_the_probed_two_equal_a_probe_of_their_own(amp,
     in its rank); a probe at rank 8 itself must give the same graph."""
     import dataclasses
 
-    from study import activations
+    from study.cost import activations
 
     cfg = tiny_trial(**{"lora.rank": 8, "lora.targets": "all-linear"})
     model, _ = load_model(cfg.model.name)
@@ -120,7 +120,7 @@ def test_ranks_between_and_beyond_the_probed_two_equal_a_probe_of_their_own(amp,
 
 
 def test_dora_s_estimate_counts_its_magnitudes_and_its_larger_graph(facts):
-    from study.estimate import adapter_params
+    from study.cost.estimate import adapter_params
 
     lora, dora = tiny_trial(), tiny_trial(**{"lora.variant": "dora"})
     outputs = sum(o for _, o in facts.target_dims[lora.lora.targets])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import evaluate
-from study.data import IGNORE, Example, build_data
-from study.evaluate import exact_match, generate, loss_and_answers, split_loss
-from study.models import load_model
+from study.trial import evaluate
+from study.trial.data import IGNORE, Example, build_data
+from study.trial.evaluate import exact_match, generate, loss_and_answers, split_loss
+from study.trial.models import load_model
 from tests.conftest import tiny_trial
 
 
@@ -82,7 +82,7 @@ def test_an_answer_longer_than_max_new_tokens_is_generated(model_and_data, monke
 
 
 def test_early_evaluations_answer_the_first_prompts_only(tmp_path):
-    from study.trial import _Trial
+    from study.trial.run import _Trial
 
     trial = _Trial(tiny_trial(**{"eval.early_prompts": 5}), tmp_path, None, None)
     early, pairs = trial.quality("eval", final=False)
@@ -100,7 +100,7 @@ def test_an_answer_that_could_still_be_correct_is_never_cut_short():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from study.tasks.skills import could_match, is_correct
+    from study.trial.tasks.skills import could_match, is_correct
 
     noise = st.sampled_from(["", " ", "  ", "\n", '"', "'", "`", ".", '."', " ."])
     word = st.text(alphabet="abcXYZ019 .,-", min_size=1, max_size=12)

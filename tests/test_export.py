@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_impl import load_adapter
 from study.export import main
-from study.models import load_model
-from study.trial import run_trial
+from study.trial.models import load_model
+from study.trial.run import run_trial
 from tests.conftest import tiny_trial
 
 ROOT = Path(__file__).resolve().parents[1]

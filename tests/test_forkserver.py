@@ -11,7 +11,9 @@ import time
 import psutil
 import pytest
 
-from study import forkserver, record, runner
+from study import record
+from study.search import forks as forkserver
+from study.search import runner
 
 CONFIG = {"model.name": "tiny-llama", "train.steps": 4, "eval.every": 2, "data.size": 16}
 

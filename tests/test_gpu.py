@@ -26,7 +26,7 @@ def _gpu_trial(bits: int, **overrides):
 @pytest.mark.parametrize("bits, weights", [(16, None), (8, "int8"), (4, "nf4")])
 def test_a_trial_runs_on_cuda_with_its_storage_dtype(bits, weights, tmp_path):
     from study import record
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     metrics = run_trial(_gpu_trial(bits), out_dir=tmp_path / "t")
     env = record.read_env(tmp_path / "t")
@@ -39,7 +39,7 @@ def test_a_trial_runs_on_cuda_with_its_storage_dtype(bits, weights, tmp_path):
 def test_quantized_weights_and_their_statistics_live_on_the_gpu():
     import bitsandbytes as bnb
 
-    from study.models import load_model
+    from study.trial.models import load_model
 
     model8, _ = load_model("tiny-llama", quant_bits=8, device=CUDA, dtype=torch.bfloat16)
     for m in model8.modules():
@@ -59,7 +59,7 @@ def test_quantized_weights_and_their_statistics_live_on_the_gpu():
 @pytest.mark.parametrize("bits", [16, 8, 4])
 def test_merge_and_unmerge_on_cuda(bits):
     from lora_impl import inject_lora, lora_layers, merge, unmerge
-    from study.models import load_model
+    from study.trial.models import load_model
     from tests.conftest import randomize_lora
 
     model, _ = load_model("tiny-llama", quant_bits=bits, device=CUDA, dtype=torch.bfloat16)
@@ -80,7 +80,7 @@ def test_merge_and_unmerge_on_cuda(bits):
 @pytest.mark.parametrize("bits", [16, 4])
 def test_export_of_a_cuda_trial(bits, tmp_path):
     from study.export import export
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     run_trial(_gpu_trial(bits), out_dir=tmp_path / "t")
     adapter = export(tmp_path / "t", tmp_path / "adapter")

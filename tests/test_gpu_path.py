@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import precision
+from study.trial import precision
 from tests.conftest import tiny_trial
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -14,8 +14,8 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_the_model_is_placed_before_quantizing_and_never_moved_after(bits, tmp_path, monkeypatch):
-    import study.models as models
-    from study.trial import run_trial
+    import study.trial.models as models
+    from study.trial.run import run_trial
 
     events = []
     place = models.place
@@ -55,7 +55,7 @@ def test_the_model_is_placed_before_quantizing_and_never_moved_after(bits, tmp_p
 
 def test_8bit_weights_share_their_int8_matrix_with_the_parameter():
     """What broke on CUDA: a moved Int8Params kept CB/SCB on the old device."""
-    from study.models import load_model
+    from study.trial.models import load_model
 
     model, _ = load_model("tiny-llama", quant_bits=8)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
@@ -67,8 +67,8 @@ def test_8bit_weights_share_their_int8_matrix_with_the_parameter():
 
 
 def test_the_int8_threshold_reaches_every_layer_from_the_config(tmp_path, monkeypatch):
-    import study.trial
-    from study.models import load_model
+    import study.trial.run
+    from study.trial.models import load_model
 
     model, _ = load_model("tiny-llama", quant_bits=8, int8_threshold=2.5)
     thresholds = {m.state.threshold for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)}
@@ -79,10 +79,10 @@ def test_the_int8_threshold_reaches_every_layer_from_the_config(tmp_path, monkey
         seen.update(kwargs)
         return load_model(name, **kwargs)
 
-    monkeypatch.setattr(study.trial, "load_model", capture)
+    monkeypatch.setattr(study.trial.run, "load_model", capture)
     cfg = tiny_trial(**{"quant.bits": 8, "quant.int8_threshold": 0.0, "train.steps": 1,
                         "eval.every": 1})
-    study.trial.run_trial(cfg, out_dir=tmp_path / "t")
+    study.trial.run.run_trial(cfg, out_dir=tmp_path / "t")
     assert seen["int8_threshold"] == 0.0 and seen["device"] == torch.device("cpu")
     assert tiny_trial().quant.int8_threshold == 6.0
 
@@ -94,7 +94,7 @@ def test_a_bad_int8_threshold_is_refused_by_name(value):
 
 
 def test_4bit_layers_compute_in_the_trials_compute_dtype():
-    from study.models import load_model, set_compute_dtype
+    from study.trial.models import load_model, set_compute_dtype
 
     model, _ = load_model("tiny-llama", quant_bits=4, compute_dtype=torch.float32)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -125,7 +125,7 @@ def test_storage_dtype_per_setting(device, compute, method, expected):
 )
 def test_env_json_records_storage_and_compute_dtypes(bits, quant_type, weights, tmp_path):
     from study import record
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     cfg = tiny_trial(**{"quant.bits": bits, "quant.type": quant_type, "train.steps": 1,
                         "eval.every": 1})
@@ -173,9 +173,9 @@ def test_fp16_is_refused_on_the_cpu():
 
 
 def test_fp16_training_scales_the_loss_and_keeps_the_scaler_state(monkeypatch):
-    from study.data import build_data
-    from study.models import load_model
-    from study.train import make_optimizer, train_loop
+    from study.trial.data import build_data
+    from study.trial.models import load_model
+    from study.trial.train import make_optimizer, train_loop
 
     scaled = []
     scale = torch.amp.GradScaler.scale
@@ -204,7 +204,7 @@ def test_fp16_training_scales_the_loss_and_keeps_the_scaler_state(monkeypatch):
 
 
 def test_a_shared_gpu_caps_the_process_at_its_share(monkeypatch):
-    from study import runner
+    from study.search import runner
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -216,7 +216,8 @@ def test_a_shared_gpu_caps_the_process_at_its_share(monkeypatch):
 
 
 def test_out_of_memory_on_a_shared_gpu_is_reported_as_such(tmp_path, monkeypatch):
-    from study import record, runner
+    from study import record
+    from study.search import runner
 
     reports = []
     monkeypatch.setattr(runner, "share_gpu", lambda fraction: fraction is not None)

@@ -32,7 +32,7 @@ def test_importing_every_module_does_not_load_peft():
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "from study.models import load_model\n"
+        "from study.trial.models import load_model\n"
         "from lora_impl import inject_lora\n"
         "m, _ = load_model('tiny-llama', quant_bits=4)\n"
         "inject_lora(m, 'qv')\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lora_impl import LoraSpec, inject_lora, lora_layers, resolve_targets
-from study.models import load_model
+from study.trial.models import load_model
 
 LAYERS = (0, 1)
 

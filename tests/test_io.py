@@ -19,7 +19,7 @@ from lora_impl import (
     spec_from_peft_config,
 )
 from lora_impl.inject import expand_targets
-from study.models import load_model
+from study.trial.models import load_model
 from tests.conftest import randomize_lora
 
 peft = pytest.importorskip("peft")

@@ -1,4 +1,4 @@
-"""study.leftovers ends a recorded Ray session's processes and nothing else (no Ray needed:
+"""study.search.leftovers ends a recorded Ray session's processes and nothing else (no Ray needed:
 stand-in processes play the session's; the whole path runs in test_reliability's killed study)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from study import leftovers, record
+from study import record
+from study.search import leftovers
 
 HOLD = """
 import sys, time

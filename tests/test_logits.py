@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.train import LOGIT_POSTPROCESSING, causal_lm_loss, target_logits
+from study.trial.train import LOGIT_POSTPROCESSING, causal_lm_loss, target_logits
 
 SMALL = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": 0}

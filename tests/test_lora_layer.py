@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lora_impl import LoRALinear, LoraSpec, disable_adapters, inject_lora, lora_layers
-from study.models import load_model
+from study.trial.models import load_model
 from tests.conftest import TINY_MODELS, randomize_lora
 
 

@@ -7,7 +7,7 @@ import torch
 
 from lora_impl import inject_lora, lora_layers, merge, unload, unmerge
 from lora_impl.quant import canonical_4bit, int8_weight_stats
-from study.models import load_model
+from study.trial.models import load_model
 from tests.conftest import randomize_lora
 
 bnbf = pytest.importorskip("bitsandbytes.functional")  # a dependency; skip where it is missing

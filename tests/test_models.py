@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import study.models as models
+import study.trial.models as models
 from lora_impl import inject_lora, lora_layers
-from study.models import REGISTRY, load_model
+from study.trial.models import REGISTRY, load_model
 
 bnb = pytest.importorskip("bitsandbytes")  # a dependency; skip where it is missing
 

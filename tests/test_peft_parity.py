@@ -7,7 +7,7 @@ import torch
 
 from lora_impl import inject_lora, lora_layers
 from lora_impl.inject import expand_targets
-from study.models import load_model
+from study.trial.models import load_model
 from tests.conftest import TINY_MODELS, randomize_lora
 
 bnb = pytest.importorskip("bitsandbytes")  # a dependency; skip where it is missing

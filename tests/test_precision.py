@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from study import precision
+from study.trial import precision
 
 CPU = torch.device("cpu")
 SHAPE = (512, 576, 1536)

@@ -13,10 +13,10 @@ pytest.importorskip("optuna")  # the searcher: absent on a GPU machine without t
 pytest.importorskip("ray")
 from search_spaces import load_space
 from study import journal
-from study import replicates as R
 from study.config import TrialConfig
-from study.samplers import check_search, make_sampler, startup_trials
-from study.search import StudySearch, make_search
+from study.search import replicates as R
+from study.search.samplers import check_search, make_sampler, startup_trials
+from study.search.searcher import StudySearch, make_search
 
 SPACE = {"lora": {"rank": {"choice": [2, 8]}, "targets": {"choice": ["qv", "all-linear"]}}}
 
@@ -125,7 +125,7 @@ def test_a_kill_after_the_last_replicate_but_before_the_tell_loses_nothing(tmp_p
     first = searcher(storage=journal.storage(tmp_path), repeats=2)
     first.suggest("a0"), first.suggest("a1")
     first.on_trial_complete("a0", final(1.0))
-    with mock.patch("study.search.tell_outcome", side_effect=KeyboardInterrupt), \
+    with mock.patch("study.search.searcher.tell_outcome", side_effect=KeyboardInterrupt), \
             pytest.raises(KeyboardInterrupt):
         first.on_trial_complete("a1", final(3.0))  # its outcome is recorded, the tell is cut
     again = searcher(storage=journal.storage(tmp_path), repeats=2)
@@ -226,7 +226,7 @@ def test_the_outcome_rules_on_their_own():
 
 
 def test_a_study_trial_s_identity_never_reaches_its_config():
-    from study.runner import trial_config
+    from study.search.runner import trial_config
 
     tagged = R.seeded({"lora.rank": 8}, seed=3, replicate=2, config_id="abc")
     assert trial_config(tagged).seed == 5 and trial_config(tagged).lora.rank == 8

@@ -9,7 +9,7 @@ import torch
 
 from study.cli import usable_cores
 from study.reproduce import main
-from study.trial import run_trial
+from study.trial.run import run_trial
 from tests.conftest import tiny_trial
 
 
@@ -60,10 +60,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_a_diverging_trial_reproduces_its_failure(tmp_path, monkeypatch, capsys):
-    import study.train
-    from study.train import NonFiniteLossError
+    import study.trial.train
+    from study.trial.train import NonFiniteLossError
 
-    original = study.train.causal_lm_loss
+    original = study.trial.train.causal_lm_loss
 
     def poisoned(model, batch, reduction="mean"):  # NaN at step `at` of every run
         loss, n = original(model, batch, reduction)
@@ -71,7 +71,7 @@ def test_a_diverging_trial_reproduces_its_failure(tmp_path, monkeypatch, capsys)
         return (loss * float("nan") if poisoned.calls == poisoned.at else loss), n
 
     poisoned.calls, poisoned.at = 0, 5
-    monkeypatch.setattr(study.train, "causal_lm_loss", poisoned)
+    monkeypatch.setattr(study.trial.train, "causal_lm_loss", poisoned)
     trial = tmp_path / "trial"
     with pytest.raises(NonFiniteLossError) as err:
         run_trial(tiny_trial(), out_dir=trial)

@@ -13,7 +13,7 @@ from optuna.samplers import TPESampler
 
 from search_spaces import SpaceError, validate
 from study import metrics as M
-from study.search import StudySearch
+from study.search.searcher import StudySearch
 
 
 def _searcher(space, objectives=("eval_loss",), **kw):
@@ -260,7 +260,7 @@ def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, mo
     import ray.tune
 
     from study import record
-    from study.trainable import trainable
+    from study.search.trainable import trainable
 
     trial_dir = tmp_path / "t1"
     record.write_metrics(trial_dir, {"step": 6, "eval_loss": 0.5, "test_loss": 0.6})
@@ -288,7 +288,7 @@ def test_a_trial_finished_before_a_crash_is_reported_again_as_final(tmp_path, mo
 def test_the_live_table_survives_a_config_the_space_allows_but_a_trial_refuses():
     from types import SimpleNamespace
 
-    from study.callbacks import LiveTable
+    from study.search.callbacks import LiveTable
 
     class Trial(SimpleNamespace):
         def __str__(self) -> str:  # a Ray trial's name: its directory in a study
@@ -321,9 +321,9 @@ def test_failures_a_retry_would_repeat_end_the_trial_with_their_own_step(
     (issue 12, bug 8). Anything else still propagates, for Ray to retry."""
     import ray.tune
 
-    from study import runner
-    from study import trainable as T
-    from study.train import NonFiniteLossError
+    from study.search import runner
+    from study.search import trainable as T
+    from study.trial.train import NonFiniteLossError
 
     if error == "nan":
         error = NonFiniteLossError("non-finite training loss (nan) at step 2", step=2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from study import timing
-from study.estimate import model_facts
+from study.cost import timing
+from study.cost.estimate import model_facts
 from tests.conftest import tiny_trial
 
 

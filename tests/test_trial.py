@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-import study.train
-from study.train import NonFiniteLossError
-from study.trial import run_trial
+import study.trial.train
+from study.trial.run import run_trial
+from study.trial.train import NonFiniteLossError
 from tests.conftest import TRIAL_FILES, tiny_trial
 
 
@@ -55,7 +55,7 @@ def test_base_trains_nothing_and_full_trains_everything(tmp_path):
     assert not (tmp_path / "base" / "checkpoint").exists()
     assert "test_loss" in base
     full = run_trial(tiny_trial(method="full"), out_dir=tmp_path / "full")
-    from study.models import load_model
+    from study.trial.models import load_model
 
     model, _ = load_model("tiny-llama")
     assert full["trainable_params"] == sum(p.numel() for p in model.parameters())
@@ -63,13 +63,13 @@ def test_base_trains_nothing_and_full_trains_everything(tmp_path):
 
 def test_trainable_params_counts_requires_grad(tmp_path, monkeypatch):
     seen = {}
-    original = study.trial.count_parameters
+    original = study.trial.run.count_parameters
 
     def spy(model):
         seen["n"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return original(model)
 
-    monkeypatch.setattr(study.trial, "count_parameters", spy)
+    monkeypatch.setattr(study.trial.run, "count_parameters", spy)
     final = run_trial(tiny_trial(**{"lora.targets": "qv", "lora.rank": 2}), out_dir=tmp_path)
     assert final["trainable_params"] == seen["n"] == 2 * 2 * ((64 + 64) + (64 + 32))
 
@@ -114,14 +114,14 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, variant):
 
 def test_nan_loss_ends_the_trial_naming_the_step(tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = study.train.causal_lm_loss
+    original = study.trial.train.causal_lm_loss
 
     def poisoned(model, batch, reduction="mean"):
         loss, n = original(model, batch, reduction)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 3 else loss), n
 
-    monkeypatch.setattr(study.train, "causal_lm_loss", poisoned)
+    monkeypatch.setattr(study.trial.train, "causal_lm_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match="at step 3"):
         run_trial(tiny_trial(), out_dir=tmp_path)
 
@@ -156,10 +156,10 @@ def test_cuda_peak_memory_sees_a_500mb_tensor(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
-    import study.trial
+    import study.trial.run
 
     calls = {"n": 0}
-    prepare = study.trial._prepare
+    prepare = study.trial.run._prepare
 
     def count_training_layer_calls(model, cfg):
         prepare(model, cfg)
@@ -170,7 +170,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
                 lambda mod, *_: calls.__setitem__("n", calls["n"] + mod.training)
             )
 
-    monkeypatch.setattr(study.trial, "_prepare", count_training_layer_calls)
+    monkeypatch.setattr(study.trial.run, "_prepare", count_training_layer_calls)
     cfg = tiny_trial()
     plain = run_trial(cfg, out_dir=tmp_path / "plain")
     plain_calls, calls["n"] = calls["n"], 0
@@ -196,7 +196,7 @@ def test_throughput_leaves_out_each_processs_first_step(tmp_path, monkeypatch):
         if metrics["step"] == 2:
             raise Interrupt
 
-    monkeypatch.setattr(study.train, "now", fake_now)
+    monkeypatch.setattr(study.trial.train, "now", fake_now)
     cfg = tiny_trial(**{"train.steps": 4, "eval.every": 2})
     with pytest.raises(Interrupt):
         run_trial(cfg, report=stop_at_2, out_dir=tmp_path / "cut")
@@ -210,9 +210,9 @@ def test_throughput_leaves_out_each_processs_first_step(tmp_path, monkeypatch):
 
 
 def test_step_stats_throughput_without_the_first_step():
-    stats = study.train.StepStats(step_ms=[9000, 1000, 1000], tokens=300, seconds=11.0,
+    stats = study.trial.train.StepStats(step_ms=[9000, 1000, 1000], tokens=300, seconds=11.0,
                                   warm_tokens=100, warm_seconds=9.0)
     assert stats.summary()["train_tokens_per_s"] == pytest.approx(200 / 2.0)
-    one = study.train.StepStats(step_ms=[9000], tokens=100, seconds=9.0, warm_tokens=100,
+    one = study.trial.train.StepStats(step_ms=[9000], tokens=100, seconds=9.0, warm_tokens=100,
                                 warm_seconds=9.0)
     assert one.summary()["train_tokens_per_s"] == pytest.approx(100 / 9.0)  # the only step

@@ -211,8 +211,8 @@ def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_
     over-budget one is told PRUNED with its excess, and the search ends saying why."""
     from search_spaces import sample_point
     from study.config import TrialConfig
-    from study.estimate import estimate_cfg
-    from study.plan import plan_study
+    from study.cost.estimate import estimate_cfg
+    from study.search.plan import plan_study
     from study.tune import parse_args
 
     fixed = {"lora.targets": "qv", "quant.bits": 16, "data.size": 32, "lora.alpha_ratio": 1}
@@ -311,7 +311,7 @@ def test_two_node_cluster_trial_survives_losing_its_worker(tmp_path):
 def test_no_generation_before_the_last_evaluation_unless_an_objective_needs_it(tmp_path):
     """Generation was most of the evaluation time; eval_loss (ASHA's metric by default) does not
     need it, exact_match at ASHA's rungs does; a value the user set is kept."""
-    from study.plan import plan_study
+    from study.search.plan import plan_study
     from study.tune import parse_args
 
     def early(*extra):
@@ -326,7 +326,7 @@ def test_no_generation_before_the_last_evaluation_unless_an_objective_needs_it(t
 
 def test_the_plan_estimates_the_study_time(tmp_path):
     """Every trial run to its end: more samples, longer; the per-trial range brackets the mean."""
-    from study.plan import plan_study
+    from study.search.plan import plan_study
     from study.tune import parse_args
 
     def plan(*extra):

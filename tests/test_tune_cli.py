@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_exit_2_and_no_result_dir(args, message, tmp_path,
 
 def test_numbers_are_read_as_people_type_them(tmp_path):
     """`--set train.lr=3e-4` was refused: YAML 1.1 reads 3e-4 as a string (issue 12, bug 7)."""
-    from study.plan import plan_study
+    from study.search.plan import plan_study
     from study.tune import parse_args
 
     space = tmp_path / "s.yaml"
@@ -66,7 +66,7 @@ def test_numbers_are_read_as_people_type_them(tmp_path):
 
 
 def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
-    from study.plan import plan_study
+    from study.search.plan import plan_study
     from study.tune import parse_args
 
     argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r"), "--max-t", "4"]
@@ -76,8 +76,8 @@ def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
 
 
 def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
-    from study.estimate import estimate_cfg
-    from study.plan import plan_study
+    from study.cost.estimate import estimate_cfg
+    from study.search.plan import plan_study
     from study.tune import parse_args
 
     argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r")]
@@ -101,7 +101,7 @@ def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
 
 def test_resume_takes_the_recorded_study_and_refuses_changed_flags(tmp_path, capsys):
     from study import record
-    from study.plan import plan_study, study_record
+    from study.search.plan import plan_study, study_record
     from study.tune import parse_args
 
     storage = tmp_path / "r"
@@ -125,8 +125,8 @@ def test_resume_refuses_a_damaged_journal_in_one_line_and_takes_a_cut_last_entry
     tmp_path, capsys
 ):
     from study import journal, record
-    from study.plan import plan_study, study_record
-    from study.search import StudySearch
+    from study.search.plan import plan_study, study_record
+    from study.search.searcher import StudySearch
     from study.tune import parse_args
 
     storage = tmp_path / "r"
@@ -162,7 +162,7 @@ def test_unparsable_space_and_unwritable_storage(tmp_path, capsys):
 
 
 def test_memory_guard_stops_a_trial_over_budget():
-    from study.runner import MemoryBudgetExceeded, _memory_guard
+    from study.search.runner import MemoryBudgetExceeded, _memory_guard
 
     _memory_guard(10**9)(1, 0.0)  # far above: nothing happens
     with pytest.raises(MemoryBudgetExceeded, match="exceeds --max-mem-mb 1 at step 3"):

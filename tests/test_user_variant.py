@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lora_impl import inject_lora, lora_layers, merge, save_adapter, unmerge
-from study.models import load_model
+from study.trial.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"

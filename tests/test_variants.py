@@ -10,7 +10,7 @@ from lora_impl import inject_lora, load_adapter, lora_layers, merge, save_adapte
 from lora_impl.dora import DoRALinear
 from lora_impl.inject import expand_targets
 from lora_impl.variants import layer_class
-from study.models import load_model
+from study.trial.models import load_model
 from tests.conftest import randomize_lora
 from tests.test_peft_parity import lora_grads, peft_twin
 
@@ -171,7 +171,7 @@ def test_loraplus_groups_equal_peft_create_loraplus_optimizer(variant):
     from peft.optimizers import create_loraplus_optimizer
 
     from lora_impl.loraplus import loraplus_groups
-    from study.models.classifier import as_classifier
+    from study.trial.models.classifier import as_classifier
 
     ours, _ = load_model("tiny-qwen2")
     ours = as_classifier(ours, 3, 0)  # a head: its 2-D weight with A, its bias with B
@@ -206,8 +206,8 @@ def test_loraplus_keeps_its_ratio_through_the_trial_s_lr_schedule(tmp_path, monk
     """The loop's warm-up and cosine scale each group's lr instead of replacing it. They used to
     set every group to the schedule's lr, and LoRA+ trained exactly as LoRA: bench/variants.py
     found it, every paired eval-loss difference zero."""
-    from study import trial as T
-    from study.train import lr_at
+    from study.trial import run as T
+    from study.trial.train import lr_at
     from tests.conftest import tiny_trial
 
     made = []
@@ -265,7 +265,7 @@ def test_a_pissa_or_olora_adapter_exports_converted_for_the_original_base(
         name, init, rslora, head, tmp_path, sample_ids):
     """Trained (A, B changed), saved: PEFT loads it on the original fp32 base and gives our
     logits; a classification head comes along as modules_to_save."""
-    from study.models.classifier import as_classifier
+    from study.trial.models.classifier import as_classifier
 
     def fresh():
         model, _ = load_model(name)

@@ -1,11 +1,12 @@
 """What the searcher tells Optuna: a configuration's outcome once its replicates have ended, and
 the answers to suggestions that are not launched (run before, running now, over the budget).
 
-    config = Config(trial, runs, config_id)     # a configuration in progress (study.search)
+    # a configuration in progress (study.search.searcher)
+    config = Config(trial, runs, config_id)
     frozen = tell_outcome(study, config, objectives)
 
-Ray-free (the searcher, ``study.search``, is the Ray side); the rules of the outcome are
-``study.replicates``', the names of what is recorded ``study.journal``'s.
+Ray-free (the searcher, ``study.search.searcher``, is the Ray side); the rules of the outcome are
+``study.search.replicates``', the names of what is recorded ``study.journal``'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from study import journal
-from study import replicates as R
+from study.search import replicates as R
 
 log = logging.getLogger(__name__)
 

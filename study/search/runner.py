@@ -2,7 +2,7 @@
 
     run(config, trial_dir, max_mem_mb, report)   # report(metrics) after every evaluation
 
-``study.trainable`` calls it in a Ray worker, or in a process forked for the trial
+``study.search.trainable`` calls it in a Ray worker, or in a process forked for the trial
 (``study.forkserver``); either way ``report`` hands each metrics dict to Tune.
 
 Errors that retrying cannot fix (a diverged loss, a failed allocation on CPU or GPU, the memory
@@ -30,12 +30,12 @@ import torch
 
 from study import metrics as M
 from study import record
-from study.checkpoint import find_checkpoint
 from study.config import TrialConfig
-from study.replicates import split
-from study.resources import rss_peak_mb
-from study.train import NonFiniteLossError
-from study.trial import run_trial
+from study.search.replicates import split
+from study.trial.checkpoint import find_checkpoint
+from study.trial.resources import rss_peak_mb
+from study.trial.run import run_trial
+from study.trial.train import NonFiniteLossError
 
 
 class MemoryBudgetExceeded(RuntimeError):

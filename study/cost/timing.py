@@ -4,14 +4,14 @@
     trial_time(cfg, facts, speed)              # TrialTime(load_s, train_s, eval_s, other_s)
 
 A trial's time is a sum of terms whose sizes are counted from the configuration and its data
-(``study.workload``: the real padded batches), each times a coefficient measured once on this
+(``study.cost.workload``: the real padded batches), each times a coefficient measured once on this
 repository's runs (``bench/time_model.py --fit``, docs/BENCHMARKS.md):
 
 - compute: the FLOPs of every forward and backward (linear layers, attention, the output head
   at target positions only, the adapter; backward computes input gradients, and weight
   gradients only for full fine-tuning; checkpointing repeats the forward), divided by the
   FLOP/s of one matmul of the model's shapes at the trial's precision, timed on this machine
-  (the figure ``train.dtype=auto`` is chosen by, ``study.precision``): a faster machine is
+  (the figure ``train.dtype=auto`` is chosen by, ``study.trial.precision``): a faster machine is
   faster in the estimate without re-fitting;
 - elementwise: the activations the layers produce (norms, activation functions, residual adds,
   autocast's casts), per element, which bf16 does not speed up as it does the matmul: on a
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 import torch
 
 from lora_impl.inits import from_weight
-from study import precision
 from study.config import TrialConfig
-from study.estimate import adapter_params
-from study.evaluate import GENERATE_BATCH
-from study.resources import WARMUP_TOKENS
-from study.workload import Batches, Generation, workload
+from study.cost.estimate import adapter_params
+from study.cost.workload import Batches, Generation, workload
+from study.trial import precision
+from study.trial.evaluate import GENERATE_BATCH
+from study.trial.resources import WARMUP_TOKENS
 
 # Coefficients, fitted by ``python -m bench.time_model --fit`` (seconds per unit of each term) on
 # 36 runs of the bundled and the tiny model on a 2-core AMD EPYC, bf16 and fp32 (docs/BENCHMARKS.md;
@@ -191,7 +191,7 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
     # evaluation: the loss on the eval split each time, answers (a subset before the last),
     # at the end the test split and the latency runs (2 x prompts x tokens batch-1 decodes).
     # Only answers the loss pass does not give are generated: all of the base model's, a
-    # share of a trained model's (study.evaluate.loss_and_answers)
+    # share of a trained model's (study.trial.evaluate.loss_and_answers)
     loss = work.eval_loss.scaled(work.evaluations)
     flops = sum(_flops(facts, loss, _BASE)) + sum(_flops(facts, work.test_loss, _BASE))
     calls = loss.count + work.test_loss.count
@@ -273,7 +273,7 @@ def study_time(space: dict, facts, num_samples: int, baselines: list[dict],
                concurrency: int = 1, forked: bool = False) -> StudyTime | None:
     """The wall time of a study of ``num_samples`` trials of ``space`` plus ``baselines``, each
     trial run to its last step; None when no configuration of the space can be estimated.
-    ``facts``: each model's (``study.estimate.Facts``); ``forked``: trials are forked from the
+    ``facts``: each model's (``study.cost.estimate.Facts``); ``forked``: trials are forked from the
     study's fork server."""
     from search_spaces import choice_points
 

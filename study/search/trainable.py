@@ -2,7 +2,7 @@
 
 The trial runs in a process forked for it from the study's fork server (``study.forkserver``:
 torch, transformers and bitsandbytes already imported) when the study has one, else here in the
-Ray worker. Either way ``study.runner.run`` does the work and decides which failures end the
+Ray worker. Either way ``study.search.runner.run`` does the work and decides which failures end the
 trial and which Ray retries; this module only carries its reports to Tune. It imports neither
 torch nor the trial code unless the trial runs here: a forked trial's worker starts in well
 under a second.
@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from study import forkserver
 from study import metrics as M
+from study.search import forks
 
 
 def tune_result(metrics: dict) -> dict:
@@ -58,10 +58,11 @@ def trainable(
             "cwd": os.getcwd(),
         }
         try:
-            forkserver.run_forked(fork_server, request, report)
+            forks.run_forked(fork_server, request, report)
             return
-        except forkserver.ServerGone as err:  # only the start-up saving is lost
-            print(f"study.trainable: {err}; the trial runs in its Ray worker", file=sys.stderr)
-    from study import runner
+        except forks.ServerGone as err:  # only the start-up saving is lost
+            print(f"study.search.trainable: {err}; the trial runs in its Ray worker",
+                  file=sys.stderr)
+    from study.search import runner
 
     runner.run(config, trial_dir, max_mem_mb, report, gpu_share)

@@ -14,7 +14,7 @@ line. The peak of the training phase is the sum of what the loop really holds:
   parameter, plus the fp32 weight of an adapter;
 - what autograd keeps for backward for the largest micro-batch the trial will see (its real
   padded length and target count, from the task's data and the batch order), counted by
-  ``study.activations`` on the real loss with the trial's adapter, quantization, precision and
+  ``study.cost.activations`` on the real loss with the trial's adapter, quantization, precision and
   checkpointing, times ``BACKWARD`` for the gradients backward holds next to it; except the
   low-precision copies of weights that linear layers keep under bf16 autocast, counted once
   (held like weights: no gradient of their size is written beside them).
@@ -39,11 +39,12 @@ from lora_impl.inject import resolve_targets
 from lora_impl.layer import base_layer_dims, is_linear_like
 from lora_impl.quant import is_conv1d
 from search_spaces import choice_points, flat_leaves, is_distribution
-from study import precision
-from study.activations import saved_bytes
 from study.config import TrialConfig
-from study.models import REGISTRY, ModelNotFoundError, hub_error, load_model, quiet_hub
-from study.workload import workload
+from study.cost.activations import saved_bytes
+from study.cost.workload import workload
+from study.trial import precision
+from study.trial.adapter import check_rank
+from study.trial.models import REGISTRY, ModelNotFoundError, hub_error, load_model, quiet_hub
 
 RUNTIME_MB = 311.0
 BACKWARD = 2.40
@@ -128,7 +129,7 @@ def _in_out(module) -> tuple[int, int]:
 
 def largest_batch(cfg: TrialConfig, tokenizer) -> tuple[int, int, int]:
     """(rows, padded length, target tokens) of the largest micro-batch ``cfg`` trains on: the
-    same examples, batch order and padding as the loop (``study.workload``)."""
+    same examples, batch order and padding as the loop (``study.cost.workload``)."""
     return workload(cfg, tokenizer).largest
 
 
@@ -258,20 +259,6 @@ def estimator(facts: Facts, extra_mb: float = RAY_WORKER_MB):
         return estimate_cfg(cfg, facts[cfg.model.name], extra_mb)
 
     return estimate
-
-
-def check_rank(rank: int, targets: str, dims: list[tuple[int, int]], model: str) -> None:
-    """ValueError unless ``rank`` fits every targeted layer: a rank above a layer's smaller
-    dimension adds nothing an update of that layer can express, only memory (a typo such as
-    1000000000 would try to allocate hundreds of GB)."""
-    if not dims:
-        return
-    limit = min(min(i, o) for i, o in dims)
-    if rank > limit:
-        raise ValueError(
-            f"lora.rank {rank} exceeds the smaller dimension of the layers lora.targets={targets} "
-            f"selects in {model} ({limit}); use lora.rank <= {limit}"
-        )
 
 
 def check_space_ranks(space: dict, facts: ModelFacts, model: str) -> None:

@@ -1,7 +1,7 @@
 """run_trial(config, report, resume_from) -> metrics: one whole trial, with no Ray in it.
 
     from study.config import TrialConfig
-    from study.trial import run_trial
+    from study.trial.run import run_trial
     metrics = run_trial(TrialConfig(), out_dir="runs/x")
 
 Seed -> load the model (quantized if asked) -> LoRA / full / base -> data -> train, and every
@@ -34,14 +34,15 @@ from lora_impl import (
 )
 from lora_impl.layer import base_layer_dims
 from lora_impl.loraplus import loraplus_groups
-from study import classify, precision, record
 from study import metrics as M
-from study.checkpoint import load_checkpoint, save_checkpoint
+from study import record
 from study.config import TrialConfig
-from study.data import Example, TaskData, build_data
-from study.environment import environment
-from study.estimate import check_rank
-from study.evaluate import (
+from study.trial import classify, precision
+from study.trial.adapter import check_rank
+from study.trial.checkpoint import load_checkpoint, save_checkpoint
+from study.trial.data import Example, TaskData, build_data
+from study.trial.environment import environment
+from study.trial.evaluate import (
     early_subset,
     exact_match,
     generate,
@@ -50,10 +51,10 @@ from study.evaluate import (
     perplexity,
     split_loss,
 )
-from study.models import cast_float_weights, load_model, set_compute_dtype
-from study.models.classifier import HEAD, as_classifier
-from study.resources import PeakMemory, classify_latency_ms, decode_latency_ms
-from study.train import StepStats, make_optimizer, train_loop
+from study.trial.models import cast_float_weights, load_model, set_compute_dtype
+from study.trial.models.classifier import HEAD, as_classifier
+from study.trial.resources import PeakMemory, classify_latency_ms, decode_latency_ms
+from study.trial.train import StepStats, make_optimizer, train_loop
 
 Report = Callable[[dict, "str | None"], None]
 CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from study import metrics as M
 from study.cli import OneLineParser
-from study.samplers import SEARCHES
+from study.search.samplers import SEARCHES
 
 
 class UsageError(ValueError):

@@ -8,7 +8,7 @@ layers carry an adapter (an adapter's input is kept), the compute precision (und
 autocast every frozen weight is cast, and the cast kept, for each forward), quantization
 (bitsandbytes keeps its own tensors), gradient checkpointing, the loss at target positions
 only. Rather than a formula for each architecture, this runs the real loss
-(``study.train.batch_loss``) on copies of the model's architecture with one and two layers and
+(``study.trial.train.batch_loss``) on copies of the model's architecture with one and two layers and
 a small vocabulary, random weights, with the trial's adapter, quantization and precision, and
 adds up the bytes of every tensor autograd saves (each storage once, the weights themselves
 not). Six forwards of at most 32 tokens, in padded batches of two like the loop's (padding makes
@@ -62,7 +62,7 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
     from transformers import AutoModelForCausalLM
 
     from lora_impl import inject_lora
-    from study.models.quantize import quantize_linears, set_compute_dtype
+    from study.trial.models.quantize import quantize_linears, set_compute_dtype
 
     c = copy.deepcopy(hf_config)
     c.num_hidden_layers, c.vocab_size = layers, vocab
@@ -79,7 +79,7 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
         set_compute_dtype(model, amp or torch.float32)  # as the trial's 4-bit layers compute
     classify = cfg.data.task == "classify"
     if classify:  # as the trial: the loaded (quantized) causal LM, then its fp32 score head
-        from study.models.classifier import as_classifier
+        from study.trial.models.classifier import as_classifier
 
         model = as_classifier(model, PROBE_LABELS)
     for p in model.parameters():
@@ -99,8 +99,8 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
 def _saved(model: torch.nn.Module, length: int, targets: int, amp: torch.dtype | None,
            ) -> tuple[int, int]:
     """(bytes of activations, bytes of weight casts) autograd keeps for one probe batch."""
-    from study.data import IGNORE
-    from study.train import batch_loss
+    from study.trial.data import IGNORE
+    from study.trial.train import batch_loss
 
     vocab = model.get_input_embeddings().weight.shape[0]
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}

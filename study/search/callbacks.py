@@ -5,7 +5,7 @@ status.json (written by the study, not by the trial; see ``study.record``):
     {"status": "finished", "step": N}           ran to the end (its metrics hold test_*)
     {"status": "stopped", "step": N}            stopped early by ASHA at step N
     {"status": "errored", "step": N, "reason": "..."}
-each with the trial's ``config_id`` and ``replicate`` (``study.replicates``).
+each with the trial's ``config_id`` and ``replicate`` (``study.search.replicates``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ray.tune import Callback
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
-from study.replicates import split
+from study.search.replicates import split
 
 COLUMNS = [
     ("trial", 8),
@@ -52,7 +52,8 @@ def _error_reason(trial) -> str:
 
 
 def _dir(experiment_dir: Path, trial) -> Path:
-    """The trial's directory: its name (a study names trials by directory, see study.tuner)."""
+    """The trial's directory: its name (a study names trials by directory, see
+    study.search.tuner)."""
     return experiment_dir / str(trial)
 
 

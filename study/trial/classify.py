@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from study import metrics as M
-from study.data import Example, collate
+from study.trial.data import Example, collate
 
-BATCH = 32  # examples per forward (as the other tasks' loss pass, study.evaluate.LOSS_BATCH)
+BATCH = 32  # examples per forward (as the other tasks' loss pass, study.trial.evaluate.LOSS_BATCH)
 
 
 def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

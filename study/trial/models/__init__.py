@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from study.models.bundled import (
+from study.trial.models.bundled import (
     ModelNotFoundError,
     bundled_model_dir,
     cache_root,
     converted_model_dir,
 )
-from study.models.quantize import (
+from study.trial.models.quantize import (
     QUANT_BITS,
     QUANT_TYPES,
     plain_tensors,
@@ -48,7 +48,7 @@ from study.models.quantize import (
     return_freed_memory,
     set_compute_dtype,
 )
-from study.models.tiny import tiny_builder, tiny_tokenizer
+from study.trial.models.tiny import tiny_builder, tiny_tokenizer
 
 __all__ = [
     "REGISTRY",
@@ -202,7 +202,7 @@ def load_model(
         quant_bits: 16 (no quantization), 8 (bnb LLM.int8) or 4 (bnb 4-bit).
         quant_type: 4-bit data type, ``nf4`` or ``fp4``.
         double_quant: 4-bit only: quantize the block scales too (QLoRA's double quantization).
-        dtype: storage dtype of the float weights (default float32; ``study.precision.
+        dtype: storage dtype of the float weights (default float32; ``study.trial.precision.
             storage_dtype`` says which a trial uses).
         cache_dir: where the bundled model's conversion is cached (see ``cache_root``).
         device: where the model lives (default: where it loads, the CPU); set it here rather

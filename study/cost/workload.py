@@ -4,7 +4,8 @@
     work.largest                       # (rows, padded length, targets): the memory estimate
     work.train.tokens                  # padded tokens over every micro-batch: the time estimate
 
-The same examples, batch order and padding as the loop (``study.data``, ``study.evaluate``):
+The same examples, batch order and padding as the loop (``study.trial.data``,
+``study.trial.evaluate``):
 the memory peak is set by the largest micro-batch the trial will really see, and the time by
 the padded tokens it will really compute, neither by ``data.seq_len``, which is only a cap.
 """
@@ -15,10 +16,10 @@ import math
 from dataclasses import dataclass
 
 from study.config import TrialConfig
-from study.evaluate import LOSS_BATCH, early_subset
+from study.trial.evaluate import LOSS_BATCH, early_subset
 
 MAX_BATCHES = 20_000  # micro-batches scanned (a longer run: the mean of these, extrapolated)
-LM_PROMPT = 32  # the lm task generates from each eval block's first tokens (study.trial)
+LM_PROMPT = 32  # the lm task generates from each eval block's first tokens (study.trial.run)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Batches:
 
 @dataclass(frozen=True)
 class Generation:
-    """The prompts an evaluation answers: their lengths (study.evaluate batches and pads them)."""
+    """The prompts an evaluation answers: their lengths (study.trial.evaluate batches and pads
+    them)."""
 
     prompt_lengths: tuple[int, ...] = ()
 
@@ -66,7 +68,7 @@ _CACHE: dict[tuple, Workload] = {}
 
 def workload(cfg: TrialConfig, tokenizer) -> Workload:
     """The batches ``cfg`` trains and evaluates on (see the module docstring)."""
-    from study.data import build_data
+    from study.trial.data import build_data
 
     t = cfg.train
     key = (repr(cfg.data), repr(cfg.eval), cfg.method, t.batch_size, t.grad_accum, t.steps,
@@ -77,7 +79,7 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
         train, largest = _train(data.train, cfg, steps)
         generative = cfg.data.task != "lm"
         test_generation = _generation(data.test, cfg, generative)
-        latency = test_generation.prompt_lengths  # study.trial: the test split's first prompts
+        latency = test_generation.prompt_lengths  # study.trial.run: the test split's first prompts
         if cfg.data.task == "classify":
             latency = tuple(len(e.input_ids) for e in data.test)
         _CACHE[key] = Workload(
@@ -97,13 +99,13 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
 
 
 def _targets(example) -> int:
-    from study.data import IGNORE
+    from study.trial.data import IGNORE
 
     return sum(label != IGNORE for label in example.labels[1:])
 
 
 def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, int, int]]:
-    from study.data import BatchOrder
+    from study.trial.data import BatchOrder
 
     lengths = [len(e.input_ids) for e in examples]
     targets = [_targets(e) for e in examples]
@@ -132,7 +134,7 @@ def _loss(examples) -> Batches:
 
 def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None = None,
                 ) -> Generation:
-    """The prompts ``study.trial`` answers at an evaluation: every one of the skills task, the
+    """The prompts ``study.trial.run`` answers at an evaluation: every one of the skills task, the
     first ``eval.num_examples`` otherwise; before the last evaluation, the first
     ``eval.early_prompts`` of those; none for classify (its answer is the loss pass's)."""
     if cfg.data.task == "classify":

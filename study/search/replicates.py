@@ -19,7 +19,7 @@ configuration and told once, when every replicate has ended (:func:`outcome`):
 Its intermediate values are, at each step that every replicate that did not error reached, the
 mean over them (with one replicate: that trial's values, as they are reported).
 
-Ray-free and Optuna-free: the searcher (``study.search``) keeps a list of :class:`Run` per
+Ray-free and Optuna-free: the searcher (``study.search.searcher``) keeps a list of :class:`Run` per
 configuration and records it in the journal (``study.journal.REPLICATES``) after every change,
 so a resumed study knows which replicates ended, how, and where each one's directory is.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from study import record
+from study import journal, record
 
 COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"  # Optuna's state names
 
@@ -94,7 +94,7 @@ def seeded(params: dict, seed: int, replicate: int, config_id: str) -> dict:
     """The config Tune gives replicate ``replicate`` of a configuration: its searched
     ``params``, the trial seed ``seed + replicate``, and its identity (``record.CONFIG_ID``,
     ``record.REPLICATE``), which the study writes to the trial's status.json and the trial
-    itself never sees (``study.runner.trial_config`` drops it)."""
+    itself never sees (``study.search.runner.trial_config`` drops it)."""
     return {**params, "seed": seed + replicate, record.REPLICATE: replicate,
             record.CONFIG_ID: config_id}
 
@@ -134,3 +134,17 @@ def final_values(result: dict, objectives: list[str]) -> list[float] | None:
 
 def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values)
+
+
+def replicates_of(study, trial, k: int) -> list:
+    """The K replicates (``study.search.replicates.Run``) of the configuration ``trial`` resumes, as
+    the journal last recorded them (following a chain of resumes); fresh ones otherwise."""
+    trials, attrs = study.get_trials(deepcopy=False), trial.user_attrs
+    number = attrs.get(journal.RESUMES)
+    while number is not None and journal.REPLICATES not in trials[number].user_attrs:
+        number = trials[number].user_attrs.get(journal.RESUMES)
+    if number is not None:
+        return restore(trials[number].user_attrs[journal.REPLICATES], k)
+    runs = restore(None, k)
+    runs[0].dir = attrs.get(journal.RESUME_DIR)  # a study recorded before replicates (or a new one)
+    return runs

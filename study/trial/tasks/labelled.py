@@ -4,7 +4,7 @@
     train, evals, test = stratified_split(labels, eval_size=150, test_size=150)
 
 Sources: ``builtin`` (the docstrings of Python's standard library labelled by the area of their
-module, a frozen file in ``study/tasks/data``: see its README), ``ag_news`` (AG News through
+module, a frozen file in ``study/trial/tasks/data``: see its README), ``ag_news`` (AG News through
 ``datasets``: needs the hub) or a local ``.csv`` / ``.csv.gz`` / ``.jsonl`` / ``.parquet`` file
 with a text and a label column. Labels may be strings or integers; their ids follow the sorted
 order of the distinct labels (numeric for integers), so ``0 < 1 < 10`` and ``"a" < "b"``.
@@ -22,7 +22,7 @@ import random
 import re
 from importlib import resources
 
-from study.tasks.text import DataSourceError, local_file
+from study.trial.tasks.text import DataSourceError, local_file
 
 HUB = {"ag_news": "fancyzhx/ag_news"}
 BUILTIN = "stdlib_docs.csv.gz"
@@ -35,7 +35,7 @@ def _frame(source: str):
     import pandas as pd
 
     if source == "builtin":
-        with resources.as_file(resources.files("study.tasks") / "data" / BUILTIN) as path:
+        with resources.as_file(resources.files("study.trial.tasks") / "data" / BUILTIN) as path:
             return pd.read_csv(path, keep_default_na=False)
     if source in HUB:
         return _hub_frame(source)

@@ -9,7 +9,8 @@ examples, so smaller sizes are subsets of larger ones. Splits do not depend on t
 
 - ``lm``: text -> tokens -> packed ``seq_len`` blocks; every token is a target (no padding).
 - ``classify``: text -> tokens (truncated to ``seq_len``, the tokenizer's special tokens
-  added) and a label id; stratified splits (``study.tasks.labelled``); ``info`` holds the label
+  added) and a label id; stratified splits (``study.trial.tasks.labelled``); ``info`` holds the
+  label
   names and the training subset's class counts.
 - ``sft`` / ``skills``: prompt/response pairs rendered with the tokenizer's chat template (or
   the HH ``Human: ... Assistant:`` format without one); the loss covers the response and the
@@ -30,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from study.models import cache_root
 from study.sections import DataConfig
-from study.tasks import labelled
-from study.tasks import skills as skills_task
-from study.tasks import text as text_sources
+from study.trial.models import cache_root
+from study.trial.tasks import labelled
+from study.trial.tasks import skills as skills_task
+from study.trial.tasks import text as text_sources
 
 IGNORE = -100
 _FORMAT = 4  # bump when the cached layout or rendering changes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from study import metrics as M
 from study.config import TrialConfig
-from study.options import UsageError
+from study.search.options import UsageError
 
 SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
 # start_mem_mb is context, not a goal; peak_reserved_mb exists on CUDA only.

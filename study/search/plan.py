@@ -25,11 +25,10 @@ from search_spaces import (
     sample_point,
 )
 from search_spaces import validate as validate_space
-from study import forkserver, journal, record
+from study import journal, record
 from study import metrics as M
 from study.config import TrialConfig
-from study.data import build_data
-from study.estimate import (
+from study.cost.estimate import (
     Facts,
     check_space_inits,
     check_space_ranks,
@@ -38,15 +37,17 @@ from study.estimate import (
     smallest_estimate,
     worker_mb,
 )
-from study.objectives import check_objectives_fit_task, parse_objectives
-from study.options import StudyOptions, UsageError, check_counts, parse_resources
+from study.cost.timing import StudyTime, study_time
 from study.outdir import check_output_dir
-from study.precision import check_supported
-from study.resume import recorded_options
-from study.samplers import check_search, grid_size
-from study.tasks import labelled
-from study.tasks import text as text_sources
-from study.timing import StudyTime, study_time
+from study.search import forks
+from study.search.objectives import check_objectives_fit_task, parse_objectives
+from study.search.options import StudyOptions, UsageError, check_counts, parse_resources
+from study.search.resume import recorded_options
+from study.search.samplers import check_search, grid_size
+from study.trial.data import build_data
+from study.trial.precision import check_supported
+from study.trial.tasks import labelled
+from study.trial.tasks import text as text_sources
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         _check_dtypes(_choices(leaves, "train.dtype") or [base_point.train.dtype])
     # trials forked from a pre-imported server (study.forkserver) or started in Ray workers:
     # what each trial process holds and how long it takes to start depend on it
-    forked = forkserver.usable(options.address, options.gpus_per_trial)
+    forked = forks.usable(options.address, options.gpus_per_trial)
     extra_mb = worker_mb(forked)
     if options.max_mem_mb:
         smallest = smallest_estimate(space, facts, extra_mb)

@@ -1,9 +1,10 @@
 """The Ray wiring of a study: start Ray, run the baselines and the search as two Tune experiments.
 
-    run_study(plan)     # a checked Plan (study.plan); writes study.json, then the trials
+    run_study(plan)     # a checked Plan (study.search.plan); writes study.json, then the trials
 
-This module, the searcher and scheduler (``study.search``), the callbacks (``study.callbacks``)
-and the trainable (``study.trainable``) are the only ones that import Ray.
+This module, the searcher and scheduler (``study.search.searcher``, ``study.search.asha``), the
+callbacks (``study.search.callbacks``) and the trainable (``study.search.trainable``) are the
+only ones that import Ray.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ from ray.tune import FailureConfig, RunConfig
 from ray.tune.search import ConcurrencyLimiter
 
 from search_spaces import choice_points, to_tune, tune_points
-from study import forkserver, journal, leftovers, record
-from study.callbacks import LiveTable, StatusWriter
+from study import journal, record
 from study.config import TrialConfig
-from study.estimate import estimator
-from study.options import StudyOptions, parse_resources
-from study.plan import Plan, study_record
-from study.resume import damaged_lines, replay_curves
-from study.search import make_search
-from study.trainable import trainable
+from study.cost.estimate import estimator
+from study.search import forks, leftovers
+from study.search.callbacks import LiveTable, StatusWriter
+from study.search.options import StudyOptions, parse_resources
+from study.search.plan import Plan, study_record
+from study.search.resume import damaged_lines, replay_curves
+from study.search.searcher import make_search
+from study.search.trainable import trainable
 
 
 def _ray_init(options: StudyOptions) -> str:
@@ -46,7 +48,7 @@ def _ray_init(options: StudyOptions) -> str:
     host = os.environ.get("LORA_STUDY_DASHBOARD_HOST", "127.0.0.1")
     if options.dashboard:
         kwargs.update(dashboard_host=host)
-    if path := forkserver.user_pythonpath():  # a user's variant module, importable in every worker
+    if path := forks.user_pythonpath():  # a user's variant module, importable in every worker
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
     context = ray.init(address=options.address, **kwargs)
     if options.dashboard:
@@ -180,7 +182,7 @@ def _search_tuner(plan: Plan, fn, run_config):
     )
 
 
-def _fork_server(plan: Plan) -> forkserver.ForkServer | None:
+def _fork_server(plan: Plan) -> forks.ForkServer | None:
     """The study's fork server (study.forkserver), started now, or None where trials start in
     their Ray workers. It preloads bitsandbytes only if some trial quantizes."""
     if not plan.forked:
@@ -193,7 +195,7 @@ def _fork_server(plan: Plan) -> forkserver.ForkServer | None:
         except ValueError:
             continue  # a combination the search never launches (full fine-tuning at 4 bits)
     models = sorted({c.model.name for c in configs})
-    return forkserver.ForkServer.start(",".join(models), any(c.quant.bits < 16 for c in configs))
+    return forks.ForkServer.start(",".join(models), any(c.quant.bits < 16 for c in configs))
 
 
 def run_study(plan: Plan) -> None:
@@ -209,7 +211,7 @@ def run_study(plan: Plan) -> None:
     local = plan.options.address is None  # a joined cluster's processes are not ours to end
     try:
         session_dir = _ray_init(plan.options)
-        if local:  # for the next run, if this driver is killed: see study.leftovers
+        if local:  # for the next run, if this driver is killed: see study.search.leftovers
             group = server.proc.pid if server else None  # its own session: pgid == pid
             leftovers.remember(plan.study_dir, session_dir, os.path.dirname(ray.__file__), group)
         socket = None
@@ -217,7 +219,7 @@ def run_study(plan: Plan) -> None:
             socket = server.socket
         elif server is not None:
             print(f"study.tune: warning: the trial fork server did not start (its log: "
-                  f"{session_dir}/logs/{forkserver.LOG}); trials start in their Ray workers",
+                  f"{session_dir}/logs/{forks.LOG}); trials start in their Ray workers",
                   file=sys.stderr)
         if baselines := _baselines_left(plan):
             _fit(plan, record.BASELINES, functools.partial(_baseline_tuner, baselines, plan),

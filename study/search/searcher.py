@@ -10,7 +10,7 @@
   ``OptunaSearch`` tells it COMPLETE with its partial value, which teaches TPE that early, worse
   numbers are final); one that errored is FAIL;
 - with ``--repeats K`` a configuration runs as K Ray trials (its replicates, seeded seed+0 ..
-  seed+K-1, see ``study.replicates``); Optuna is asked once and told once, when all K have
+  seed+K-1, see ``study.search.replicates``); Optuna is asked once and told once, when all K have
   ended: COMPLETE with their mean, PRUNED when none finished, FAIL when all errored;
 - a configuration over ``--max-mem-mb`` (estimated on the whole config it would run, the space's
   fixed values included) is not launched: PRUNED with no value and its excess as the constraint
@@ -25,7 +25,7 @@
   (first); its replicates that ended keep their outcome (recorded in the journal), the others
   run again in their own trial directories, so every configuration is resolved exactly once.
 
-Only this module and ``study.asha`` (the scheduler) know Tune's searcher and scheduler hooks.
+Only this module and ``study.search.asha`` (the scheduler) know Tune's searcher and scheduler hooks.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from ray.tune.search import Searcher
 from search_spaces import fixed_values, grid, to_optuna
 from study import journal
 from study import metrics as M
-from study import replicates as R
-from study.asha import StudyASHA
 from study.config import TrialConfig
-from study.samplers import make_sampler, retries
-from study.telling import Config, tell_like, tell_not_launched, tell_outcome
+from study.search import replicates as R
+from study.search.asha import StudyASHA
+from study.search.samplers import make_sampler, retries
+from study.search.telling import Config, tell_like, tell_not_launched, tell_outcome
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class StudySearch(Searcher):
         objectives, modes: the metrics Optuna optimizes and their directions ("min" / "max").
         space: the search space (``search_spaces``): its searched keys become Optuna
             distributions, its fixed values complete a suggestion for the memory estimate.
-        sampler: an Optuna sampler (``study.samplers.make_sampler`` in a study).
+        sampler: an Optuna sampler (``study.search.samplers.make_sampler`` in a study).
         storage: Optuna storage (``study.journal.storage``); None keeps the study in memory.
         study_name: the Optuna study's name (a study's ``--name``).
         points: configurations (searched keys) to try first, queued one at a time after any
@@ -239,7 +239,7 @@ class StudySearch(Searcher):
         ``trial_id``. A resumed one keeps what its replicates did (their directories, the
         outcomes of those that ended) and, with one replicate, its intermediate values so far;
         None when all of its replicates had ended (it is told now)."""
-        runs = journal.replicates_of(self.study, trial, self.repeats)
+        runs = R.replicates_of(self.study, trial, self.repeats)
         config = self.configs[trial.number] = Config(trial, runs, self._config_id(trial.params))
         config.save()  # before TRIAL_DIR: a kill in between still finds the directories
         trial.set_user_attr(journal.TRIAL_DIR, runs[0].dir or trial_id)

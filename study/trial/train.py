@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.classify import classification_loss
-from study.data import IGNORE, BatchOrder, Example, collate
-from study.resources import PeakMemory, now
 from study.sections import TrainConfig
+from study.trial.classify import classification_loss
+from study.trial.data import IGNORE, BatchOrder, Example, collate
+from study.trial.resources import PeakMemory, now
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig):
@@ -169,7 +169,8 @@ def train_loop(
     """Train from ``start_step`` to ``total_steps``; call ``on_eval(step)`` every ``every`` steps.
 
     ``on_eval`` runs outside the measured training phase: ``memory`` is paused around it.
-    ``amp`` is the autocast dtype (None: plain fp32; see ``study.precision``); fp16 trains with
+    ``amp`` is the autocast dtype (None: plain fp32; see ``study.trial.precision``); fp16 trains
+    with
     a gradient scaler, whose state ``scaler`` carries across resumes (a dict, updated in place).
 
     Raises:

@@ -3,9 +3,10 @@
 ``python -m study.tune --name X --resume`` continues X as it was started: the study-defining
 flags come from its study.json (:func:`recorded_options`) and ASHA's rungs are rebuilt from the
 trials' curves (:func:`replay_curves`). The rest of a resume needs nothing of Ray's state: the
-searcher reads the Optuna journal (``study.search``: trials a kill left running are asked again)
+searcher reads the Optuna journal (``study.search.searcher``: trials a kill left running are asked
+again)
 and each interrupted trial resumes from the checkpoint in its own directory
-(``study.trainable``).
+(``study.search.trainable``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import io
 from pathlib import Path
 
 from study import record
-from study.options import StudyOptions, UsageError, parse_options, with_recorded
+from study.search.options import StudyOptions, UsageError, parse_options, with_recorded
 
 
 def recorded_options(options: StudyOptions, argv: list[str], study_dir: Path):

@@ -15,7 +15,7 @@ prompt's forward included) is skipped; the answers are the same as generating al
 up to floating-point ties between two tokens (batching and padding differ between the passes,
 as they do between any two batch sizes). Where answers are judged by exact match (``judge``),
 a generated answer stops as soon as its text can no longer be correct
-(``study.tasks.skills.could_match``): a wrong answer is known wrong after a token or two, and
+(``study.trial.tasks.skills.could_match``): a wrong answer is known wrong after a token or two, and
 a batch ends when none of its answers can still become right. The first ``shown`` answers (the
 ones ``examples.json`` shows) are generated in full.
 """
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.data import Example, collate, collate_prompts, end_of_turn_id
-from study.tasks.skills import could_match, is_correct
-from study.train import target_logits
+from study.trial.data import Example, collate, collate_prompts, end_of_turn_id
+from study.trial.tasks.skills import could_match, is_correct
+from study.trial.train import target_logits
 
 LOSS_BATCH = 32  # examples per forward of the loss (12% faster than 16 on 2 CPU cores)
 GENERATE_BATCH = 50  # prompts per batched generation
