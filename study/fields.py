@@ -104,7 +104,7 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _scalar(hint: Any) -> tuple[type, bool]:
+def scalar(hint: Any) -> tuple[type, bool]:
     """(scalar type, whether None is allowed) of an annotation such as ``int | None``."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -128,7 +128,7 @@ def config_fields(cls: type = TrialConfig, prefix: str = "") -> list[ConfigField
             default = f.default_factory()
         else:
             default = None
-        kind, optional = _scalar(hint)
+        kind, optional = scalar(hint)
         text = f.metadata.get("help") or docs.get(f.name, "")
         out.append(ConfigField(f"{prefix}{f.name}", kind, optional, default, text))
     return out

@@ -1,7 +1,11 @@
 """The command line of ``python -m study.tune`` as one frozen :class:`StudyOptions`.
 
-The parser lives here (not in ``study.tune``) because resuming a study re-parses the command it
-was started with; planning, the Ray wiring and the summary read the options, never a Namespace.
+Each flag is generated from a field of :class:`StudyOptions`, as ``study.fields`` generates
+``train_one``'s from the config: the field's name is the flag, its type the flag's type, its
+default the flag's default and its attribute docstring the flag's help, so a default is written
+once. The parser lives here (not in ``study.tune``) because resuming a study re-parses the
+command it was started with; planning, the Ray wiring and the summary read the options, never a
+Namespace.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ import argparse
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from study import metrics as M
 from study.cli import OneLineParser
+from study.fields import attribute_docs, scalar
 from study.search.samplers import SEARCHES
 
 
@@ -22,168 +28,188 @@ class UsageError(ValueError):
     """Bad input caught before Ray starts: one line, exit code 2, no result directory."""
 
 
-@dataclass(frozen=True)
-class StudyOptions:
-    """Every flag of ``study.tune``, parsed (see ``--help`` for each)."""
-
-    space: str = "default"
-    set: tuple[str, ...] = ()
-    name: str | None = None
-    storage_path: Path = Path("results")
-    num_samples: int | None = None  # the plan resolves it: a grid search's size, else 8
-    max_concurrent: int = 1
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None
-    objective: str = M.EVAL_LOSS
-    max_t: int | None = None
-    grace: int | None = None
-    reduction_factor: float = 2.0
-    seed: int = 0
-    time_budget_s: float | None = None
-    max_mem_mb: float | None = None
-    no_baselines: bool = False
-    resume: bool = False
-    address: str | None = None
-    dashboard: bool = False
-    resource: tuple[str, ...] = ()
-    max_failures: int = 2
-    repeats: int = 1
-    search: str = "tpe"
-    scheduler: str = "asha"
-
-
-# Flags that define a study: --resume takes them from study.json (a different value is refused).
-STUDY_FLAGS = {
-    "space": "--space",
-    "set": "--set",
-    "objective": "--objective",
-    "num_samples": "--num-samples",
-    "max_t": "--max-t",
-    "grace": "--grace",
-    "reduction_factor": "--reduction-factor",
-    "seed": "--seed",
-    "max_mem_mb": "--max-mem-mb",
-    "no_baselines": "--no-baselines",
-    "repeats": "--repeats",
-    "search": "--search",
-    "scheduler": "--scheduler",
-}
-
+# What the plan falls back to when a flag is not given (stated in that flag's --help).
+DEFAULT_NUM_SAMPLES = 8  # configurations searched, unless --search grid runs its whole grid
+DEFAULT_MAX_T = 1000  # ASHA's most steps, when the space fixes no train.steps
+FULL_BASELINE_LR = 3e-5  # the full fine-tuning baseline's train.lr (all weights: a small step)
+RESULTS_ENV = "LORA_STUDY_RESULTS"  # the default --storage-path, where set
 SCHEDULERS = ("asha", "none")
 
 
-def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The parser of ``python -m study.tune`` (``description``: its help text)."""
-    p = OneLineParser.for_module("python -m study.tune", description)
-    p.add_argument(
-        "--space",
-        default="default",
-        help="built-in search space (default, smoke, smoke-grid, smoke-variants, thesis-news, "
-        "seeds-qwen2) or a YAML file",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fix a config value, e.g. --set data.task=sft (repeatable)",
-    )
-    p.add_argument("--name", help="study name (default: <space>-<date>-<time>)")
-    p.add_argument(
-        "--storage-path",
-        type=Path,
-        default=Path(os.environ.get("LORA_STUDY_RESULTS", "results")),
-        help="where studies are written (default $LORA_STUDY_RESULTS or ./results); a shared path"
-        " on clusters",
-    )
-    p.add_argument(
-        "--num-samples",
-        type=int,
-        help="configurations searched (default 8; --search grid: every point of the grid)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="runs of each configuration, seeded seed+0..seed+K-1 (the space's seed); the"
-        " searcher is told their mean (default 1)",
-    )
-    p.add_argument(
-        "--search",
-        choices=SEARCHES,
-        default="tpe",
-        help="how configurations are chosen: tpe (default), grid (every point of an all-choice"
-        " space once, in a seeded random order), random, gp (Gaussian process)",
-    )
-    p.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        default="asha",
-        help="asha (default: stop weak trials early) or none (every trial runs to its end)",
-    )
-    p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
-    p.add_argument(
-        "--cpus-per-trial", type=float, help="CPUs per trial (default: all / concurrent)"
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)",
-    )
-    p.add_argument(
-        "--objective",
-        default=M.EVAL_LOSS,
-        help="metric, or a comma list for multi-objective (e.g. exact_match,peak_mem_mb);"
-        " ASHA stops on the first",
-    )
-    p.add_argument(
-        "--max-t",
-        type=int,
-        help="ASHA: the most steps a trial runs (default: the space's train.steps)",
-    )
-    p.add_argument("--grace", type=int, help="ASHA: steps before any stop (default: eval.every)")
-    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the searcher's sampler (trial seeds come from the space's seed)",
-    )
-    p.add_argument("--time-budget-s", type=float, help="stop launching trials after this long")
-    p.add_argument(
-        "--max-mem-mb",
-        type=float,
-        help="skip configs whose estimated peak exceeds this; stop trials that exceed it",
-    )
-    p.add_argument("--no-baselines", action="store_true", help="skip the base and full runs")
-    p.add_argument("--resume", action="store_true", help="continue the study named by --name")
-    p.add_argument("--address", help="join an existing Ray cluster at HOST:PORT")
-    p.add_argument(
-        "--dashboard",
-        action="store_true",
-        help="start the Ray dashboard on 127.0.0.1 (token auth) and print its URL",
-    )
-    p.add_argument(
-        "--resource",
-        action="append",
-        default=[],
-        metavar="NAME=AMOUNT",
-        help="a custom Ray resource each trial needs, e.g. to pin trials to nodes (repeatable)",
-    )
-    p.add_argument(
-        "--max-failures",
-        type=int,
-        default=2,
-        help="retries of a trial after a crash, from its last checkpoint (default 2)",
-    )
-    return p
+def flag(*, study: bool = False, choices=None, metavar: str | None = None,
+         unset: str | None = None, note: str | None = None, env: str | None = None) -> dict:
+    """A StudyOptions field's command-line details, kept in ``dataclasses.field(metadata=...)``.
+
+    ``study``: the flag defines the study (``--resume`` refuses another value); ``unset``: what a
+    None default means, shown as the default; ``note``: a sentence the help adds (for values
+    held in constants); ``env``: an environment variable that overrides the default.
+    """
+    return {"study": study, "choices": choices, "metavar": metavar, "unset": unset,
+            "note": note, "env": env}
 
 
-def parse_options(argv: list[str] | None = None, description: str | None = None) -> StudyOptions:
-    """The command line as StudyOptions (a bad flag: one line, exit code 2)."""
-    values = vars(build_parser(description).parse_args(argv))
-    values["set"], values["resource"] = tuple(values["set"]), tuple(values["resource"])
-    return StudyOptions(**values)
+def from_env(var: str, fallback: Path):
+    """A field whose default is ``$var`` where set, else ``fallback`` (the dataclass and the
+    parser read it alike, when each is made)."""
+
+    def default() -> Path:
+        return type(fallback)(os.environ.get(var) or fallback)
+
+    return field(default_factory=default, metadata=flag(env=var))
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Every flag of ``study.tune``: a field here is its flag (``num_samples`` is
+    ``--num-samples``), with its type, its default and its help, the attribute docstring."""
+
+    space: str = field(default="default", metadata=flag(study=True))
+    """built-in search space (default, smoke, smoke-grid, smoke-variants, thesis-news,
+    seeds-qwen2) or a YAML file"""
+    set: tuple[str, ...] = field(default=(), metadata=flag(study=True, metavar="KEY=VALUE"))
+    """fix a config value, e.g. --set data.task=sft (repeatable)"""
+    name: str | None = field(default=None, metadata=flag(unset="<space>-<date>-<time>"))
+    """study name"""
+    storage_path: Path = from_env(RESULTS_ENV, Path("results"))
+    """where studies are written; a shared path on clusters"""
+    num_samples: int | None = field(default=None, metadata=flag(
+        study=True, unset=f"{DEFAULT_NUM_SAMPLES}; --search grid: every point of the grid"))
+    """configurations searched"""
+    repeats: int = field(default=1, metadata=flag(study=True))
+    """runs of each configuration, seeded seed+0..seed+K-1 (the space's seed); the searcher is
+    told their mean"""
+    search: str = field(default="tpe", metadata=flag(study=True, choices=SEARCHES))
+    """how configurations are chosen: tpe, grid (every point of an all-choice space once, in a
+    seeded random order), random, gp (Gaussian process)"""
+    scheduler: str = field(default="asha", metadata=flag(study=True, choices=SCHEDULERS))
+    """asha (stop weak trials early) or none (every trial runs to its end)"""
+    max_concurrent: int = 1
+    """trials at once"""
+    cpus_per_trial: float | None = field(default=None, metadata=flag(unset="all / concurrent"))
+    """CPUs per trial"""
+    gpus_per_trial: float | None = field(
+        default=None, metadata=flag(unset="1 when CUDA is present, else 0"))
+    """GPUs per trial, fractions allowed"""
+    objective: str = field(default=M.EVAL_LOSS, metadata=flag(study=True))
+    """metric, or a comma list for multi-objective (e.g. exact_match,peak_mem_mb); ASHA stops
+    on the first"""
+    max_t: int | None = field(default=None, metadata=flag(
+        study=True, unset=f"the space's train.steps, else {DEFAULT_MAX_T}"))
+    """ASHA: the most steps a trial runs"""
+    grace: int | None = field(default=None, metadata=flag(study=True, unset="eval.every"))
+    """ASHA: steps before any stop"""
+    reduction_factor: float = field(default=2.0, metadata=flag(study=True))
+    """ASHA reduction factor"""
+    seed: int = field(default=0, metadata=flag(study=True))
+    """seed of the searcher's sampler (trial seeds come from the space's seed)"""
+    time_budget_s: float | None = None
+    """stop launching trials after this long"""
+    max_mem_mb: float | None = field(default=None, metadata=flag(study=True))
+    """skip configs whose estimated peak exceeds this; stop trials that exceed it"""
+    no_baselines: bool = field(default=False, metadata=flag(
+        study=True, note=f"the full run trains at train.lr {FULL_BASELINE_LR:g}"))
+    """skip the base and full runs"""
+    resume: bool = False
+    """continue the study named by --name"""
+    address: str | None = field(default=None, metadata=flag(unset="a local cluster"))
+    """join an existing Ray cluster at HOST:PORT"""
+    dashboard: bool = False
+    """start the Ray dashboard on 127.0.0.1 (token auth) and print its URL"""
+    resource: tuple[str, ...] = field(default=(), metadata=flag(metavar="NAME=AMOUNT"))
+    """a custom Ray resource each trial needs, e.g. to pin trials to nodes (repeatable)"""
+    max_failures: int = 2
+    """retries of a trial after a crash, from its last checkpoint"""
+
+
+def flag_name(dest: str) -> str:
+    """The command-line flag of a StudyOptions field: ``num_samples`` -> ``--num-samples``."""
+    return "--" + dest.replace("_", "-")
+
+
+def _meta(f: dataclasses.Field) -> dict:
+    return {**flag(), **f.metadata}
+
+
+def study_flags(cls: type = StudyOptions) -> dict[str, str]:
+    """The flags that define a study (field -> flag): ``--resume`` takes them from study.json
+    and refuses another value."""
+    return {f.name: flag_name(f.name) for f in dataclasses.fields(cls) if _meta(f)["study"]}
+
+
+# Flags that define a study: --resume takes them from study.json (a different value is refused).
+STUDY_FLAGS = study_flags()
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _help(f: dataclasses.Field, doc: str) -> str:
+    """The field's docstring, its default (or what leaving it unset means) and its note."""
+    meta, default = _meta(f), _default(f)
+    if meta["env"]:
+        shown = f"${meta['env']} where set, else {_fallback(f)}"
+    elif meta["unset"]:
+        shown = meta["unset"]
+    elif isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif default is None or default == ():
+        shown = "none"
+    else:
+        shown = f"{default}"
+    note = f"; {meta['note']}" if meta["note"] else ""
+    return f"{doc} (default: {shown}{note})".replace("%", "%%")
+
+
+def _fallback(f: dataclasses.Field) -> str:
+    """An environment-read default's value when the variable is not set."""
+    saved = os.environ.pop(_meta(f)["env"], None)
+    try:
+        return str(f.default_factory())
+    finally:
+        if saved is not None:
+            os.environ[_meta(f)["env"]] = saved
+
+
+def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, hint, doc: str) -> None:
+    """The argparse argument of one field, from its type, default and metadata."""
+    meta, default = _meta(f), _default(f)
+    kind, _ = scalar(hint)
+    kwargs: dict = {"dest": f.name, "help": _help(f, doc)}
+    if kind is bool:
+        kwargs.update(action="store_true", default=default)
+    elif typing.get_origin(kind) is tuple:  # repeatable: each use adds one value
+        kwargs.update(action="append", default=list(default), type=typing.get_args(kind)[0])
+    else:
+        kwargs.update(type=kind, default=default)
+    if meta["choices"]:
+        kwargs["choices"] = meta["choices"]
+    if meta["metavar"]:
+        kwargs["metavar"] = meta["metavar"]
+    parser.add_argument(flag_name(f.name), **kwargs)
+
+
+def build_parser(
+    description: str | None = None, cls: type = StudyOptions
+) -> argparse.ArgumentParser:
+    """The parser of ``python -m study.tune`` (``description``: its help text), one flag per
+    field of ``cls`` (StudyOptions or a subclass), generated."""
+    parser = OneLineParser.for_module("python -m study.tune", description)
+    hints, docs = typing.get_type_hints(cls), attribute_docs(cls)
+    for f in dataclasses.fields(cls):
+        _add_flag(parser, f, hints[f.name], docs.get(f.name, ""))
+    return parser
+
+
+def parse_options(
+    argv: list[str] | None = None, description: str | None = None, cls: type = StudyOptions
+) -> StudyOptions:
+    """The command line as ``cls`` (StudyOptions; a bad flag: one line, exit code 2)."""
+    values = vars(build_parser(description, cls).parse_args(argv))
+    repeatable = {f.name for f in dataclasses.fields(cls) if isinstance(_default(f), tuple)}
+    return cls(**{k: tuple(v) if k in repeatable else v for k, v in values.items()})
 
 
 def parse_resources(items: tuple[str, ...]) -> dict[str, float]:
