@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from analysis.load import read_labels, read_metrics, warn
+from analysis.result_files import read_labels, read_metrics, warn
 from analysis.selection import (
     classify_metric,
     describe,

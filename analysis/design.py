@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.figure_data import SCHEME_ORDER, TARGET_ORDER
-from analysis.load import CONFIG_COLUMNS
 from analysis.selection import describe, several_models, train_one_command
+from analysis.trial_row import CONFIG_COLUMNS
 from study import metrics as M
 
 # a study's identity columns: what the searcher and the space may vary (seed is the replicate)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.design import Design, _plain
-from analysis.load import CONFIG_COLUMNS
+from analysis.trial_row import CONFIG_COLUMNS
 
 IMPORTANCE_COLUMNS = ["evaluator", "metric", "factor", "importance"]
 ANOVA_COLUMNS = ["metric", "term", "sum_sq", "df", "F", "p"]

@@ -10,74 +10,37 @@ Optuna journal (through :mod:`study.journal`, with Optuna's own reader); Ray's f
 opened and nothing is unpickled. A truncated or corrupt file gives a :class:`ResultWarning`
 naming it: a trial without a readable config.json is skipped, one without
 readable metrics keeps its config, status and curve; the other trials still load.
+
+This module walks a study (its groups, the trials its journal says it launched);
+:mod:`analysis.trial_row` reads one trial into its row and :mod:`analysis.result_files` reads
+single files with a warning instead of an error.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
+from analysis.result_files import ResultWarning, _read, _warn
+from analysis.trial_row import CURVE_COLUMNS, TRIAL_COLUMNS, _get, _status, _trial_row
 from study import journal, record
-from study import metrics as M
 from study.record import RecordError
 
-GROUPS = record.GROUPS
-# config.json keys -> column names (the design card's parameter names, flattened)
-CONFIG_COLUMNS = {
-    "method": ("method",),
-    "model": ("model", "name"),
-    "task": ("data", "task"),
-    "rank": ("lora", "rank"),
-    "alpha": ("lora", "alpha"),
-    "targets": ("lora", "targets"),
-    "dropout": ("lora", "dropout"),
-    "variant": ("lora", "variant"),
-    "init": ("lora", "init"),
-    "loraplus_ratio": ("lora", "loraplus_ratio"),
-    "rslora": ("lora", "rslora"),
-    "bits": ("quant", "bits"),
-    "quant_type": ("quant", "type"),
-    "scheme": ("quant", "scheme"),  # derived from bits and type where older results lack it
-    "data_size": ("data", "size"),
-    "lr": ("train", "lr"),
-    "steps": ("train", "steps"),
-    "seed": ("seed",),
-}
-LORA_ONLY = ("rank", "alpha", "targets", "dropout", "variant", "init", "loraplus_ratio", "rslora")
-METRIC_COLUMNS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
-CURVE_COLUMNS = (
-    M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL
-)
-# eval-split quality whose best point along the curve is kept (best_<name>, best_<name>_step)
-BEST_OF = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
-STATUSES = (*record.STATUSES, "unknown")
-DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")  # Optuna trials that must have a directory
-TRIAL_COLUMNS = [
-    "study",
-    "group",
-    "trial",
-    "trial_dir",
-    "config_id",  # a study's configuration (shared by its replicates), from status.json
-    "replicate",
-    *CONFIG_COLUMNS,
-    "baseline",
-    "weights",
-    "compute",
-    "status",
-    "status_step",
-    "status_reason",
-    *METRIC_COLUMNS,
-    *(f"best_{m}{s}" for m in BEST_OF for s in ("", "_step")),
-    "evals",
+__all__ = [
+    "GROUPS",
+    "TRIAL_COLUMNS",
+    "NotAStudyError",
+    "ResultWarning",
+    "StudyData",
+    "check_study_dir",
+    "load_studies",
+    "load_study",
 ]
 
-
-class ResultWarning(UserWarning):
-    """A result file that is missing, truncated or corrupt (the rest still loads)."""
+GROUPS = record.GROUPS
+DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")  # Optuna trials that must have a directory
 
 
 class NotAStudyError(ValueError):
@@ -91,32 +54,6 @@ class StudyData(NamedTuple):
     curves: pd.DataFrame  # one row per (trial, evaluation)
     studies: dict[str, dict]  # study name -> study.json (empty if unreadable)
     warnings: list[str]  # every ResultWarning raised while loading
-
-
-def _warn(found: list[str], message: str) -> None:
-    found.append(message)
-    warnings.warn(message, ResultWarning, stacklevel=3)
-
-
-def warn(found: list[str], message: str) -> None:
-    """A :class:`ResultWarning` for a problem found in a result file after loading (e.g. a
-    malformed confusion matrix), added to ``found`` as the loader's own are."""
-    _warn(found, message)
-
-
-def _read(read, where: Path, found: list[str], what: str):
-    """``read(where)`` (a :mod:`study.record` reader), or None with a warning ``"{err}; {what}"``
-    when the file is missing, unreadable, truncated, not valid JSON or not a JSON object."""
-    try:
-        return read(where)
-    except RecordError as err:
-        _warn(found, f"{err}; {what}")
-        return None
-
-
-def _read_json(path: Path, found: list[str], what: str):
-    """Parsed JSON, or None (with a warning) when the file is missing, truncated or invalid."""
-    return _read(record.read_json, path, found, what)
 
 
 def check_study_dir(path: str | Path) -> Path:
@@ -136,117 +73,6 @@ def check_study_dir(path: str | Path) -> Path:
             f"{record.BASELINES}/); studies are made by python -m study.tune"
         )
     return p
-
-
-def _get(config: dict, keys: tuple[str, ...]):
-    for key in keys:
-        if not isinstance(config, dict) or key not in config:
-            return None
-        config = config[key]
-    return config
-
-
-def _scalar(value):
-    """Metric values as numbers: None / non-numbers -> NaN (a dict such as per-skill scores)."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    return math.nan
-
-
-def _curve(d: Path, found: list[str]) -> list[dict]:
-    """The trial's curve points that have a step; a warning for each damaged line."""
-    try:
-        points, bad = record.read_curve(d)
-    except RecordError as err:
-        _warn(found, f"{err}; the trial's curve is left out")
-        return []
-    for number in bad:
-        _warn(
-            found,
-            f"{record.curve_path(d)}: line {number} is damaged (not JSON, or a step that is not "
-            "a count); that point is skipped",
-        )
-    return points
-
-
-def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict, list, dict]:
-    """One trial's row, curve points and config, or ({}, [], {}) without a readable config."""
-    try:
-        config = record.read_config(d)
-    except RecordError as err:
-        if err.problem == "not a JSON object":
-            _warn(found, f"{err.path}: not a trial config; trial skipped")
-        else:
-            _warn(found, f"{err}; trial skipped")
-        return {}, [], {}
-    if not isinstance(config.get("method"), str):
-        _warn(found, f"{record.config_path(d)}: not a trial config; trial skipped")
-        return {}, [], {}
-    row: dict = {"study": study, "group": group, "trial": d.name, "trial_dir": str(d)}
-    for column, keys in CONFIG_COLUMNS.items():
-        value = _get(config, keys)
-        row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
-    row["scheme"] = scheme(row["scheme"], row["bits"], row["quant_type"])
-    row["baseline"] = group == record.BASELINES
-    # written with config.json; a trial of another tool may have none
-    env = _read(lambda t: record.read_env(t, optional=True), d, found,
-                "its storage and compute dtypes are not shown") or {}
-    row["weights"] = env.get("weights")  # the base's storage: fp32, bf16, fp16, int8, nf4, fp4
-    row["compute"] = env.get("compute_dtype")
-    status = _status(d, found)
-    row["status"] = status.get("status") if status.get("status") in STATUSES else "unknown"
-    if status and status.get("status") not in STATUSES:
-        what = status.get("status")
-        _warn(found, f"{d / record.STATUS}: unknown status {what!r}; status unknown")
-    row["status_step"] = _scalar(status.get("step"))
-    row["config_id"] = status.get(record.CONFIG_ID)
-    row["replicate"] = _scalar(status.get(record.REPLICATE))
-    row["status_reason"] = status.get("reason")
-    metrics = {}
-    if record.has_metrics(d) or row["status"] in (record.FINISHED, record.STOPPED):
-        metrics = _read(record.read_metrics, d, found, "trial loaded without its metrics") or {}
-    row.update({name: _scalar(metrics.get(name)) for name in METRIC_COLUMNS})
-    curve = _curve(d, found)
-    for name in BEST_OF:
-        values = [(p[M.STEP], _scalar(p.get(name))) for p in curve]
-        values = [(s, v) for s, v in values if not math.isnan(v)]
-        pick = (max if M.mode(name) == "max" else min)(values, key=lambda sv: sv[1], default=None)
-        row[f"best_{name}"] = pick[1] if pick else math.nan
-        row[f"best_{name}_step"] = pick[0] if pick else math.nan
-    row["evals"] = len(curve)
-    points = [
-        {"study": study, "group": group, "trial": d.name, **{c: p.get(c) for c in CURVE_COLUMNS}}
-        for p in curve
-    ]
-    return row, points, config
-
-
-def scheme(given, bits, kind) -> str | None:
-    """quant.scheme as recorded ("16", "8", "nf4", "fp4"), or derived from quant.bits and
-    quant.type for results written before the field existed (16 -> "16", 8 -> "8", 4 -> type)."""
-    if given is not None:
-        return str(given)
-    if isinstance(bits, bool) or not isinstance(bits, (int, float)):
-        return None
-    if bits == 4:
-        return kind if isinstance(kind, str) else None
-    return str(int(bits)) if bits in (8, 16) else None
-
-
-def _status(d: Path, found: list[str]) -> dict:
-    """The trial's status.json: {} when there is none (a trial made outside a study, e.g. by
-    study.train_one; with a warning inside a study, where the study writes one) and {} with a
-    warning when it is damaged."""
-    try:
-        status = record.read_status_strict(d)
-        if status is None and (d.parent.name in GROUPS):
-            _warn(found, f"{d / record.STATUS}: missing; status unknown")
-        return status or {}
-    except RecordError as err:
-        _warn(found, f"{err}; status unknown")
-        return {}
 
 
 def _missing_trials(study_dir: Path, study_info: dict, configs: dict, found: list[str]) -> None:
@@ -364,28 +190,3 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
-
-
-def read_labels(trial_dir: str | Path, found: list[str]) -> dict | None:
-    """A classify trial's labels.json (``{"labels": [...], "train_counts": {...}}``); None when
-    it has none, and None with a warning naming the file when it is damaged."""
-    what = "its class names are not shown"
-    labels = _read(record.read_labels, Path(trial_dir), found, what)
-    if labels is not None and not (
-        isinstance(labels.get("labels"), list) and all(isinstance(n, str) for n in labels["labels"])
-    ):
-        _warn(found, f"{Path(trial_dir) / record.LABELS}: no list of label names; {what}")
-        return None
-    return labels
-
-
-def read_metrics(trial_dir: str | Path, found: list[str]) -> dict:
-    """A trial's whole metrics.json, the non-scalar entries too (``test_confusion``, the per-class
-    F1); {} with a warning when it is damaged (the trial table keeps only numbers)."""
-    return _read(record.read_metrics, Path(trial_dir), found, "its metrics are not shown") or {}
-
-
-def read_examples(trial_dir: str | Path, found: list[str]) -> list[dict]:
-    """A trial's examples.json (prompt, target, output); [] when absent, and [] with a warning
-    naming the file when it is damaged."""
-    return _read(record.read_examples, Path(trial_dir), found, "its examples are not shown") or []

@@ -30,8 +30,9 @@ from analysis.answer import analyse, write
 from analysis.answer_report import leading_sections, write_table_report
 from analysis.classify import confusion_infos
 from analysis.design import from_trials
-from analysis.load import StudyData, load_studies, read_examples
+from analysis.load import StudyData, load_studies
 from analysis.page import Figures, page, publish
+from analysis.result_files import read_examples
 from analysis.selection import (
     UNTRAINED_BASE,
     classify_metric,
@@ -260,7 +261,7 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     sections[-1] = (sections[-1][0], sections[-1][1] + _by_model(trials))
     sections.append(
         ("Quality vs resources", _pareto_section(trials, figs, include_stopped, objectives)))
-    # both read trial files: their warnings go in the list below
+    # both read trial files: their warnings go in the list of problems (_closing_sections)
     examples = _examples_section(trials, data.warnings)
     confusions = confusion_infos(trials, data.studies, data.warnings)
     metrics = _table_metrics(trials)
@@ -269,10 +270,23 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
         sections.append(_front_section(trials, y, columns, include_stopped))
     if confusions:
         sections.append(("Confusion matrices of the best trials", _confusion_section(confusions)))
+    sections += _figure_sections(trials, data.curves, figs, curves_by)
+    sections.append(("Generations of the best trials", examples))
+    sections += _closing_sections(data, trials, metrics)
+    title = "LoRA study report: " + ", ".join(data.studies)
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
+    (out / "report.html").write_text(page(title, len(trials), body), encoding="utf-8")
+
+
+def _figure_sections(
+    trials: pd.DataFrame, curves: pd.DataFrame, figs: Figures, curves_by: str
+) -> list[tuple[str, str]]:
+    """The learning curves and the LoRA vs full fine-tuning panel, those the trials can draw."""
+    sections = []
     # a classify study's curves may have no eval_loss: draw the first quality it has
-    curve_metric = next(iter(present(data.curves, figure_data.FRONT_QUALITY)), None)
-    if len(data.curves) and curve_metric:
-        info = figure_data.curves_info(trials, data.curves, curves_by, curve_metric)
+    curve_metric = next(iter(present(curves, figure_data.FRONT_QUALITY)), None)
+    if len(curves) and curve_metric:
+        info = figure_data.curves_info(trials, curves, curves_by, curve_metric)
         what = "" if curve_metric == M.EVAL_LOSS else f" of {curve_metric}"
         caption = f"learning curves{what} coloured by {curves_by}"
         sections.append(
@@ -284,7 +298,14 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
         sections.append(
             ("LoRA vs full fine-tuning", figs.add(render.seeds_figure(seeds), "seeds", caption))
         )
-    sections.append(("Generations of the best trials", examples))
+    return sections
+
+
+def _closing_sections(
+    data: StudyData, trials: pd.DataFrame, metrics: list[str]
+) -> list[tuple[str, str]]:
+    """The errored trials, the studies, the problems found while loading and every trial."""
+    sections = []
     errored = trials[trials["status"] == "errored"]
     if len(errored):
         cols = ["study", "group", "trial", "label", "status_step", "status_reason"]
@@ -301,9 +322,7 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
             + html_table(trials, all_cols, ("study", "group", "trial", "label", "status")),
         )
     )
-    title = "LoRA study report: " + ", ".join(data.studies)
-    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
-    (out / "report.html").write_text(page(title, len(trials), body), encoding="utf-8")
+    return sections
 
 
 def build_table_report(path: str | Path, out: str | Path, *, factors: list[str],

@@ -100,15 +100,39 @@ def print_summary(
     finished trial's ``trial_s``).
     """
     rows = collect(study_dir)
-    seen = [r["status"].get(record.REPLICATE) for r in rows]
-    repeats = 1 + max((v for v in seen if isinstance(v, int) and v >= 0), default=0)
-    for r in rows:
-        r["repeats"] = repeats
+    repeats = _mark_repeats(rows)
     # trials of several models (the model searched): each line names its model
     models = {(r["config"].get("model") or {}).get("name") for r in rows}
     by_model = len(models - {None}) > 1
     finished = [r for r in rows if r["status"].get("status") == record.FINISHED]
     searched = [r for r in rows if r["group"] == record.SEARCH]
+    _print_counts(study_dir, rows, searched)
+    _print_best(finished, objectives, by_model)
+    if repeats > 1:
+        _print_replicates(rows, objectives[0], by_model)
+    _print_pareto(finished, objectives[0], by_model)
+    _print_errored(rows, by_model)
+    if estimate is not None:
+        _print_memory_estimate(finished, estimate)
+    if duration is not None:
+        _print_durations(finished, duration)
+    _print_precision(finished)
+    _print_search(study_dir, len(searched), num_samples, time_budget_s)
+    print(f"\nBuild the report: python -m analysis report {study_dir}")
+
+
+def _mark_repeats(rows: list[dict]) -> int:
+    """How many replicates the study ran of each configuration (1 + the highest replicate
+    number), stored in every row as ``repeats`` (``_where`` names replicates only then)."""
+    seen = [r["status"].get(record.REPLICATE) for r in rows]
+    repeats = 1 + max((v for v in seen if isinstance(v, int) and v >= 0), default=0)
+    for r in rows:
+        r["repeats"] = repeats
+    return repeats
+
+
+def _print_counts(study_dir: Path, rows: list[dict], searched: list[dict]) -> None:
+    """The headline: searched trials by how they ended, and the baselines."""
     counts = {
         s: sum(r["status"].get("status") == s for r in searched)
         for s in ("finished", "stopped", "errored")
@@ -119,6 +143,10 @@ def print_summary(
         f"{counts['errored']} errored) + "
         f"{sum(r['group'] == record.BASELINES for r in rows)} baselines -> {study_dir}"
     )
+
+
+def _print_best(finished: list[dict], objectives: list[str], by_model: bool) -> None:
+    """The best finished trial on each objective that some finished trial measured."""
     for objective in objectives:
         candidates = [r for r in finished if r["metrics"].get(objective) is not None]
         if candidates:
@@ -129,28 +157,35 @@ def print_summary(
                 f"  best {objective}: {_fmt(pick['metrics'][objective])}  "
                 f"{_where(pick)} {describe(pick['config'], by_model)}"
             )
-    if repeats > 1:
-        _print_replicates(rows, objectives[0], by_model)
-    quality = objectives[0]
+
+
+def _print_pareto(finished: list[dict], quality: str, by_model: bool) -> None:
+    """The finished trials no other beats on both ``quality`` and peak memory, by memory."""
     points = [
         r
         for r in finished
         if r["metrics"].get(quality) is not None and r["metrics"].get(M.PEAK_MEM_MB) is not None
     ]
-    if points:
-        values = np.array([[r["metrics"][quality], r["metrics"][M.PEAK_MEM_MB]] for r in points])
-        mask = pareto_mask(values, [M.mode(quality) == "max", False])
-        print(f"  Pareto set ({quality} vs {M.PEAK_MEM_MB}, finished trials):")
-        for r in sorted(
-            (r for r, m in zip(points, mask) if m), key=lambda r: r["metrics"][M.PEAK_MEM_MB]
-        ):
-            test = _test_metric(quality, r["config"])
-            print(
-                f"    {quality} {_fmt(r['metrics'][quality])}, "
-                f"peak {r['metrics'][M.PEAK_MEM_MB]:.0f} MB, "
-                f"{test} {_fmt(r['metrics'].get(test))}  "
-                f"{_where(r)} {describe(r['config'], by_model)}"
-            )
+    if not points:
+        return
+    values = np.array([[r["metrics"][quality], r["metrics"][M.PEAK_MEM_MB]] for r in points])
+    mask = pareto_mask(values, [M.mode(quality) == "max", False])
+    print(f"  Pareto set ({quality} vs {M.PEAK_MEM_MB}, finished trials):")
+    for r in sorted(
+        (r for r, m in zip(points, mask) if m), key=lambda r: r["metrics"][M.PEAK_MEM_MB]
+    ):
+        test = _test_metric(quality, r["config"])
+        print(
+            f"    {quality} {_fmt(r['metrics'][quality])}, "
+            f"peak {r['metrics'][M.PEAK_MEM_MB]:.0f} MB, "
+            f"{test} {_fmt(r['metrics'].get(test))}  "
+            f"{_where(r)} {describe(r['config'], by_model)}"
+        )
+
+
+def _print_errored(rows: list[dict], by_model: bool) -> None:
+    """Each errored trial with its reason, then the command that reruns on a whole GPU each
+    one that ran out of its share of a GPU."""
     shared_oom = []
     for r in rows:
         if r["status"].get("status") == record.ERRORED:
@@ -166,21 +201,20 @@ def print_summary(
             trial = Path(r["dir"])
             print(f"    python -m study.train_one --config {trial / record.CONFIG} "
                   f"--out {trial.parent / (trial.name + '-whole-gpu')}")
+
+
+def _print_memory_estimate(finished: list[dict], estimate: Callable[[dict], float]) -> None:
+    """The memory estimate's error against each finished trial's measured peak."""
     errors = []
     for r in finished:
         measured = r["metrics"].get(M.PEAK_MEM_MB)
-        if measured and estimate is not None:
+        if measured:
             errors.append(100 * (estimate(r["config"]) - measured) / measured)
     if errors:
         print(
             f"  memory estimate vs measured peak: mean error {np.mean(errors):+.0f}%, "
             f"range {min(errors):+.0f}% to {max(errors):+.0f}% over {len(errors)} trials"
         )
-    if duration is not None:
-        _print_durations(finished, duration)
-    _print_precision(finished)
-    _print_search(study_dir, len(searched), num_samples, time_budget_s)
-    print(f"\nBuild the report: python -m analysis report {study_dir}")
 
 
 def _print_replicates(rows: list[dict], objective: str, by_model: bool) -> None:

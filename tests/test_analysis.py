@@ -190,7 +190,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     ],
 )
 def test_truncated_json_is_told_from_invalid_json(tmp_path, text, kind):
-    from analysis.load import _read_json
+    from analysis.result_files import _read_json
 
     (tmp_path / "metrics.json").write_text(text)
     found: list[str] = []
