@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from study import metrics as M
@@ -105,18 +106,19 @@ def _recorded_failure(trial_dir: Path) -> str | None:
     return status.get("reason") if status.get("status") == record.ERRORED else None
 
 
-def reproduce(
-    trial_dir: Path, out_dir: Path, rtol: float | None = None, threads: int | None = None
-) -> tuple[int, str]:
-    """Re-run the trial into ``out_dir``; return (exit code, report text).
+@dataclass
+class _Run:
+    """One run of the trial, as compared: the recorded one or the re-run."""
 
-    ``threads`` overrides the recorded thread count (reported as an environment change).
-    """
-    import torch
+    env: dict  # its env.json
+    curve: list[dict]  # its learning curve ([] for a re-run that failed before evaluating)
+    metrics: dict  # its final metrics (recorded) or its last report (re-run)
+    failure: str | None  # why it errored, or None
 
+
+def _recorded_run(trial_dir: Path):
+    """(the trial's config, its recorded run), or ValueError in one line."""
     from study.config import TrialConfig
-    from study.trial.run import run_trial
-    from study.trial.train import NonFiniteLossError
 
     config = TrialConfig.from_dict(_read(record.read_config, trial_dir))
     env = _read(record.read_env, trial_dir)
@@ -125,57 +127,73 @@ def reproduce(
     if not curve:
         where = record.curve_path(trial_dir)
         raise ValueError(f"{where} is missing or empty: the trial never reported")
-    last_step = curve[-1][M.STEP]
+    return config, _Run(env, curve, final, _recorded_failure(trial_dir))
 
-    threads = threads or env.get("threads")
-    if isinstance(threads, int) and threads > 0:
-        torch.set_num_threads(threads)  # reductions split by thread count: part of the result
-    cuda = torch.cuda.is_available()
-    tolerance = rtol if rtol is not None else (1e-3 if cuda else 0.0)
+
+def _rerun(config, out_dir: Path, last_step: int, run_on: bool) -> _Run:
+    """Run ``config`` again into ``out_dir`` up to ``last_step``, or with ``run_on`` (the trial
+    errored) until it fails or ends, to see whether it fails the same way."""
+    from study.trial.run import run_trial
+    from study.trial.train import NonFiniteLossError
 
     latest: dict = {}
 
     def stop_at_recorded_step(metrics: dict, _checkpoint: str | None) -> None:
         latest.clear()
         latest.update(metrics)
-        if recorded_failure is None and metrics[M.STEP] >= last_step:
-            raise _Stop  # an errored trial runs on, to see whether it fails the same way
+        if not run_on and metrics[M.STEP] >= last_step:
+            raise _Stop
 
-    failure, recorded_failure = None, _recorded_failure(trial_dir)
+    failure = None
     try:
         run_trial(config, report=stop_at_recorded_step, out_dir=out_dir)
     except _Stop:
         pass
     except NonFiniteLossError as err:  # a diverging trial: compare how far both got, and why
         failure = str(err)
-    again_env = _read(record.read_env, out_dir)
-    again_curve = _read_curve(out_dir)  # [] for a re-run that failed before its first evaluation
-    env_diffs = environment_differences(env, again_env)
-    curve_diffs = compare(
-        [{k: v for k, v in p.items() if k in (M.STEP, *CURVE_KEYS)} for p in curve],
-        again_curve,
+    return _Run(_read(record.read_env, out_dir), _read_curve(out_dir), latest, failure)
+
+
+def _differences(recorded: _Run, again: _Run, last_step: int, tolerance: float) -> list[str]:
+    """Every loss, quality metric and outcome of the re-run that differs from the record."""
+    diffs = compare(
+        [{k: v for k, v in p.items() if k in (M.STEP, *CURVE_KEYS)} for p in recorded.curve],
+        again.curve,
         tolerance,
     )
-    final_point = {M.STEP: last_step, **{k: final[k] for k in FINAL_KEYS if k in final}}
-    final_diffs = compare([final_point], [{M.STEP: last_step, **latest}], tolerance)
+    if not again.failure:  # a re-run that failed has no final metrics; its curve shows how far
+        final = recorded.metrics
+        final_point = {M.STEP: last_step, **{k: final[k] for k in FINAL_KEYS if k in final}}
+        diffs += compare([final_point], [{M.STEP: last_step, **again.metrics}], tolerance)
+    if again.failure != recorded.failure:
+        diffs.append(
+            f"outcome: recorded {recorded.failure or 'no error'}, "
+            f"re-run {again.failure or 'no error'}"
+        )
+    return diffs
 
+
+def _verdict(
+    trial_dir: Path, out_dir: Path, recorded: _Run, again: _Run, last_step: int, tolerance: float
+) -> tuple[int, str]:
+    """(exit code, report text): the re-run, the resources side by side, every difference and
+    the verdict (3: not like for like, 1: not reproduced, 0: reproduced)."""
     how = "bitwise" if tolerance == 0 else f"within rtol {tolerance:g}"
     lines = [
         f"Re-ran {trial_dir} to step {last_step} in {out_dir} "
-        f"({again_env.get('device')}, {again_env.get('threads')} threads, "
-        f"{again_env.get('compute_dtype')}); comparing {how}.",
+        f"({again.env.get('device')}, {again.env.get('threads')} threads, "
+        f"{again.env.get('compute_dtype')}); comparing {how}.",
     ]
     for key in SHOWN_RESOURCES:
-        lines.append(f"  {key}: recorded {final.get(key)}, re-run {latest.get(key)} (not judged)")
-    diffs = curve_diffs + ([] if failure else final_diffs)
-    if failure != recorded_failure:
-        diffs.append(
-            f"outcome: recorded {recorded_failure or 'no error'}, re-run {failure or 'no error'}"
+        lines.append(
+            f"  {key}: recorded {recorded.metrics.get(key)}, re-run {again.metrics.get(key)} "
+            "(not judged)"
         )
-    elif failure:
-        lines.append(f"  both runs ended with: {failure}")
+    diffs = _differences(recorded, again, last_step, tolerance)
+    if again.failure and again.failure == recorded.failure:
+        lines.append(f"  both runs ended with: {again.failure}")
     lines += [f"  differs: {d}" for d in diffs]
-    if env_diffs:
+    if env_diffs := environment_differences(recorded.env, again.env):
         lines += [f"  environment differs: {d}" for d in env_diffs]
         lines.append(
             "NOT like for like: the environment changed (above), so the numbers are not expected "
@@ -185,9 +203,29 @@ def reproduce(
     if diffs:
         lines.append(f"NOT reproduced: {len(diffs)} values differ ({how}).")
         return 1, "\n".join(lines)
-    points = sum(isinstance(p.get(k), (int, float)) for p in curve for k in CURVE_KEYS)
+    points = sum(isinstance(p.get(k), (int, float)) for p in recorded.curve for k in CURVE_KEYS)
     lines.append(f"Reproduced: every loss and quality metric is equal {how} ({points} values).")
     return 0, "\n".join(lines)
+
+
+def reproduce(
+    trial_dir: Path, out_dir: Path, rtol: float | None = None, threads: int | None = None
+) -> tuple[int, str]:
+    """Re-run the trial into ``out_dir``; return (exit code, report text).
+
+    ``threads`` overrides the recorded thread count (reported as an environment change).
+    """
+    import torch
+
+    config, recorded = _recorded_run(trial_dir)
+    last_step = recorded.curve[-1][M.STEP]
+    threads = threads or recorded.env.get("threads")
+    if isinstance(threads, int) and threads > 0:
+        torch.set_num_threads(threads)  # reductions split by thread count: part of the result
+    cuda = torch.cuda.is_available()
+    tolerance = rtol if rtol is not None else (1e-3 if cuda else 0.0)
+    again = _rerun(config, out_dir, last_step, run_on=recorded.failure is not None)
+    return _verdict(trial_dir, out_dir, recorded, again, last_step, tolerance)
 
 
 def parse_args(argv: list[str] | None = None):

@@ -2,31 +2,22 @@
 
     plan = plan_study(parse_options(argv), argv)    # UsageError: one line for the user
 
-The plan holds the options (with ``--resume``: the recorded ones), the resolved space, the
-objectives, the model's facts for the memory estimate and the baselines to run.
+The plan holds the options (with ``--resume``: the recorded ones), the resolved space
+(``study.search.space``), the objectives, the model's facts for the memory estimate and the
+baselines to run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search_spaces import (
-    SpaceError,
-    flat_leaves,
-    is_distribution,
-    load_space,
-    load_yaml,
-    sample_point,
-)
-from search_spaces import validate as validate_space
+from search_spaces import flat_leaves, sample_point
 from study import journal, record
-from study import metrics as M
 from study.config import TrialConfig
 from study.cost.estimate import (
     Facts,
@@ -41,13 +32,20 @@ from study.cost.timing import StudyTime, study_time
 from study.outdir import check_output_dir
 from study.search import forks
 from study.search.objectives import check_objectives_fit_task, parse_objectives
-from study.search.options import StudyOptions, UsageError, check_counts, parse_resources
+from study.search.options import (
+    DEFAULT_MAX_T,
+    DEFAULT_NUM_SAMPLES,
+    FULL_BASELINE_LR,
+    StudyOptions,
+    UsageError,
+    check_counts,
+    parse_resources,
+)
 from study.search.resume import recorded_options
 from study.search.samplers import check_search, grid_size
+from study.search.space import study_space
 from study.trial.data import build_data
 from study.trial.precision import check_supported
-from study.trial.tasks import labelled
-from study.trial.tasks import text as text_sources
 
 
 @dataclass(frozen=True)
@@ -74,30 +72,13 @@ class Plan:
     def max_t(self) -> int:
         """ASHA's most steps per trial: --max-t, else the space's fixed train.steps."""
         steps = flat_leaves(self.space).get("train.steps")
-        return self.options.max_t or (steps if isinstance(steps, int) else 1000)
+        return self.options.max_t or (steps if isinstance(steps, int) else DEFAULT_MAX_T)
 
     @property
     def grace(self) -> int:
         """ASHA's steps before any stop: --grace, else the space's eval.every."""
         every = flat_leaves(self.space).get("eval.every")
         return self.options.grace or (every if isinstance(every, int) else max(1, self.max_t // 4))
-
-
-def parse_sets(items: tuple[str, ...]) -> dict:
-    """--set KEY=VALUE pairs -> dotted dict (values parsed as YAML scalars)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = load_yaml(value)
-        except yaml.YAMLError as err:
-            first = str(err).strip().splitlines()[0]
-            raise UsageError(f"--set {item}: the value does not parse ({first})") from None
-    return out
 
 
 def check_config(values: dict) -> TrialConfig:
@@ -141,64 +122,6 @@ def _check_dashboard(options: StudyOptions) -> None:
         )
 
 
-def apply_sets(space: dict, sets: dict) -> dict:
-    """A copy of ``space`` with dotted ``sets`` fixed in it."""
-    out = json.loads(json.dumps(space))
-    for key, value in sets.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UsageError(f"--set {key}: {part} is not a section")
-        node[leaf] = value
-    return out
-
-
-def _apply_max_t(space: dict, max_t: int | None) -> dict:
-    """--max-t is the most steps a trial runs: it sets train.steps (and drops train.epochs)."""
-    if max_t is None:
-        return space
-    leaves = flat_leaves(space)
-    if is_distribution(leaves.get("train.steps")) or is_distribution(leaves.get("train.epochs")):
-        raise UsageError(
-            "--max-t sets train.steps, but this space searches the training length; "
-            "give the steps in the space instead"
-        )
-    sets = {"train.steps": max_t}
-    if leaves.get("train.epochs") is not None:
-        sets["train.epochs"] = None
-    return apply_sets(space, sets)
-
-
-def _early_prompts(space: dict, objectives: list[str]) -> dict:
-    """No generation before a trial's last evaluation unless an objective needs exact match
-    there (ASHA's rungs, and the value a stopped trial gives Optuna): the loss is what ASHA
-    compares, and generation was most of the evaluation time. A space or --set that gives
-    eval.early_prompts keeps it."""
-    if M.EXACT_MATCH in objectives or "eval.early_prompts" in flat_leaves(space):
-        return space
-    return apply_sets(space, {"eval.early_prompts": 0})
-
-
-def _absolute_sources(space: dict) -> dict:
-    """A local data.source as an absolute path: trials run in their own directories (Ray's
-    workers change into them), where a path relative to this command's directory is not."""
-    leaf = flat_leaves(space).get("data.source")
-    values = leaf["choice"] if isinstance(leaf, dict) and "choice" in leaf else [leaf]
-
-    def absolute(value):
-        named = ("builtin", *text_sources.HUB_DATASETS, *labelled.HUB)
-        if not isinstance(value, str) or value in named or not Path(value).expanduser().exists():
-            return value  # a built-in or hub name, or a missing file (the plan says so)
-        return str(Path(value).expanduser().resolve())
-
-    fixed = [absolute(v) for v in values]
-    if fixed == values:
-        return space
-    return apply_sets(space, {"data.source": {"choice": fixed} if values is not leaf else fixed[0]})
-
-
 def _choices(leaves: dict, key: str) -> list:
     leaf = leaves.get(key)
     if isinstance(leaf, dict) and "choice" in leaf:
@@ -216,7 +139,7 @@ def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
               "quant.scheme": None}
     out = []
     for model in facts:
-        for method, extra in (("base", {}), ("full", {"train.lr": 3e-5})):
+        for method, extra in (("base", {}), ("full", {"train.lr": FULL_BASELINE_LR})):
             cfg = check_config({**common, "model.name": model, "method": method, **extra})
             estimate = (estimate_cfg(cfg, facts[model], extra_mb)
                         if max_mem_mb and method != "base" else 0)
@@ -228,6 +151,36 @@ def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
                 continue
             out.append(cfg.to_dict())
     return out
+
+
+def _facts_of_models(space: dict, leaves: dict, base_point: TrialConfig, sizes: list) -> Facts:
+    """Each model's facts for the memory estimate, with the space's ranks and inits checked
+    against the model and its data built (the source at the largest size, with its tokenizer)."""
+    targets = _choices(leaves, "lora.targets") or [base_point.lora.targets]
+    facts = {}
+    models = _choices(leaves, "model.name") or [base_point.model.name]
+    for model in models:
+        point = {**sample_point(space), "model.name": model}
+        facts[model], tokenizer = model_facts(check_config(point), targets)
+        try:
+            check_space_ranks(space, facts[model], model)
+            check_space_inits(space, facts[model])
+            # the source and the largest size, with this model's tokenizer; warms the cache
+            build_data(check_config({**point, "data.size": max(sizes)}).data, tokenizer)
+        except ValueError as err:
+            raise UsageError(f"{model}: {err}" if len(models) > 1 else str(err)) from None
+    return facts
+
+
+def _check_budget(max_mem_mb: float | None, space: dict, facts: Facts, extra_mb: float) -> None:
+    """UsageError when --max-mem-mb leaves no configuration of the space to run."""
+    if max_mem_mb:
+        smallest = smallest_estimate(space, facts, extra_mb)
+        if smallest is not None and smallest > max_mem_mb:
+            raise UsageError(
+                f"--max-mem-mb {max_mem_mb:g}: every configuration of the space is "
+                f"estimated above it (the smallest needs about {smallest:.0f} MB)"
+            )
 
 
 def _study_dir(options: StudyOptions, argv: list[str]) -> tuple[StudyOptions, Path, dict | None]:
@@ -334,53 +287,24 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     options, study_dir, recorded = _study_dir(options, argv)
     _check_storage(options.storage_path)
     objectives = parse_objectives(options.objective)
-    try:
-        if recorded is not None:  # the space as the study resolved it when it started
-            space = recorded["space"]
-        else:
-            space = apply_sets(load_space(options.space), parse_sets(options.set))
-            space = _apply_max_t(space, options.max_t)
-            space = _early_prompts(space, objectives)
-            space = _absolute_sources(space)
-        validate_space(space)
-    except SpaceError as err:
-        raise UsageError(str(err)) from None
-
+    space = study_space(options, objectives, recorded)
     if problem := check_search(options.search, space):
         raise UsageError(problem)
     if options.num_samples is None:  # a grid search runs its whole grid unless told otherwise
         size = grid_size(space) if options.search == "grid" else None
-        options = dataclasses.replace(options, num_samples=size or 8)
+        options = dataclasses.replace(options, num_samples=size or DEFAULT_NUM_SAMPLES)
     leaves = flat_leaves(space)
     base_point = check_config(sample_point(space))
     check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
-    targets = _choices(leaves, "lora.targets") or [base_point.lora.targets]
     sizes = _choices(leaves, "data.size") or [base_point.data.size]
-    facts = {}
-    models = _choices(leaves, "model.name") or [base_point.model.name]
-    for model in models:
-        point = {**sample_point(space), "model.name": model}
-        facts[model], tokenizer = model_facts(check_config(point), targets)
-        try:
-            check_space_ranks(space, facts[model], model)
-            check_space_inits(space, facts[model])
-            # the source and the largest size, with this model's tokenizer; warms the cache
-            build_data(check_config({**point, "data.size": max(sizes)}).data, tokenizer)
-        except ValueError as err:
-            raise UsageError(f"{model}: {err}" if len(models) > 1 else str(err)) from None
+    facts = _facts_of_models(space, leaves, base_point, sizes)
     if options.address is None:  # this machine trains: bf16 only where it computes bf16
         _check_dtypes(_choices(leaves, "train.dtype") or [base_point.train.dtype])
     # trials forked from a pre-imported server (study.forkserver) or started in Ray workers:
     # what each trial process holds and how long it takes to start depend on it
     forked = forks.usable(options.address, options.gpus_per_trial)
     extra_mb = worker_mb(forked)
-    if options.max_mem_mb:
-        smallest = smallest_estimate(space, facts, extra_mb)
-        if smallest is not None and smallest > options.max_mem_mb:
-            raise UsageError(
-                f"--max-mem-mb {options.max_mem_mb:g}: every configuration of the space is "
-                f"estimated above it (the smallest needs about {smallest:.0f} MB)"
-            )
+    _check_budget(options.max_mem_mb, space, facts, extra_mb)
     baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
                                                           extra_mb)
     name = study_dir.name
@@ -389,3 +313,4 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
                            options.max_concurrent, forked)
     return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines),
                 estimated, forked)
+

@@ -25,6 +25,9 @@
   (first); its replicates that ended keep their outcome (recorded in the journal), the others
   run again in their own trial directories, so every configuration is resolved exactly once.
 
+What the study holds (configurations resolved, running, queued; those of a finite space under
+the budget) the searcher asks its Ray-free mixin, ``study.search.ledger.StudyLedger``.
+
 Only this module and ``study.search.asha`` (the scheduler) know Tune's searcher and scheduler hooks.
 """
 
@@ -44,17 +47,14 @@ from study import metrics as M
 from study.config import TrialConfig
 from study.search import replicates as R
 from study.search.asha import StudyASHA
+from study.search.ledger import StudyLedger, config_key
 from study.search.samplers import make_sampler, retries
 from study.search.telling import Config, tell_like, tell_not_launched, tell_outcome
 
 log = logging.getLogger(__name__)
 
 
-def _key(params: dict) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
-
-
-class StudySearch(Searcher):
+class StudySearch(StudyLedger, Searcher):
     """Tune searcher on an Optuna study (see the module docstring).
 
     Args:
@@ -126,58 +126,6 @@ class StudySearch(Searcher):
         self.admissible = self._admissible(grid(space))
         self.rng = random.Random(0)  # picks an untried configuration when the sampler stalls
 
-    # ------------------------------------------------------------------ what the study holds
-    def _admissible(self, configs: list[dict] | None) -> set[str] | None:
-        """Keys of a finite space's configurations under the budget (None: infinite space)."""
-        if configs is None:
-            return None
-        return {_key(c) for c in configs if self._excess(c) <= 0}
-
-    def _excess(self, params: dict) -> float:
-        """Estimated peak minus the budget, in MB (<= 0 fits; -inf without a budget)."""
-        if self.estimate_mb is None or not self.max_mem_mb:
-            return -math.inf
-        return self.estimate_mb({**self.fixed, **params}) - self.max_mem_mb
-
-    def _enqueue(self, params: dict, **attrs) -> None:
-        self.study.enqueue_trial(params, user_attrs={journal.ENQUEUED: params, **attrs})
-
-    def _queue_next(self) -> None:
-        """Put the next fixed configuration in Optuna's queue: a pending resume, else a point.
-
-        One at a time (Optuna asks its queue oldest first), so resumes go before the points
-        left and nothing queued outlives the --num-samples budget unasked.
-        """
-        from optuna.trial import TrialState
-
-        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return
-        for number, params, directory in journal.pending_resumes(self.study):
-            attrs = {journal.RESUMES: number}
-            if directory:
-                attrs[journal.RESUME_DIR] = directory
-            self._enqueue(params, **attrs)
-            return
-        asked = self.study.user_attrs.get(journal.POINTS_ASKED, 0)
-        if asked < len(self.points):
-            self._enqueue(self.points[asked])  # (a kill here asks the point twice: a repeat)
-            self.study.set_user_attr(journal.POINTS_ASKED, asked + 1)
-
-    def _resolved(self) -> dict[str, object]:
-        """Key -> the launched trial that resolved it (finished, stopped or errored)."""
-        out = {}
-        for trial in journal.launched(self.study):  # (interrupted trials are not among them)
-            if trial.state.is_finished():
-                out.setdefault(_key(trial.params), trial)
-        return out
-
-    def running(self) -> dict[str, object]:
-        """Key -> the Optuna trial of each configuration whose replicates have not all ended."""
-        return {_key(c.trial.params): c.trial for c in self.configs.values()}
-
-    def _launched(self) -> int:
-        return len(journal.launched(self.study))
-
     def _end(self, reason: str) -> str:
         log.info("search finished: %s", reason)
         self.study.set_user_attr(journal.SEARCH_ENDED, reason)
@@ -207,7 +155,7 @@ class StudySearch(Searcher):
                 return self._end(self._exhausted_reason())
             self._queue_next()
             trial = self.study.ask(self.distributions)
-            key = _key(trial.params)
+            key = config_key(trial.params)
             if key in resolved:
                 tell_like(self.study, trial, resolved[key], journal.REPEAT_OF)
                 continue
@@ -275,24 +223,6 @@ class StudySearch(Searcher):
         params = config.trial.params
         seed = params.get("seed", self.fixed.get("seed", TrialConfig().seed))
         return R.seeded(dict(params), seed, replicate, config.config_id)
-
-    def _recorded(self, name: str | None) -> dict[int, float]:
-        """The objective at each evaluation in trial directory ``name``'s curve: a kill between
-        an evaluation's files and the journal's append leaves a step only there (the trial then
-        resumes after it and does not report it again)."""
-        objective = self.objectives[0]
-        for entry in self.curves() if self.curves is not None else ():
-            if entry[0] == name:
-                return {p[M.STEP]: p[objective] for p in entry[1]
-                        if isinstance(p.get(M.STEP), int) and isinstance(p.get(objective), float)
-                        and math.isfinite(p[objective])}
-        return {}
-
-    def _exhausted_reason(self) -> str:
-        if self.max_mem_mb and self.estimate_mb is not None:
-            limit = f"{self.max_mem_mb:g}"
-            return f"every configuration of the space under --max-mem-mb {limit} has run"
-        return "every configuration of the space has run"
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self.live:
