@@ -91,8 +91,7 @@ def check_merge(cfg, trial_dir: Path, device: torch.device) -> tuple[float, bool
 
     env = record.read_env(trial_dir)
     storage = precision.storage_dtype(device, env["dtype_choice"]["name"], cfg.method)
-    model, _ = load_model(cfg.model.name, quant_bits=cfg.quant.bits, device=device,
-                          dtype=storage, int8_threshold=cfg.quant.int8_threshold)
+    model, _ = load_model(cfg.model.name, cfg.quant, device=device, dtype=storage)
     load_adapter(model, record.adapter_dir(trial_dir))  # injects the adapter it reads
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
     before = {n: layer.base_layer.weight.detach().clone() for n, layer in lora_layers(model)}

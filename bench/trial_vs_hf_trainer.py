@@ -66,6 +66,7 @@ def run_ours(args) -> dict:
         optimizer,
         args.steps,
         tok.pad_token_id,
+        every=cfg.eval.every,
         memory=memory,
         amp=amp,
     )

@@ -122,12 +122,7 @@ def merged_model(trial_dir: Path, cfg):
     from study.trial.models import load_model
 
     quant = cfg.quant
-    model, tokenizer = load_model(
-        cfg.model.name,
-        quant_bits=quant.bits,
-        quant_type=quant.type,
-        double_quant=quant.double_quant,
-    )
+    model, tokenizer = load_model(cfg.model.name, quant)
     notes: dict = {"dequantized_from": None}
     if quant.bits < 16:
         dequantize_linears(model)

@@ -388,3 +388,36 @@ def test_layering_rule_fails_when_a_trial_module_imports_the_search():
         "study.record imports study.trial.data",
         "study.trial.train imports ray",
     ]
+SIZE_CHECKED = ("study", "analysis", "lora_impl")
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 350
+
+
+def long_functions(tree: ast.AST, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method longer than ``limit`` lines, its ``def``
+    line to its last, docstring included."""
+    return [
+        (node.name, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+def test_no_function_over_60_lines_and_no_module_over_350():
+    long = {}
+    for module, path in sources().items():
+        if module.split(".")[0] not in SIZE_CHECKED:
+            continue
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long[module] = len(text.splitlines())
+        for name, lines in long_functions(ast.parse(text)):
+            long[f"{module}.{name}"] = lines
+    assert long == {}
+
+
+def test_the_size_rule_finds_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    assert long_functions(ast.parse(f"def f():\n{body}\n")) == [("f", 61)]
+    assert long_functions(ast.parse(f"class C:\n  def g(self):\n{body}\n")) == [("g", 61)]
+    assert long_functions(ast.parse("def f():\n    return 1\n")) == []

@@ -11,7 +11,8 @@ import pytest
 
 from study.sections import DataConfig
 from study.train_one import main as train_one
-from study.trial.data import build_data, collate
+from study.trial.batches import collate
+from study.trial.data import build_data
 from study.trial.models import tiny_tokenizer
 from study.trial.tasks.labelled import read_labelled, stratified_split
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lora_impl import inject_lora, load_adapter, save_adapter
-from study.trial.data import Example, collate
+from study.trial.batches import collate
+from study.trial.data import Example
 from study.trial.models import load_model
 from study.trial.models.classifier import HEAD, as_classifier
 from study.trial.train import batch_loss

@@ -117,7 +117,8 @@ def test_a_merged_classify_export_loads_as_a_transformers_classifier(tmp_path, n
     from transformers import AutoModelForSequenceClassification
 
     from study.export import export
-    from study.trial.data import build_data, collate
+    from study.trial.batches import collate
+    from study.trial.data import build_data
 
     run_trial(_cfg(news), out_dir=tmp_path / "trial")
     out = export(tmp_path / "trial", tmp_path / "merged", merged=True)

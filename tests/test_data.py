@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from study.config import DataConfig
+from study.trial.batches import BatchOrder, collate
 from study.trial.data import (
     IGNORE,
-    BatchOrder,
     build_data,
     cache_path,
-    collate,
     encode_pair,
     end_of_turn_id,
     lm_blocks,

@@ -9,7 +9,8 @@ import torch
 from study.cost import estimate
 from study.cost.activations import saved_bytes
 from study.cost.estimate import estimate_cfg, largest_batch, model_facts
-from study.trial.data import IGNORE, BatchOrder, build_data, collate
+from study.trial.batches import BatchOrder, collate
+from study.trial.data import IGNORE, build_data
 from study.trial.models import load_model
 from study.trial.train import causal_lm_loss
 from tests.conftest import tiny_trial
@@ -67,7 +68,7 @@ def test_the_counted_graph_matches_the_whole_model(targets, amp, variant):
     tiny model must agree."""
     cfg = tiny_trial(**{"lora.targets": targets, "lora.variant": variant})
     model, tok = load_model(cfg.model.name)
-    from study.trial.run import _prepare
+    from study.trial.adapter import prepare as _prepare
 
     _prepare(model, cfg)
     train = build_data(cfg.data, tok).train

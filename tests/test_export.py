@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_impl import load_adapter
 from study.export import main
+from study.sections import QuantConfig
 from study.trial.models import load_model
 from study.trial.run import run_trial
 from tests.conftest import tiny_trial
@@ -39,7 +40,7 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 def unmerged(trial: Path):
     """The model as the trial evaluated it: the (quantized) base with the adapter beside it."""
     config = json.loads((trial / "config.json").read_text())
-    model, _ = load_model(config["model"]["name"], quant_bits=config["quant"]["bits"])
+    model, _ = load_model(config["model"]["name"], QuantConfig(bits=config["quant"]["bits"]))
     load_adapter(model, trial / "adapter")
     return model
 

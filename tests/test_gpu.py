@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from study.sections import QuantConfig
 from tests.conftest import tiny_trial
 
 pytestmark = pytest.mark.gpu
@@ -41,13 +42,13 @@ def test_quantized_weights_and_their_statistics_live_on_the_gpu():
 
     from study.trial.models import load_model
 
-    model8, _ = load_model("tiny-llama", quant_bits=8, device=CUDA, dtype=torch.bfloat16)
+    model8, _ = load_model("tiny-llama", QuantConfig(bits=8), device=CUDA, dtype=torch.bfloat16)
     for m in model8.modules():
         if isinstance(m, bnb.nn.Linear8bitLt):
             assert m.weight.device.type == m.weight.CB.device.type == "cuda"
             assert m.weight.SCB.device.type == "cuda"
             assert m.weight.CB.data_ptr() == m.weight.data.data_ptr()
-    model4, _ = load_model("tiny-llama", quant_bits=4, device=CUDA, dtype=torch.bfloat16)
+    model4, _ = load_model("tiny-llama", QuantConfig(bits=4), device=CUDA, dtype=torch.bfloat16)
     for m in model4.modules():
         if isinstance(m, bnb.nn.Linear4bit):
             assert m.weight.device.type == m.weight.quant_state.absmax.device.type == "cuda"
@@ -62,7 +63,7 @@ def test_merge_and_unmerge_on_cuda(bits):
     from study.trial.models import load_model
     from tests.conftest import randomize_lora
 
-    model, _ = load_model("tiny-llama", quant_bits=bits, device=CUDA, dtype=torch.bfloat16)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=bits), device=CUDA, dtype=torch.bfloat16)
     inject_lora(model, "all-linear", rank=4, alpha=8)
     randomize_lora(model, std=0.05)
     before = {n: layer.base_layer.weight.detach().clone() for n, layer in lora_layers(model)}

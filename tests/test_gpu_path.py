@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from study.sections import QuantConfig
 from study.trial import precision
 from tests.conftest import tiny_trial
 
@@ -57,7 +58,7 @@ def test_8bit_weights_share_their_int8_matrix_with_the_parameter():
     """What broke on CUDA: a moved Int8Params kept CB/SCB on the old device."""
     from study.trial.models import load_model
 
-    model, _ = load_model("tiny-llama", quant_bits=8)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=8))
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     assert layers
     for layer in layers:
@@ -70,7 +71,7 @@ def test_the_int8_threshold_reaches_every_layer_from_the_config(tmp_path, monkey
     import study.trial.run
     from study.trial.models import load_model
 
-    model, _ = load_model("tiny-llama", quant_bits=8, int8_threshold=2.5)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=8, int8_threshold=2.5))
     thresholds = {m.state.threshold for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)}
     assert thresholds == {2.5}
     seen = {}
@@ -83,7 +84,7 @@ def test_the_int8_threshold_reaches_every_layer_from_the_config(tmp_path, monkey
     cfg = tiny_trial(**{"quant.bits": 8, "quant.int8_threshold": 0.0, "train.steps": 1,
                         "eval.every": 1})
     study.trial.run.run_trial(cfg, out_dir=tmp_path / "t")
-    assert seen["int8_threshold"] == 0.0 and seen["device"] == torch.device("cpu")
+    assert seen["quant"].int8_threshold == 0.0 and seen["device"] == torch.device("cpu")
     assert tiny_trial().quant.int8_threshold == 6.0
 
 
@@ -96,7 +97,7 @@ def test_a_bad_int8_threshold_is_refused_by_name(value):
 def test_4bit_layers_compute_in_the_trials_compute_dtype():
     from study.trial.models import load_model, set_compute_dtype
 
-    model, _ = load_model("tiny-llama", quant_bits=4, compute_dtype=torch.float32)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=4), compute_dtype=torch.float32)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert {m.compute_dtype for m in layers} == {torch.float32}
     set_compute_dtype(model, torch.bfloat16)
@@ -194,12 +195,12 @@ def test_fp16_training_scales_the_loss_and_keeps_the_scaler_state(monkeypatch):
     params = [p for p in model.parameters() if p.requires_grad]
     state: dict = {}
     train_loop(model, data.train, cfg.train, 0, make_optimizer(params, cfg.train), 2,
-               tokenizer.pad_token_id, amp=torch.float16, scaler=state)
+               tokenizer.pad_token_id, every=cfg.eval.every, amp=torch.float16, scaler=state)
     assert scaled == [True, True]
     assert state["scale"] > 0 and "_growth_tracker" in state
     scaled.clear()
     train_loop(model, data.train, cfg.train, 0, make_optimizer(params, cfg.train), 1,
-               tokenizer.pad_token_id, amp=None, scaler={})
+               tokenizer.pad_token_id, every=cfg.eval.every, amp=None, scaler={})
     assert scaled == [False]  # fp32 and bf16: no scaling
 
 

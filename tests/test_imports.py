@@ -33,8 +33,9 @@ def test_importing_every_module_does_not_load_peft():
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
         "from study.trial.models import load_model\n"
+        "from study.sections import QuantConfig\n"
         "from lora_impl import inject_lora\n"
-        "m, _ = load_model('tiny-llama', quant_bits=4)\n"
+        "m, _ = load_model('tiny-llama', QuantConfig(bits=4))\n"
         "inject_lora(m, 'qv')\n"
         "assert 'peft' not in sys.modules, 'peft was imported'\n"
     )

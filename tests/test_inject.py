@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lora_impl import LoraSpec, inject_lora, lora_layers, resolve_targets
+from study.sections import QuantConfig
 from study.trial.models import load_model
 
 LAYERS = (0, 1)
@@ -45,7 +46,7 @@ def test_shorthands_resolve_per_architecture(model_name, shorthand):
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2", "tiny-qwen2", "tiny-neox"])
 @pytest.mark.parametrize("bits", [16, 4])
 def test_all_linear_never_includes_the_head(model_name, bits):
-    model, _ = load_model(model_name, quant_bits=bits)
+    model, _ = load_model(model_name, QuantConfig(bits=bits))
     targets = resolve_targets(model, "all-linear")
     assert targets and not any("lm_head" in t or "embed_out" in t for t in targets)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lora_impl import LoRALinear, LoraSpec, disable_adapters, inject_lora, lora_layers
+from study.sections import QuantConfig
 from study.trial.models import load_model
 from tests.conftest import TINY_MODELS, randomize_lora
 
@@ -17,7 +18,7 @@ from tests.conftest import TINY_MODELS, randomize_lora
 @pytest.mark.parametrize("name", TINY_MODELS)
 @pytest.mark.parametrize("bits", [16, 8, 4])
 def test_zero_init_adapter_leaves_logits_identical(name, bits, sample_ids):
-    model, _ = load_model(name, quant_bits=bits)
+    model, _ = load_model(name, QuantConfig(bits=bits))
     with torch.no_grad():
         before = model(sample_ids).logits
     result = inject_lora(model, "all-linear", rank=4, alpha=8)
@@ -138,7 +139,7 @@ def test_unsupported_base_layer_is_a_type_error():
 
 @pytest.mark.parametrize("bits", [16, 8, 4])
 def test_training_changes_only_adapter_parameters(bits, sample_ids):
-    model, _ = load_model("tiny-llama", quant_bits=bits)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=bits))
     inject_lora(model, "all-linear", rank=4, alpha=8, dropout=0.1)
     model.train()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -7,6 +7,7 @@ import torch
 
 from lora_impl import inject_lora, lora_layers, merge, unload, unmerge
 from lora_impl.quant import canonical_4bit, int8_weight_stats
+from study.sections import QuantConfig
 from study.trial.models import load_model
 from tests.conftest import randomize_lora
 
@@ -99,7 +100,7 @@ def _snapshot_8bit(base):
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 def test_4bit_merge_is_requantized_sum_and_unmerge_is_bitwise(quant_type, double_quant, sample_ids):
     model, _ = load_model(
-        "tiny-llama", quant_bits=4, quant_type=quant_type, double_quant=double_quant
+        "tiny-llama", QuantConfig(bits=4, type=quant_type, double_quant=double_quant)
     )
     inject_lora(model, "all-linear", rank=4, alpha=8)
     randomize_lora(model, std=0.2)
@@ -137,7 +138,7 @@ def test_4bit_merge_is_requantized_sum_and_unmerge_is_bitwise(quant_type, double
 
 
 def test_8bit_merge_is_requantized_sum_and_unmerge_is_bitwise(sample_ids):
-    model, _ = load_model("tiny-qwen2", quant_bits=8)
+    model, _ = load_model("tiny-qwen2", QuantConfig(bits=8))
     inject_lora(model, "all-linear", rank=4, alpha=8)
     randomize_lora(model, std=0.2)
     with torch.no_grad():
@@ -168,7 +169,7 @@ def test_8bit_merge_is_requantized_sum_and_unmerge_is_bitwise(sample_ids):
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_merged_forward_stays_close(bits, sample_ids):
     """Re-quantization error only: the merged model still computes nearly the adapted one."""
-    model, _ = load_model("tiny-llama", quant_bits=bits)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=bits))
     inject_lora(model, "qv", rank=4, alpha=8)
     randomize_lora(model, std=0.05)
     with torch.no_grad():
@@ -189,7 +190,7 @@ def test_quantized_merged_forward_stays_close(bits, sample_ids):
     ],
 )
 def test_quantized_merge_refuses_non_finite_weights(bits, value):
-    model, _ = load_model("tiny-llama", quant_bits=bits)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=bits))
     inject_lora(model, "qv", rank=2, alpha=4)
     name, layer = next(lora_layers(model))
     base = layer.base_layer

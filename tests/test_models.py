@@ -7,6 +7,7 @@ import torch
 
 import study.trial.models as models
 from lora_impl import inject_lora, lora_layers
+from study.sections import QuantConfig
 from study.trial.models import REGISTRY, load_model
 
 bnb = pytest.importorskip("bitsandbytes")  # a dependency; skip where it is missing
@@ -33,13 +34,13 @@ def test_unreachable_hub_id_is_a_clear_error():
 
 @pytest.mark.parametrize("bits", [2, 3, 32, "4"])
 def test_bad_bits(bits):
-    with pytest.raises(ValueError, match="quant_bits must be one of 4, 8, 16"):
-        load_model("tiny-llama", quant_bits=bits)
+    with pytest.raises(ValueError, match="quant.bits must be one of 4, 8, 16"):
+        load_model("tiny-llama", QuantConfig(bits=bits))
 
 
 def test_bad_quant_type():
-    with pytest.raises(ValueError, match="quant_type must be one of nf4, fp4"):
-        load_model("tiny-llama", quant_bits=4, quant_type="int4")
+    with pytest.raises(ValueError, match="quant.type must be one of nf4, fp4"):
+        load_model("tiny-llama", QuantConfig(bits=4, type="int4"))
 
 
 def test_tiny_models_are_deterministic():
@@ -69,7 +70,7 @@ def test_local_directory_loads(tmp_path):
 def test_quantized_models_replace_every_linear_but_the_head(
     name, bits, quant_type, double_quant, cls
 ):
-    model, _ = load_model(name, quant_bits=bits, quant_type=quant_type, double_quant=double_quant)
+    model, _ = load_model(name, QuantConfig(bits=bits, type=quant_type, double_quant=double_quant))
     linears = {
         n: m
         for n, m in model.named_modules()
@@ -148,7 +149,7 @@ def test_bundled_model_qv_trainable_count(bundled):
 def test_bundled_model_quantized_replaces_every_linear_but_the_head(bundled, bits, cls):
     _, _, calls, cache = bundled
     converted = len(calls)
-    model, _ = load_model("smollm2-135m", quant_bits=bits, cache_dir=cache)
+    model, _ = load_model("smollm2-135m", QuantConfig(bits=bits), cache_dir=cache)
     assert len(calls) == converted, "a quantized load reads the cached conversion too"
     head = model.get_output_embeddings()
     assert type(head) is torch.nn.Linear and head is model.lm_head

@@ -7,6 +7,7 @@ import torch
 
 from lora_impl import inject_lora, lora_layers
 from lora_impl.inject import expand_targets
+from study.sections import QuantConfig
 from study.trial.models import load_model
 from tests.conftest import TINY_MODELS, randomize_lora
 
@@ -21,8 +22,8 @@ def peft_twin(name: str, bits: int, targets: str, rank: int, alpha: float, rslor
               variant: str = "lora", device=None):
     """(ours, PEFT's) on two loads of one model, adapters holding the same random A and B (and,
     for ``variant="dora"``, the same magnitude, moved off its init so it matters)."""
-    ours, _ = load_model(name, quant_bits=bits, device=device)
-    ref, _ = load_model(name, quant_bits=bits, device=device)
+    ours, _ = load_model(name, QuantConfig(bits=bits), device=device)
+    ref, _ = load_model(name, QuantConfig(bits=bits), device=device)
     inject_lora(ours, targets, rank=rank, alpha=alpha, rslora=rslora, variant=variant)
     randomize_lora(ours, seed=7)
     dora = variant == "dora"

@@ -159,7 +159,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
     import study.trial.run
 
     calls = {"n": 0}
-    prepare = study.trial.run._prepare
+    prepare = study.trial.run.prepare
 
     def count_training_layer_calls(model, cfg):
         prepare(model, cfg)
@@ -170,7 +170,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
                 lambda mod, *_: calls.__setitem__("n", calls["n"] + mod.training)
             )
 
-    monkeypatch.setattr(study.trial.run, "_prepare", count_training_layer_calls)
+    monkeypatch.setattr(study.trial.run, "prepare", count_training_layer_calls)
     cfg = tiny_trial()
     plain = run_trial(cfg, out_dir=tmp_path / "plain")
     plain_calls, calls["n"] = calls["n"], 0

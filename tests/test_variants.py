@@ -10,6 +10,7 @@ from lora_impl import inject_lora, load_adapter, lora_layers, merge, save_adapte
 from lora_impl.dora import DoRALinear
 from lora_impl.inject import expand_targets
 from lora_impl.variants import layer_class
+from study.sections import QuantConfig
 from study.trial.models import load_model
 from tests.conftest import randomize_lora
 from tests.test_peft_parity import lora_grads, peft_twin
@@ -83,7 +84,7 @@ def test_dora_on_cuda_matches_peft_where_its_8bit_path_runs(bits, sample_ids):
 def test_dora_on_an_8bit_base_equals_the_formula_by_hand():
     """y = base(x) + (m / n - 1) (base(x) - b) + (m / n) s B A x, n = ||W + s B A||_row with W
     the int8 weight dequantized (CB * SCB / 127): what PEFT computes where it runs."""
-    model, _ = load_model("tiny-llama", quant_bits=8)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=8))
     inject_lora(model, "qv", rank=4, alpha=12, variant="dora")
     randomize_lora(model, seed=5)
     _, layer = next(iter(lora_layers(model)))
@@ -113,7 +114,7 @@ def test_a_fresh_dora_layer_is_the_base_layer(sample_ids):
 
 @pytest.mark.parametrize("bits", [16, 8, 4])
 def test_dora_merge_and_unmerge_round_trip(bits, sample_ids):
-    model, _ = load_model("tiny-llama", quant_bits=bits)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=bits))
     inject_lora(model, "all-linear", rank=4, alpha=8, variant="dora")
     randomize_lora(model, seed=1)
     layers = [layer for _, layer in lora_layers(model)]
@@ -226,8 +227,8 @@ def test_loraplus_keeps_its_ratio_through_the_trial_s_lr_schedule(tmp_path, monk
 
 def init_twin(name: str, init: str, targets: str = "all-linear", bits: int = 16):
     """(ours, PEFT's) initialised with ``init`` from the same base weights."""
-    ours, _ = load_model(name, quant_bits=bits)
-    ref, _ = load_model(name, quant_bits=bits)
+    ours, _ = load_model(name, QuantConfig(bits=bits))
+    ref, _ = load_model(name, QuantConfig(bits=bits))
     inject_lora(ours, targets, rank=4, alpha=8, init=init)
     config = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=init,
                              target_modules=expand_targets(ref, targets),
@@ -297,7 +298,7 @@ def logits(out) -> torch.Tensor:
     ("tiny-gpt2", "olora", 16, "lora.init olora on GPT-2's Conv1D layers is not supported"),
 ])
 def test_inits_peft_cannot_do_are_refused_in_one_line(name, init, bits, message):
-    model, _ = load_model(name, quant_bits=bits)
+    model, _ = load_model(name, QuantConfig(bits=bits))
     with pytest.raises(ValueError, match=message) as err:
         inject_lora(model, "qv", rank=4, alpha=8, init=init)
     assert "\n" not in str(err.value)
@@ -315,7 +316,7 @@ def test_dora_with_a_weight_init_is_refused():
 @pytest.mark.parametrize("init, rslora, bits", [("pissa", False, 16), ("olora", True, 16),
                                                 ("olora", False, 4), ("gaussian", True, 8)])
 def test_merge_and_unmerge_round_trip_for_each_init(init, rslora, bits, sample_ids):
-    model, _ = load_model("tiny-llama", quant_bits=bits)
+    model, _ = load_model("tiny-llama", QuantConfig(bits=bits))
     inject_lora(model, "all-linear", rank=4, alpha=8, init=init, rslora=rslora)
     randomize_lora(model, seed=4, std=0.05)
     layers = [layer for _, layer in lora_layers(model)]

@@ -74,8 +74,7 @@ def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(c)
     if cfg.quant.bits != 16:
-        quantize_linears(model, cfg.quant.bits, cfg.quant.type, cfg.quant.double_quant,
-                         int8_threshold=cfg.quant.int8_threshold)
+        quantize_linears(model, cfg.quant)
         set_compute_dtype(model, amp or torch.float32)  # as the trial's 4-bit layers compute
     classify = cfg.data.task == "classify"
     if classify:  # as the trial: the loaded (quantized) causal LM, then its fp32 score head

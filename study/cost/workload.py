@@ -5,7 +5,7 @@
     work.train.tokens                  # padded tokens over every micro-batch: the time estimate
 
 The same examples, batch order and padding as the loop (``study.trial.data``,
-``study.trial.evaluate``):
+``study.trial.batches``, ``study.trial.evaluate``):
 the memory peak is set by the largest micro-batch the trial will really see, and the time by
 the padded tokens it will really compute, neither by ``data.seq_len``, which is only a cap.
 """
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from study.config import TrialConfig
 from study.trial.evaluate import LOSS_BATCH, early_subset
+from study.trial.measure import LM_PREFIX
+from study.trial.train import total_steps
 
 MAX_BATCHES = 20_000  # micro-batches scanned (a longer run: the mean of these, extrapolated)
-LM_PROMPT = 32  # the lm task generates from each eval block's first tokens (study.trial.run)
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,11 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
            t.epochs, cfg.seed, id(tokenizer))
     if key not in _CACHE:
         data = build_data(cfg.data, tokenizer)
-        steps = t.steps or math.ceil(t.epochs * len(data.train) / (t.batch_size * t.grad_accum))
+        steps = total_steps(t, len(data.train))
         train, largest = _train(data.train, cfg, steps)
         generative = cfg.data.task != "lm"
         test_generation = _generation(data.test, cfg, generative)
-        latency = test_generation.prompt_lengths  # study.trial.run: the test split's first prompts
+        latency = test_generation.prompt_lengths  # the test split's first prompts (trial.measure)
         if cfg.data.task == "classify":
             latency = tuple(len(e.input_ids) for e in data.test)
         _CACHE[key] = Workload(
@@ -105,7 +106,7 @@ def _targets(example) -> int:
 
 
 def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, int, int]]:
-    from study.trial.data import BatchOrder
+    from study.trial.batches import BatchOrder
 
     lengths = [len(e.input_ids) for e in examples]
     targets = [_targets(e) for e in examples]
@@ -134,8 +135,8 @@ def _loss(examples) -> Batches:
 
 def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None = None,
                 ) -> Generation:
-    """The prompts ``study.trial.run`` answers at an evaluation: every one of the skills task, the
-    first ``eval.num_examples`` otherwise; before the last evaluation, the first
+    """The prompts ``study.trial.measure`` answers at an evaluation: every one of the skills
+    task, the first ``eval.num_examples`` otherwise; before the last evaluation, the first
     ``eval.early_prompts`` of those; none for classify (its answer is the loss pass's)."""
     if cfg.data.task == "classify":
         return Generation()
@@ -145,4 +146,4 @@ def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None 
         examples = early_subset(examples, early)
     if generative:
         return Generation(tuple(len(e.prompt_ids) for e in examples))
-    return Generation(tuple(min(LM_PROMPT, len(e.input_ids)) for e in examples))
+    return Generation(tuple(min(LM_PREFIX, len(e.input_ids)) for e in examples))

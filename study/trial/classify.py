@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from study import metrics as M
-from study.trial.data import Example, collate
+from study.trial.batches import collate
+from study.trial.data import Example
 
 BATCH = 32  # examples per forward (as the other tasks' loss pass, study.trial.evaluate.LOSS_BATCH)
 

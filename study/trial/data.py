@@ -1,7 +1,6 @@
-"""Datasets -> token examples, splits, cache and batches.
+"""Datasets -> token examples, splits and their on-disk cache (batches: ``study.trial.batches``).
 
     data = build_data(cfg.data, tokenizer)      # cached on disk, safe across processes
-    batch = collate([data.train[i] for i in idx], pad_id)
 
 Every task gives three disjoint splits: ``test`` (held out, never used for selection), ``eval``
 (early stopping and selection) and ``train``; ``data.size`` takes the first ``size`` training
@@ -28,8 +27,6 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
 
 from study.sections import DataConfig
 from study.trial.models import cache_root
@@ -64,6 +61,11 @@ class TaskData:
     eval: list[Example]
     test: list[Example]
     info: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """classify: the label names in id order; None for the other tasks."""
+        return self.info.get("labels")
 
 
 def end_of_turn_id(tokenizer) -> int:
@@ -295,60 +297,3 @@ def _load(path: Path) -> TaskData:
     payload = json.loads(path.read_text())
     splits = {k: [Example(**e) for e in payload[k]] for k in ("train", "eval", "test")}
     return TaskData(**splits, info=payload["info"])
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``labels`` (IGNORE on padding) and ``attention_mask``; for
-    classify examples also ``class_labels`` (B,)."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        input_ids[row, :n] = torch.tensor(e.input_ids)
-        if e.labels:  # classify examples have no token targets
-            labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
-    if examples[0].label is not None:
-        batch["class_labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
-    return batch
-
-
-def collate_prompts(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompts for batched generation."""
-    width = max(len(e.prompt_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.prompt_ids)
-        input_ids[row, width - n :] = torch.tensor(e.prompt_ids)
-        mask[row, width - n :] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
-class BatchOrder:
-    """Which examples micro-batch ``k`` holds: a seeded reshuffle every epoch.
-
-    The order is a pure function of (seed, k), so a resumed trial continues with exactly the
-    batches an uninterrupted one would have seen, with no sampler state to save.
-    """
-
-    def __init__(self, n_examples: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n_examples, batch_size, seed
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=gen).tolist()}
-        return self._perms[epoch]
-
-    def indices(self, k: int) -> list[int]:
-        """Example indices of micro-batch ``k`` (0-based, counting across epochs)."""
-        out = []
-        for pos in range(k * self.batch_size, (k + 1) * self.batch_size):
-            epoch, offset = divmod(pos, self.n)
-            out.append(self._perm(epoch)[offset])
-        return out

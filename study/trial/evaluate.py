@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.trial.data import Example, collate, collate_prompts, end_of_turn_id
+from study.trial.batches import collate, collate_prompts
+from study.trial.data import Example, end_of_turn_id
 from study.trial.tasks.skills import could_match, is_correct
 from study.trial.train import target_logits
 

@@ -23,38 +23,21 @@ from pathlib import Path
 
 import torch
 
-from lora_impl import (
-    adapter_weights_file,
-    count_parameters,
-    inject_lora,
-    merge,
-    resolve_targets,
-    save_adapter,
-    unmerge,
-)
-from lora_impl.layer import base_layer_dims
+from lora_impl import adapter_weights_file, count_parameters, save_adapter
 from lora_impl.loraplus import loraplus_groups
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
-from study.trial import classify, precision
-from study.trial.adapter import check_rank
+from study.trial import precision
+from study.trial.adapter import prepare
 from study.trial.checkpoint import load_checkpoint, save_checkpoint
 from study.trial.data import Example, TaskData, build_data
 from study.trial.environment import environment
-from study.trial.evaluate import (
-    early_subset,
-    exact_match,
-    generate,
-    loss_and_answers,
-    per_skill,
-    perplexity,
-    split_loss,
-)
+from study.trial.measure import Measure
 from study.trial.models import cast_float_weights, load_model, set_compute_dtype
 from study.trial.models.classifier import HEAD, as_classifier
-from study.trial.resources import PeakMemory, classify_latency_ms, decode_latency_ms
-from study.trial.train import StepStats, make_optimizer, train_loop
+from study.trial.resources import PeakMemory
+from study.trial.train import RECENT_LOSSES, StepStats, make_optimizer, total_steps, train_loop
 
 Report = Callable[[dict, "str | None"], None]
 CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH,
@@ -64,40 +47,6 @@ CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EX
 def _finite_or_none(value):
     """NaN/inf -> None, so metrics.json is strict JSON (a browser or jq can read it)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _prepare(model: torch.nn.Module, cfg: TrialConfig) -> None:
-    """The adapter (or the trainable weights) and checkpointing; a classifier's head trains
-    in full beside them (``base``: evaluated untrained)."""
-    if cfg.method == "lora":
-        names = resolve_targets(model, cfg.lora.target_spec)
-        dims = [base_layer_dims(model.get_submodule(n))[:2] for n in names]
-        check_rank(cfg.lora.rank, cfg.lora.targets, dims, cfg.model.name)
-        inject_lora(model, cfg.lora.target_spec, cfg.lora.spec())
-    else:
-        for param in model.parameters():
-            param.requires_grad_(cfg.method == "full")
-    if cfg.data.task == "classify":
-        getattr(model, HEAD).requires_grad_(cfg.method != "base")
-    if cfg.train.grad_checkpointing and cfg.method != "base":
-        # transformers 5 renamed it; the old name still works there, with a deprecation warning
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        (enable or model.gradient_checkpointing_enable)()
-        model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
-
-
-def _lm_prompts(examples: list[Example], tokenizer, n: int, prefix: int = 32) -> list[Example]:
-    """Continuation prompts for LM blocks: the first ``prefix`` tokens, the next as reference."""
-    return [
-        Example(
-            input_ids=e.input_ids,
-            labels=e.labels,
-            prompt_ids=e.input_ids[:prefix],
-            reference=tokenizer.decode(e.input_ids[prefix : 2 * prefix]),
-            prompt=tokenizer.decode(e.input_ids[:prefix]),
-        )
-        for e in examples[:n]
-    ]
 
 
 @dataclass
@@ -128,6 +77,21 @@ class _Trial:
         self.cfg, self.out, self.report = cfg, out, report
         self.started = time.perf_counter()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._load()
+        self.pad_id = self.tokenizer.pad_token_id
+        self.total_steps = total_steps(cfg.train, len(self.data.train))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self._optimizer()
+        self.measure = Measure(cfg, self.model, self.tokenizer, self.data, self.amp)
+        self._restore(resume_from)
+        self.memory = PeakMemory(self.device)
+        self.stats = StepStats(losses=list(self.progress.recent_losses))
+        self.latest: dict = {}
+
+    def _load(self) -> None:
+        """The model in the trial's precision, the data, a classifier's head and the adapter
+        (``load_s`` times them), and the environment they run in."""
+        cfg = self.cfg
         precision.check_supported(cfg.train.dtype, self.device)
         # The storage dtype is needed before loading, the measured choice only after (it times
         # the model's own shapes): load in what auto will choose on CUDA (a GPU computes its
@@ -137,14 +101,24 @@ class _Trial:
             expected = precision.preferred(self.device)
         storage = precision.storage_dtype(self.device, expected, cfg.method)
         t_load = time.perf_counter()
+        storage = self._load_model(storage)
+        self.data: TaskData = build_data(cfg.data, self.tokenizer)
+        self.labels = self.data.labels
+        if self.labels:
+            self.model = as_classifier(self.model, len(self.labels), cfg.seed)
+        prepare(self.model, cfg)
+        self.load_s = time.perf_counter() - t_load
+        self.env = environment(cfg, self.device, self.precision.record(), storage)
+
+    def _load_model(self, storage: torch.dtype) -> torch.dtype:
+        """The model and tokenizer, loaded in ``storage``, then in the trial's measured precision;
+        the storage dtype they ended in."""
+        cfg = self.cfg
         self.model, self.tokenizer = load_model(
             cfg.model.name,
-            quant_bits=cfg.quant.bits,
-            quant_type=cfg.quant.type,
-            double_quant=cfg.quant.double_quant,
+            quant=cfg.quant,
             dtype=storage,
             device=self.device,  # placed before quantizing; never moved after
-            int8_threshold=cfg.quant.int8_threshold,
         )
         tokens = cfg.train.batch_size * cfg.data.seq_len
         self.precision = precision.resolve(
@@ -154,82 +128,34 @@ class _Trial:
         wanted = precision.storage_dtype(self.device, self.precision.name, cfg.method)
         if wanted != storage:
             cast_float_weights(self.model, wanted)
-            storage = wanted
         set_compute_dtype(self.model, self.amp or torch.float32)  # 4-bit layers, explicitly
-        self.data: TaskData = build_data(cfg.data, self.tokenizer)
-        self.labels = self.data.info.get("labels")  # classify: label names in id order
-        if self.labels:
-            self.model = as_classifier(self.model, len(self.labels), cfg.seed)
-        _prepare(self.model, cfg)
-        self.load_s = time.perf_counter() - t_load
-        self.env = environment(cfg, self.device, self.precision.record(), storage)
+        return wanted
 
-        self.pad_id = self.tokenizer.pad_token_id
-        per_step = cfg.train.batch_size * cfg.train.grad_accum
-        self.total_steps = cfg.train.steps or math.ceil(
-            cfg.train.epochs * len(self.data.train) / per_step
-        )
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+    def _optimizer(self):
+        """AdamW over the trainable parameters (LoRA+: B in a group of its own, faster)."""
+        cfg = self.cfg
         params = self.trainable
         if cfg.method == "lora" and cfg.lora.loraplus_ratio != 1:  # B faster than A (LoRA+)
             params = loraplus_groups(self.model, cfg.train.lr, cfg.lora.loraplus_ratio,
                                      cfg.train.weight_decay)
-        self.optimizer = make_optimizer(params, cfg.train)
-        generative = cfg.data.task != "lm"
-        self.eval_prompts = self.data.eval if generative else self._lm(self.data.eval)
-        self.test_prompts = self.data.test if generative else self._lm(self.data.test)
+        return make_optimizer(params, cfg.train)
+
+    def _restore(self, resume_from) -> None:
+        """The progress to continue from: a checkpoint's (weights, optimizer and RNG state put
+        back), or none when ``resume_from`` is None."""
         self.progress = Progress()
         self.resumed_from_step = None
         if resume_from is not None:
             state = load_checkpoint(Path(resume_from), self.model, self.optimizer)
             self.progress = Progress.from_state(state)
             self.resumed_from_step = self.progress.step
-        self.memory = PeakMemory(self.device)
-        self.stats = StepStats(losses=list(self.progress.recent_losses))
         self.base_tokens, self.base_seconds = self.progress.tokens_seen, self.progress.train_s
         self.base_timed = (self.progress.timed_tokens, self.progress.timed_s)
         self.base_trial_s = self.progress.trial_s
-        self.latest: dict = {}
 
-    def _lm(self, examples: list[Example]) -> list[Example]:
-        return _lm_prompts(examples, self.tokenizer, 16)
-
-    def quality(self, split: str, final: bool = True) -> tuple[dict, list[tuple[Example, str]]]:
-        """Loss (and perplexity, exact match) on ``split`` ("eval" or "test"), and generations.
-
-        Before the last evaluation (``final`` False) only the first ``eval.early_prompts``
-        prompts are answered (none when 0): the loss is the whole split either way."""
-        examples = self.data.eval if split == "eval" else self.data.test
-        if self.labels:  # classify: one forward per batch, no generation
-            shown = self.cfg.eval.num_examples if split == "eval" or final else 0
-            return classify.quality(self.model, examples, self.pad_id, self.labels, split,
-                                    self.amp, shown)
-        prompts = self.eval_prompts if split == "eval" else self.test_prompts
-        skills = self.cfg.data.task == "skills"  # every prompt is checked; else a few are shown
-        chosen = prompts if skills else prompts[: self.cfg.eval.num_examples]
-        if not final:
-            chosen = early_subset(chosen, self.cfg.eval.early_prompts)
-        new_tokens = self.cfg.eval.max_new_tokens
-        if self.cfg.data.task == "lm":  # prompts cut from the blocks: a loss pass, then generate
-            loss = split_loss(self.model, examples, self.pad_id, autocast=self.amp)
-            outputs = generate(self.model, self.tokenizer, chosen, new_tokens, autocast=self.amp)
-        else:
-            # examples.json shows the first num_examples answers, the eval split's first
-            shown = self.cfg.eval.num_examples - (0 if split == "eval" else len(self.eval_prompts))
-            loss, outputs = loss_and_answers(self.model, self.tokenizer, examples, new_tokens,
-                                             answer=chosen, autocast=self.amp, judge=skills,
-                                             shown=max(0, shown))
-        result = {f"{split}_loss": loss}
-        if split == "eval":
-            result[M.EVAL_PPL] = perplexity(loss)
-        if not chosen:
-            return result, []
-        if skills:
-            result[M.EXACT_MATCH if split == "eval" else M.TEST_EXACT_MATCH] = exact_match(
-                outputs, chosen
-            )
-            result[f"{split}_exact_match_by_skill"] = per_skill(outputs, chosen)
-        return result, list(zip(chosen, outputs))
+    def quality(self, split: str, final: bool) -> tuple[dict, list[tuple[Example, str]]]:
+        """The model's quality on ``split`` ("eval" or "test"): ``Measure.quality``."""
+        return self.measure.quality(split, final)
 
     def _timed(self) -> tuple[int, float]:
         """Tokens and seconds of the trial's steps after each process's first (all resumes)."""
@@ -275,12 +201,10 @@ class _Trial:
         metrics.update(self._training_metrics(step))
         metrics[M.ADAPTER_MB] = self._save_adapter()
         if final:
-            test, test_pairs = self.quality("test")
+            test, test_pairs = self.quality("test", final=True)
             metrics.update(test)
             pairs += test_pairs
-            metrics.update(
-                _latencies(self.model, self.test_prompts, self.cfg, self.pad_id, self.amp)
-            )
+            metrics.update(self.measure.latencies())
             metrics[record.FINAL] = True
         self.progress.eval_s += time.perf_counter() - t_eval
         metrics[M.EVAL_S] = self.progress.eval_s
@@ -293,7 +217,7 @@ class _Trial:
         self.progress.tokens_seen = metrics[M.TOKENS_SEEN]
         self.progress.train_s = metrics[M.TRAIN_S]
         self.progress.timed_tokens, self.progress.timed_s = self._timed()
-        self.progress.recent_losses = self.stats.losses[-10:]
+        self.progress.recent_losses = self.stats.losses[-RECENT_LOSSES:]
         record.write_metrics(self.out, metrics)
         record.write_curve(self.out, self.progress.curve)
         examples = [
@@ -370,28 +294,3 @@ def run_trial(
         record.write_labels(out, trial.labels, trial.data.info["train_counts"])
     return trial.run(callbacks)
 
-
-def _latencies(model, prompts: list[Example], cfg: TrialConfig, pad_id: int, amp) -> dict:
-    """Batch-1 latency, unmerged and (LoRA) merged: ms per decoded token, or for a classifier
-    ms per classified text."""
-    if cfg.data.task == "classify":
-        ids = [e.input_ids for e in prompts[: cfg.eval.latency_prompts]]
-        keys = (M.LATENCY_EXAMPLE_UNMERGED, M.LATENCY_EXAMPLE_MERGED)
-
-        def measure() -> float:
-            return classify_latency_ms(model, ids, amp)
-    else:
-        ids = [e.prompt_ids for e in prompts[: cfg.eval.latency_prompts]]
-        keys = (M.LATENCY_UNMERGED, M.LATENCY_MERGED)
-
-        def measure() -> float:
-            return decode_latency_ms(model, ids, cfg.eval.latency_tokens, pad_id, amp)
-    unmerged = measure()
-    if cfg.method != "lora":
-        return dict.fromkeys(keys, unmerged)
-    merge(model)
-    try:
-        merged = measure()
-    finally:
-        unmerge(model)
-    return dict(zip(keys, (unmerged, merged), strict=True))

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.sections import TrainConfig
+from study.trial.batches import BatchOrder, collate
 from study.trial.classify import classification_loss
-from study.trial.data import IGNORE, BatchOrder, Example, collate
+from study.trial.data import IGNORE, Example
 from study.trial.resources import PeakMemory, now
 
 
@@ -47,6 +48,11 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message: str, step: int | None = None) -> None:
         super().__init__(message)
         self.step = step
+
+
+def total_steps(cfg: TrainConfig, examples: int) -> int:
+    """``train.steps``, or the optimizer steps of ``train.epochs`` over ``examples``."""
+    return cfg.steps or math.ceil(cfg.epochs * examples / (cfg.batch_size * cfg.grad_accum))
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -108,6 +114,9 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
     return causal_lm_loss(model, batch)[0]
 
 
+RECENT_LOSSES = 10  # the training loss reported is the mean of the last this many steps' losses
+
+
 @dataclass
 class StepStats:
     """Timings and counts of the training steps run so far (this process)."""
@@ -144,9 +153,101 @@ class StepStats:
         }
         tokens, seconds = self.timed()
         med["train_tokens_per_s"] = tokens / seconds if seconds else float("nan")
-        recent = self.losses[-10:]
+        recent = self.losses[-RECENT_LOSSES:]
         med["train_loss"] = sum(recent) / len(recent) if recent else float("nan")
         return med
+
+
+class StepTimer:
+    """The clock of one training step at a time: its phases and its whole, into ``StepStats``."""
+
+    def __init__(self, device: torch.device, stats: StepStats) -> None:
+        self.device, self.stats = device, stats
+        self.begun = self.last = 0.0
+        self.spent = {"fwd": 0.0, "bwd": 0.0}
+        self.tokens_before = 0
+
+    def start(self) -> None:
+        """A step begins: the clock's first read of it; its phases start from zero."""
+        self.begun = self.last = now(self.device)
+        self.spent = {"fwd": 0.0, "bwd": 0.0}
+        self.tokens_before = self.stats.tokens
+
+    def lap(self, phase: str | None = None) -> None:
+        """Read the clock; the time since the last read counts to ``phase`` (None: to none)."""
+        t = now(self.device)
+        if phase is not None:
+            self.spent[phase] = self.spent[phase] + t - self.last
+        self.last = t
+
+    def stop(self) -> None:
+        """The step ends: the time since the last read is the optimizer's; record the step."""
+        end = now(self.device)
+        stats, took = self.stats, end - self.begun
+        stats.fwd_ms.append(self.spent["fwd"] * 1e3)
+        stats.bwd_ms.append(self.spent["bwd"] * 1e3)
+        stats.opt_ms.append((end - self.last) * 1e3)
+        stats.step_ms.append(took * 1e3)
+        stats.seconds += took
+        if len(stats.step_ms) == 1:
+            stats.warm_tokens, stats.warm_seconds = stats.tokens - self.tokens_before, took
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Each parameter group's learning rate: ``lr`` times the group's ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # no scale: a checkpoint from before it
+
+
+def _grad_scaler(device: torch.device, amp: torch.dtype | None,
+                 scaler: dict | None) -> torch.amp.GradScaler:
+    # fp16's range underflows small gradients: scale the loss up, unscale before clipping, skip
+    # a step whose gradients overflowed (torch.amp.GradScaler; a no-op for bf16 and fp32)
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if scaler and grad_scaler.is_enabled():
+        grad_scaler.load_state_dict(scaler)
+    return grad_scaler
+
+
+def _keep_scaler_state(grad_scaler: torch.amp.GradScaler, scaler: dict | None) -> None:
+    if scaler is not None and grad_scaler.is_enabled():
+        scaler.update(grad_scaler.state_dict())  # the checkpoint written in on_eval has it
+
+
+def _micro_batch(examples: list[Example], order: BatchOrder, k: int, pad_id: int,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    batch = collate([examples[i] for i in order.indices(k)], pad_id)
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss}) at step {step + 1}", step=step + 1
+        )
+
+
+def _log(stats: StepStats, callbacks: tuple[Callable[[int, float], None], ...], step: int,
+         loss: float) -> None:
+    stats.losses.append(loss)
+    for callback in callbacks:
+        callback(step, loss)
+
+
+def _train_mode(model: nn.Module, memory: PeakMemory | None) -> None:
+    """The training phase (re)starts: the model in training mode, ``memory`` measuring."""
+    model.train()
+    if memory is not None:
+        memory.resume()
+
+
+def _evaluate(model: nn.Module, on_eval: Callable[[int], None], step: int,
+              memory: PeakMemory | None) -> None:
+    """``on_eval(step)`` outside the measured training phase (``memory`` paused around it)."""
+    if memory is not None:
+        memory.pause()
+    on_eval(step)
+    _train_mode(model, memory)
 
 
 def train_loop(
@@ -159,19 +260,18 @@ def train_loop(
     pad_id: int,
     start_step: int = 0,
     on_eval: Callable[[int], None] | None = None,
-    every: int = 50,
+    *,
+    every: int,
     callbacks: tuple[Callable[[int, float], None], ...] = (),
     memory: PeakMemory | None = None,
     stats: StepStats | None = None,
     amp: torch.dtype | None = None,
     scaler: dict | None = None,
 ) -> StepStats:
-    """Train from ``start_step`` to ``total_steps``; call ``on_eval(step)`` every ``every`` steps.
-
-    ``on_eval`` runs outside the measured training phase: ``memory`` is paused around it.
-    ``amp`` is the autocast dtype (None: plain fp32; see ``study.trial.precision``); fp16 trains
-    with
-    a gradient scaler, whose state ``scaler`` carries across resumes (a dict, updated in place).
+    """Train from ``start_step`` to ``total_steps``; ``on_eval(step)`` every ``every`` steps (the
+    eval config's) and at the last, outside the measured phase (``memory`` paused around it).
+    ``amp``: the autocast dtype (None: plain fp32; see ``study.trial.precision``); fp16 trains
+    with a gradient scaler whose state ``scaler`` carries across resumes (a dict, updated in place).
 
     Raises:
         NonFiniteLossError: the loss at some step is NaN or inf.
@@ -180,64 +280,33 @@ def train_loop(
     order = BatchOrder(len(examples), cfg.batch_size, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     stats = stats or StepStats()
-    # fp16's range underflows small gradients: scale the loss up, unscale before clipping, skip
-    # a step whose gradients overflowed (torch.amp.GradScaler; a no-op for bf16 and fp32)
-    grad_scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    if scaler and grad_scaler.is_enabled():
-        grad_scaler.load_state_dict(scaler)
-    model.train()
-    if memory is not None:
-        memory.resume()
+    timer = StepTimer(device, stats)
+    grad_scaler = _grad_scaler(device, amp, scaler)
+    _train_mode(model, memory)
     for step in range(start_step, total_steps):
-        lr = lr_at(step, total_steps, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # no scale: a checkpoint from before it
-        t_step = now(device)
-        fwd = bwd = 0.0
+        set_lr(optimizer, lr_at(step, total_steps, cfg))
+        timer.start()
         step_loss = 0.0
-        tokens_before = stats.tokens
         for micro in range(cfg.grad_accum):
-            idx = order.indices(step * cfg.grad_accum + micro)
-            batch = {
-                k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()
-            }
-            t0 = now(device)
+            batch = _micro_batch(examples, order, step * cfg.grad_accum + micro, pad_id, device)
+            timer.lap()
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = batch_loss(model, batch)
-            t1 = now(device)
+            timer.lap("fwd")
             grad_scaler.scale(loss / cfg.grad_accum).backward()
-            t2 = now(device)
-            fwd, bwd = fwd + t1 - t0, bwd + t2 - t1
+            timer.lap("bwd")
             step_loss += loss.item() / cfg.grad_accum  # a sync point, once per micro-batch
             stats.tokens += int(batch["attention_mask"].sum())
-        if not math.isfinite(step_loss):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({step_loss}) at step {step + 1}", step=step + 1
-            )
-        t3 = now(device)
+        _check_finite(step_loss, step)
+        timer.lap()
         grad_scaler.unscale_(optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         grad_scaler.step(optimizer)
         grad_scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        t4 = now(device)
-        stats.fwd_ms.append(fwd * 1e3)
-        stats.bwd_ms.append(bwd * 1e3)
-        stats.opt_ms.append((t4 - t3) * 1e3)
-        stats.step_ms.append((t4 - t_step) * 1e3)
-        stats.seconds += t4 - t_step
-        if len(stats.step_ms) == 1:
-            stats.warm_tokens, stats.warm_seconds = stats.tokens - tokens_before, t4 - t_step
-        stats.losses.append(step_loss)
-        for callback in callbacks:
-            callback(step + 1, step_loss)
-        if scaler is not None and grad_scaler.is_enabled():
-            scaler.update(grad_scaler.state_dict())  # the checkpoint written in on_eval has it
+        timer.stop()
+        _log(stats, callbacks, step + 1, step_loss)
+        _keep_scaler_state(grad_scaler, scaler)
         if on_eval is not None and ((step + 1) % every == 0 or step + 1 == total_steps):
-            if memory is not None:
-                memory.pause()
-            on_eval(step + 1)
-            model.train()
-            if memory is not None:
-                memory.resume()
+            _evaluate(model, on_eval, step + 1, memory)
     return stats

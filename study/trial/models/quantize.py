@@ -14,8 +14,8 @@ import logging
 import torch
 from torch import nn
 
-QUANT_BITS = (4, 8, 16)
-QUANT_TYPES = ("nf4", "fp4")
+from study.sections import QuantConfig
+
 BLOCKSIZE = 64  # 4-bit block size, bitsandbytes' and QLoRA's default
 
 
@@ -55,23 +55,23 @@ def import_bitsandbytes():
 
 
 def quantize_linears(
-    model: nn.Module,
-    bits: int,
-    quant_type: str = "nf4",
-    double_quant: bool = False,
-    compute_dtype: torch.dtype | None = None,
-    int8_threshold: float = 6.0,
+    model: nn.Module, quant: QuantConfig, compute_dtype: torch.dtype | None = None
 ) -> list[str]:
     """Replace every linear except the output head (a causal LM's ``lm_head``, a classifier's
-    ``score``) by a bitsandbytes layer; return the names.
+    ``score``) by a bitsandbytes layer of ``quant.bits`` 8 or 4; return the names.
 
     Each weight is quantized where it already is (put the model on its device first): a
     bitsandbytes parameter moved after quantization by ``Module.to`` keeps the Parameter object
     and, for 8-bit, its int8 matrix and scales on the old device (``weight.CB`` / ``SCB``).
-    8-bit is LLM.int8 with the outlier threshold ``int8_threshold`` (6.0 as published; 0 turns
-    the decomposition off); 4-bit computes in ``compute_dtype`` (see ``set_compute_dtype``).
-    GPT-2's ``Conv1D`` (weight stored (in, out)) becomes a bnb Linear with the transposed weight.
+    8-bit is LLM.int8 with the outlier threshold ``quant.int8_threshold``; 4-bit computes in
+    ``compute_dtype`` (see ``set_compute_dtype``). GPT-2's ``Conv1D`` (weight stored (in, out))
+    becomes a bnb Linear with the transposed weight.
+
+    Raises:
+        ValueError: ``quant.bits`` is 16, which quantizes nothing.
     """
+    if quant.bits not in (4, 8):
+        raise ValueError(f"quantize_linears needs quant.bits 4 or 8, got {quant.bits}")
     bnb = import_bitsandbytes()
     from lora_impl.inject import output_heads
     from lora_impl.layer import is_linear_like
@@ -87,54 +87,11 @@ def quantize_linears(
         if is_conv1d(module):
             weight = weight.t()
         weight = weight.contiguous()
-        out_features, in_features = weight.shape
         has_bias = module.bias is not None
-        if bits == 8:
-            new = bnb.nn.Linear8bitLt(
-                in_features,
-                out_features,
-                bias=has_bias,
-                has_fp16_weights=False,
-                threshold=float(int8_threshold),
-                device="meta",
-            )
-            # what Int8Params does when moved from CPU, done on the weight's own device
-            cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
-            new.weight = bnb.nn.Int8Params(
-                cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb
-            )
+        if quant.bits == 8:
+            new = _int8_linear(bnb, weight, has_bias, quant.int8_threshold)
         else:
-            new = bnb.nn.Linear4bit(
-                in_features,
-                out_features,
-                bias=has_bias,
-                compute_dtype=compute_dtype,
-                compress_statistics=double_quant,
-                quant_type=quant_type,
-                device="meta",
-            )
-            packed, state = bnb.functional.quantize_4bit(
-                weight,
-                blocksize=BLOCKSIZE,
-                compress_statistics=double_quant,
-                quant_type=quant_type,
-                quant_storage=torch.uint8,
-            )
-            new.weight = bnb.nn.Params4bit(
-                packed,
-                requires_grad=False,
-                quant_state=state,
-                blocksize=BLOCKSIZE,
-                compress_statistics=double_quant,
-                quant_type=quant_type,
-                module=new,
-                bnb_quantized=True,
-            )
-            new.quant_state = state
-            # On AVX512-BF16 CPUs bnb re-packs a 4-bit weight at its first eval-mode forward
-            # and rounds the block scales to bf16 in place: the base model would silently
-            # change after the first evaluation. Keep the weights as quantized.
-            new.support_avx512bf16_for_cpu = False
+            new = _4bit_linear(bnb, weight, has_bias, quant, compute_dtype)
         if has_bias:
             new.bias = nn.Parameter(module.bias.data.clone(), requires_grad=False)
         new.train(module.training)
@@ -143,6 +100,61 @@ def quantize_linears(
         del module, weight  # the float weight goes as soon as its layer is replaced
         replaced.append(name)
     return replaced
+
+
+def _int8_linear(bnb, weight: torch.Tensor, bias: bool, threshold: float) -> nn.Module:
+    """An LLM.int8 layer (without its bias) holding ``weight`` (out, in), quantized in place."""
+    out_features, in_features = weight.shape
+    new = bnb.nn.Linear8bitLt(
+        in_features,
+        out_features,
+        bias=bias,
+        has_fp16_weights=False,
+        threshold=float(threshold),
+        device="meta",
+    )
+    # what Int8Params does when moved from CPU, done on the weight's own device
+    cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
+    new.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
+    return new
+
+
+def _4bit_linear(bnb, weight: torch.Tensor, bias: bool, quant: QuantConfig,
+                 compute_dtype: torch.dtype | None) -> nn.Module:
+    """A 4-bit layer (without its bias) holding ``weight`` (out, in), quantized in place."""
+    out_features, in_features = weight.shape
+    new = bnb.nn.Linear4bit(
+        in_features,
+        out_features,
+        bias=bias,
+        compute_dtype=compute_dtype,
+        compress_statistics=quant.double_quant,
+        quant_type=quant.type,
+        device="meta",
+    )
+    packed, state = bnb.functional.quantize_4bit(
+        weight,
+        blocksize=BLOCKSIZE,
+        compress_statistics=quant.double_quant,
+        quant_type=quant.type,
+        quant_storage=torch.uint8,
+    )
+    new.weight = bnb.nn.Params4bit(
+        packed,
+        requires_grad=False,
+        quant_state=state,
+        blocksize=BLOCKSIZE,
+        compress_statistics=quant.double_quant,
+        quant_type=quant.type,
+        module=new,
+        bnb_quantized=True,
+    )
+    new.quant_state = state
+    # On AVX512-BF16 CPUs bnb re-packs a 4-bit weight at its first eval-mode forward and rounds
+    # the block scales to bf16 in place: the base model would silently change after the first
+    # evaluation. Keep the weights as quantized.
+    new.support_avx512bf16_for_cpu = False
+    return new
 
 
 def set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> None:
