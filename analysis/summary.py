@@ -117,6 +117,7 @@ def print_summary(
     if duration is not None:
         _print_durations(finished, duration)
     _print_precision(finished)
+    _print_compile(finished)
     _print_search(study_dir, len(searched), num_samples, time_budget_s)
     print(f"\nBuild the report: python -m analysis report {study_dir}")
 
@@ -266,6 +267,21 @@ def _print_precision(finished: list[dict]) -> None:
         seen[label] = seen.get(label, 0) + 1
     for label, n in seen.items():
         print(f"  compute precision: {label}, {n} finished trial{'s' * (n != 1)}")
+
+
+def _print_compile(finished: list[dict]) -> None:
+    """Whether the finished trials ran compiled (train.compile), with one trial's reason per
+    choice and what compiling cost them in all (their ``compile_s``; see study.trial.compiling)."""
+    seen: dict[str, list[dict]] = {}
+    for r in finished:
+        choice = r["env"].get("compile")
+        if isinstance(choice, dict) and choice.get("chosen"):
+            seen.setdefault(f"{choice['chosen']} ({choice.get('asked')})", []).append(r)
+    for label, rows in seen.items():
+        spent = sum(v for r in rows if isinstance(v := r["metrics"].get(M.COMPILE_S), int | float))
+        reason = rows[0]["env"]["compile"].get("reason")
+        print(f"  compile: {label}, {len(rows)} finished trial{'s' * (len(rows) != 1)}, "
+              f"{spent:.0f} s compiling in all; e.g. {reason}")
 
 
 def _print_search(

@@ -30,6 +30,7 @@ LATENCY_MERGED = "latency_ms_per_token_merged"
 LATENCY_EXAMPLE_UNMERGED = "latency_ms_per_example_unmerged"
 LATENCY_EXAMPLE_MERGED = "latency_ms_per_example_merged"
 LOAD_S, TRAIN_S, EVAL_S, TRIAL_S = "load_s", "train_s", "eval_s", "trial_s"
+COMPILE_S = "compile_s"  # torch.compile in this process (train.compile); in trial_s, not train_s
 # progress
 STEP, TOKENS_SEEN = "step", "tokens_seen"
 
@@ -51,6 +52,7 @@ RESOURCES = (
     LATENCY_EXAMPLE_UNMERGED,
     LATENCY_EXAMPLE_MERGED,
     LOAD_S,
+    COMPILE_S,
     TRAIN_S,
     EVAL_S,
     TRIAL_S,

@@ -18,6 +18,8 @@ from lora_impl.layer import LoraSpec
 METHODS = ("lora", "full", "base")
 TASKS = ("skills", "lm", "sft", "classify")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+COMPILES = ("auto", "on", "off")  # train.compile (study.trial.compiling)
+BATCHINGS = ("pad", "group", "pack")  # train.batching (study.trial.batches)
 
 
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -272,6 +274,12 @@ class TrainConfig:
     shapes (cached; see study.trial.precision)."""
     grad_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    compile: str = "auto"
+    """torch.compile of the step's forward and loss: on, off or auto: compiled only where timed
+    steps of this model show it faster and the planned steps save more than the timed compile
+    takes, else eager; the reason in env.json (cached; see study.trial.compiling)."""
+    batching: str = "pad"
+    """Micro-batches: pad (to the longest), group (similar lengths) or pack (one row, no pads)."""
 
     def __post_init__(self) -> None:
         _positive_float("train.lr", self.lr)
@@ -283,18 +291,10 @@ class TrainConfig:
             _positive_float("train.epochs", self.epochs)
         _positive_int("train.batch_size", self.batch_size)
         _positive_int("train.grad_accum", self.grad_accum)
-        require(
-            isinstance(self.warmup, int) and not isinstance(self.warmup, bool) and self.warmup >= 0,
-            "train.warmup",
-            self.warmup,
-            "an integer >= 0",
-        )
-        require(
-            isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
-            "train.min_lr_ratio",
-            self.min_lr_ratio,
-            "in [0, 1]",
-        )
+        require(isinstance(self.warmup, int) and not isinstance(self.warmup, bool)
+                and self.warmup >= 0, "train.warmup", self.warmup, "an integer >= 0")
+        require(isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
+                "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         require(
             isinstance(self.weight_decay, (int, float))
             and math.isfinite(self.weight_decay)
@@ -305,12 +305,14 @@ class TrainConfig:
         )
         _positive_float("train.grad_clip", self.grad_clip)
         require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
-        require(
-            isinstance(self.grad_checkpointing, bool),
-            "train.grad_checkpointing",
-            self.grad_checkpointing,
-            "true or false",
-        )
+        require(isinstance(self.grad_checkpointing, bool), "train.grad_checkpointing",
+                self.grad_checkpointing, "true or false")
+        if isinstance(self.compile, bool):  # YAML 1.1 (spaces, --set) reads on / off as booleans
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
+        require(self.compile in COMPILES, "train.compile", self.compile,
+                f"one of {', '.join(COMPILES)}")
+        require(self.batching in BATCHINGS, "train.batching", self.batching,
+                f"one of {', '.join(BATCHINGS)}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["LORA_STUDY_CACHE"] = os.path.join(
     __import__("tempfile").mkdtemp(prefix="lora-study-test-cache-"), "cache"
 )
+# train.compile=auto measures nothing in tests (their trials, subprocesses and Ray workers
+# inherit it): a cold torch.compile of even a tiny model takes tens of seconds on 2 cores.
+# tests/test_compiling.py measures auto's rule with fake timings, and compiles once for real.
+os.environ["LORA_STUDY_COMPILE_AUTO"] = "off"
 
 from tests.blocking import block_from_env  # noqa: E402
 

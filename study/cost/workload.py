@@ -5,7 +5,8 @@
     work.train.tokens                  # padded tokens over every micro-batch: the time estimate
 
 The same examples, batch order and padding as the loop (``study.trial.data``,
-``study.trial.batches``, ``study.trial.evaluate``):
+``study.trial.batches``: the trial's ``train.batching``, through its ``Batcher``, so a grouped
+batch's width or a packed row's length is the loop's; ``study.trial.evaluate``):
 the memory peak is set by the largest micro-batch the trial will really see, and the time by
 the padded tokens it will really compute, neither by ``data.seq_len``, which is only a cap.
 """
@@ -73,7 +74,7 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
 
     t = cfg.train
     key = (repr(cfg.data), repr(cfg.eval), cfg.method, t.batch_size, t.grad_accum, t.steps,
-           t.epochs, cfg.seed, id(tokenizer))
+           t.epochs, t.batching, cfg.seed, id(tokenizer))
     if key not in _CACHE:
         data = build_data(cfg.data, tokenizer)
         steps = total_steps(t, len(data.train))
@@ -106,19 +107,20 @@ def _targets(example) -> int:
 
 
 def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, int, int]]:
-    from study.trial.batches import BatchOrder
+    from study.trial.batches import Batcher
 
-    lengths = [len(e.input_ids) for e in examples]
-    targets = [_targets(e) for e in examples]
-    order = BatchOrder(len(examples), cfg.train.batch_size, cfg.seed)
+    targets = [_targets(e) for e in examples]  # pack: the same targets (each first token's none)
+    if cfg.train.batching == "pack" and examples and examples[0].label is not None:
+        return Batches(), (0, 0, 0)  # refused by the trial (check_mode): nothing to estimate
+    batcher = Batcher(examples, cfg.train.batch_size, cfg.seed, pad_id=0,
+                      mode=cfg.train.batching)  # shapes only: no pad id needed
     wanted = steps * cfg.train.grad_accum
     total, best = Batches(), (0, 0, 0, 0)
     for k in range(min(wanted, MAX_BATCHES)):
-        idx = order.indices(k)
-        length = max(lengths[i] for i in idx)
-        n_targets = sum(targets[i] for i in idx)
-        total = total.add(len(idx), length, n_targets)
-        best = max(best, (len(idx) * length, len(idx), length, n_targets))
+        rows, length = batcher.shape(k)
+        n_targets = sum(targets[i] for i in batcher.indices(k))
+        total = total.add(rows, length, n_targets)
+        best = max(best, (rows * length, rows, length, n_targets))
     if wanted > MAX_BATCHES:
         total = total.scaled(wanted / MAX_BATCHES)
     return total, best[1:]

@@ -37,6 +37,7 @@ COLUMNS = [
     ("peak MB", 7),
     ("tok/s", 6),
     ("dtype", 5),
+    ("compile", 8),
     ("status", 16),
 ]
 
@@ -96,6 +97,16 @@ def _precision(trial_dir: Path) -> str | None:
     try:
         return record.read_env(trial_dir).get("dtype_choice", {}).get("name")
     except (record.RecordError, AttributeError):
+        return None
+
+
+def _compile(trial_dir: Path) -> str | None:
+    """Whether the trial's step is compiled: on or off, "auto:on" / "auto:off" where
+    train.compile=auto chose it (its env.json; see study.trial.compiling)."""
+    try:
+        choice = record.read_env(trial_dir).get("compile") or {}
+        return f"{'auto:' * (choice.get('asked') == 'auto')}{choice['chosen']}"
+    except (record.RecordError, AttributeError, KeyError, TypeError):
         return None
 
 
@@ -161,6 +172,7 @@ class LiveTable(Callback):
             r.get(M.PEAK_MEM_MB),
             r.get(M.TRAIN_TOKENS_PER_S),
             _precision(_dir(self.dir, trial)),
+            _compile(_dir(self.dir, trial)),
             state,
         ]
         fmts = [
@@ -177,6 +189,7 @@ class LiveTable(Callback):
             "{:.2f}",
             "{:.0f}",
             "{:.0f}",
+            "{}",
             "{}",
             "{}",
         ]

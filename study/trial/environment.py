@@ -1,6 +1,7 @@
 """env.json: what a trial's numbers depend on besides its config.
 
-Versions, hardware, thread count, compute dtype and seed. ``study.reproduce`` compares two of
+Versions, hardware, thread count, compute dtype, seed, the attention implementation the model
+runs and the share of padding in the planned micro-batches. ``study.reproduce`` compares two of
 these records to say whether a re-run is like for like.
 """
 
@@ -14,6 +15,10 @@ from pathlib import Path
 import torch
 
 from study.config import TrialConfig
+from study.trial.batches import Batcher
+from study.trial.data import Example
+from study.trial.packing import attn_implementation
+from study.trial.train import total_steps
 
 
 def cpu_name() -> str:
@@ -41,14 +46,29 @@ def weights_label(bits: int, quant_type: str, storage: torch.dtype) -> str:
     return FLOAT_NAMES.get(storage, str(storage).removeprefix("torch."))
 
 
+def padding_share(cfg: TrialConfig, train: list[Example]) -> float | None:
+    """Padded token slots / all token slots over the micro-batches the trial will train on
+    (``Batcher.padding_share``: they are known from the lengths before training); 0 for pack,
+    None for a trial that trains nothing (``base``)."""
+    if cfg.method == "base" or not train:
+        return None
+    t = cfg.train
+    batcher = Batcher(train, t.batch_size, cfg.seed, pad_id=0, mode=t.batching)  # shapes only
+    return batcher.padding_share(total_steps(t, len(train)) * t.grad_accum)
+
+
 def environment(
-    cfg: TrialConfig, device: torch.device, precision: dict, storage: torch.dtype = torch.float32
+    cfg: TrialConfig, device: torch.device, precision: dict, storage: torch.dtype = torch.float32,
+    model: torch.nn.Module | None = None, train: list[Example] | None = None,
+    compile_choice: dict | None = None,
 ) -> dict:
     """What a result depends on besides its config: versions, hardware, threads, dtypes, seed.
 
     ``weights`` is the storage dtype of the base's linear weights (``weights_label``),
     ``float_weights`` that of its other float parameters (embeddings, norms, the head) and
-    ``compute_dtype`` what the forward and backward compute in."""
+    ``compute_dtype`` what the forward and backward compute in; ``attn_implementation`` the
+    attention ``model`` runs (sdpa, eager, ...) and ``padding_share`` that of the padded slots
+    in the micro-batches it trains on (``padding_share``; None without ``train``)."""
     packages = {}
     for pkg in ("torch", "transformers", "bitsandbytes", "safetensors", "ray", "optuna"):
         try:
@@ -81,4 +101,7 @@ def environment(
         "weights": weights_label(cfg.quant.bits, cfg.quant.type, storage),
         "float_weights": FLOAT_NAMES.get(storage, str(storage)),
         "seed": cfg.seed,
+        "attn_implementation": attn_implementation(model) if model is not None else None,
+        "padding_share": padding_share(cfg, train) if train is not None else None,
+        "compile": compile_choice,  # train.compile asked, chosen and why (compiling.Choice.record)
     }

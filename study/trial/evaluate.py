@@ -30,8 +30,8 @@ from torch import nn
 
 from study.trial.batches import collate, collate_prompts
 from study.trial.data import Example, end_of_turn_id
+from study.trial.logits import target_logits
 from study.trial.tasks.skills import could_match, is_correct
-from study.trial.train import target_logits
 
 LOSS_BATCH = 32  # examples per forward of the loss (12% faster than 16 on 2 CPU cores)
 GENERATE_BATCH = 50  # prompts per batched generation

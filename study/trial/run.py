@@ -28,7 +28,7 @@ from lora_impl.loraplus import loraplus_groups
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
-from study.trial import precision
+from study.trial import compiling, precision
 from study.trial.adapter import prepare
 from study.trial.checkpoint import load_checkpoint, save_checkpoint
 from study.trial.data import Example, TaskData, build_data
@@ -36,6 +36,7 @@ from study.trial.environment import environment
 from study.trial.measure import Measure
 from study.trial.models import cast_float_weights, load_model, set_compute_dtype
 from study.trial.models.classifier import HEAD, as_classifier
+from study.trial.packing import check_batching
 from study.trial.resources import PeakMemory
 from study.trial.train import RECENT_LOSSES, StepStats, make_optimizer, total_steps, train_loop
 
@@ -108,7 +109,15 @@ class _Trial:
             self.model = as_classifier(self.model, len(self.labels), cfg.seed)
         prepare(self.model, cfg)
         self.load_s = time.perf_counter() - t_load
-        self.env = environment(cfg, self.device, self.precision.record(), storage)
+        # a train.batching that cannot run (pack: a classifier, or a model that mixes packed
+        # examples) is refused here, before any file is written
+        check_batching(cfg.train.batching, self.model, cfg.model.name, self.data.train)
+        # train.compile (auto: timed on this model and its first batches; in trial_s, not load_s)
+        self.compiled = compiling.choose(cfg, self.model, self.data.train,
+                                         self.tokenizer.pad_token_id, self.device, self.amp,
+                                         self.precision.name)
+        self.env = environment(cfg, self.device, self.precision.record(), storage, self.model,
+                               self.data.train, compile_choice=self.compiled.choice.record())
 
     def _load_model(self, storage: torch.dtype) -> torch.dtype:
         """The model and tokenizer, loaded in ``storage``, then in the trial's measured precision;
@@ -175,6 +184,7 @@ class _Trial:
             M.TRAIN_LOSS: summary["train_loss"],
             M.TRAINABLE_PARAMS: count_parameters(self.model)[0],
             M.LOAD_S: self.load_s,
+            M.COMPILE_S: self.compiled.compile_s,
             M.TRAIN_S: train_s,
             M.PEAK_MEM_MB: self.memory.peak() if measured else None,
             M.START_MEM_MB: self.memory.start_mb,
@@ -257,6 +267,7 @@ class _Trial:
                 stats=self.stats,
                 amp=self.amp,
                 scaler=self.progress.scaler,
+                loss_fn=self.compiled.loss_fn,
             )
         return self.latest
 

@@ -3,27 +3,33 @@
     for step: set lr -> micro-batches (forward, loss / accum, backward) -> clip -> optimizer step
               -> zero_grad(set_to_none=True) -> log -> evaluate/report every N -> stop check
 
-The loss is computed only where there are targets: the backbone's hidden states at target
-positions go through the output head, so SFT prompts and padding never produce logits and no
-full (B, T, vocab) fp32 logits tensor exists.
+The loss is computed only where there are targets (``study.trial.logits``): the backbone's
+hidden states at target positions go through the output head, so SFT prompts and padding never
+produce logits and no full (B, T, vocab) fp32 logits tensor exists; over many targets the head
+and cross-entropy run in chunks, each recomputed in backward.
+
+Inside a micro-batch nothing is read back from the device (on CUDA each read stalls the GPU):
+the batch's token count and target positions are computed on the host (``to_device``), the
+loss is summed on the device and read once per step, and on CUDA the phases are timed by CUDA
+events, read once they have completed (``StepTimer``).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from study.sections import TrainConfig
-from study.trial.batches import BatchOrder, collate
+from study.trial.batches import Batcher
 from study.trial.classify import classification_loss
-from study.trial.data import IGNORE, Example
+from study.trial.data import Example
+from study.trial.logits import chunked_cross_entropy, target_hidden, target_index
 from study.trial.resources import PeakMemory, now
+from study.trial.steptimer import RECENT_LOSSES as RECENT_LOSSES  # re-exported
+from study.trial.steptimer import StepStats, StepTimer
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig):
@@ -64,46 +70,12 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-# What a causal LM's own forward does to the head's output, by config attribute (transformers'
-# modeling code): Gemma 2/3 soft-cap it, Cohere multiplies by a scale, Granite divides by one.
-LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's logits for hidden states (..., d): its output head, then the logit
-    post-processing its own forward applies (``LOGIT_POSTPROCESSING``)."""
-    logits = model.get_output_embeddings()(hidden)
-    config = model.config
-    if cap := getattr(config, "final_logit_softcapping", None):
-        logits = torch.tanh(logits / cap) * cap
-    if (scale := getattr(config, "logit_scale", None)) is not None:
-        logits = logits * scale
-    if (scaling := getattr(config, "logits_scaling", None)) is not None:
-        logits = logits / scaling
-    return logits
-
-
-def target_logits(
-    model: nn.Module, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits at the positions that have a target (M, vocab), those targets (M,), the mask
-    (B, T-1) that selected them). The output head runs at those positions only."""
-    hidden = model.base_model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state  # (B, T, d)
-    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-    keep = targets != IGNORE
-    logits = head_logits(model, hidden[:, :-1][keep])  # (M, vocab), M = #targets
-    return logits, targets[keep], keep
-
-
 def causal_lm_loss(
     model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean"
 ) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy over positions whose label is not IGNORE; (loss, #targets)."""
-    logits, targets, _ = target_logits(model, batch)
-    loss = F.cross_entropy(logits.float(), targets, reduction=reduction)
-    return loss, int(targets.numel())
+    hidden, targets, _ = target_hidden(model, batch)
+    return chunked_cross_entropy(model, hidden, targets, reduction), int(targets.numel())
 
 
 def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -112,85 +84,6 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
     if "class_labels" in batch:
         return classification_loss(model, batch)
     return causal_lm_loss(model, batch)[0]
-
-
-RECENT_LOSSES = 10  # the training loss reported is the mean of the last this many steps' losses
-
-
-@dataclass
-class StepStats:
-    """Timings and counts of the training steps run so far (this process)."""
-
-    fwd_ms: list[float] = field(default_factory=list)
-    bwd_ms: list[float] = field(default_factory=list)
-    opt_ms: list[float] = field(default_factory=list)
-    step_ms: list[float] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)
-    # the first step of this process (allocator, kernel choice, autocast's weight cache: not the
-    # steady state), counted in tokens and seconds but left out of the throughput
-    warm_tokens: int = 0
-    warm_seconds: float = 0.0
-
-    def timed(self) -> tuple[int, float]:
-        """(tokens, seconds) of the steps after the first: what the throughput is made of (all
-        steps when only one ran)."""
-        if len(self.step_ms) > 1:
-            return self.tokens - self.warm_tokens, self.seconds - self.warm_seconds
-        return self.tokens, self.seconds
-
-    def summary(self) -> dict[str, float]:
-        """Median step-phase times, tokens/s and the recent training loss."""
-        med = {
-            k: statistics.median(v) if v else float("nan")
-            for k, v in (
-                ("fwd_ms", self.fwd_ms),
-                ("bwd_ms", self.bwd_ms),
-                ("opt_ms", self.opt_ms),
-                ("step_ms", self.step_ms),
-            )
-        }
-        tokens, seconds = self.timed()
-        med["train_tokens_per_s"] = tokens / seconds if seconds else float("nan")
-        recent = self.losses[-RECENT_LOSSES:]
-        med["train_loss"] = sum(recent) / len(recent) if recent else float("nan")
-        return med
-
-
-class StepTimer:
-    """The clock of one training step at a time: its phases and its whole, into ``StepStats``."""
-
-    def __init__(self, device: torch.device, stats: StepStats) -> None:
-        self.device, self.stats = device, stats
-        self.begun = self.last = 0.0
-        self.spent = {"fwd": 0.0, "bwd": 0.0}
-        self.tokens_before = 0
-
-    def start(self) -> None:
-        """A step begins: the clock's first read of it; its phases start from zero."""
-        self.begun = self.last = now(self.device)
-        self.spent = {"fwd": 0.0, "bwd": 0.0}
-        self.tokens_before = self.stats.tokens
-
-    def lap(self, phase: str | None = None) -> None:
-        """Read the clock; the time since the last read counts to ``phase`` (None: to none)."""
-        t = now(self.device)
-        if phase is not None:
-            self.spent[phase] = self.spent[phase] + t - self.last
-        self.last = t
-
-    def stop(self) -> None:
-        """The step ends: the time since the last read is the optimizer's; record the step."""
-        end = now(self.device)
-        stats, took = self.stats, end - self.begun
-        stats.fwd_ms.append(self.spent["fwd"] * 1e3)
-        stats.bwd_ms.append(self.spent["bwd"] * 1e3)
-        stats.opt_ms.append((end - self.last) * 1e3)
-        stats.step_ms.append(took * 1e3)
-        stats.seconds += took
-        if len(stats.step_ms) == 1:
-            stats.warm_tokens, stats.warm_seconds = stats.tokens - self.tokens_before, took
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -214,17 +107,58 @@ def _keep_scaler_state(grad_scaler: torch.amp.GradScaler, scaler: dict | None) -
         scaler.update(grad_scaler.state_dict())  # the checkpoint written in on_eval has it
 
 
-def _micro_batch(examples: list[Example], order: BatchOrder, k: int, pad_id: int,
+def _micro_batch(examples: list[Example], order: Batcher, k: int, pad_id: int,
                  device: torch.device) -> dict[str, torch.Tensor]:
-    batch = collate([examples[i] for i in order.indices(k)], pad_id)
-    return {name: tensor.to(device) for name, tensor in batch.items()}
+    # micro-batch k in the trial's train.batching (CPU tensors, n_tokens among them): ``order``
+    # holds the examples and the pad id, a pure function of (seed, k) (study.trial.batches)
+    batch = order.micro_batch(k)
+    return batch  # still on the host: to_device moves it
 
 
-def _check_finite(loss: float, step: int) -> None:
+def to_device(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> tuple[dict[str, torch.Tensor], int]:
+    """(the host's micro-batch on ``device``, its real token count). What the step needs to
+    know of the batch is taken here from the CPU tensors, so that the step reads nothing back
+    from the device: the real tokens (``n_tokens`` when the batching gives it, else the
+    attention mask's ones, else every position) and, for a causal LM's loss, the flat indices
+    of the positions with a target (``target_index``)."""
+    batch = dict(batch)
+    n_tokens = batch.pop("n_tokens", None)
+    if n_tokens is not None:
+        tokens = int(n_tokens)
+    elif "attention_mask" in batch:
+        tokens = int(batch["attention_mask"].sum())
+    else:
+        tokens = batch["input_ids"].numel()
+    if "labels" in batch and "class_labels" not in batch:  # a classifier has no token targets
+        batch["target_index"] = target_index(batch["labels"])
+    if device.type != "cuda":
+        return {name: tensor.to(device) for name, tensor in batch.items()}, tokens
+    # from pinned memory a copy does not block the host (from pageable memory it may wait for
+    # the stream: the GPU would drain); the pinned blocks are cached and not reused before it
+    return {name: tensor.pin_memory().to(device, non_blocking=True)
+            for name, tensor in batch.items()}, tokens
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, grad_scaler: torch.amp.GradScaler,
+                    params: list[torch.nn.Parameter], grad_clip: float) -> None:
+    """Clip the gradients (fp16: unscaled first), step, set them to None."""
+    grad_scaler.unscale_(optimizer)  # clip the true gradients
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    grad_scaler.step(optimizer)  # fp16: skipped when the gradients overflowed
+    grad_scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _step_loss(loss_sum: torch.Tensor, step: int) -> float:
+    """The step's loss: its one read from the device (a sync point), checked finite."""
+    loss = loss_sum.item()
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"non-finite training loss ({loss}) at step {step + 1}", step=step + 1
         )
+    return loss
 
 
 def _log(stats: StepStats, callbacks: tuple[Callable[[int, float], None], ...], step: int,
@@ -242,8 +176,10 @@ def _train_mode(model: nn.Module, memory: PeakMemory | None) -> None:
 
 
 def _evaluate(model: nn.Module, on_eval: Callable[[int], None], step: int,
-              memory: PeakMemory | None) -> None:
-    """``on_eval(step)`` outside the measured training phase (``memory`` paused around it)."""
+              memory: PeakMemory | None, timer: StepTimer) -> None:
+    """``on_eval(step)`` outside the measured training phase (``memory`` paused around it),
+    the steps' timings recorded first (the report reads them)."""
+    timer.flush()
     if memory is not None:
         memory.pause()
     on_eval(step)
@@ -267,9 +203,12 @@ def train_loop(
     stats: StepStats | None = None,
     amp: torch.dtype | None = None,
     scaler: dict | None = None,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] = batch_loss,
 ) -> StepStats:
     """Train from ``start_step`` to ``total_steps``; ``on_eval(step)`` every ``every`` steps (the
     eval config's) and at the last, outside the measured phase (``memory`` paused around it).
+    ``loss_fn(model, batch)``: a micro-batch's loss (``batch_loss``, or it compiled: see
+    ``study.trial.compiling``).
     ``amp``: the autocast dtype (None: plain fp32; see ``study.trial.precision``); fp16 trains
     with a gradient scaler whose state ``scaler`` carries across resumes (a dict, updated in place).
 
@@ -277,36 +216,33 @@ def train_loop(
         NonFiniteLossError: the loss at some step is NaN or inf.
     """
     device = next(model.parameters()).device
-    order = BatchOrder(len(examples), cfg.batch_size, seed)
+    order = Batcher(examples, cfg.batch_size, seed, pad_id, cfg.batching)
     params = [p for p in model.parameters() if p.requires_grad]
     stats = stats or StepStats()
-    timer = StepTimer(device, stats)
+    timer = StepTimer(device, stats, now)
     grad_scaler = _grad_scaler(device, amp, scaler)
     _train_mode(model, memory)
     for step in range(start_step, total_steps):
         set_lr(optimizer, lr_at(step, total_steps, cfg))
         timer.start()
-        step_loss = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # as Python's floats
         for micro in range(cfg.grad_accum):
             batch = _micro_batch(examples, order, step * cfg.grad_accum + micro, pad_id, device)
+            batch, tokens = to_device(batch, device)
             timer.lap()
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = batch_loss(model, batch)
+                loss = loss_fn(model, batch)
             timer.lap("fwd")
             grad_scaler.scale(loss / cfg.grad_accum).backward()
             timer.lap("bwd")
-            step_loss += loss.item() / cfg.grad_accum  # a sync point, once per micro-batch
-            stats.tokens += int(batch["attention_mask"].sum())
-        _check_finite(step_loss, step)
+            loss_sum += loss.detach().double() / cfg.grad_accum
+            stats.tokens += tokens
+        step_loss = _step_loss(loss_sum, step)
         timer.lap()
-        grad_scaler.unscale_(optimizer)  # clip the true gradients
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        grad_scaler.step(optimizer)
-        grad_scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(optimizer, grad_scaler, params, cfg.grad_clip)
         timer.stop()
         _log(stats, callbacks, step + 1, step_loss)
         _keep_scaler_state(grad_scaler, scaler)
         if on_eval is not None and ((step + 1) % every == 0 or step + 1 == total_steps):
-            _evaluate(model, on_eval, step + 1, memory)
-    return stats
+            _evaluate(model, on_eval, step + 1, memory, timer)
+    return timer.flush()  # the stats, every step recorded
