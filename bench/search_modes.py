@@ -5,12 +5,11 @@
 The 24-point grid of bench/search_efficiency.py (every configuration of rank x lr x targets x
 bits trained to its full 40 steps on the bundled model; ``bench/data/search_grid.json``) is
 searched by each mode through the searcher ``study.tune`` builds
-(``study.search.searcher.make_search``,
-``--scheduler none``: every trial reported to its end), one trial at a time, 24 trials, for
-each seed. Per mode: the searcher's own time per suggestion (the sampler's work plus the
-searcher's bookkeeping, what a study adds to each trial's seconds or minutes), and how many
-trials it took to reach the grid's best final eval loss. Output: stdout and
-``bench/out/search_modes.md``.
+(``study.search.searcher.make_search``, ``--scheduler none``: every trial reported to its end),
+one trial at a time, 24 trials, for each seed. Per mode: the searcher's own time per suggestion
+(the sampler's work plus the searcher's bookkeeping, what a study adds to each trial's seconds
+or minutes), and how many trials it took to reach the grid's best final eval loss. Output:
+stdout and ``bench/out/search_modes.md``.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
     study = journal.load(study_dir)          # an optuna.Study, None when there is no journal yet
     facts = journal.outcomes(study)          # what the end-of-study summary says of the search
 
-The searcher (``study.search.searcher``) is its only writer; Optuna's tools read it while the study
-runs
-and after, with no code of ours::
+The searcher (``study.search.searcher``) is its only writer; Optuna's tools read it while the
+study runs and after, with no code of ours::
 
     optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(PATH)))
     optuna-dashboard results/NAME/optuna.journal

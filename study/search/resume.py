@@ -3,9 +3,8 @@
 ``python -m study.tune --name X --resume`` continues X as it was started: the study-defining
 flags come from its study.json (:func:`recorded_options`) and ASHA's rungs are rebuilt from the
 trials' curves (:func:`replay_curves`). The rest of a resume needs nothing of Ray's state: the
-searcher reads the Optuna journal (``study.search.searcher``: trials a kill left running are asked
-again)
-and each interrupted trial resumes from the checkpoint in its own directory
+searcher reads the Optuna journal (``study.search.searcher``: trials a kill left running are
+asked again) and each interrupted trial resumes from the checkpoint in its own directory
 (``study.search.trainable``).
 """
 

@@ -3,9 +3,9 @@
     problem = check_search("grid", space)           # None, or one line for the user
     sampler = make_sampler("gp", space, seed=0, num_samples=8)
 
-Every mode goes through the one searcher (``study.search.searcher``): the same hand-off to Optuna,
-the
-same memory budget, the same resume. Only how the next configuration is proposed differs:
+Every mode goes through the one searcher (``study.search.searcher``): the same hand-off to
+Optuna, the same memory budget, the same resume. Only how the next configuration is proposed
+differs:
 
 - ``tpe``: Optuna's multivariate TPE (the default; :func:`tpe_sampler`);
 - ``grid``: Optuna's ``GridSampler`` over every point of an all-choice space, in an order

@@ -8,9 +8,8 @@ examples, so smaller sizes are subsets of larger ones. Splits do not depend on t
 
 - ``lm``: text -> tokens -> packed ``seq_len`` blocks; every token is a target (no padding).
 - ``classify``: text -> tokens (truncated to ``seq_len``, the tokenizer's special tokens
-  added) and a label id; stratified splits (``study.trial.tasks.labelled``); ``info`` holds the
-  label
-  names and the training subset's class counts.
+  added) and a label id; stratified splits (``study.trial.tasks.labelled``); ``info`` holds
+  the label names and the training subset's class counts.
 - ``sft`` / ``skills``: prompt/response pairs rendered with the tokenizer's chat template (or
   the HH ``Human: ... Assistant:`` format without one); the loss covers the response and the
   end-of-turn token only. Labels are built explicitly, never by masking the pad id: on SmolLM2

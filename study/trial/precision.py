@@ -7,9 +7,8 @@ Xeon with ``avx512_bf16`` a bf16 matmul of the bundled model's shapes runs at ab
 rate (and so does training), on AMD EPYC bf16 is faster. So ``auto`` times one matmul of the
 model's own shapes (tokens x hidden x MLP width) in each candidate precision, a fraction of a
 second, and takes the fastest; the verdict is cached per machine, thread count and shape in
-``<cache>/precision.json`` (see ``study.trial.models.cache_root``), and every trial's env.json
-records
-the choice and the timings behind it.
+``<cache>/precision.json`` (see ``study.trial.models.cache_root``), and every trial's
+env.json records the choice and the timings behind it.
 
 Candidates: fp32 everywhere; bf16 where the hardware computes it natively (a CUDA device that
 supports it; a CPU with AVX512-BF16 or AMX); fp16 on CUDA, trained with a gradient scaler
