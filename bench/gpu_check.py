@@ -3,7 +3,7 @@
     python bench/gpu_check.py             # CUDA: the whole check; no CUDA: its CPU dry run
     python bench/gpu_check.py --dry-run   # the CPU dry run even where CUDA exists
 
-Four parts, one table:
+Five parts, one table:
 
 1. ``pytest -m gpu``: the `gpu`-marked tests (those that need Ray as well skip where it is
    missing; every test module must import without Ray, Optuna, datasets and gguf);
@@ -18,7 +18,11 @@ Four parts, one table:
    installed);
 4. a throughput probe: a randomly initialised model with Qwen2-0.5B's config (no download),
    LoRA r8 on all linear layers, batch 8 x 512 tokens, bf16 autocast: tokens/s and model-FLOPs
-   utilisation (against the GPU's dense bf16 peak where known, and the matmul rate measured here).
+   utilisation (against the GPU's dense bf16 peak where known, and the matmul rate measured here);
+5. ``bench/gpu_throughput.py`` in what is left of 6 minutes (``GPU_BUDGET_S``): our trial
+   against ``transformers.Trainer`` + PEFT on that shape (and the Trainer compiled), each in a
+   process of its own, and K trials of it at once per GPU, written to the user's
+   ``<cache>/gpu_share.json`` for ``--gpus-per-trial auto``.
 
 Ray, Optuna, datasets and gguf are blocked from import throughout (the lent machine has none of
 them). Where CUDA is missing the same script runs on the CPU with the tiny model and a tiny
@@ -43,13 +47,19 @@ from tests.blocking import ENV, GPU_MACHINE_LACKS, block  # noqa: E402
 
 block(GPU_MACHINE_LACKS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from study.trial.models.bundled import cache_root  # noqa: E402
+
+# The user's cache, read before the check takes a temporary one of its own: the trials-per-GPU
+# measurement goes there, where `--gpus-per-trial auto` looks for it (bench/gpu_throughput.py).
+USER_CACHE = cache_root()
 os.environ.setdefault("LORA_STUDY_CACHE", tempfile.mkdtemp(prefix="gpu-check-cache-"))
 
 import torch  # noqa: E402
 
+from bench.qwen2_probe import dense_bf16_peak, flops_per_token, make_probe  # noqa: E402
+
 RTOL = 1e-3  # two runs of one config on CUDA: losses agree to this (study.reproduce's default)
-# dense bf16 peak FLOP/s by device name (vendor datasheets, SXM parts)
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+GPU_BUDGET_S = 350.0  # the whole check on a GPU: 6 minutes, less a margin for the table
 
 
 def run_gpu_tests(rows: list, dry: bool) -> None:
@@ -149,30 +159,6 @@ def run_trials(rows: list, device: torch.device, work: Path) -> None:
                  f"(tolerance {RTOL:g})", worst <= RTOL))
 
 
-def qwen2_config(dry: bool):
-    """Qwen2-0.5B's architecture (its config.json's numbers), or a tiny one for the dry run."""
-    from transformers import Qwen2Config
-
-    if dry:
-        return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, vocab_size=1024,
-                           tie_word_embeddings=True)
-    return Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                       num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                       max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True)
-
-
-def flops_per_token(config, seq: int, lora_params: int) -> float:
-    """Model FLOPs of one LoRA training token: 2N forward and 2N backward (input gradients
-    only: the base is frozen) over the matmul weights N (the tied head included), 6 per adapter
-    weight, and attention's scores and values (4 L T d forward, twice that backward)."""
-    d, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    kv = d // config.num_attention_heads * config.num_key_value_heads
-    per_layer = d * d * 2 + d * kv * 2 + 3 * d * i
-    n = layers * per_layer + config.vocab_size * d
-    return 4 * n + 6 * lora_params + 12 * layers * seq * d
-
-
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     n = 8192 if device.type == "cuda" else 512
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -190,24 +176,9 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 def run_throughput(rows: list, device: torch.device, dry: bool) -> None:
     """LoRA all-linear r8 on a random Qwen2-0.5B-shaped model: tokens/s and MFU."""
-    from transformers import Qwen2ForCausalLM
-
-    from lora_impl import count_parameters, inject_lora
-    from study.trial.train import causal_lm_loss
-
-    config = qwen2_config(dry)
     batch, seq, steps, warm = (2, 32, 2, 1) if dry else (8, 512, 10, 3)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config)
-    model.to(amp or torch.float32)  # 16-bit storage, as a 16-bit trial on CUDA has it
-    inject_lora(model, "all-linear", rank=8, alpha=16)
-    params = [p for p in model.parameters() if p.requires_grad]
-    lora = count_parameters(model)[0]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
-    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    probe = make_probe(device, dry, batch, seq)
+    config, amp, lora = probe.config, probe.amp, probe.lora_params
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -215,18 +186,14 @@ def run_throughput(rows: list, device: torch.device, dry: bool) -> None:
         if step == warm:
             sync()
             t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, _ = causal_lm_loss(model, data)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = probe.step()
     sync()
     seconds = time.perf_counter() - t0
     tokens_per_s = batch * seq * steps / seconds
     achieved = tokens_per_s * flops_per_token(config, seq, lora)
     matmul = measured_matmul_flops(device, amp or torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    peak = dense_bf16_peak(name)
     mfu = ""
     if peak:
         mfu = f"MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s dense bf16, "
@@ -273,6 +240,18 @@ def run_classify(rows: list, device: torch.device, work: Path) -> None:
                  ok and labels == 6))
 
 
+def run_against_trainer(rows: list, dry: bool, started: float) -> None:
+    """bench/gpu_throughput.py within what is left of ``GPU_BUDGET_S``: our trial against the
+    Trainer, and K trials per GPU into the user's ``gpu_share.json`` (the dry run: ours and the
+    Trainer in this process, the measurement in this check's temporary cache)."""
+    from bench import gpu_throughput
+    from study.search.gpu_share import FILE
+
+    budget = None if dry else GPU_BUDGET_S - (time.perf_counter() - started)
+    cache = (cache_root() if dry else USER_CACHE) / FILE
+    gpu_throughput.run(rows, dry, budget, cache, quick=dry)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check; print one table; exit 1 if a part failed (0 on a CPU dry run that passed)."""
     parser = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__,
@@ -291,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         run_trials(rows, device, Path(work))
         run_classify(rows, device, Path(work))
     run_throughput(rows, device, dry)
+    run_against_trainer(rows, dry, started)
     where = "CPU dry run" if dry else torch.cuda.get_device_name(device)
     print(f"\n| gpu-check ({where}; torch {torch.__version__}, "
           f"{time.perf_counter() - started:.0f} s) | result | ok |\n|---|---|---|")

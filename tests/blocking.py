@@ -5,7 +5,8 @@
 
 An import of a blocked package (or any of its submodules) raises ModuleNotFoundError, as it
 would where the package is not installed, so ``pytest.importorskip`` and lazy imports behave as
-they will there.
+they will there; ``importlib.util.find_spec`` finds none (transformers probes optional packages
+so: its Trainer imports where ``datasets`` is missing, and must here too).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ def block(names) -> None:
     names = frozenset(n.strip() for n in names if n.strip())
     if not names:
         return
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in names)
+    loaded = sorted(m for m, module in sys.modules.items()
+                    if m.split(".")[0] in names and module is not None)  # None: blocked already
     if loaded:
         raise RuntimeError(f"already imported, cannot be blocked: {', '.join(loaded[:5])}")
     sys.meta_path.insert(0, _Blocker(names))
+    for name in names:  # None in sys.modules: find_spec answers None, an import still fails
+        sys.modules[name] = None
 
 
 def block_from_env() -> None:

@@ -54,7 +54,8 @@ class TrialProcessError(RuntimeError):
 def usable(address: str | None, gpus_per_trial: float | None) -> bool:
     """Whether a study's trials can be forked from a local server: Linux, a local Ray cluster
     (a joined one may run trials on other machines), no GPU (a process must not fork once CUDA
-    is initialised, and a GPU trial's start-up is a small share of it), not disabled."""
+    is initialised, and a GPU trial's start-up is a small share of it), not disabled.
+    ``gpus_per_trial``: the plan's resolved share (``gpu_share.resolve``; None: CUDA decides)."""
     if sys.platform != "linux" or address is not None or os.environ.get(DISABLE) == "0":
         return False
     if gpus_per_trial is None:

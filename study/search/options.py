@@ -34,18 +34,33 @@ DEFAULT_MAX_T = 1000  # ASHA's most steps, when the space fixes no train.steps
 FULL_BASELINE_LR = 3e-5  # the full fine-tuning baseline's train.lr (all weights: a small step)
 RESULTS_ENV = "LORA_STUDY_RESULTS"  # the default --storage-path, where set
 SCHEDULERS = ("asha", "none")
+AUTO = "auto"  # --gpus-per-trial auto: chosen from make gpu-check's measurement (gpu_share.py)
 
 
 def flag(*, study: bool = False, choices=None, metavar: str | None = None,
-         unset: str | None = None, note: str | None = None, env: str | None = None) -> dict:
+         unset: str | None = None, note: str | None = None, env: str | None = None,
+         parse=None) -> dict:
     """A StudyOptions field's command-line details, kept in ``dataclasses.field(metadata=...)``.
 
     ``study``: the flag defines the study (``--resume`` refuses another value); ``unset``: what a
     None default means, shown as the default; ``note``: a sentence the help adds (for values
-    held in constants); ``env``: an environment variable that overrides the default.
+    held in constants); ``env``: an environment variable that overrides the default;
+    ``parse``: the function from the flag's text to its value, for a type that is not one
+    callable (a number or a word); it raises ``argparse.ArgumentTypeError`` with the message.
     """
     return {"study": study, "choices": choices, "metavar": metavar, "unset": unset,
-            "note": note, "env": env}
+            "note": note, "env": env, "parse": parse}
+
+
+def number_or_auto(text: str) -> float | str:
+    """``--gpus-per-trial``'s text: ``auto``, or a number (its range is check_counts')."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or {AUTO}, got {text!r}"
+                                         ) from None
 
 
 def from_env(var: str, fallback: Path):
@@ -87,9 +102,11 @@ class StudyOptions:
     """trials at once"""
     cpus_per_trial: float | None = field(default=None, metadata=flag(unset="all / concurrent"))
     """CPUs per trial"""
-    gpus_per_trial: float | None = field(
-        default=None, metadata=flag(unset="1 when CUDA is present, else 0"))
-    """GPUs per trial, fractions allowed"""
+    gpus_per_trial: float | str | None = field(default=None, metadata=flag(
+        unset="1 when CUDA is present, else 0", parse=number_or_auto, metavar="N|auto"))
+    """GPUs per trial: a number >= 0 (a fraction shares a card) or auto, 1/K for the K trials
+    per GPU that make gpu-check measured fastest on this GPU and model (0 without CUDA; 1 where
+    nothing was measured, said on stderr)"""
     objective: str = field(default=M.EVAL_LOSS, metadata=flag(study=True))
     """metric, or a comma list for multi-objective (e.g. exact_match,peak_mem_mb); ASHA stops
     on the first"""
@@ -183,7 +200,7 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, hint, doc: 
     elif typing.get_origin(kind) is tuple:  # repeatable: each use adds one value
         kwargs.update(action="append", default=list(default), type=typing.get_args(kind)[0])
     else:
-        kwargs.update(type=kind, default=default)
+        kwargs.update(type=meta["parse"] or kind, default=default)
     if meta["choices"]:
         kwargs["choices"] = meta["choices"]
     if meta["metavar"]:
@@ -237,15 +254,19 @@ def check_counts(options: StudyOptions) -> None:
         ("--max-t", options.max_t, 1),
         ("--grace", options.grace, 1),
         ("--cpus-per-trial", options.cpus_per_trial, 0),
-        ("--gpus-per-trial", options.gpus_per_trial, 0),
+        ("--gpus-per-trial", None if options.gpus_per_trial == AUTO else options.gpus_per_trial,
+         0),
         ("--max-failures", options.max_failures, 0),
         ("--time-budget-s", options.time_budget_s, 1e-9),
         ("--max-mem-mb", options.max_mem_mb, 1),
         ("--repeats", options.repeats, 1),
     ]
     for flag, value, low in checks:
-        if value is not None and not (math.isfinite(value) and value >= low):  # NaN, inf too
-            raise UsageError(f"{flag} must be a number >= {low:g}, got {value:g}")
+        number = isinstance(value, (int, float))  # a word given in code, not on the command line
+        if value is not None and not (number and math.isfinite(value) and value >= low):
+            also = f" or {AUTO}" if flag == "--gpus-per-trial" else ""  # NaN and inf refused too
+            shown = f"{value:g}" if number else repr(value)
+            raise UsageError(f"{flag} must be a number >= {low:g}{also}, got {shown}")
     if not (math.isfinite(options.reduction_factor) and options.reduction_factor > 1):
         raise UsageError(f"--reduction-factor must be > 1, got {options.reduction_factor:g}")
 

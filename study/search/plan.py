@@ -30,7 +30,7 @@ from study.cost.estimate import (
 )
 from study.cost.timing import StudyTime, study_time
 from study.outdir import check_output_dir
-from study.search import forks
+from study.search import forks, gpu_share
 from study.search.objectives import check_objectives_fit_task, parse_objectives
 from study.search.options import (
     DEFAULT_MAX_T,
@@ -62,6 +62,7 @@ class Plan:
     baselines: tuple[dict, ...] = ()
     time: StudyTime | None = None
     forked: bool = False  # trials are forked from the study's fork server (study.forkserver)
+    gpus_per_trial: float = 0.0  # --gpus-per-trial as a number (unset and auto resolved)
 
     @property
     def worker_mb(self) -> float:
@@ -127,6 +128,17 @@ def _choices(leaves: dict, key: str) -> list:
     if isinstance(leaf, dict) and "choice" in leaf:
         return list(leaf["choice"])
     return [leaf] if leaf is not None else []
+
+
+def _largest(leaves: dict, key: str, fallback: int) -> int:
+    """The largest value an integer field can take in the space: fixed, the largest choice or
+    a randint's upper end (``fallback`` for anything else)."""
+    leaf = leaves.get(key, fallback)
+    if isinstance(leaf, dict):
+        values = leaf.get("choice") or leaf.get("randint") or []
+        leaf = max((v for v in values if isinstance(v, int) and not isinstance(v, bool)),
+                   default=fallback)
+    return leaf if isinstance(leaf, int) and not isinstance(leaf, bool) else fallback
 
 
 def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
@@ -302,7 +314,10 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         _check_dtypes(_choices(leaves, "train.dtype") or [base_point.train.dtype])
     # trials forked from a pre-imported server (study.forkserver) or started in Ray workers:
     # what each trial process holds and how long it takes to start depend on it
-    forked = forks.usable(options.address, options.gpus_per_trial)
+    gpus = gpu_share.resolve(options.gpus_per_trial, [f.hf_config for f in facts.values()],
+                             _largest(leaves, "train.batch_size", base_point.train.batch_size),
+                             _largest(leaves, "data.seq_len", base_point.data.seq_len))
+    forked = forks.usable(options.address, gpus)
     extra_mb = worker_mb(forked)
     _check_budget(options.max_mem_mb, space, facts, extra_mb)
     baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
@@ -312,5 +327,5 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     estimated = study_time(space, facts, options.num_samples * repeats, baselines * repeats,
                            options.max_concurrent, forked)
     return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines),
-                estimated, forked)
+                estimated, forked, gpus)
 

@@ -56,14 +56,12 @@ def _ray_init(options: StudyOptions) -> str:
     return context.address_info["session_dir"]
 
 
-def _resources(options: StudyOptions) -> dict:
-    import torch
-
-    gpus = options.gpus_per_trial
-    if gpus is None:
-        gpus = float(torch.cuda.is_available())
+def _resources(plan: Plan) -> dict:
+    """Each trial's Ray resources: CPUs, the GPU share the plan resolved (``--gpus-per-trial``:
+    a number, unset or auto) and the custom ones."""
+    options = plan.options
     cpus = options.cpus_per_trial or max(1.0, (os.cpu_count() or 1) / options.max_concurrent)
-    return {"cpu": cpus, "gpu": gpus, **parse_resources(options.resource)}
+    return {"cpu": cpus, "gpu": plan.gpus_per_trial, **parse_resources(options.resource)}
 
 
 def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
@@ -79,7 +77,7 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
         StatusWriter(exp_dir, budget),
         LiveTable(exp_dir, label=f"[{group}]\n", objective=plan.objectives[0]),
     ]
-    resources = _resources(plan.options)
+    resources = _resources(plan)
     fn = tune.with_parameters(
         trainable,
         experiment_dir=str(exp_dir.resolve()),
