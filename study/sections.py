@@ -274,10 +274,12 @@ class TrainConfig:
     shapes (cached; see study.trial.precision)."""
     grad_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
-    compile: str = "auto"
+    compile: str = "off"
     """torch.compile of the step's forward and loss: on, off or auto: compiled only where timed
     steps of this model show it faster and the planned steps save more than the timed compile
-    takes, else eager; the reason in env.json (cached; see study.trial.compiling)."""
+    takes, else eager; the reason in env.json (cached; see study.trial.compiling). Off by
+    default until auto bounds its own cost: its first measurement compiled the bundled model for
+    302 s on 2 CPU cores, for a 40-step trial it then left eager."""
     batching: str = "pad"
     """Micro-batches: pad (to the longest), group (similar lengths) or pack (one row, no pads)."""
 

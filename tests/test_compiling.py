@@ -199,7 +199,7 @@ def test_the_field_takes_auto_on_off_and_yaml_booleans(tmp_path, capsys):
     from search_spaces import load_yaml
     from study.train_one import main as train_one
 
-    assert TrialConfig().train.compile == "auto"
+    assert TrialConfig().train.compile == "off"
     assert TrialConfig.from_dict({"train.compile": load_yaml("off")}).train.compile == "off"
     assert TrialConfig.from_dict({"train.compile": load_yaml("on")}).train.compile == "on"
     code = train_one(["--model", "tiny-llama", "--steps", "2", "--train.compile", "yes", "--out",
@@ -247,7 +247,8 @@ def test_a_trial_records_its_choice_and_compile_time(tmp_path):
     from study import record
     from study.trial.run import run_trial
 
-    metrics = run_trial(tiny_trial(**{"train.steps": 1, "eval.every": 1}), out_dir=tmp_path)
+    metrics = run_trial(tiny_trial(**{"train.steps": 1, "eval.every": 1, "train.compile": "auto"}),
+                        out_dir=tmp_path)
     choice = record.read_env(tmp_path)["compile"]
     assert (choice["asked"], choice["chosen"]) == ("auto", "off")  # the test suite's switch
     assert compiling.ENV_AUTO in choice["reason"] and metrics["compile_s"] == 0.0
