@@ -178,3 +178,34 @@ def killed(tmp_path_factory):
     from tests.test_reliability import run_killed_study
 
     return run_killed_study(tmp_path_factory)
+
+
+class Interrupt(Exception):
+    """Raised from a report hook to cut a trial short, as a kill would."""
+
+
+def assert_resume_matches_whole(cfg, tmp_path, cut_at: int = 4) -> None:
+    """Run ``cfg`` whole, then cut at step ``cut_at`` and resumed from its checkpoint: both end
+    with the same losses and the same curve (and the resume ignores the caller's RNG)."""
+    import torch
+
+    from study import record
+    from study.trial.run import run_trial
+
+    whole = run_trial(cfg, out_dir=tmp_path / "whole")
+
+    def stop(metrics, checkpoint):
+        if metrics["step"] == cut_at:
+            raise Interrupt
+
+    try:
+        run_trial(cfg, report=stop, out_dir=tmp_path / "cut")
+    except Interrupt:
+        pass
+    else:
+        raise AssertionError(f"the trial was not cut at step {cut_at}")
+    torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG
+    resumed = run_trial(cfg, resume_from=tmp_path / "cut" / "checkpoint", out_dir=tmp_path / "cut")
+    assert resumed["eval_loss"] == whole["eval_loss"]
+    assert resumed["train_loss"] == whole["train_loss"]
+    assert record.read_curve(tmp_path / "cut") == record.read_curve(tmp_path / "whole")

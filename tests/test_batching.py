@@ -19,7 +19,7 @@ from study.trial.models import load_model, tiny_tokenizer
 from study.trial.packing import check_batching, packing_errors
 from study.trial.run import run_trial
 from study.trial.train import batch_loss
-from tests.conftest import TINY_MODELS, tiny_trial
+from tests.conftest import TINY_MODELS, assert_resume_matches_whole, tiny_trial
 
 
 def examples_of(lengths: list[int]) -> list[Example]:
@@ -229,9 +229,6 @@ def test_group_pads_less_than_pad_in_a_trial():
     assert padding_share(group, train) < padding_share(cfg, train)
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["group", "pack"])
@@ -239,19 +236,7 @@ def test_resume_in_a_mode_matches_an_uninterrupted_run(tmp_path, mode):
     # 18 examples in batches of 4: micro-batches straddle the epochs' ends
     cfg = small_trial(mode, **{"data.size": 18, "train.steps": 8, "eval.every": 4,
                                "lora.dropout": 0.1})
-    whole = run_trial(cfg, out_dir=tmp_path / "whole")
-
-    def stop_at_4(metrics, checkpoint):
-        if metrics["step"] == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(cfg, report=stop_at_4, out_dir=tmp_path / "cut")
-    torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG
-    resumed = run_trial(cfg, resume_from=tmp_path / "cut" / "checkpoint", out_dir=tmp_path / "cut")
-    assert resumed["eval_loss"] == whole["eval_loss"]
-    assert resumed["train_loss"] == whole["train_loss"]
-    assert record.read_curve(tmp_path / "cut") == record.read_curve(tmp_path / "whole")
+    assert_resume_matches_whole(cfg, tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["pad", "group", "pack"])

@@ -10,7 +10,7 @@ import torch
 import study.trial.train
 from study.trial.run import run_trial
 from study.trial.train import NonFiniteLossError
-from tests.conftest import TRIAL_FILES, tiny_trial
+from tests.conftest import TRIAL_FILES, Interrupt, assert_resume_matches_whole, tiny_trial
 
 
 def curve(path):
@@ -84,9 +84,6 @@ def test_same_config_twice_gives_bitwise_equal_losses(tmp_path):
     assert a["eval_loss"] == b["eval_loss"] and a["test_loss"] == b["test_loss"]
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.parametrize("variant", [
     {},
@@ -97,19 +94,7 @@ class Interrupt(Exception):
 ])
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, variant):
     cfg = tiny_trial(**{"train.steps": 8, "eval.every": 4, "lora.dropout": 0.1, **variant})
-    whole = run_trial(cfg, out_dir=tmp_path / "whole")
-
-    def stop_at_4(metrics, checkpoint):
-        if metrics["step"] == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(cfg, report=stop_at_4, out_dir=tmp_path / "cut")
-    torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG
-    resumed = run_trial(cfg, resume_from=tmp_path / "cut" / "checkpoint", out_dir=tmp_path / "cut")
-    assert resumed["eval_loss"] == whole["eval_loss"]
-    assert resumed["train_loss"] == whole["train_loss"]
-    assert curve(tmp_path / "cut") == curve(tmp_path / "whole")
+    assert_resume_matches_whole(cfg, tmp_path)
 
 
 def test_nan_loss_ends_the_trial_naming_the_step(tmp_path, monkeypatch):
