@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,23 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        # A cut inside a string reports where the string starts, not the end of the text.
-        cut = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+        cut = _cut_short(text, err)
         raise RecordError(
             path, "truncated" if cut else "not valid JSON", f"{err.msg}: char {err.pos}"
         ) from None
+
+
+# What may remain of a number or a literal (true, false, null, NaN, -Infinity) cut mid-token.
+_PARTIAL_TOKEN = re.compile(r"[-+0-9.eEtrufalsnNIiy]*")
+
+
+def _cut_short(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether ``text`` reads as a valid JSON document cut short (a write that stopped), not as
+    garbage: the parser stopped at the end, inside an unterminated string (which reports where
+    the string starts), or inside a last number or literal (``0.``, ``tr``, ``1e-``)."""
+    if err.msg.startswith("Unterminated string"):
+        return True
+    return _PARTIAL_TOKEN.fullmatch(text[err.pos :].rstrip()) is not None
 
 
 def read_object(path: Path) -> dict:

@@ -52,6 +52,28 @@ def test_damaged_json_is_named_with_its_problem(tmp_path, text, problem):
     assert err.value.problem == problem and str(err.value).startswith(str(tmp_path))
 
 
+def test_every_cut_of_a_written_record_reads_as_truncated(tmp_path):
+    """A crash can stop a write at any byte: inside a number (``0.``), an exponent (``1e-``), a
+    literal (``tr``, ``Na``), a key or a string. Every such prefix is named "truncated"."""
+    metrics = {
+        "eval_loss": 0.1234,
+        "peak_mem_mb": 1.5e-05,
+        "ok": True,
+        "none": None,
+        "nan": float("nan"),
+        "neg": -2.0,
+        "name": "a b",
+        "nested": {"x": [1, 2.5]},
+    }
+    record.write_metrics(tmp_path, metrics)
+    text = (tmp_path / record.METRICS).read_text()
+    for cut in range(1, len(text.rstrip())):
+        (tmp_path / record.METRICS).write_text(text[:cut])
+        with pytest.raises(record.RecordError) as err:
+            record.read_metrics(tmp_path)
+        assert err.value.problem == "truncated", repr(text[:cut])
+
+
 def test_missing_and_unreadable_files(tmp_path):
     with pytest.raises(record.RecordError, match="missing"):
         record.read_config(tmp_path)
