@@ -37,8 +37,9 @@ CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
 FINAL_KEYS = (M.EVAL_LOSS, M.EXACT_MATCH, M.TEST_LOSS, M.TEST_EXACT_MATCH, *M.CLASSIFY_EVAL,
               M.TEST_ACCURACY, M.TEST_F1_MACRO, M.TEST_F1_WEIGHTED)
 SHOWN_RESOURCES = (M.PEAK_MEM_MB, M.TRAIN_TOKENS_PER_S, M.STEP_MS, M.TRAIN_S)
-# env.json fields whose change alters floating-point results
-LIKE_FOR_LIKE = ("threads", "device", "compute_dtype", "cpu", "gpu")
+# env.json fields whose change alters floating-point results (attn_implementation where the
+# record has it: records before it was kept ran the model's default)
+LIKE_FOR_LIKE = ("threads", "device", "compute_dtype", "cpu", "gpu", "attn_implementation")
 
 
 class _Stop(Exception):
@@ -67,7 +68,13 @@ def environment_differences(recorded: dict, now: dict) -> list[str]:
         f"{key}: recorded {recorded.get(key)!r}, now {now.get(key)!r}"
         for key in LIKE_FOR_LIKE
         if recorded.get(key) != now.get(key)
+        and (key != "attn_implementation" or key in recorded)
     ]
+    # a compiled step rounds (and draws dropout) otherwise than eager; no record: it ran eager
+    compiled_then, compiled_now = ((env.get("compile") or {}).get("chosen", "off")
+                                   for env in (recorded, now))
+    if compiled_then != compiled_now:
+        out.append(f"train.compile chose: recorded {compiled_then}, now {compiled_now}")
     torch_then = (recorded.get("packages") or {}).get("torch")
     torch_now = (now.get("packages") or {}).get("torch")
     if torch_then != torch_now:

@@ -89,3 +89,18 @@ def test_a_diverging_trial_reproduces_its_failure(tmp_path, monkeypatch, capsys)
     poisoned.calls = 0
     assert main([str(trial), "--out", str(tmp_path / "fourth")]) == 1
     assert "outcome: recorded no error, re-run non-finite" in capsys.readouterr().out
+
+
+def test_attention_kernel_and_compile_choice_are_like_for_like_conditions():
+    """A record from before env.json kept them (eager, the model's default kernel) matches an
+    eager run; a change of kernel or of the compile choice is named as a cause of differences."""
+    from study.reproduce import environment_differences
+
+    old = {"threads": 2, "device": "cpu"}
+    eager = {**old, "attn_implementation": "sdpa", "compile": {"chosen": "off"}}
+    assert environment_differences(old, eager) == []
+    compiled = {**eager, "compile": {"asked": "auto", "chosen": "on"}}
+    assert environment_differences(old, compiled) == [
+        "train.compile chose: recorded off, now on"]
+    assert environment_differences(eager, {**eager, "attn_implementation": "eager"}) == [
+        "attn_implementation: recorded 'sdpa', now 'eager'"]
