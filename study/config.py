@@ -69,6 +69,10 @@ class TrialConfig:
 
             if problem := refusal(self.lora.init, f"{self.quant.bits}bit"):
                 raise ValueError(problem)
+        if self.data.task == "classify" and self.train.batching == "pack":
+            # known from the config alone: refused where a study plans, before any trial runs
+            raise ValueError("train.batching=pack is not supported for data.task=classify (the "
+                             "score head reads each row's last token): use pad or group")
         if self.method == "full" and self.quant.bits < 16:
             raise ValueError(
                 f"method=full needs quant.bits=16: quantized weights cannot be trained "

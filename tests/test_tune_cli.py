@@ -30,6 +30,8 @@ BAD_INPUTS = [
     (["--set", "data.task=classify", "--set", "data.label_column=topic"],
      "has no column 'topic' (data.label_column='topic'); its columns: text, label"),
     (["--objective", "accuracy"], "--objective accuracy needs data.task=classify"),
+    (["--set", "data.task=classify", "--set", "train.batching=pack"],
+     "train.batching=pack is not supported for data.task=classify"),
     (["--set", "quant.scheme=int4"], "quant.scheme must be one of 16, 8, nf4, fp4"),
     # where PEFT has no path: refused before the study, not as an error in every trial
     (["--set", "lora.init=pissa", "--set", "quant.bits=4"],
