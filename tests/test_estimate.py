@@ -93,6 +93,23 @@ def test_the_counted_graph_matches_the_whole_model(targets, amp, variant):
     assert (0.5 * matrices < graph.casts <= matrices) if amp else graph.casts == 0
 
 
+def test_the_logits_term_counts_the_loss_chunk_the_trial_runs_at_most():
+    """The training loss holds one chunk of target positions' logits at a time
+    (study.trial.logits): beyond a chunk, a target adds its gathered hidden state only."""
+    from study.trial.logits import loss_chunk
+
+    cfg = tiny_trial()
+    model, _ = load_model(cfg.model.name)
+    graph = saved_bytes(model.config, cfg, None)
+    assert graph.chunk == loss_chunk(model)
+    assert graph.per_logits > 4 * model.config.vocab_size  # fp32 logits at least, per target
+    chunk = int(graph.chunk)
+    within = graph.total(1, 8, chunk) - graph.total(1, 8, chunk - 1)
+    beyond = graph.total(1, 8, chunk + 1) - graph.total(1, 8, chunk)
+    assert within == pytest.approx(graph.per_target + graph.per_logits)
+    assert beyond == pytest.approx(graph.per_target) and beyond < within / 10
+
+
 def test_fixed_precisions_need_no_measurement(facts, monkeypatch):
     monkeypatch.setattr(estimate.precision, "resolve", lambda *a, **k: pytest.fail("measured"))
     bf16, fp32 = (tiny_trial(**{"train.dtype": d}) for d in ("bf16", "fp32"))

@@ -14,10 +14,11 @@ adds up the bytes of every tensor autograd saves (each storage once, the weights
 not). Six forwards of at most 32 tokens, in padded batches of two like the loop's (padding makes
 attention keep a mask and its weights: a term in the square of the length), give a linear model
 in layers, tokens, squared lengths and targets, which is scaled to the model's layer count and
-vocabulary. Cached per configuration class in the process. A classify trial's probes are the
-same copies with the trial's score head (``PROBE_LABELS`` outputs: its activations are a few
-numbers per row) and its loss; they have no vocabulary logits, so their target term comes out
-as nothing.
+vocabulary; the logits term counts one loss chunk at most (the training loss runs the output head
+over chunks of target positions, one chunk's logits alive at a time: ``study.trial.logits``). Cached
+per configuration class in the process. A classify trial's probes are the same copies with the
+trial's score head (``PROBE_LABELS`` outputs: its activations are a few numbers per row) and its
+loss; they have no vocabulary logits, so their target term comes out as nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from study.config import TrialConfig
+from study.trial.logits import chunk_positions
 
 # (layers, padded length, target tokens, vocabulary) of the probes, each a batch of 2 rows (the
 # second padded by a quarter): enough to separate each term of the fit
@@ -49,12 +51,16 @@ class Graph:
     const: float
     per_token: float  # per row x padded length
     per_square: float  # per row x padded length squared (attention's mask and weights)
-    per_target: float
+    per_target: float  # besides its logits (the hidden state gathered for the head, ...)
     casts: float = 0.0  # the autocast copies of weights it keeps: no gradient of that size
+    per_logits: float = 0.0  # per target position's logits (a vocabulary's worth)
+    chunk: float = float("inf")  # target positions whose logits exist at once (the loss chunk)
 
     def total(self, rows: int, length: int, targets: int) -> float:
+        """Bytes for a micro-batch of ``rows`` padded to ``length`` with ``targets`` targets:
+        the logits of at most one loss chunk (``study.trial.logits.loss_chunk``) at a time."""
         return (self.const + self.per_token * rows * length + self.per_square * rows * length**2
-                + self.per_target * targets)
+                + self.per_target * targets + self.per_logits * min(targets, self.chunk))
 
 
 def _probe_model(hf_config, layers: int, vocab: int, cfg: TrialConfig,
@@ -172,8 +178,10 @@ def _graph(config_json: str, cls: str, amp_name: str | None, layers: int, vocab:
     w0, wv, w1 = np.linalg.lstsq(
         np.array([r[:3] for r in rows], float), np.array(casts, float), rcond=None
     )[0]
+    # the probes' logits fit one loss chunk; the model's may be many, one alive at a time
     return Graph(const=c0 + cv * vocab + c1 * layers, per_token=t0 + t1 * layers,
-                 per_square=s0 + s1 * layers, per_target=m0 + mv * vocab,
+                 per_square=s0 + s1 * layers, per_target=m0, per_logits=mv * vocab,
+                 chunk=chunk_positions(vocab),
                  casts=max(0.0, w0 + wv * vocab + w1 * layers))
 
 

@@ -87,10 +87,16 @@ def target_logits(
 LOGITS_CHUNK_BYTES = 256 * 2**20
 
 
+def chunk_positions(vocab: int) -> int:
+    """Target positions per chunk of the loss over ``vocab`` outputs: ``LOGITS_CHUNK_BYTES`` of
+    fp32 logits (>= 1). The memory model counts the same (``study.cost.activations``)."""
+    return max(1, LOGITS_CHUNK_BYTES // (4 * vocab))
+
+
 def loss_chunk(model: nn.Module) -> int:
-    """Target positions per chunk of the loss: ``LOGITS_CHUNK_BYTES`` of fp32 logits (>= 1)."""
+    """Target positions per chunk of ``model``'s loss (``chunk_positions`` of its head)."""
     vocab = getattr(model.get_output_embeddings(), "out_features", None)
-    return max(1, LOGITS_CHUNK_BYTES // (4 * (vocab or model.config.vocab_size)))
+    return chunk_positions(vocab or model.config.vocab_size)
 
 
 def _head_cross_entropy(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
