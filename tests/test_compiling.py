@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from study.config import TrialConfig
-from study.trial import compiling
+from study.trial import compile_cache, compiling
 from study.trial.train import batch_loss
 from tests.conftest import tiny_trial
 
@@ -113,8 +113,8 @@ def test_a_model_compiled_here_for_another_workload_bounds_what_a_short_trial_me
     """A study of one model over quantizations and methods: once one workload's compile is
     measured, a trial shorter than it measures no compile (nor the floor)."""
     def key(bits, model="smollm2-135m", machine="EPYC"):
-        return compiling.cache_key(CPU, 2, model, "lora", bits, "skills").replace(
-            json.dumps(compiling.cpu_name()), json.dumps(machine))
+        return compile_cache.cache_key(CPU, 2, model, "lora", bits, "skills").replace(
+            json.dumps(compile_cache.cpu_name()), json.dumps(machine))
 
     auto(FakeProbe(compile_s=60.0), key=key("16"))  # measured: a 60 s compile
     probe = FakeProbe()
@@ -128,6 +128,19 @@ def test_a_model_compiled_here_for_another_workload_bounds_what_a_short_trial_me
     probe = FakeProbe()
     auto(probe, micro_steps=700, key=key("8"))  # 70 s of training: it might repay, measured
     assert probe.calls == ["eager", "compile", "compiled"]
+
+
+def test_figures_measured_for_the_whole_loss_bound_nothing():
+    """Keys written before the decoder blocks compiled on their own (no ``COMPILES`` part) hold
+    the whole loss's compile, 302 s for the bundled model here: not a bound of a block's."""
+    mine = compile_cache.cache_key(CPU, 2, "smollm2-135m", "lora", "16", "skills")
+    parts = json.loads(mine)
+    parts.remove(compile_cache.COMPILES)
+    old = {json.dumps(parts[:4] + [2, "smollm2-135m", "full", "16", "skills"]):
+           {"eager_ms": 3897.2, "compile_s": 301.8, "compiled_ms": 3663.6}}
+    assert compile_cache.model_bound(old, mine) == 0.0
+    new = json.dumps(json.loads(mine)[:-3] + ["full", "16", "skills"])
+    assert compile_cache.model_bound({new: old.popitem()[1]}, mine) == 301.8
 
 
 def test_a_cached_eager_verdict_compiles_nothing(auto):
@@ -178,19 +191,21 @@ def test_a_compiler_that_fails_keeps_auto_eager_and_stops_on(auto):
 
 
 def test_the_cache_key_names_machine_torch_threads_model_and_shape():
-    key = json.loads(compiling.cache_key(CPU, *compiling.workload(tiny_trial(), "fp32")))
+    key = json.loads(compile_cache.cache_key(CPU, *compile_cache.workload(tiny_trial(), "fp32")))
     assert torch.__version__ in key and torch.get_num_threads() in key and "tiny-llama" in key
-    base = compiling.workload(tiny_trial(), "fp32")
+    assert compile_cache.COMPILES in key  # what compiles: figures of another unit do not count
+    base = compile_cache.workload(tiny_trial(), "fp32")
     for change in ({"model.name": "tiny-gpt2"}, {"train.batch_size": 8}, {"data.seq_len": 64},
                    {"quant.bits": 4}, {"train.grad_checkpointing": True}, {"method": "full"}):
-        assert compiling.workload(tiny_trial(**change), "fp32") != base, change
-    assert compiling.workload(tiny_trial(), "bf16") != base
+        assert compile_cache.workload(tiny_trial(**change), "fp32") != base, change
+    assert compile_cache.workload(tiny_trial(), "bf16") != base
     # the adapter's rank and targets share a verdict: one compile measured per base workload
-    assert compiling.workload(tiny_trial(**{"lora.rank": 2, "lora.targets": "qv"}), "fp32") == base
+    adapter = tiny_trial(**{"lora.rank": 2, "lora.targets": "qv"})
+    assert compile_cache.workload(adapter, "fp32") == base
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
-        assert compiling.workload(tiny_trial(), "fp32") != base
+        assert compile_cache.workload(tiny_trial(), "fp32") != base
     finally:
         torch.set_num_threads(threads)
 

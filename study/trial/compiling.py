@@ -1,7 +1,11 @@
-"""``train.compile``: torch.compile of the training step's forward and loss, ``auto`` measured.
+"""``train.compile``: torch.compile of the training step's decoder layers, ``auto`` measured.
 
     compiled = choose(cfg, model, examples, pad_id, device, amp, "fp32")
-    train_loop(..., loss_fn=compiled.loss_fn)   # batch_loss itself, or torch.compile(batch_loss)
+    train_loop(..., loss_fn=compiled.loss_fn)   # batch_loss, or it through a compiled view
+
+What compiles is the model's repeated blocks, each on its own (``study.trial.regions``: one
+layer's compile serves every layer, where the whole model's took 302 s on 2 CPU cores), in a
+view only the training loss calls; the output head, the chunked loss and evaluation stay eager.
 
 ``on`` always compiles, ``off`` never. ``auto`` decides from timings of the trial's own model on
 its own first micro-batches (forward + loss + backward, under the trial's autocast, after a
@@ -14,7 +18,7 @@ warm-up pass), never from a belief about what compile does:
    compiling the smallest graph here (``floor_s``: a one-op forward and backward compiled, the
    compiler's imports included, timed once per machine and torch version), no compile can
    repay itself: eager, nothing more measured;
-3. else the model's loss is compiled (``compile_s``: the first compiled pass) and timed
+3. else the model's blocks are compiled (``compile_s``: the first compiled pass) and timed
    (``compiled_ms``); compiled is chosen only where it is faster by more than ``TIE`` *and* the
    time it saves over the planned micro-batches exceeds ``compile_s``.
 
@@ -29,16 +33,13 @@ The verdict counts the whole trial's planned steps, also when it resumes part-wa
 
 ``LORA_STUDY_COMPILE_AUTO=off`` in the environment makes ``auto`` measure nothing and keep eager
 (recorded as the reason): the test suite sets it, as a cold compile of even a tiny model takes
-tens of seconds on 2 cores. Batches vary in length: the loss is compiled with ``dynamic=True``,
+tens of seconds on 2 cores. Batches vary in length: the blocks are compiled with ``dynamic=True``,
 so a new length does not recompile. Compiled dropout draws other random numbers than eager.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -49,11 +50,11 @@ import torch
 from torch import nn
 
 from study.config import TrialConfig
-from study.record import write_json
 from study.trial.batches import Batcher
+from study.trial.compile_cache import cache_key, model_bound, read_cache, store, workload
 from study.trial.data import Example
-from study.trial.environment import cpu_name
 from study.trial.models.bundled import cache_root
+from study.trial.regions import compiled_view
 from study.trial.resources import now
 from study.trial.train import batch_loss, to_device, total_steps  # the loop's own batches
 
@@ -62,7 +63,6 @@ TIE = 0.05  # compiled must be more than 5% faster per micro-batch: eager is the
 MEASURE_BATCHES = 2  # the trial's first micro-batches (two lengths: a dynamic graph is checked)
 PASSES, BUDGET_S = 3, 5.0  # timed passes over them (at least 2; a third while under budget)
 ENV_AUTO = "LORA_STUDY_COMPILE_AUTO"
-NUMBERS = ("eager_ms", "compiled_ms", "compile_s", "floor_s")
 
 
 @dataclass(frozen=True)
@@ -124,22 +124,12 @@ def too_short(micro_steps: int, eager_ms: float, bound_s: float,
             f"{bound} ({bound_s:.3g} s): no compile can repay itself")
 
 
-def model_bound(cache: dict, key: str) -> float:
-    """The shortest compile of ``key``'s model on ``key``'s machine and torch measured for
-    another workload (``workload``: another method, quantization, batch, ...) in ``cache``; 0
-    where there is none."""
-    def parts(k: str) -> list:
-        try:
-            out = json.loads(k)
-        except ValueError:
-            return []
-        return out if isinstance(out, list) and len(out) > 5 else []
-
-    mine = parts(key)
-    same = [v["compile_s"] for k, v in cache.items()
-            if k != key and "compile_s" in v and mine and (o := parts(k))
-            and o[:4] == mine[:4] and o[5] == mine[5]]
-    return min(same, default=0.0)
+def view_loss(view: nn.Module, loss: LossFn) -> LossFn:
+    """``loss`` computed through ``view`` (a compiled view sharing the trained model's weights)
+    whichever model the loop passes: the loop's train/eval switches act on the shared blocks."""
+    def fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss(view, batch)
+    return fn
 
 
 def _smallest(x: torch.Tensor) -> torch.Tensor:
@@ -189,9 +179,11 @@ class Probe:
         return self.step_ms(self.loss)
 
     def compile(self) -> tuple[LossFn, float]:
-        """The compiled loss (``dynamic=True``) and the seconds of its first pass (the compile)."""
+        """The loss through the model's compiled view (its repeated blocks compiled with
+        ``dynamic=True``: ``study.trial.regions``) and the seconds of its first pass (the
+        compile)."""
         torch.compiler.reset()  # a fresh start: no other model's graphs count to its limits
-        fn = torch.compile(self.loss, dynamic=True)
+        fn = view_loss(compiled_view(self.model, dynamic=True), self.loss)
         return fn, self._pass(fn)
 
     def floor_s(self) -> float:
@@ -202,20 +194,6 @@ class Probe:
         fn = torch.compile(_smallest, dynamic=True)
         fn(torch.randn(8, device=self.device, requires_grad=True)).backward()
         return now(self.device) - start
-
-
-def cache_key(device: torch.device, *what) -> str:
-    """A key of ``compile.json``: the machine (device, its name, architecture), torch, ``what``."""
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return json.dumps([device.type, where, platform.machine(), torch.__version__, *what])
-
-
-def workload(cfg: TrialConfig, dtype: str) -> list:
-    """What of a trial its verdict is keyed by besides the machine (``dtype``: the resolved
-    compute precision, fp32, bf16 or fp16)."""
-    return [torch.get_num_threads(), cfg.model.name, cfg.method, cfg.quant.name, cfg.data.task,
-            cfg.train.batch_size, cfg.train.batching, cfg.data.seq_len, dtype,
-            cfg.train.grad_checkpointing]
 
 
 def choose(cfg: TrialConfig, model: nn.Module, examples: list[Example], pad_id: int,
@@ -263,7 +241,7 @@ def _auto(probe: Probe, key: str, floor_key: str, micro_steps: int,
           cache_file: Path) -> Compiled:
     """``auto``: the cached or measured figures, the verdict, the loss to train with."""
     started = time.perf_counter()
-    cache = _read_cache(cache_file)
+    cache = read_cache(cache_file)
     entry, floor = dict(cache.get(key, {})), cache.get(floor_key, {}).get("floor_s")
     cached, fn, spent, why = True, None, 0.0, None
     if "eager_ms" not in entry:
@@ -273,7 +251,7 @@ def _auto(probe: Probe, key: str, floor_key: str, micro_steps: int,
         if why is None and floor is None:
             floor = round(probe.floor_s(), 3)
             spent, cached = floor, False
-            _store(cache_file, floor_key, {"floor_s": floor})
+            store(cache_file, floor_key, {"floor_s": floor})
         if why is None:
             why = too_short(micro_steps, entry["eager_ms"], floor)
         if why is None:
@@ -281,7 +259,7 @@ def _auto(probe: Probe, key: str, floor_key: str, micro_steps: int,
             spent, cached = spent + took, False
             if error:
                 entry["error"] = error
-        _store(cache_file, key, entry)
+        store(cache_file, key, entry)
     on = False
     if why is None and "error" in entry:
         why = f"torch.compile failed here: {entry['error']}"
@@ -315,29 +293,3 @@ def _try_compile(probe: Probe, timed: bool = False,
         lines = str(err).strip().splitlines() or [type(err).__name__]
         return None, round(time.perf_counter() - start, 3), f"{type(err).__name__}: {lines[0]}"
     return fn, round(took, 3), None
-
-
-def _store(cache_file: Path, key: str, entry: dict) -> None:
-    with contextlib.suppress(OSError):  # an unwritable cache only means measuring again
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(cache_file, {**_read_cache(cache_file), key: entry})
-
-
-def _valid(entry) -> bool:
-    """A cache entry as ``_auto`` writes it: a floor, or eager ms (and compiled ms and compile
-    seconds together), numbers > 0; anything else is measured again."""
-    if not isinstance(entry, dict) or not ("eager_ms" in entry or "floor_s" in entry):
-        return False
-    if ("compile_s" in entry) != ("compiled_ms" in entry):
-        return False
-    return all(isinstance(v, str) if k == "error" else (
-        k in NUMBERS and isinstance(v, (int, float)) and not isinstance(v, bool)
-        and 0 < v < float("inf")) for k, v in entry.items())
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):  # none yet, or damaged: measured again and rewritten
-        return {}
-    return {k: v for k, v in data.items() if _valid(v)} if isinstance(data, dict) else {}
