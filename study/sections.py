@@ -275,11 +275,11 @@ class TrainConfig:
     grad_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     compile: str = "off"
-    """torch.compile of the step's forward and loss: on, off or auto: compiled only where timed
+    """torch.compile of the step's decoder layers: on, off or auto: compiled only where timed
     steps of this model show it faster and the planned steps save more than the timed compile
     takes, else eager; the reason in env.json (cached; see study.trial.compiling). Off by
-    default until auto bounds its own cost: its first measurement compiled the bundled model for
-    302 s on 2 CPU cores, for a 40-step trial it then left eager."""
+    default: on 2 CPU cores the compiled layers trained the bundled model 3-5% faster, and
+    auto's first decision cost its 30-step trial 51.5 s (docs/BENCHMARKS.md)."""
     batching: str = "pad"
     """Micro-batches: pad (to the longest), group (similar lengths) or pack (one row, no pads)."""
 
