@@ -18,8 +18,9 @@ its FLOPs per token and the GPUs' peaks are the check's probe's (``bench/qwen2_p
    Trainer is ``transformers.Trainer`` over ``peft.get_peft_model`` at its defaults otherwise
    (but for its output directory and no progress bar), and once more with
    ``torch_compile=True``; its tokens/s is over its steps after the first,
-   timed by a callback after a CUDA sync. Each run is a process of its own, alternating: ours,
-   Trainer, (part 2), Trainer compiled, then Trainer and ours again. Reported: tokens/s, MFU
+   timed by a callback after a CUDA sync; ours once more with ``train.compile=on`` (its decoder
+   layers compiled, regional). Each run is a process of its own, alternating: ours, Trainer,
+   (part 2), Trainer compiled, ours compiled, then Trainer and ours again. Reported: tokens/s, MFU
    (``qwen2_probe.flops_per_token`` against the GPU's dense bf16 peak), peak memory
    (``torch.cuda.max_memory_allocated`` over training) and each side's first-step loss (the
    same batch and weights: compared relative).
@@ -74,14 +75,16 @@ MAX_K = 16
 LOSS_RTOL = 1e-2  # first-step losses of the two sides (bf16: the head's logits round apart)
 MIN_BUDGET_S = 90.0  # less left than this: nothing is started (the model alone takes ~20 s)
 # seconds a run is expected to take before one was seen (then: the longest seen, x 1.3)
-EXPECTED_S = {"ours": 40.0, "hf": 40.0, "hf-compile": 120.0, "share": 50.0}
+EXPECTED_S = {"ours": 40.0, "hf": 40.0, "hf-compile": 120.0, "ours-compile": 120.0,
+              "share": 50.0}
 LABELS = {"ours": "ours: run_trial (lora_impl)", "hf": "Trainer + PEFT",
-          "hf-compile": "Trainer + PEFT, torch_compile"}
+          "hf-compile": "Trainer + PEFT, torch_compile",
+          "ours-compile": "ours, train.compile on (regional)"}
 
 
-def trial_config(model_dir: Path, dry: bool, steps: int):
+def trial_config(model_dir: Path, dry: bool, steps: int, compile: str = "off"):
     """Our side's trial: the written model, LoRA r8 all-linear, lm blocks, one short evaluation
-    at the end (its latency and generation cut to a token)."""
+    at the end (its latency and generation cut to a token); ``compile``: its train.compile."""
     from study.config import TrialConfig
 
     batch, seq = DRY_SHAPE if dry else SHAPE
@@ -93,6 +96,7 @@ def trial_config(model_dir: Path, dry: bool, steps: int):
         "train.steps": steps, "train.batch_size": batch, "train.dtype": "fp32" if dry else "bf16",
         "eval.every": steps, "eval.max_new_tokens": 1, "eval.num_examples": 1,
         "eval.early_prompts": 0, "eval.latency_tokens": 1, "eval.latency_prompts": 1,
+        "train.compile": compile,
     })
 
 
@@ -149,7 +153,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     from study.search.runner import share_gpu
     from study.trial.run import run_trial
 
-    cfg = trial_config(args.model_dir, args.dry_run, args.steps)
+    compiled = "on" if args.worker == "ours-compile" else "off"
+    cfg = trial_config(args.model_dir, args.dry_run, args.steps, compiled)
     state: dict = {}
     if args.share > 1:
         share_gpu(1 / args.share)
@@ -240,8 +245,9 @@ def run_hf(args: argparse.Namespace, compiled: bool) -> dict:
 
 
 def run_side(args: argparse.Namespace) -> dict:
-    """One run of ``args.worker`` (ours, hf, hf-compile; share: ours, K at once)."""
-    if args.worker in ("ours", "share"):
+    """One run of ``args.worker`` (ours, ours-compile, hf, hf-compile; share: ours, K at
+    once)."""
+    if args.worker in ("ours", "ours-compile", "share"):
         return run_ours(args)
     return run_hf(args, compiled=args.worker == "hf-compile")
 
@@ -341,7 +347,8 @@ def in_process(model_dir: Path, work: Path, dry: bool, steps: int) -> dict[str, 
         args = argparse.Namespace(worker=side, model_dir=model_dir, out=work / f"in-{side}",
                                   steps=steps, dry_run=dry, share=1, barrier=None, index=0)
         runs[side].append(run_side(args))
-    runs["hf-compile"].append({"skipped": "not in gpu_check's dry run (this script's has it)"})
+    for side in ("hf-compile", "ours-compile"):
+        runs[side].append({"skipped": "not in gpu_check's dry run (this script's has it)"})
     return runs
 
 
@@ -476,7 +483,8 @@ def comparison_table(runs: dict, dry: bool, gpu: str, seq: int) -> tuple[list[st
 def _speedups(runs: dict) -> str:
     """Ours over each Trainer run, as ratios of the median tokens/s ("" without ours)."""
     ours = _median(runs["ours"], "tokens_per_s")
-    ratios = [f"ours / {LABELS[side]}: {ours / other:.2f}x" for side in ("hf", "hf-compile")
+    ratios = [f"ours / {LABELS[side]}: {ours / other:.2f}x"
+              for side in ("hf", "hf-compile", "ours-compile")
               if ours and (other := _median(runs[side], "tokens_per_s"))]
     return f"{'; '.join(ratios)} (median tokens/s)" if ratios else ""
 
@@ -502,8 +510,9 @@ def share_table(shares: dict[int, dict], how: str, written: str) -> tuple[list[s
 
 def measure(work: Path, dry: bool, budget_s: float | None, quick: bool) -> tuple:
     """(runs per side, shares per K, how the Ks were chosen, the trial's config): ours,
-    Trainer, K trials at once, Trainer compiled, then Trainer and ours again (the reverse
-    order: the machine's drift cancels), each only when the time budget has room for it."""
+    Trainer, K trials at once, Trainer compiled, ours compiled, then Trainer and ours again
+    (the reverse order: the machine's drift cancels), each only when the time budget has room
+    for it."""
     steps = DRY_STEPS if dry else STEPS
     launcher = Launcher(work, work / "model", dry, budget_s)
     write_model(launcher.model_dir, dry, steps)
@@ -519,7 +528,7 @@ def measure(work: Path, dry: bool, budget_s: float | None, quick: bool) -> tuple
     else:
         ks, how = [2], "no time left for the memory estimate: K = 2 is not run"
     shares = share(launcher, runs, ks)
-    for side in ("hf-compile", "hf", "ours"):
+    for side in ("hf-compile", "ours-compile", "hf", "ours"):
         one_run(launcher, runs, side, steps)
     return runs, shares, how, cfg
 
@@ -556,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, help="skip what would not end within this")
     parser.add_argument("--cache", type=Path, help="where gpu_share.json is written (default: "
                         "the user's cache; the dry run: the check's temporary one)")
-    parser.add_argument("--worker", choices=["ours", "hf", "hf-compile", "share"],
+    parser.add_argument("--worker", choices=["ours", "ours-compile", "hf", "hf-compile", "share"],
                         help=argparse.SUPPRESS)
     for name, kind in (("--model-dir", Path), ("--out", Path), ("--steps", int),
                        ("--share", int), ("--barrier", Path), ("--index", int)):
