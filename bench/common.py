@@ -26,6 +26,9 @@ def machine() -> dict:
         mem_gb = float("nan")
     info = {
         "cpu": cpu,
+        # the vector ISA torch's CPU kernels dispatch to: two hosts both named "AMD EPYC" differed
+        # 4x in an fp32 matmul and one had no native bf16 (docs/BENCHMARKS.md, 2026-12-07)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "ram_gb": round(mem_gb, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -45,7 +48,8 @@ def machine_line(info: dict) -> str:
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
     libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "peft", "bitsandbytes"))
     return (
-        f"{info['cpu']}, {info['cores']} cores, {info['ram_gb']} GiB RAM{gpu}; "
+        f"{info['cpu']} ({info.get('cpu_capability') or 'ISA unknown'}), {info['cores']} cores, "
+        f"{info['ram_gb']} GiB RAM{gpu}; "
         f"{info['torch_threads']} torch threads; Python {info['python']}; {libs}"
     )
 
