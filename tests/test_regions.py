@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from study.trial.compiling import view_loss
 from study.trial.models import load_model
 from study.trial.regions import block_count, compiled_view
 from study.trial.train import batch_loss
@@ -38,3 +39,16 @@ def test_the_view_shares_every_weight_and_leaves_the_model_as_it_was():
 def test_a_model_without_repeated_blocks_is_refused():
     with pytest.raises(ValueError, match="Sequential has no repeated blocks"):
         compiled_view(nn.Sequential(nn.Linear(2, 3), nn.ReLU()))
+
+
+def test_the_view_follows_the_mode_of_the_model_the_loop_passes():
+    """Made while the model was in eval mode (as loaded), the view's own containers would stay
+    there; the loss through it takes the mode of the model the loop hands it."""
+    model, _ = load_model("tiny-llama")
+    model.eval()
+    view = compiled_view(model, backend="eager")
+    fn = view_loss(view, lambda m, batch: torch.tensor(float(all(x.training for x in m.modules()))))
+    model.train()
+    assert fn(model, {}) == 1.0
+    model.eval()
+    assert fn(model, {}) == 0.0 and not any(x.training for x in view.modules())

@@ -126,8 +126,11 @@ def too_short(micro_steps: int, eager_ms: float, bound_s: float,
 
 def view_loss(view: nn.Module, loss: LossFn) -> LossFn:
     """``loss`` computed through ``view`` (a compiled view sharing the trained model's weights)
-    whichever model the loop passes: the loop's train/eval switches act on the shared blocks."""
+    in the mode of the model the loop passes (the view's own containers copied the mode the
+    model had when the view was made)."""
     def fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if view.training != model.training:
+            view.train(model.training)
         return loss(view, batch)
     return fn
 
