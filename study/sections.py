@@ -281,9 +281,8 @@ class TrainConfig:
     default: on 2 CPU cores the compiled layers trained the bundled model 3-5% faster, and
     auto's first decision cost its 30-step trial 51.5 s (docs/BENCHMARKS.md)."""
     batching: str = "pad"
-    """Micro-batches: pad (to the longest), group (similar lengths) or pack (one row, no pads).
-    pad by default: on the bundled model's skills trial group trained 1.02x as fast (within the
-    rounds' spread) with a worse early eval loss, pack 0.91x (docs/BENCHMARKS.md)."""
+    """Micro-batches: pad (to the longest), group (similar lengths) or pack (one row, no pads);
+    pad by default, as measured: neither other trained faster (docs/BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         _positive_float("train.lr", self.lr)
