@@ -9,7 +9,7 @@ each layer on its own lets torch reuse the first layer's compiled code for the o
 "regional compilation" recipe; accelerate's ``compile_regions`` builds the same kind of view):
 the compile costs about one layer's, whatever the depth.
 
-The view is a shallow copy of the module tree down to the repeated blocks: the containers are new
+The view is a copy of the module tree down to the repeated blocks: the containers are new
 objects, the blocks and every parameter and buffer are the model's own, so the optimizer, the
 checkpoint and evaluation (which keeps calling ``model``, eager: generation's KV cache would
 only recompile) see one set of weights. Only the training loss calls the view.
@@ -18,7 +18,6 @@ only recompile) see one set of weights. Only the training loss calls the view.
 from __future__ import annotations
 
 import copy
-from types import MethodType
 
 import torch
 from torch import nn
@@ -44,19 +43,18 @@ def compiled_view(model: nn.Module, **compile_kwargs) -> nn.Module:
     """
     if not block_count(model):
         raise ValueError(f"{type(model).__name__} has no repeated blocks to compile")
-    return _view(model, compile_kwargs)
-
-
-def _view(module: nn.Module, compile_kwargs: dict) -> nn.Module:
-    if repeated_blocks(module):
-        return nn.ModuleList(torch.compile(block, **compile_kwargs) for block in module)
-    if not any(repeated_blocks(m) for m in module.modules()):
-        return module  # no block below: the module itself, eager and shared
-    new = copy.copy(module)  # a new container: the same parameter and buffer dicts
-    # methods bound to the original (set as attributes) would run on it, not on the view
-    for name, value in vars(module).items():
-        if isinstance(value, MethodType) and value.__self__ is module:
-            setattr(new, name, MethodType(value.__func__, new))
-    new._modules = {name: _view(child, compile_kwargs) if child is not None else None
-                    for name, child in module._modules.items()}
-    return new
+    # a deep copy that copies only the containers above the blocks: everything else (every
+    # module with no block below it, the blocks themselves, every parameter and buffer) is
+    # given to it as already copied, i.e. shared; methods bound to a container are rebound
+    shared: dict[int, object] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    for module in model.modules():
+        if repeated_blocks(module):
+            shared.update((id(block), block) for block in module)
+        elif not any(repeated_blocks(m) for m in module.modules()):
+            shared[id(module)] = module
+    view = copy.deepcopy(model, shared)
+    own = {id(m) for m in model.modules()}  # lists inside a block (experts) stay the model's
+    for blocks in [m for m in view.modules() if repeated_blocks(m) and id(m) not in own]:
+        for i, block in enumerate(blocks):
+            blocks[i] = torch.compile(block, **compile_kwargs)
+    return view
