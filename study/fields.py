@@ -155,7 +155,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrialConfig) -
             "metavar": cf.kind.__name__.upper(),
             **({"nargs": "?", "const": True} if cf.kind is bool else {}),
         }
-        text = f"{cf.help or cf.key} (default {cf.default})"
+        # argparse formats help with %: a docstring's "5%" would break --help
+        text = f"{cf.help or cf.key} (default {cf.default})".replace("%", "%%")
         group.add_argument(f"--{cf.key}", help=text, **kwargs)
         for alias in ALIASES.get(cf.key, []):  # its own action: errors name the flag typed
             group.add_argument(alias, help=f"same as --{cf.key}", **kwargs)
