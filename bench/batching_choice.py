@@ -26,7 +26,7 @@ from bench.common import machine, machine_line, run_train_one
 from bench.dtype_choice import SMALL_EVAL
 from study import metrics as M
 from study import record
-from study.sections import BATCHINGS
+from study.sections_run import BATCHINGS
 
 
 def run(mode: str, model: str, steps: int, extra: list[str], out: Path) -> dict:

@@ -151,7 +151,7 @@ def probe_steps(device: torch.device, tiny: bool, batch: int, seq: int):
 
 def loop_steps(device: torch.device, tiny: bool, batch: int, seq: int):
     """Target (b): a fresh probe model trained by ``train_loop`` with the trial's optimizer."""
-    from study.sections import TrainConfig
+    from study.sections_run import TrainConfig
     from study.trial.data import Example
     from study.trial.train import make_optimizer, train_loop
 

@@ -22,16 +22,16 @@ from typing import Any
 from study.sections import (
     METHODS,
     DataConfig,
-    EvalConfig,
     LoraConfig,
     ModelConfig,
     QuantConfig,
-    TrainConfig,
     require,
 )
+from study.sections_run import DpoConfig, EvalConfig, TrainConfig
 
 __all__ = [
     "DataConfig",
+    "DpoConfig",
     "EvalConfig",
     "LoraConfig",
     "ModelConfig",
@@ -55,6 +55,7 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
@@ -73,11 +74,29 @@ class TrialConfig:
             # known from the config alone: refused where a study plans, before any trial runs
             raise ValueError("train.batching=pack is not supported for data.task=classify (the "
                              "score head reads each row's last token): use pad or group")
+        if self.data.task == "preference":
+            self._check_preference()
+        if self.lora.init_from is not None and self.method == "full":
+            raise ValueError("lora.init_from starts an adapter: use method=lora (or base, to "
+                             "evaluate the adapter untrained)")
         if self.method == "full" and self.quant.bits < 16:
             raise ValueError(
                 f"method=full needs quant.bits=16: quantized weights cannot be trained "
                 f"(got quant.bits={self.quant.bits}); use method=lora for QLoRA"
             )
+
+    def _check_preference(self) -> None:
+        """What the preference task cannot run with, known from the config alone."""
+        if self.train.batching == "pack":
+            raise ValueError("train.batching=pack is not supported for data.task=preference (a "
+                             "pair's two responses are rows of their own): use pad or group")
+        if self.train.compile != "off":
+            raise ValueError(f"train.compile={self.train.compile} is not supported for "
+                             "data.task=preference (its loss runs eager): use off")
+        if self.dpo.reference == "disabled" and (self.method != "lora" or self.lora.init_from):
+            raise ValueError("dpo.reference=disabled needs method=lora with a new adapter (with "
+                             "lora.init_from or method=full, switching adapters off gives the base "
+                             "model, not the starting one): use dpo.reference=cached")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
@@ -101,6 +120,14 @@ class TrialConfig:
         configuration's replicates, which differ only in their seeds, share it."""
         data = self.to_dict()
         del data["seed"]
+        # fields added since ids were first recorded leave an older configuration's id as it
+        # was (a study resumed across an upgrade matches its trials): dropped where unused
+        if data["data"]["task"] != "preference":
+            del data["dpo"]
+            for name in ("prompt_column", "chosen_column", "rejected_column"):
+                del data["data"][name]
+        if data["lora"]["init_from"] is None:
+            del data["lora"]["init_from"]
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -16,10 +16,7 @@ from lora_impl.inject import SHORTHANDS
 from lora_impl.layer import LoraSpec
 
 METHODS = ("lora", "full", "base")
-TASKS = ("skills", "lm", "sft", "classify")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-COMPILES = ("auto", "on", "off")  # train.compile (study.trial.compiling)
-BATCHINGS = ("pad", "group", "pack")  # train.batching (study.trial.batches)
+TASKS = ("skills", "lm", "sft", "classify", "preference")
 
 
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -28,7 +25,7 @@ def require(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
-def _positive_int(name: str, value: Any) -> None:
+def positive_int(name: str, value: Any) -> None:
     require(
         isinstance(value, int) and not isinstance(value, bool) and value > 0,
         name,
@@ -37,7 +34,7 @@ def _positive_int(name: str, value: Any) -> None:
     )
 
 
-def _positive_float(name: str, value: Any) -> None:
+def positive_float(name: str, value: Any) -> None:
     require(
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -90,15 +87,18 @@ class LoraConfig:
     module:Class, your own LoRALinear subclass (docs/VARIANTS.md)."""
     loraplus_ratio: float = 1.0
     """LoRA+: B's learning rate is lr x this (1 = plain LoRA; the paper suggests 16)."""
+    init_from: str | None = None
+    """A PEFT-format adapter directory (ours or PEFT's) whose weights start the adapter, e.g. an
+    SFT trial's adapter/ before DPO; its rank, alpha and targets must be the trial's."""
 
     def __post_init__(self) -> None:
-        _positive_int("lora.rank", self.rank)  # before alpha = ratio x rank is computed
+        positive_int("lora.rank", self.rank)  # before alpha = ratio x rank is computed
         if self.alpha_ratio is not None:
-            _positive_float("lora.alpha_ratio", self.alpha_ratio)
+            positive_float("lora.alpha_ratio", self.alpha_ratio)
         if self.alpha is None:
             object.__setattr__(self, "alpha", float((self.alpha_ratio or 2.0) * self.rank))
         self.spec()  # the adapter's own checks: rank, alpha, dropout, rslora, init, variant
-        _positive_float("lora.loraplus_ratio", self.loraplus_ratio)
+        positive_float("lora.loraplus_ratio", self.loraplus_ratio)
         from lora_impl.variants import layer_class
 
         layer_class(self.variant)  # a user's module: imported now, so a bad name stops the study
@@ -109,6 +109,9 @@ class LoraConfig:
                 f"lora.alpha ({self.alpha}) and lora.alpha_ratio ({self.alpha_ratio}) disagree "
                 f"for rank {self.rank}: give one of them"
             )
+        require(self.init_from is None or (isinstance(self.init_from, str)
+                                           and bool(self.init_from)),
+                "lora.init_from", self.init_from, "an adapter directory")
         require(
             isinstance(self.targets, str) and bool(self.targets.strip()),
             "lora.targets",
@@ -209,12 +212,14 @@ class DataConfig:
     """The task and how much of it to use."""
 
     task: str = "skills"
-    """skills (built-in checkable instructions), lm (language modelling), sft (dialogue) or
-    classify (text -> label with a linear score head on the last token)."""
+    """skills (built-in checkable instructions), lm (language modelling), sft (dialogue),
+    classify (text -> label with a linear score head on the last token) or preference (a prompt
+    with a chosen and a rejected response, for DPO: the dpo.* fields)."""
     source: str = "builtin"
     """lm: builtin, wikitext-2 or a .txt/.jsonl/.parquet path; sft: hh-rlhf, alpaca or a .jsonl
     path; skills: builtin; classify: builtin (stdlib docstrings by area), ag_news or a
-    .csv/.jsonl/.parquet path with a text and a label column."""
+    .csv/.jsonl/.parquet path with a text and a label column; preference: builtin (the skills
+    with a plausible wrong answer rejected), hh-rlhf or a .csv/.jsonl/.parquet path."""
     size: int = 400
     """Number of training examples (LM: blocks); subsets are nested (and, for classify,
     stratified) across sizes."""
@@ -225,6 +230,12 @@ class DataConfig:
     """classify: the column (field) holding the text."""
     label_column: str = "label"
     """classify: the column holding the label (strings or integers; ids in sorted order)."""
+    prompt_column: str = "prompt"
+    """preference: the column holding the prompt."""
+    chosen_column: str = "chosen"
+    """preference: the column holding the preferred response."""
+    rejected_column: str = "rejected"
+    """preference: the column holding the dispreferred response."""
     eval_size: int = 150
     """Examples in the eval split (selection and early stopping)."""
     test_size: int = 150
@@ -239,112 +250,9 @@ class DataConfig:
             "a non-empty string",
         )
         for name in ("size", "seq_len", "eval_size", "test_size"):
-            _positive_int(f"data.{name}", getattr(self, name))
-        for name in ("text_column", "label_column"):
+            positive_int(f"data.{name}", getattr(self, name))
+        for name in ("text_column", "label_column", "prompt_column", "chosen_column",
+                     "rejected_column"):
             value = getattr(self, name)
             require(isinstance(value, str) and bool(value), f"data.{name}", value,
                     "a non-empty column name")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The optimisation: AdamW, linear warm-up then cosine decay."""
-
-    lr: float = 3e-4
-    """Peak learning rate of AdamW."""
-    steps: int | None = 150
-    """Optimizer steps; set None and give epochs instead."""
-    epochs: float | None = None
-    """Passes over the training examples instead of a step count."""
-    batch_size: int = 8
-    """Examples per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    warmup: int = 10
-    """Warm-up steps of the learning rate."""
-    min_lr_ratio: float = 0.1
-    """The cosine decay ends at this fraction of the peak learning rate."""
-    weight_decay: float = 0.0
-    """AdamW's decoupled weight decay."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this value."""
-    dtype: str = "auto"
-    """Compute precision: fp32, bf16 (autocast; needs native bf16), fp16 (autocast with loss
-    scaling; CUDA only) or auto: the fastest on this machine by a timed matmul of the model's
-    shapes (cached; see study.trial.precision)."""
-    grad_checkpointing: bool = False
-    """Recompute activations in backward to save memory."""
-    compile: str = "off"
-    """torch.compile of the step's decoder layers: on, off or auto: compiled only where timed
-    steps of this model show it faster and the planned steps save more than the timed compile
-    takes, else eager; the reason in env.json (cached; see study.trial.compiling). Off by
-    default: on 2 CPU cores the compiled layers trained the bundled model 3-5% faster, and
-    auto's first decision cost its 30-step trial 51.5 s (docs/BENCHMARKS.md)."""
-    batching: str = "pad"
-    """Micro-batches: pad (to the longest), group (similar lengths) or pack (one row, no pads);
-    pad by default, as measured: neither other trained faster (docs/BENCHMARKS.md)."""
-
-    def __post_init__(self) -> None:
-        _positive_float("train.lr", self.lr)
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of train.steps and train.epochs")
-        if self.steps is not None:
-            _positive_int("train.steps", self.steps)
-        if self.epochs is not None:
-            _positive_float("train.epochs", self.epochs)
-        _positive_int("train.batch_size", self.batch_size)
-        _positive_int("train.grad_accum", self.grad_accum)
-        require(isinstance(self.warmup, int) and not isinstance(self.warmup, bool)
-                and self.warmup >= 0, "train.warmup", self.warmup, "an integer >= 0")
-        require(isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
-                "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
-        require(
-            isinstance(self.weight_decay, (int, float))
-            and math.isfinite(self.weight_decay)
-            and self.weight_decay >= 0,
-            "train.weight_decay",
-            self.weight_decay,
-            "a number >= 0",
-        )
-        _positive_float("train.grad_clip", self.grad_clip)
-        require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
-        require(isinstance(self.grad_checkpointing, bool), "train.grad_checkpointing",
-                self.grad_checkpointing, "true or false")
-        if isinstance(self.compile, bool):  # YAML 1.1 (spaces, --set) reads on / off as booleans
-            object.__setattr__(self, "compile", "on" if self.compile else "off")
-        require(self.compile in COMPILES, "train.compile", self.compile,
-                f"one of {', '.join(COMPILES)}")
-        require(self.batching in BATCHINGS, "train.batching", self.batching,
-                f"one of {', '.join(BATCHINGS)}")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """When and how quality is measured."""
-
-    every: int = 50
-    """Evaluate (and report) every this many optimizer steps, and at the end."""
-    max_new_tokens: int = 24
-    """Greedy generation length for exact match."""
-    num_examples: int = 6
-    """Generations saved to examples.json."""
-    early_prompts: int = 30
-    """Eval prompts generated for exact match at each evaluation before the last: the first ones
-    of the eval split, the same every time (0: loss only). The last evaluation generates the
-    whole split. study.tune sets 0 unless an objective is exact_match."""
-    latency_tokens: int = 32
-    """Tokens decoded per prompt when measuring latency."""
-    latency_prompts: int = 3
-    """Prompts decoded when measuring latency (merged and unmerged)."""
-
-    def __post_init__(self) -> None:
-        for name in ("every", "max_new_tokens", "latency_tokens", "latency_prompts"):
-            _positive_int(f"eval.{name}", getattr(self, name))
-        for name in ("num_examples", "early_prompts"):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                f"eval.{name}",
-                value,
-                "an integer >= 0",
-            )

@@ -326,8 +326,9 @@ def test_ray_only_at_the_edge_and_analysis_free_of_torch_and_ray():
 # placed here on purpose. The shared contracts import only each other; the one-trial package
 # imports the contracts and itself (never the search, the cost model or Ray); the cost model
 # adds the one-trial package; the search adds the cost model; the entry points may import all.
-CONTRACTS = {"study", "study.sections", "study.config", "study.fields", "study.record",
-             "study.files", "study.metrics", "study.journal", "study.outdir", "study.cli"}
+CONTRACTS = {"study", "study.sections", "study.sections_run", "study.config", "study.fields",
+             "study.record", "study.files", "study.metrics", "study.journal", "study.outdir",
+             "study.cli"}
 ENTRY_POINTS = {"study.tune", "study.train_one", "study.reproduce", "study.export",
                 "study.forkserver"}
 PACKAGES_OF_STUDY = {"study.trial", "study.cost", "study.search"}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import study.trial.logits as logits
 import study.trial.train as train
 from lora_impl import inject_lora
-from study.sections import TrainConfig
+from study.sections_run import TrainConfig
 from study.trial.batches import collate
 from study.trial.data import IGNORE, Example
 from study.trial.models.tiny import tiny_builder

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from study.sections import BATCHINGS
+from study.sections_run import BATCHINGS
 from study.trial.batches import check_mode
 from study.trial.data import Example
 

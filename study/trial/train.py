@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from study.sections import TrainConfig
+from study.sections_run import TrainConfig
 from study.trial.batches import Batcher
 from study.trial.classify import classification_loss
 from study.trial.data import Example
