@@ -23,6 +23,7 @@ from lora_impl.io import (
     adapter_weights_file,
     has_adapter,
     load_adapter,
+    load_adapter_weights,
     save_adapter,
     spec_from_peft_config,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "inject_lora",
     "linear_module_names",
     "load_adapter",
+    "load_adapter_weights",
     "lora_layers",
     "merge",
     "model_family",

@@ -237,8 +237,7 @@ def load_adapter(
             (the model is left with freshly initialised adapters in that case).
     """
     config = read_adapter_config(path)
-    weights_path = adapter_weights_file(path)
-    if not weights_path.is_file():
+    if not adapter_weights_file(path).is_file():
         raise ValueError(f"no {WEIGHTS_NAME} in {path}")
     try:
         spec = spec_from_peft_config(config, dtype)
@@ -246,6 +245,36 @@ def load_adapter(
         raise ValueError(f"{Path(path) / CONFIG_NAME}: {err}") from None
     targets = config["target_modules"]
     result = inject_lora(model, targets if isinstance(targets, str) else list(targets), spec)
+    _copy_weights(model, config, path)
+    return result
+
+
+def load_adapter_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Copy the adapter saved at ``path`` into ``model``'s adapters, already injected (a run that
+    starts from it, e.g. DPO after SFT).
+
+    Raises:
+        ValueError: ``path`` is not an adapter, or its rank, alpha, scaling, variant, targets or
+            shapes are not those of the model's adapters (the message names the first).
+    """
+    config = read_adapter_config(path)
+    layers = [layer for _, layer in lora_layers(model)]
+    if not layers:
+        raise ValueError("the model has no adapters to load it into")
+    spec, ours = spec_from_peft_config(config), layers[0]
+    for field, theirs, mine in (("r", spec.rank, ours.rank), ("lora_alpha", spec.alpha, ours.alpha),
+                                ("use_rslora", spec.rslora, ours.rslora),
+                                ("use_dora", spec.variant == "dora", isinstance(ours, DoRALinear))):
+        if float(theirs) != float(mine):
+            raise ValueError(f"its {field} is {theirs}, the adapters here have {mine}")
+    _copy_weights(model, config, path)
+
+
+def _copy_weights(model: nn.Module, config: dict, path: str | os.PathLike) -> None:
+    """The weights file of ``path`` into the model's adapters (and modules_to_save)."""
+    weights_path = adapter_weights_file(path)
+    if not weights_path.is_file():
+        raise ValueError(f"no {WEIGHTS_NAME} in {path}")
     state = load_file(weights_path)
     # PEFT lists every head name a SEQ_CLS model might have ("classifier", "score"): the ones
     # this model has are loaded, and a file holding weights of one it lacks does not match
@@ -255,8 +284,9 @@ def load_adapter(
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{weights_path} does not match its config: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]} ({len(missing)} missing, {len(unexpected)} unexpected)"
+            f"{weights_path} does not fit the adapters here (other target modules?): missing "
+            f"{missing[:2]}, unexpected {unexpected[:2]} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected)"
         )
     with torch.no_grad():
         for key, param in expected.items():
@@ -264,7 +294,6 @@ def load_adapter(
             if tensor.shape != param.shape:
                 raise ValueError(f"{key}: shape {tuple(tensor.shape)} != {tuple(param.shape)}")
             param.copy_(tensor.to(param.dtype))
-    return result
 
 
 def _lora_parameters(model: nn.Module):

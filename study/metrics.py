@@ -17,6 +17,13 @@ TEST_CONFUSION = "test_confusion"  # rows: true label, columns: predicted, in la
 CLASSIFY_EVAL = (ACCURACY, F1_MACRO, F1_WEIGHTED)
 TEST_OF = {EVAL_LOSS: TEST_LOSS, EXACT_MATCH: TEST_EXACT_MATCH, ACCURACY: TEST_ACCURACY,
            F1_MACRO: TEST_F1_MACRO, F1_WEIGHTED: TEST_F1_WEIGHTED}
+# preference (data.task=preference): DPO's loss, the rewards beta x (log pi - log ref) of the
+# chosen and rejected responses, and the policy's log-probabilities of them (TRL's logs)
+DPO_LOSS, REWARD_ACCURACY, REWARD_MARGIN = "dpo_loss", "reward_accuracy", "reward_margin"
+CHOSEN_LOGP, REJECTED_LOGP = "chosen_logp", "rejected_logp"
+PREFERENCE_EVAL = (DPO_LOSS, REWARD_ACCURACY, REWARD_MARGIN, CHOSEN_LOGP, REJECTED_LOGP)
+TEST_OF.update({name: f"test_{name}" for name in PREFERENCE_EVAL})
+PREFERENCE_TEST = tuple(TEST_OF[name] for name in PREFERENCE_EVAL)
 TRAIN_LOSS = "train_loss"
 # resources
 PEAK_MEM_MB, START_MEM_MB = "peak_mem_mb", "start_mem_mb"
@@ -35,7 +42,7 @@ COMPILE_S = "compile_s"  # torch.compile in this process (train.compile); in tri
 STEP, TOKENS_SEEN = "step", "tokens_seen"
 
 QUALITY = (EVAL_LOSS, EVAL_PPL, EXACT_MATCH, TEST_LOSS, TEST_EXACT_MATCH, *CLASSIFY_EVAL,
-           TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_WEIGHTED)
+           TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_WEIGHTED, *PREFERENCE_EVAL, *PREFERENCE_TEST)
 RESOURCES = (
     PEAK_MEM_MB,
     START_MEM_MB,
@@ -61,7 +68,9 @@ PROGRESS = (STEP, TOKENS_SEEN)
 
 # Which way is better, for objectives and Pareto fronts.
 MAXIMIZE = frozenset({EXACT_MATCH, TEST_EXACT_MATCH, TRAIN_TOKENS_PER_S, *CLASSIFY_EVAL,
-                      TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_WEIGHTED})
+                      TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_WEIGHTED,
+                      *(name for eval_name in (REWARD_ACCURACY, REWARD_MARGIN, CHOSEN_LOGP)
+                        for name in (eval_name, TEST_OF[eval_name]))})
 
 
 def mode(name: str) -> str:

@@ -16,6 +16,8 @@ A trial directory (``<study>/<group>/<trial id>/``, or any ``--out`` of ``study.
     examples.json  a few generations: prompt, target, output
     env.json       versions, hardware, threads, dtype, seed
     labels.json    classify: the label names in id order, the training split's class counts
+    reference.json preference (dpo.reference=cached): the starting model's log-probabilities of
+                   every pair's responses, per split, computed once before training
     status.json    written by the study: running / finished / stopped / errored, and the
                    trial's config_id and replicate
     adapter/       the adapter in PEFT format (method lora)
@@ -45,13 +47,15 @@ CURVE = "curve.jsonl"
 EXAMPLES = "examples.json"
 ENV = "env.json"
 LABELS = "labels.json"
+REFERENCE = "reference.json"
 STATUS = "status.json"
 RAY_SESSION = ".ray_session.json"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint"
 STUDY = "study.json"
 OPTUNA = "optuna.journal"
-TRIAL_FILES = (CONFIG, METRICS, CURVE, EXAMPLES, ENV, LABELS, STATUS, ADAPTER, CHECKPOINT)
+TRIAL_FILES = (CONFIG, METRICS, CURVE, EXAMPLES, ENV, LABELS, REFERENCE, STATUS, ADAPTER,
+               CHECKPOINT)
 STUDY_FILES = (STUDY, OPTUNA)
 FILE_NAMES = TRIAL_FILES + STUDY_FILES
 
@@ -182,6 +186,19 @@ def read_labels(trial_dir: Path) -> dict | None:
     """``{"labels": [...], "train_counts": {...}}``, or None when the trial has no labels file
     (not a classify trial). Raises RecordError if it exists but is damaged."""
     path = Path(trial_dir) / LABELS
+    return _read_object(path) if path.exists() else None
+
+
+def write_reference(trial_dir: Path, logps: dict[str, list[list[float]]]) -> None:
+    """A preference trial's reference log-probabilities: split -> [[chosen, rejected], ...] in
+    the split's order (``study.trial.reference``)."""
+    write_json(Path(trial_dir) / REFERENCE, logps)
+
+
+def read_reference(trial_dir: Path) -> dict | None:
+    """``write_reference``'s mapping, or None when the trial has none. Raises RecordError if it
+    exists but is damaged."""
+    path = Path(trial_dir) / REFERENCE
     return _read_object(path) if path.exists() else None
 
 

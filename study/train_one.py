@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             speed["tok/s"] = f"{metrics['train_tokens_per_s']:.0f}"
         shown = {
             k: metrics[k]
-            for k in ("eval_loss", "exact_match", "accuracy", "f1_macro", "train_tokens_per_s")
+            for k in ("eval_loss", "exact_match", "accuracy", "f1_macro", "dpo_loss",
+                      "reward_accuracy", "train_tokens_per_s")
             if metrics.get(k) is not None
         }
         line = f"step {metrics['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())

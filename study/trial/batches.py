@@ -4,14 +4,16 @@
     batch = batcher.micro_batch(k)                # micro-batch k: CPU tensors, n_tokens
     batch = collate(data.eval[:8], pad_id)        # evaluation: always right-padded
     prompts = collate_prompts(data.eval[:8], pad_id)                     # for generation
+    pairs = pair_batch(data.eval[:8], pad_id)     # preference: chosen rows, then rejected rows
 
-The modes of ``train.batching`` (``study.sections.BATCHINGS``):
+The modes of ``train.batching`` (``study.sections_run.BATCHINGS``):
 - ``pad``: ``BatchOrder``'s examples, right-padded to the longest of the micro-batch;
 - ``group``: the same seeded permutation per epoch, sorted by length within windows of
   ``GROUP_WINDOW`` micro-batches and cut into batches whose order in the window is shuffled
   (``GroupedOrder``): batches of similar lengths, so less padding;
 - ``pack``: ``BatchOrder``'s examples end to end in one row (``pack``), no padding at all.
 Every micro-batch is a pure function of (seed, k), and every epoch holds each example once.
+A preference example is one unit of the order and two rows of its micro-batch (``pair_batch``).
 ``batch_shape`` is the one rule for a micro-batch's (rows, width), which the cost model
 (``study.cost.workload``) and env.json's ``padding_share`` read too.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from study.sections import BATCHINGS
+from study.sections_run import BATCHINGS
 from study.trial.data import IGNORE, Example
 
 # micro-batches sorted by length together in ``group`` mode (as transformers' LengthGroupedSampler,
@@ -45,6 +47,22 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
     if examples[0].label is not None:
         batch["class_labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return batch
+
+
+def rejected(example: Example) -> Example:
+    """A preference example's rejected pair as an example of its own."""
+    return Example(input_ids=example.rejected_ids, labels=example.rejected_labels)
+
+
+def pair_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Preference examples as ``collate``'s rows: the chosen pairs, then the rejected ones (TRL's
+    concatenated order), and their reference's log-probabilities ``ref_logps`` (2B,) in the same
+    order where the examples carry them (``study.trial.reference``)."""
+    batch = collate([*examples, *map(rejected, examples)], pad_id)
+    if examples[0].ref_logps is not None:
+        batch["ref_logps"] = torch.tensor([e.ref_logps[0] for e in examples]
+                                          + [e.ref_logps[1] for e in examples])
     return batch
 
 
@@ -170,7 +188,10 @@ class Batcher:
                  mode: str = "pad") -> None:
         check_mode(mode, examples)
         self.examples, self.pad_id, self.mode = examples, pad_id, mode
-        self.lengths = [len(e.input_ids) for e in examples]
+        self.pairs = bool(examples) and examples[0].rejected_ids is not None
+        # a pair's width is its longer row's; its real tokens are both rows'
+        self.lengths = [max(len(e.input_ids), len(e.rejected_ids or ())) for e in examples]
+        self.real = [len(e.input_ids) + len(e.rejected_ids or ()) for e in examples]
         self.order = (GroupedOrder(self.lengths, batch_size, seed) if mode == "group"
                       else BatchOrder(len(examples), batch_size, seed))
 
@@ -180,14 +201,19 @@ class Batcher:
 
     def shape(self, k: int) -> tuple[int, int]:
         """(rows, width) of micro-batch ``k``, from the lengths alone (``batch_shape``)."""
-        return batch_shape([self.lengths[i] for i in self.indices(k)], self.mode)
+        rows, width = batch_shape([self.lengths[i] for i in self.indices(k)], self.mode)
+        return (2 * rows if self.pairs else rows), width
 
     def micro_batch(self, k: int) -> dict[str, torch.Tensor]:
         """Micro-batch ``k`` as CPU tensors: ``collate``'s (pad, group) or ``pack``'s, and
         ``n_tokens``, its real (not padding) token count as a 0-d int64 tensor."""
-        chosen = [self.examples[i] for i in self.indices(k)]
-        batch = pack(chosen) if self.mode == "pack" else collate(chosen, self.pad_id)
-        batch["n_tokens"] = torch.tensor(sum(len(e.input_ids) for e in chosen), dtype=torch.long)
+        indices = self.indices(k)
+        chosen = [self.examples[i] for i in indices]
+        if self.pairs:
+            batch = pair_batch(chosen, self.pad_id)
+        else:
+            batch = pack(chosen) if self.mode == "pack" else collate(chosen, self.pad_id)
+        batch["n_tokens"] = torch.tensor(sum(self.real[i] for i in indices), dtype=torch.long)
         return batch
 
     def padding_share(self, count: int) -> float | None:
@@ -195,7 +221,6 @@ class Batcher:
         0 for pack."""
         slots = real = 0
         for k in range(count):
-            lengths = [self.lengths[i] for i in self.indices(k)]
-            rows, width = batch_shape(lengths, self.mode)
-            slots, real = slots + rows * width, real + sum(lengths)
+            rows, width = self.shape(k)
+            slots, real = slots + rows * width, real + sum(self.real[i] for i in self.indices(k))
         return 1 - real / slots if slots else None

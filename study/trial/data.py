@@ -10,6 +10,10 @@ examples, so smaller sizes are subsets of larger ones. Splits do not depend on t
 - ``classify``: text -> tokens (truncated to ``seq_len``, the tokenizer's special tokens
   added) and a label id; stratified splits (``study.trial.tasks.labelled``); ``info`` holds
   the label names and the training subset's class counts.
+- ``preference``: a prompt with a chosen and a rejected response (``tasks/preference.py``),
+  encoded as two ``sft`` pairs sharing one prompt (cut at its start so that the longer response
+  fits): the example's ``input_ids`` / ``labels`` are the chosen pair, ``rejected_ids`` /
+  ``rejected_labels`` the other.
 - ``sft`` / ``skills``: prompt/response pairs rendered with the tokenizer's chat template (or
   the HH ``Human: ... Assistant:`` format without one); the loss covers the response and the
   end-of-turn token only. Labels are built explicitly, never by masking the pad id: on SmolLM2
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from study.sections import DataConfig
 from study.trial.models import cache_root
-from study.trial.tasks import labelled
+from study.trial.tasks import labelled, preference
 from study.trial.tasks import skills as skills_task
 from study.trial.tasks import text as text_sources
 
@@ -50,6 +54,9 @@ class Example:
     skill: str | None = None
     prompt: str | None = None
     label: int | None = None  # classify: the label id
+    rejected_ids: list[int] | None = None  # preference: the rejected response's pair
+    rejected_labels: list[int] | None = None
+    ref_logps: list[float] | None = None  # preference: the reference's [chosen, rejected]
 
 
 @dataclass
@@ -116,6 +123,24 @@ def encode_pair(tokenizer, prompt: str, response: str, max_len: int) -> Example 
     )
 
 
+def encode_preference(tokenizer, prompt: str, chosen: str, rejected: str,
+                      max_len: int) -> Example | None:
+    """Both pairs of a preference example on one prompt, which loses its start so that the
+    longer response fits ``max_len``; None when a response alone does not."""
+    chosen_pair = encode_pair(tokenizer, prompt, chosen, 10**9)
+    rejected_pair = encode_pair(tokenizer, prompt, rejected, 10**9)
+    full_prompt = chosen_pair.prompt_ids
+    responses = [p.input_ids[len(full_prompt):] for p in (chosen_pair, rejected_pair)]
+    room = max_len - max(map(len, responses))
+    if room < 1:
+        return None
+    prompt_ids = full_prompt[-room:]
+    masked = [IGNORE] * len(prompt_ids)
+    return Example(input_ids=prompt_ids + responses[0], labels=masked + responses[0],
+                   prompt_ids=prompt_ids, reference=chosen_pair.reference, prompt=prompt,
+                   rejected_ids=prompt_ids + responses[1], rejected_labels=masked + responses[1])
+
+
 def lm_blocks(tokenizer, text: str, seq_len: int) -> list[Example]:
     """Pack the text's tokens into consecutive ``seq_len`` blocks (the remainder is dropped)."""
     pieces = re.split(r"(?<=\n\n)", text)  # tokenize paragraph by paragraph, keeping separators
@@ -165,10 +190,31 @@ def _build_classify(cfg: DataConfig, tokenizer) -> TaskData:
     return TaskData(*parts, {"labels": names, "examples": len(texts)})  # after de-duplication
 
 
+def _build_preference(cfg: DataConfig, tokenizer) -> TaskData:
+    triples, info = preference.preference_triples(
+        cfg.source, cfg.prompt_column, cfg.chosen_column, cfg.rejected_column, SKILL_POOL)
+    if cfg.source != "builtin":  # one pair per prompt, shuffled once (as sft: held out stays so)
+        first: dict[str, tuple] = {}
+        for triple in triples:
+            first.setdefault(triple[0], triple)
+        info["dropped_repeated_prompt"] = len(triples) - len(first)
+        triples = list(first.values())
+        random.Random(SPLIT_SEED).shuffle(triples)
+    examples = []
+    for prompt, chosen, rejected, skill in triples:
+        if (example := encode_preference(tokenizer, prompt, chosen, rejected, cfg.seq_len)):
+            example.skill = skill
+            examples.append(example)
+    train, evals, test = _split(examples, cfg, f"task preference (source {cfg.source})")
+    return TaskData(train, evals, test, {**info, "dropped_too_long": len(triples) - len(examples)})
+
+
 def _build(cfg: DataConfig, tokenizer) -> TaskData:
     what = f"task {cfg.task} (source {cfg.source})"
     if cfg.task == "classify":
         return _build_classify(cfg, tokenizer)
+    if cfg.task == "preference":
+        return _build_preference(cfg, tokenizer)
     if cfg.task == "lm":
         blocks = lm_blocks(tokenizer, text_sources.lm_text(cfg.source), cfg.seq_len)
         train, evals, test = _split(blocks, cfg, what)
@@ -222,9 +268,11 @@ def cache_path(cfg: DataConfig, tokenizer, cache_dir: str | os.PathLike | None =
             cfg.test_size,
             tokenizer_fingerprint(tokenizer),
             *((cfg.text_column, cfg.label_column) if cfg.task == "classify" else ()),
+            *((cfg.prompt_column, cfg.chosen_column, cfg.rejected_column)
+              if cfg.task == "preference" else ()),
         ]
     )
-    if cfg.source not in ("builtin", *text_sources.HUB_DATASETS, *labelled.HUB):
+    if cfg.source not in ("builtin", *text_sources.HUB_DATASETS, *labelled.HUB):  # a file
         path = Path(cfg.source).expanduser()
         stat = path.stat() if path.exists() else None
         key += f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"

@@ -18,6 +18,7 @@ from study import metrics as M
 from study.config import TrialConfig
 from study.trial import classify
 from study.trial.data import Example, TaskData
+from study.trial.dpo import pair_metrics
 from study.trial.evaluate import (
     early_subset,
     exact_match,
@@ -69,6 +70,8 @@ class Measure:
             shown = self.cfg.eval.num_examples if split == "eval" or final else 0
             return classify.quality(self.model, examples, self.pad_id, self.labels, split,
                                     self.amp, shown)
+        if self.cfg.data.task == "preference":
+            return self._preference(split, examples, final)
         prompts = self.eval_prompts if split == "eval" else self.test_prompts
         skills = self.cfg.data.task == "skills"  # every prompt is checked; else a few are shown
         chosen = prompts if skills else prompts[: self.cfg.eval.num_examples]
@@ -94,6 +97,31 @@ class Measure:
                 outputs, chosen
             )
             result[f"{split}_exact_match_by_skill"] = per_skill(outputs, chosen)
+        return result, list(zip(chosen, outputs))
+
+    def _preference(self, split: str, examples: list[Example], final: bool
+                    ) -> tuple[dict, list[tuple[Example, str]]]:
+        """The DPO metrics of ``split`` (``dpo.pair_metrics``); on the built-in set also the
+        exact match of the greedy answers to its prompts (the chosen response is the right one),
+        before the last evaluation on the first ``eval.early_prompts``, as for skills."""
+        result = pair_metrics(self.model, examples, self.pad_id, self.cfg.dpo, self.amp, split)
+        if split == "eval":
+            result[M.EVAL_PPL] = perplexity(result[M.EVAL_LOSS])
+        if self.cfg.data.source != "builtin":  # answers to read, not to score: a few shown
+            shown = examples[: self.cfg.eval.num_examples] if split == "eval" else []
+            outputs = generate(self.model, self.tokenizer, shown, self.cfg.eval.max_new_tokens,
+                               autocast=self.amp) if shown else []
+            return result, list(zip(shown, outputs))
+        chosen = examples if final else early_subset(examples, self.cfg.eval.early_prompts)
+        if not chosen:
+            return result, []
+        shown = self.cfg.eval.num_examples - (0 if split == "eval" else len(self.data.eval))
+        _, outputs = loss_and_answers(self.model, self.tokenizer, chosen,
+                                      self.cfg.eval.max_new_tokens, autocast=self.amp,
+                                      judge=True, shown=max(0, shown))
+        result[M.EXACT_MATCH if split == "eval" else M.TEST_EXACT_MATCH] = exact_match(outputs,
+                                                                                       chosen)
+        result[f"{split}_exact_match_by_skill"] = per_skill(outputs, chosen)
         return result, list(zip(chosen, outputs))
 
     def latencies(self) -> dict:

@@ -28,7 +28,7 @@ from lora_impl.loraplus import loraplus_groups
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
-from study.trial import compiling, precision
+from study.trial import compiling, dpo, precision, reference
 from study.trial.adapter import prepare
 from study.trial.checkpoint import load_checkpoint, save_checkpoint
 from study.trial.data import Example, TaskData, build_data
@@ -42,7 +42,7 @@ from study.trial.train import RECENT_LOSSES, StepStats, make_optimizer, total_st
 
 Report = Callable[[dict, "str | None"], None]
 CURVE_KEYS = (M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH,
-              *M.CLASSIFY_EVAL)
+              *M.CLASSIFY_EVAL, *M.PREFERENCE_EVAL)
 
 
 def _finite_or_none(value):
@@ -84,7 +84,12 @@ class _Trial:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer()
         self.measure = Measure(cfg, self.model, self.tokenizer, self.data, self.amp)
-        self._restore(resume_from)
+        self.loss_fn = self.compiled.loss_fn
+        self.reference, self.reference_new = None, False
+        if cfg.data.task == "preference":
+            self.loss_fn = dpo.make_loss(cfg.dpo)
+            self._reference(resume_from is not None)
+        self._restore(resume_from)  # after the reference: the model is still the starting one
         self.memory = PeakMemory(self.device)
         self.stats = StepStats(losses=list(self.progress.recent_losses))
         self.latest: dict = {}
@@ -118,6 +123,16 @@ class _Trial:
                                          self.precision.name)
         self.env = environment(cfg, self.device, self.precision.record(), storage, self.model,
                                self.data.train, compile_choice=self.compiled.choice.record())
+
+    def _reference(self, resuming: bool) -> None:
+        """dpo.reference=cached: the starting model's log-probabilities of every pair (read back
+        from the trial directory when resuming), attached to the examples."""
+        if self.cfg.dpo.reference != "cached":
+            return
+        splits = ("eval", "test") if self.cfg.method == "base" else ("train", "eval", "test")
+        self.reference, self.reference_new = reference.reference_for(
+            self.model, self.data, self.pad_id, self.amp, self.out if resuming else None, splits)
+        reference.attach(self.data, self.reference)
 
     def _load_model(self, storage: torch.dtype) -> torch.dtype:
         """The model and tokenizer, loaded in ``storage``, then in the trial's measured precision;
@@ -267,7 +282,7 @@ class _Trial:
                 stats=self.stats,
                 amp=self.amp,
                 scaler=self.progress.scaler,
-                loss_fn=self.compiled.loss_fn,
+                loss_fn=self.loss_fn,
             )
         return self.latest
 
@@ -303,5 +318,7 @@ def run_trial(
     record.write_env(out, trial.env)
     if trial.labels:
         record.write_labels(out, trial.labels, trial.data.info["train_counts"])
+    if trial.reference_new:
+        record.write_reference(out, trial.reference)
     return trial.run(callbacks)
 

@@ -30,8 +30,9 @@ SPLIT_SEED = 1234
 SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".parquet")
 
 
-def _frame(source: str):
-    """The source as a pandas DataFrame (hub sets: their train and test splits together)."""
+def read_table(source: str, what: str = "classify source"):
+    """The source as a pandas DataFrame (hub sets: their train and test splits together);
+    ``what`` names it in errors."""
     import pandas as pd
 
     if source == "builtin":
@@ -43,7 +44,7 @@ def _frame(source: str):
     name = path.name.lower()
     if not name.endswith(SUFFIXES):
         raise DataSourceError(
-            f"classify source {source!r}: use a {', '.join(SUFFIXES)} file, builtin or "
+            f"{what} {source!r}: use a {', '.join(SUFFIXES)} file, builtin or "
             f"{', '.join(HUB)}"
         )
     try:
@@ -54,13 +55,13 @@ def _frame(source: str):
             return pd.read_json(path, lines=True, dtype=False)
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
-        raise DataSourceError(f"classify source {source!r} is empty") from None
+        raise DataSourceError(f"{what} {source!r} is empty") from None
     except UnicodeDecodeError as err:  # e.g. a cp1251 CSV: say what to do, not only the byte
-        raise DataSourceError(f"classify source {source!r} is not UTF-8 text ({err.reason} at "
+        raise DataSourceError(f"{what} {source!r} is not UTF-8 text ({err.reason} at "
                               f"byte {err.start}): save it as UTF-8") from None
     except (ValueError, OSError, ImportError, pd.errors.ParserError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataSourceError(f"classify source {source!r} cannot be read: {first}") from None
+        raise DataSourceError(f"{what} {source!r} cannot be read: {first}") from None
 
 
 def _hub_frame(source: str):
@@ -109,7 +110,7 @@ def read_labelled(source: str, text_column: str = "text", label_column: str = "l
         DataSourceError: a missing or unreadable file, a missing column, no rows, an empty text
             or label, fewer than two classes (the message names which and what is allowed).
     """
-    frame = _frame(source)
+    frame = read_table(source)
     if frame.empty:
         raise DataSourceError(f"classify source {source!r} has no rows")
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
@@ -121,7 +122,7 @@ def read_labelled(source: str, text_column: str = "text", label_column: str = "l
             f"({which}); its columns: {', '.join(map(str, frame.columns))}"
         )
     texts, raw = frame[text_column].tolist(), frame[label_column].tolist()
-    bad = [i for i, (t, y) in enumerate(zip(texts, raw)) if _blank(t) or _blank(y)]
+    bad = [i for i, (t, y) in enumerate(zip(texts, raw)) if blank(t) or blank(y)]
     if bad:
         raise DataSourceError(
             f"classify source {source!r}: {len(bad)} rows have an empty text or label "
@@ -143,7 +144,7 @@ def read_labelled(source: str, text_column: str = "text", label_column: str = "l
     return list(first), list(first.values()), [str(n) for n in names]
 
 
-def _blank(value) -> bool:
+def blank(value) -> bool:
     """None, NaN, pandas' NA (nullable dtypes of a parquet file), or only whitespace."""
     import pandas as pd
 

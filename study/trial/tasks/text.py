@@ -25,7 +25,7 @@ class DataSourceError(ValueError):
     """A data source that does not exist, cannot be read, or has the wrong shape."""
 
 
-def _hub_split(name: str, split: str) -> list[dict]:
+def hub_split(name: str, split: str) -> list[dict]:
     path, config = HUB_DATASETS[name]
     try:
         import datasets
@@ -66,7 +66,7 @@ def lm_text(source: str) -> str:
         return "".join(
             r["text"]
             for split in ("train", "validation", "test")
-            for r in _hub_split(source, split)
+            for r in hub_split(source, split)
         )
     path = local_file(source)
     if path.suffix == ".txt":
@@ -109,8 +109,8 @@ def to_pair(record: dict) -> tuple[str, str] | None:
 def sft_pairs(source: str) -> list[tuple[str, str]]:
     """All usable prompt/response pairs of an SFT source, in source order."""
     if source in ("hh-rlhf", "alpaca"):
-        records = _hub_split(source, "train") + (
-            _hub_split(source, "test") if source == "hh-rlhf" else []
+        records = hub_split(source, "train") + (
+            hub_split(source, "test") if source == "hh-rlhf" else []
         )
     else:
         path = local_file(source)
