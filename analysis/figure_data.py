@@ -30,7 +30,7 @@ from analysis.selection import (
 from study import metrics as M
 
 # eval-split quality; a study shows those it has (see selection.present)
-FRONT_QUALITY = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
+FRONT_QUALITY = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL, M.REWARD_ACCURACY)
 # the resources every study's trials measure (a report draws each of them against quality)
 FRONT_RESOURCES = (
     M.PEAK_MEM_MB,
@@ -43,9 +43,11 @@ FRONT_RESOURCES = (
 # a classify trial's latency is per example (one forward, no decoding) instead of per token
 EXAMPLE_LATENCIES = (M.LATENCY_EXAMPLE_UNMERGED, M.LATENCY_EXAMPLE_MERGED)
 LOG_AXES = frozenset({M.TRAINABLE_PARAMS})
-FACTORS = ("rank", "alpha", "targets", "bits", "scheme", "data_size", "model")
-# factors shown only where they vary: one model, or a scheme that only repeats bits, says nothing
-SOMETIMES = ("scheme", "model")
+FACTORS = ("rank", "alpha", "targets", "bits", "scheme", "data_size", "model", "beta",
+           "dpo_loss_type")
+# factors shown only where they vary: one model, or a scheme that only repeats bits, says
+# nothing; DPO's beta and loss exist in preference studies only
+SOMETIMES = ("scheme", "model", "beta", "dpo_loss_type")
 TARGET_ORDER = ("qv", "qkv", "qkvo", "attention", "mlp", "all-linear")
 SCHEME_ORDER = ("16", "8", "nf4", "fp4")
 BASELINE_LEVELS = ("full", "base", UNTRAINED_BASE)  # curves' levels of the baselines
@@ -66,8 +68,7 @@ def shown_factors(trials: pd.DataFrame) -> list[str]:
     shown = [f for f in FACTORS if f not in SOMETIMES]
     if levels("scheme") > levels("bits"):
         shown.insert(shown.index("bits") + 1, "scheme")
-    if levels("model") > 1:
-        shown.append("model")
+    shown += [f for f in ("model", "beta", "dpo_loss_type") if levels(f) > 1]
     return shown
 
 

@@ -60,6 +60,8 @@ TABLE_METRICS = [
     M.EXACT_MATCH,
     M.TEST_EXACT_MATCH,
     *(name for m in M.CLASSIFY_EVAL for name in (m, M.TEST_OF[m])),
+    *(name for m in (M.DPO_LOSS, M.REWARD_ACCURACY, M.REWARD_MARGIN)
+      for name in (m, M.TEST_OF[m])),
     M.PEAK_MEM_MB,
     M.TRAIN_S,
     M.TRAINABLE_PARAMS,

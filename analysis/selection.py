@@ -192,7 +192,7 @@ def with_pareto_column(trials: pd.DataFrame) -> pd.DataFrame:
     for several studies, ``..._pooled`` (the front of all of them together); the same for each
     classification metric the trials have (``pareto_accuracy_peak_mem_mb``, ...)."""
     out = trials.copy()
-    for quality in [M.EVAL_LOSS, *present(trials, M.CLASSIFY_EVAL)]:
+    for quality in [M.EVAL_LOSS, *present(trials, (*M.CLASSIFY_EVAL, M.REWARD_ACCURACY))]:
         objectives = [quality, M.PEAK_MEM_MB]
         out[pareto_column(quality)] = front_flags(trials, objectives)
         if trials["study"].nunique() > 1:

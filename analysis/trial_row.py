@@ -35,6 +35,8 @@ CONFIG_COLUMNS = {
     "quant_type": ("quant", "type"),
     "scheme": ("quant", "scheme"),  # derived from bits and type where older results lack it
     "data_size": ("data", "size"),
+    "beta": ("dpo", "beta"),  # preference trials only (None for the other tasks)
+    "dpo_loss_type": ("dpo", "loss"),
     "lr": ("train", "lr"),
     "steps": ("train", "steps"),
     "seed": ("seed",),
@@ -42,10 +44,11 @@ CONFIG_COLUMNS = {
 LORA_ONLY = ("rank", "alpha", "targets", "dropout", "variant", "init", "loraplus_ratio", "rslora")
 METRIC_COLUMNS = (*M.QUALITY, *M.RESOURCES, *M.PROGRESS)
 CURVE_COLUMNS = (
-    M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL
+    M.STEP, M.TOKENS_SEEN, M.TRAIN_LOSS, M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL,
+    *M.PREFERENCE_EVAL,
 )
 # eval-split quality whose best point along the curve is kept (best_<name>, best_<name>_step)
-BEST_OF = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
+BEST_OF = (M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL, M.DPO_LOSS, M.REWARD_ACCURACY)
 STATUSES = (*record.STATUSES, "unknown")
 TRIAL_COLUMNS = [
     "study",
@@ -118,6 +121,8 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         value = _get(config, keys)
         row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
     row["scheme"] = scheme(row["scheme"], row["bits"], row["quant_type"])
+    if row["task"] != "preference":  # the dpo section's defaults mean nothing there
+        row["beta"] = row["dpo_loss_type"] = None
     row["baseline"] = group == record.BASELINES
     # written with config.json; a trial of another tool may have none
     env = _read(lambda t: record.read_env(t, optional=True), d, found,

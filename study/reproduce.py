@@ -33,9 +33,10 @@ from study import record
 from study.cli import OneLineParser, check_threads
 from study.outdir import check_output_dir
 
-CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
+CURVE_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.EXACT_MATCH, *M.CLASSIFY_EVAL, *M.PREFERENCE_EVAL)
 FINAL_KEYS = (M.EVAL_LOSS, M.EXACT_MATCH, M.TEST_LOSS, M.TEST_EXACT_MATCH, *M.CLASSIFY_EVAL,
-              M.TEST_ACCURACY, M.TEST_F1_MACRO, M.TEST_F1_WEIGHTED)
+              M.TEST_ACCURACY, M.TEST_F1_MACRO, M.TEST_F1_WEIGHTED, *M.PREFERENCE_EVAL,
+              *M.PREFERENCE_TEST)
 SHOWN_RESOURCES = (M.PEAK_MEM_MB, M.TRAIN_TOKENS_PER_S, M.STEP_MS, M.TRAIN_S)
 # env.json fields whose change alters floating-point results (attn_implementation where the
 # record has it: records before it was kept ran the model's default)

@@ -14,7 +14,7 @@ def test_optuna_distributions_equal_rays_conversion():
 
     from search_spaces import to_optuna
 
-    for name in ("default", "smoke", "seeds-qwen2"):
+    for name in ("default", "smoke", "seeds-qwen2", "dpo", "dpo-smoke"):
         space = load_space(name)
         assert to_optuna(space) == OptunaSearch.convert_search_space(to_tune(space))
     ints = {"train": {"steps": {"randint": [4, 8]}}}
@@ -22,7 +22,7 @@ def test_optuna_distributions_equal_rays_conversion():
 
 
 def test_builtin_spaces_are_valid_and_convert():
-    for name in ("default", "smoke", "seeds-qwen2"):
+    for name in ("default", "smoke", "seeds-qwen2", "dpo", "dpo-smoke"):
         space = load_space(name)
         converted = to_tune(space)
         assert "lora.rank" in converted  # dotted TrialConfig names, the same all the way

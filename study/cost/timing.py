@@ -192,7 +192,8 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
     # at the end the test split and the latency runs (2 x prompts x tokens batch-1 decodes).
     # Only answers the loss pass does not give are generated: all of the base model's, a
     # share of a trained model's (study.trial.evaluate.loss_and_answers)
-    loss = work.eval_loss.scaled(work.evaluations)
+    # with DPO's reference outside evaluation (forwards without gradients, as evaluation's)
+    loss = work.eval_loss.scaled(work.evaluations) + work.reference
     flops = sum(_flops(facts, loss, _BASE)) + sum(_flops(facts, work.test_loss, _BASE))
     calls = loss.count + work.test_loss.count
     tokens = loss.tokens + work.test_loss.tokens

@@ -37,6 +37,10 @@ class Batches:
         return Batches(self.count + 1, self.tokens + rows * length,
                        self.squares + rows * length**2, self.targets + targets)
 
+    def __add__(self, other: Batches) -> Batches:
+        return Batches(self.count + other.count, self.tokens + other.tokens,
+                       self.squares + other.squares, self.targets + other.targets)
+
     def scaled(self, factor: float) -> Batches:
         return Batches(round(self.count * factor), self.tokens * factor,
                        self.squares * factor, self.targets * factor)
@@ -63,6 +67,7 @@ class Workload:
     test_generation: Generation
     latency: tuple[int, ...] = ()  # token counts of the texts the latency runs use
     classes: int = 0  # classify: the labels (the score head's outputs); else 0
+    reference: Batches = Batches()  # preference: the reference's forwards outside evaluation
 
 
 _CACHE: dict[tuple, Workload] = {}
@@ -74,7 +79,7 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
 
     t = cfg.train
     key = (repr(cfg.data), repr(cfg.eval), cfg.method, t.batch_size, t.grad_accum, t.steps,
-           t.epochs, t.batching, cfg.seed, id(tokenizer))
+           t.epochs, t.batching, cfg.seed, cfg.dpo.reference, id(tokenizer))
     if key not in _CACHE:
         data = build_data(cfg.data, tokenizer)
         steps = total_steps(t, len(data.train))
@@ -84,26 +89,31 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
         latency = test_generation.prompt_lengths  # the test split's first prompts (trial.measure)
         if cfg.data.task == "classify":
             latency = tuple(len(e.input_ids) for e in data.test)
+        if cfg.data.task == "preference" and cfg.data.source != "builtin":
+            test_generation = Generation()  # answers shown from the eval split only
         _CACHE[key] = Workload(
             steps=steps,
             train=train,
             largest=largest,
-            eval_loss=_loss(data.eval),
-            test_loss=_loss(data.test),
+            eval_loss=_loss(data.eval, cfg),
+            test_loss=_loss(data.test, cfg),
             evaluations=1 if cfg.method == "base" else math.ceil(steps / cfg.eval.every),
             early_generation=_generation(data.eval, cfg, generative, cfg.eval.early_prompts),
             eval_generation=_generation(data.eval, cfg, generative),
             test_generation=test_generation,
             latency=latency[: cfg.eval.latency_prompts],
             classes=len(data.info.get("labels", ())),
+            reference=_reference(data, cfg, train),
         )
     return _CACHE[key]
 
 
 def _targets(example) -> int:
+    """Positions with a loss: a preference example's in both its responses."""
     from study.trial.data import IGNORE
 
-    return sum(label != IGNORE for label in example.labels[1:])
+    labels = example.labels[1:] + (example.rejected_labels or [None])[1:]
+    return sum(label not in (IGNORE, None) for label in labels)
 
 
 def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, int, int]]:
@@ -126,12 +136,46 @@ def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, 
     return total, best[1:]
 
 
-def _loss(examples) -> Batches:
-    total = Batches()
+def _loss(examples, cfg: TrialConfig) -> Batches:
+    """An evaluation's loss passes over a split: ``LOSS_BATCH`` rows at a time; a preference
+    split's pairs (both rows), and on the built-in set its chosen rows for exact match."""
+    if cfg.data.task == "preference":
+        pairs = _pairs(examples)
+        return _rows(examples, pairs) if cfg.data.source == "builtin" else pairs
+    return _rows(examples, Batches())
+
+
+def _rows(examples, total: Batches) -> Batches:
     for i in range(0, len(examples), LOSS_BATCH):
         chunk = examples[i : i + LOSS_BATCH]
         total = total.add(len(chunk), max(len(e.input_ids) for e in chunk),
                           sum(_targets(e) for e in chunk))
+    return total
+
+
+def _pairs(examples, total: Batches = Batches()) -> Batches:
+    """Pair batches of ``PAIRS_PER_BATCH`` examples, two rows each (study.trial.dpo)."""
+    from study.trial.dpo import PAIRS_PER_BATCH
+
+    for i in range(0, len(examples), PAIRS_PER_BATCH):
+        chunk = examples[i : i + PAIRS_PER_BATCH]
+        width = max(max(len(e.input_ids), len(e.rejected_ids)) for e in chunk)
+        total = total.add(2 * len(chunk), width, sum(_targets(e) for e in chunk))
+    return total
+
+
+def _reference(data, cfg: TrialConfig, train: Batches) -> Batches:
+    """DPO's reference forwards outside evaluation, without gradients: ``dpo.reference=disabled``,
+    every training micro-batch once more; ``cached``, every pair of the splits once before
+    training (``study.trial.reference``; the eval and test splits only for a base trial)."""
+    if cfg.data.task != "preference":
+        return Batches()
+    if cfg.dpo.reference == "disabled":
+        return train
+    splits = (data.eval, data.test) if cfg.method == "base" else (data.train, data.eval, data.test)
+    total = Batches()
+    for split in splits:
+        total = _pairs(split, total)
     return total
 
 
@@ -142,7 +186,9 @@ def _generation(examples, cfg: TrialConfig, generative: bool, early: int | None 
     ``eval.early_prompts`` of those; none for classify (its answer is the loss pass's)."""
     if cfg.data.task == "classify":
         return Generation()
-    if cfg.data.task != "skills":
+    if cfg.data.task == "preference" and cfg.data.source != "builtin":  # shown at every one
+        examples, early = examples[: cfg.eval.num_examples], None
+    elif cfg.data.task not in ("skills", "preference"):
         examples = examples[: cfg.eval.num_examples]
     if early is not None:
         examples = early_subset(examples, early)

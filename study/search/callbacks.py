@@ -168,7 +168,8 @@ class LiveTable(Callback):
             *_config_cells(config),
             r.get(M.STEP),
             r.get(M.EVAL_LOSS),
-            _measured(r, M.EXACT_MATCH, M.ACCURACY),  # exact match, or a classifier's accuracy
+            # a classifier's accuracy, a preference trial's reward accuracy, or exact match
+            _measured(r, M.ACCURACY, M.REWARD_ACCURACY, M.EXACT_MATCH),
             r.get(M.PEAK_MEM_MB),
             r.get(M.TRAIN_TOKENS_PER_S),
             _precision(_dir(self.dir, trial)),

@@ -10,7 +10,8 @@ from study import metrics as M
 from study.config import TrialConfig
 from study.search.options import UsageError
 
-SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL)
+SELECTABLE_QUALITY = (M.EVAL_LOSS, M.EVAL_PPL, M.EXACT_MATCH, *M.CLASSIFY_EVAL,
+                      *M.PREFERENCE_EVAL)
 # start_mem_mb is context, not a goal; peak_reserved_mb exists on CUDA only.
 OBJECTIVES = SELECTABLE_QUALITY + tuple(
     m for m in M.RESOURCES if m not in (M.START_MEM_MB, M.PEAK_RESERVED_MB)
@@ -18,9 +19,11 @@ OBJECTIVES = SELECTABLE_QUALITY + tuple(
 
 
 # Metrics only some tasks measure: exact match needs checkable answers, perplexity and decode
-# latency a language model's next-token output, accuracy / F1 and per-text latency a classifier.
-_GENERATIVE = ("skills", "lm", "sft")
-ONLY_FOR = {M.EXACT_MATCH: ("skills",), M.EVAL_PPL: _GENERATIVE,
+# latency a language model's next-token output, accuracy / F1 and per-text latency a classifier,
+# the DPO metrics preference pairs (exact match there: its built-in set, checked by the trial).
+_GENERATIVE = ("skills", "lm", "sft", "preference")
+ONLY_FOR = {M.EXACT_MATCH: ("skills", "preference"), M.EVAL_PPL: _GENERATIVE,
+            **dict.fromkeys(M.PREFERENCE_EVAL, ("preference",)),
             M.LATENCY_UNMERGED: _GENERATIVE, M.LATENCY_MERGED: _GENERATIVE,
             M.LATENCY_EXAMPLE_UNMERGED: ("classify",), M.LATENCY_EXAMPLE_MERGED: ("classify",),
             **dict.fromkeys(M.CLASSIFY_EVAL, ("classify",))}

@@ -44,6 +44,7 @@ from study.search.options import (
 from study.search.resume import recorded_options
 from study.search.samplers import check_search, grid_size
 from study.search.space import study_space
+from study.trial.adapter import check_start
 from study.trial.data import build_data
 from study.trial.precision import check_supported
 
@@ -151,7 +152,10 @@ def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
               "quant.scheme": None}
     out = []
     for model in facts:
-        for method, extra in (("base", {}), ("full", {"train.lr": FULL_BASELINE_LR})):
+        # full fine-tuning starts from the base model: an adapter's start (lora.init_from) is
+        # the base baseline's, which evaluates that adapter untrained
+        for method, extra in (("base", {}), ("full", {"train.lr": FULL_BASELINE_LR,
+                                                      "lora.init_from": None})):
             cfg = check_config({**common, "model.name": model, "method": method, **extra})
             estimate = (estimate_cfg(cfg, facts[model], extra_mb)
                         if max_mem_mb and method != "base" else 0)
@@ -308,6 +312,11 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     leaves = flat_leaves(space)
     base_point = check_config(sample_point(space))
     check_objectives_fit_task(objectives, _choices(leaves, "data.task"))
+    for start in _choices(leaves, "lora.init_from") or [base_point.lora.init_from]:
+        try:  # the adapter a study starts from, before Ray starts (its shapes: in the trial)
+            check_start(check_config({**sample_point(space), "lora.init_from": start}))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     sizes = _choices(leaves, "data.size") or [base_point.data.size]
     facts = _facts_of_models(space, leaves, base_point, sizes)
     if options.address is None:  # this machine trains: bf16 only where it computes bf16
