@@ -51,14 +51,21 @@ def dpo_estimate(flags: list[str]) -> float:
     return estimate_cfg(cfg, facts, worker_mb=0.0)
 
 
-def one_seed(seed: int, work: Path, dpo_steps: int) -> dict:
-    sft, sft_s = run_train_one(work / f"sft-{seed}", "--seed", str(seed), quiet=True)
+def trial(out: Path, reuse: bool, *flags: str) -> tuple[dict, float | None]:
+    """A finished trial's metrics where ``out`` holds one (``reuse``), else it run now."""
+    if reuse and record.has_metrics(out) and record.is_final(record.read_metrics(out)):
+        return record.read_metrics(out), None
+    return run_train_one(out, *flags, quiet=True)
+
+
+def one_seed(seed: int, work: Path, dpo_steps: int, reuse: bool) -> dict:
+    sft, sft_s = trial(work / f"sft-{seed}", reuse, "--seed", str(seed))
     batch = max(1, 8 // 2)  # TrainConfig's default batch of 8 sequences, as 4 pairs
     flags = ["--seed", str(seed), *DPO_FLAGS, "--lora.init_from",
              str(record.adapter_dir(work / f"sft-{seed}")), "--batch-size", str(batch),
              "--steps", str(dpo_steps),
              "--eval.every", str(dpo_steps), "--warmup", str(max(1, dpo_steps // 10))]
-    dpo, dpo_s = run_train_one(work / f"dpo-{seed}", *flags, quiet=True)
+    dpo, dpo_s = trial(work / f"dpo-{seed}", reuse, *flags)
     return {"seed": seed, "sft": sft, "dpo": dpo, "sft_s": sft_s, "dpo_s": dpo_s,
             "estimate": dpo_estimate(flags)}
 
@@ -95,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dpo-steps", type=int, default=60)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "dpo_after_sft")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the finished trials of an earlier run instead of rerunning")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = [one_seed(seed, args.work, args.dpo_steps) for seed in args.seeds]
+    rows = [one_seed(seed, args.work, args.dpo_steps, args.reuse) for seed in args.seeds]
     text = (f"Machine: {machine_line(machine())}\n\n"
             + table(rows, args.dpo_steps, time.perf_counter() - start))
     print(text)
