@@ -44,10 +44,11 @@ FRONT_RESOURCES = (
 EXAMPLE_LATENCIES = (M.LATENCY_EXAMPLE_UNMERGED, M.LATENCY_EXAMPLE_MERGED)
 LOG_AXES = frozenset({M.TRAINABLE_PARAMS})
 FACTORS = ("rank", "alpha", "targets", "bits", "scheme", "data_size", "model", "beta",
-           "dpo_loss_type")
+           "dpo_loss_type", "sft_weight")
 # factors shown only where they vary: one model, or a scheme that only repeats bits, says
-# nothing; DPO's beta and loss exist in preference studies only
-SOMETIMES = ("scheme", "model", "beta", "dpo_loss_type")
+# nothing; DPO's beta, loss and SFT weight exist in preference studies only
+DPO_FACTORS = ("beta", "dpo_loss_type", "sft_weight")
+SOMETIMES = ("scheme", "model", *DPO_FACTORS)
 TARGET_ORDER = ("qv", "qkv", "qkvo", "attention", "mlp", "all-linear")
 SCHEME_ORDER = ("16", "8", "nf4", "fp4")
 BASELINE_LEVELS = ("full", "base", UNTRAINED_BASE)  # curves' levels of the baselines
@@ -68,7 +69,7 @@ def shown_factors(trials: pd.DataFrame) -> list[str]:
     shown = [f for f in FACTORS if f not in SOMETIMES]
     if levels("scheme") > levels("bits"):
         shown.insert(shown.index("bits") + 1, "scheme")
-    shown += [f for f in ("model", "beta", "dpo_loss_type") if levels(f) > 1]
+    shown += [f for f in ("model", *DPO_FACTORS) if levels(f) > 1]
     return shown
 
 

@@ -37,6 +37,7 @@ CONFIG_COLUMNS = {
     "data_size": ("data", "size"),
     "beta": ("dpo", "beta"),  # preference trials only (None for the other tasks)
     "dpo_loss_type": ("dpo", "loss"),
+    "sft_weight": ("dpo", "sft_weight"),
     "lr": ("train", "lr"),
     "steps": ("train", "steps"),
     "seed": ("seed",),
@@ -122,7 +123,7 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
     row["scheme"] = scheme(row["scheme"], row["bits"], row["quant_type"])
     if row["task"] != "preference":  # the dpo section's defaults mean nothing there
-        row["beta"] = row["dpo_loss_type"] = None
+        row["beta"] = row["dpo_loss_type"] = row["sft_weight"] = None
     row["baseline"] = group == record.BASELINES
     # written with config.json; a trial of another tool may have none
     env = _read(lambda t: record.read_env(t, optional=True), d, found,

@@ -2,6 +2,7 @@
 
     python bench/dpo_after_sft.py                  # seeds 0 1 2 (about 15 min a seed, 2 cores)
     python bench/dpo_after_sft.py --seeds 0 --dpo-steps 30
+    python bench/dpo_after_sft.py --sft-weight 1 --reuse   # DPO plus the chosen's SFT loss
 
 Per seed, each trial in a process of its own (their peaks are compared): the default skills SFT
 trial (``python -m study.train_one --seed S``: every other field its default), then DPO from its
@@ -58,19 +59,21 @@ def trial(out: Path, reuse: bool, *flags: str) -> tuple[dict, float | None]:
     return run_train_one(out, *flags, quiet=True)
 
 
-def one_seed(seed: int, work: Path, dpo_steps: int, reuse: bool) -> dict:
+def one_seed(seed: int, work: Path, dpo_steps: int, reuse: bool, sft_weight: float) -> dict:
     sft, sft_s = trial(work / f"sft-{seed}", reuse, "--seed", str(seed))
     batch = max(1, 8 // 2)  # TrainConfig's default batch of 8 sequences, as 4 pairs
     flags = ["--seed", str(seed), *DPO_FLAGS, "--lora.init_from",
              str(record.adapter_dir(work / f"sft-{seed}")), "--batch-size", str(batch),
              "--steps", str(dpo_steps),
-             "--eval.every", str(dpo_steps), "--warmup", str(max(1, dpo_steps // 10))]
-    dpo, dpo_s = trial(work / f"dpo-{seed}", reuse, *flags)
+             "--eval.every", str(dpo_steps), "--warmup", str(max(1, dpo_steps // 10)),
+             "--dpo.sft_weight", str(sft_weight)]
+    name = f"dpo-{seed}" if not sft_weight else f"dpo-sft{sft_weight:g}-{seed}"
+    dpo, dpo_s = trial(work / name, reuse, *flags)
     return {"seed": seed, "sft": sft, "dpo": dpo, "sft_s": sft_s, "dpo_s": dpo_s,
             "estimate": dpo_estimate(flags)}
 
 
-def table(rows: list[dict], dpo_steps: int, seconds: float) -> str:
+def table(rows: list[dict], dpo_steps: int, sft_weight: float, seconds: float) -> str:
     lines = [
         "| seed | SFT test EM | DPO test EM | DPO eval reward acc | margin | SFT peak MB | "
         "DPO peak MB | DPO / SFT peak | DPO estimate MB | estimate error |",
@@ -91,7 +94,8 @@ def table(rows: list[dict], dpo_steps: int, seconds: float) -> str:
         f"Test exact match, mean [95% t interval] over {len(rows)} seeds: before (SFT) "
         f"{interval(before)}, after (DPO) {interval(after)}; eval reward accuracy "
         f"{interval([r['dpo'][M.REWARD_ACCURACY] for r in rows])}. DPO: {dpo_steps} steps of 4 "
-        f"pairs, {' '.join(DPO_FLAGS)}, from the SFT adapter; SFT: the default skills trial. "
+        f"pairs, {' '.join(DPO_FLAGS)} --dpo.sft_weight {sft_weight:g}, from the SFT adapter; "
+        "SFT: the default skills trial. "
         f"{seconds / 60:.0f} min in all.",
     ]
     return "\n".join(lines)
@@ -102,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dpo-steps", type=int, default=60)
     parser.add_argument("--work", type=Path, default=HERE / "out" / "dpo_after_sft")
+    parser.add_argument("--sft-weight", type=float, default=0.0,
+                        help="dpo.sft_weight of the DPO trials (0: plain DPO)")
     parser.add_argument("--reuse", action="store_true",
                         help="read the finished trials of an earlier run instead of rerunning")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = [one_seed(seed, args.work, args.dpo_steps, args.reuse) for seed in args.seeds]
+    rows = [one_seed(seed, args.work, args.dpo_steps, args.reuse, args.sft_weight)
+            for seed in args.seeds]
     text = (f"Machine: {machine_line(machine())}\n\n"
-            + table(rows, args.dpo_steps, time.perf_counter() - start))
+            + table(rows, args.dpo_steps, args.sft_weight, time.perf_counter() - start))
     print(text)
     (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "dpo_after_sft.md").write_text(text + "\n")
+    suffix = f"-sft{args.sft_weight:g}" if args.sft_weight else ""
+    (HERE / "out" / f"dpo_after_sft{suffix}.md").write_text(text + "\n")
     return 0
 
 

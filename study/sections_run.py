@@ -137,9 +137,17 @@ class DpoConfig:
     training, a trial file that survives --resume) or disabled (the same model with its adapters
     switched off, each step: the base, so only for a new adapter); cached as measured faster
     (docs/BENCHMARKS.md)."""
+    sft_weight: float = 0.0
+    """Weight of the chosen responses' mean token loss added to DPO's (TRL's loss_type
+    [..., "sft"] with loss_weights; RPO's alpha): it keeps the chosen answers likely where pairs
+    differ in a token or two and DPO alone pushes both down (docs/BENCHMARKS.md); 0 is plain
+    DPO."""
 
     def __post_init__(self) -> None:
         require(self.loss in DPO_LOSSES, "dpo.loss", self.loss, f"one of {', '.join(DPO_LOSSES)}")
         positive_float("dpo.beta", self.beta)
+        require(isinstance(self.sft_weight, (int, float)) and not isinstance(self.sft_weight, bool)
+                and math.isfinite(self.sft_weight) and self.sft_weight >= 0,
+                "dpo.sft_weight", self.sft_weight, "a number >= 0")
         require(self.reference in REFERENCES, "dpo.reference", self.reference,
                 f"one of {', '.join(REFERENCES)}")

@@ -37,8 +37,12 @@ def _examples(tokenizer):
     return [encode_preference(tokenizer, p, c, r, 96) for p, c, r, _ in triples]
 
 
-def _trainer(model, tokenizer, loss: str, beta: float, tmp_path, peft_config=None):
-    args = trl.DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=[loss], report_to=[],
+def _trainer(model, tokenizer, cfg: DpoConfig, tmp_path, peft_config=None):
+    # dpo.sft_weight is TRL's "sft" loss type beside the preference loss, weighted
+    losses, weights = ([cfg.loss, "sft"], [1.0, cfg.sft_weight]) if cfg.sft_weight else (
+        [cfg.loss], None)
+    args = trl.DPOConfig(output_dir=str(tmp_path), beta=cfg.beta, loss_type=losses,
+                         loss_weights=weights, report_to=[],
                          use_cpu=True, per_device_train_batch_size=PAIRS, max_steps=STEPS,
                          bf16=False)  # TRL defaults to bf16 where the machine has it: fp32 here
     text = datasets.Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}] * 2)
@@ -46,20 +50,20 @@ def _trainer(model, tokenizer, loss: str, beta: float, tmp_path, peft_config=Non
                           peft_config=peft_config)
 
 
-def _twins(name: str, loss: str, beta: float, reference: str, tokenizer, tmp_path):
+def _twins(name: str, cfg: DpoConfig, reference: str, tokenizer, tmp_path):
     """(ours, TRL's trainer) holding the same non-zero A and B. ``disabled``: TRL wraps the base
     with a fresh PEFT adapter (init_lora_weights=False), whose reference is the adapters switched
     off, copied into ours. ``precomputed``: TRL gets a model that already has the adapter, whose
     reference is the starting adapter (TRL's frozen "ref" copy), as our cached reference is."""
     if reference == "precomputed":
         ours, theirs = peft_twin(name, 16, "all-linear", rank=4, alpha=8.0, rslora=False)
-        return ours, _trainer(theirs, tokenizer, loss, beta, tmp_path)
+        return ours, _trainer(theirs, tokenizer, cfg, tmp_path)
     ours, _ = load_model(name)
     inject_lora(ours, "all-linear", rank=4, alpha=8.0)
     config = peft.LoraConfig(r=4, lora_alpha=8.0, lora_dropout=0.0, init_lora_weights=False,
                              target_modules=expand_targets(ours, "all-linear"),
                              task_type="CAUSAL_LM")
-    trainer = _trainer(load_model(name)[0], tokenizer, loss, beta, tmp_path, config)
+    trainer = _trainer(load_model(name)[0], tokenizer, cfg, tmp_path, config)
     inner = trainer.model.base_model.model
     with torch.no_grad():
         for module_name, layer in lora_layers(ours):
@@ -84,21 +88,24 @@ def _ours_batch(examples, pad_id, ref=None):
     return batch
 
 
-# one case in `make test` (each builds a TRL trainer: ~20 s), the other seven in `make test-slow`
-CASES = [pytest.param(name, loss, reference, marks=() if (name, loss, reference) == (
+# one case in `make test` (each builds a TRL trainer: ~20 s), the others in `make test-slow`;
+# the last two add the SFT term (dpo.sft_weight) to each loss
+CASES = [pytest.param(name, loss, reference, 0.0, marks=() if (name, loss, reference) == (
     "tiny-qwen2", "ipo", "precomputed") else pytest.mark.slow)
     for name in ("tiny-llama", "tiny-qwen2") for loss in ("sigmoid", "ipo")
-    for reference in ("disabled", "precomputed")]
+    for reference in ("disabled", "precomputed")] + [
+    pytest.param("tiny-qwen2", loss, reference, 0.5, marks=pytest.mark.slow)
+    for loss, reference in (("sigmoid", "precomputed"), ("ipo", "disabled"))]
 
 
-@pytest.mark.parametrize(("name", "loss", "reference"), CASES)
-def test_dpo_equals_trl(name, loss, reference, tmp_path):
+@pytest.mark.parametrize(("name", "loss", "reference", "sft_weight"), CASES)
+def test_dpo_equals_trl(name, loss, reference, sft_weight, tmp_path):
     torch.manual_seed(0)
     _, tokenizer = load_model(name)
     examples = _examples(tokenizer)
     pad_id = tokenizer.pad_token_id
-    cfg = DpoConfig(loss=loss, beta=0.5)
-    ours, trainer = _twins(name, loss, cfg.beta, reference, tokenizer, tmp_path)
+    cfg = DpoConfig(loss=loss, beta=0.5, sft_weight=sft_weight)
+    ours, trainer = _twins(name, cfg, reference, tokenizer, tmp_path)
     theirs = trainer.model
     inputs = _trl_inputs(examples, pad_id)
     ref = None

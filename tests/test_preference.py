@@ -15,7 +15,8 @@ from study.sections import DataConfig
 from study.sections_run import DpoConfig
 from study.trial.batches import Batcher, pair_batch
 from study.trial.data import IGNORE, build_data, encode_preference
-from study.trial.dpo import pair_losses
+from study.trial.dpo import make_loss, pair_losses, sequence_logps
+from study.trial.logits import target_index
 from study.trial.models import load_model
 from study.trial.tasks import preference, skills
 from study.trial.tasks.text import DataSourceError
@@ -128,11 +129,32 @@ def test_the_losses_follow_the_formulas():
     assert ipo.tolist() == pytest.approx(expected)
 
 
+def test_the_sft_weight_adds_the_chosen_answers_mean_token_loss(tokenizer):
+    torch.manual_seed(0)
+    model = load_model("tiny-llama")[0]
+    examples = [encode_preference(tokenizer, p, c, r, 64)
+                for p, c, r, _ in preference.builtin_triples(3)]
+    batch = pair_batch(examples, tokenizer.pad_token_id)
+    batch["target_index"] = target_index(batch["labels"])
+    with torch.no_grad():
+        logps, lengths, nll, rows = sequence_logps(model, batch)
+        batch["ref_logps"] = logps - 0.3  # a reference unlike the policy: a non-trivial DPO loss
+        plain = make_loss(DpoConfig())(model, batch)
+        mixed = make_loss(DpoConfig(sft_weight=2.0))(model, batch)
+    chosen_tokens = int(lengths[:3].sum())
+    assert int((rows < 3).sum()) == chosen_tokens  # the term's tokens: the chosen rows' only
+    expected = plain + 2.0 * nll[rows < 3].mean()
+    assert float(mixed) == pytest.approx(float(expected), rel=1e-6)
+    assert float(mixed) > float(plain) + 1.0
+
+
 @pytest.mark.parametrize("values, message", [
     ({"dpo.beta": 0}, "dpo.beta must be a number > 0"),
     ({"dpo.beta": -0.1}, "dpo.beta must be a number > 0"),
     ({"dpo.beta": "x"}, "dpo.beta must be a number > 0"),
     ({"dpo.loss": "hinge"}, "dpo.loss must be one of sigmoid, ipo"),
+    ({"dpo.sft_weight": -1}, "dpo.sft_weight must be a number >= 0"),
+    ({"dpo.sft_weight": float("nan")}, "dpo.sft_weight must be a number >= 0"),
     ({"data.task": "preference", "train.batching": "pack"}, "train.batching=pack is not"),
     ({"data.task": "preference", "train.compile": "auto"}, "train.compile=auto is not"),
     ({"data.task": "preference", "dpo.reference": "disabled", "lora.init_from": "x"},

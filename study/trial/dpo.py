@@ -13,7 +13,9 @@ gradients. For each pair, with r = log pi(y|x) - log ref(y|x):
     sigmoid: -log sigmoid(beta (r_chosen - r_rejected))
     ipo:     (r_chosen / n_chosen - r_rejected / n_rejected - 1 / (2 beta))^2   (n: response tokens)
 
-and the rewards beta r (detached), as TRL logs them; the loss is the mean over the pairs.
+and the rewards beta r (detached), as TRL logs them; the loss is the mean over the pairs, plus
+``dpo.sft_weight`` times the chosen responses' mean token loss (TRL's "sft" loss type: the mean
+over every chosen target token of the batch).
 """
 
 from __future__ import annotations
@@ -96,11 +98,15 @@ def score_pairs(model: nn.Module, batch: dict[str, torch.Tensor], cfg: DpoConfig
 
 
 def make_loss(cfg: DpoConfig) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
-    """The training loop's ``loss_fn``: the mean DPO loss over a pair batch's pairs."""
+    """The training loop's ``loss_fn``: the mean DPO loss over a pair batch's pairs, plus the
+    weighted SFT loss of its chosen responses (module docstring)."""
 
     def dpo_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logps, lengths, _, _ = sequence_logps(model, batch)
-        return pair_losses(logps, reference_logps(model, batch), lengths, cfg)[0].mean()
+        logps, lengths, nll, rows = sequence_logps(model, batch)
+        loss = pair_losses(logps, reference_logps(model, batch), lengths, cfg)[0].mean()
+        if cfg.sft_weight:
+            loss = loss + cfg.sft_weight * nll[rows < logps.shape[0] // 2].mean()
+        return loss
 
     return dpo_loss
 
