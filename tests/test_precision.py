@@ -117,3 +117,27 @@ def test_an_unsupported_dtype_is_one_line_exit_2_before_anything(dtype, message,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cached_rate_taken_on_a_busy_machine_is_replaced_once_a_faster_one_is_timed(
+        bf16_cpu, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "_checked", set())
+    cache, calls = tmp_path / "p.json", []
+    busy = {"fp32": 6.0, "bf16": 4.0}  # timed while another process had the cores
+    precision.matmul_timings(CPU, SHAPE, cache, fake_timer(busy, calls))
+    quiet = fake_timer({"fp32": 3.0, "bf16": 3.9}, calls)
+    assert precision.checked_timings(CPU, SHAPE, cache, quiet) == {"fp32": 3.0, "bf16": 3.9}
+    assert precision.matmul_timings(CPU, SHAPE, cache, quiet)[0] == {"fp32": 3.0, "bf16": 3.9}
+    timed = len(calls)
+    precision.checked_timings(CPU, SHAPE, cache, quiet)  # once per process
+    assert len(calls) == timed
+
+
+def test_a_slower_time_now_never_replaces_a_faster_cached_one(bf16_cpu, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "_checked", set())
+    cache = tmp_path / "p.json"
+    precision.matmul_timings(CPU, SHAPE, cache, fake_timer({"fp32": 3.0, "bf16": 4.0}, []))
+    before = cache.read_text()
+    busy = fake_timer({"fp32": 9.0, "bf16": 9.0}, [])
+    assert precision.checked_timings(CPU, SHAPE, cache, busy) == {"fp32": 3.0, "bf16": 4.0}
+    assert cache.read_text() == before

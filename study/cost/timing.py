@@ -96,11 +96,11 @@ class TrialTime:
 
 
 def machine_speed(cfg: TrialConfig, facts) -> float:
-    """FLOP/s of the model-shaped matmul at ``cfg``'s precision on this machine (measured once,
-    cached with the precision choice)."""
+    """FLOP/s of the model-shaped matmul at ``cfg``'s precision on this machine (cached with the
+    precision choice, re-timed once per process: ``precision.checked_timings``)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
-    timings, _ = precision.matmul_timings(device, shape)
+    timings = precision.checked_timings(device, shape)
     name = cfg.train.dtype
     if name == "auto":  # what precision.resolve chooses from these timings
         name = precision.choose(timings, precision.preferred(device))
