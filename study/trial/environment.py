@@ -60,7 +60,7 @@ def padding_share(cfg: TrialConfig, train: list[Example]) -> float | None:
 def environment(
     cfg: TrialConfig, device: torch.device, precision: dict, storage: torch.dtype = torch.float32,
     model: torch.nn.Module | None = None, train: list[Example] | None = None,
-    compile_choice: dict | None = None,
+    compile_choice: dict | None = None, host_allocator: str | None = None,
 ) -> dict:
     """What a result depends on besides its config: versions, hardware, threads, dtypes, seed.
 
@@ -68,7 +68,9 @@ def environment(
     ``float_weights`` that of its other float parameters (embeddings, norms, the head) and
     ``compute_dtype`` what the forward and backward compute in; ``attn_implementation`` the
     attention ``model`` runs (sdpa, eager, ...) and ``padding_share`` that of the padded slots
-    in the micro-batches it trains on (``padding_share``; None without ``train``)."""
+    in the micro-batches it trains on (``padding_share``; None without ``train``);
+    ``host_allocator`` the CPU trial's malloc setting (``study.trial.host_memory``; None on CUDA
+    or without glibc)."""
     packages = {}
     for pkg in ("torch", "transformers", "bitsandbytes", "safetensors", "ray", "optuna"):
         try:
@@ -104,4 +106,5 @@ def environment(
         "attn_implementation": attn_implementation(model) if model is not None else None,
         "padding_share": padding_share(cfg, train) if train is not None else None,
         "compile": compile_choice,  # train.compile asked, chosen and why (compiling.Choice.record)
+        "host_allocator": host_allocator,
     }

@@ -28,7 +28,7 @@ from lora_impl.loraplus import loraplus_groups
 from study import metrics as M
 from study import record
 from study.config import TrialConfig
-from study.trial import compiling, dpo, precision, reference
+from study.trial import compiling, dpo, host_memory, precision, reference
 from study.trial.adapter import prepare
 from study.trial.checkpoint import load_checkpoint, save_checkpoint
 from study.trial.data import Example, TaskData, build_data
@@ -78,6 +78,8 @@ class _Trial:
         self.cfg, self.out, self.report = cfg, out, report
         self.started = time.perf_counter()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # before anything large is allocated: the peak it reports is the trial's own
+        self.host_allocator = host_memory.configure() if self.device.type == "cpu" else None
         self._load()
         self.pad_id = self.tokenizer.pad_token_id
         self.total_steps = total_steps(cfg.train, len(self.data.train))
@@ -122,7 +124,8 @@ class _Trial:
                                          self.tokenizer.pad_token_id, self.device, self.amp,
                                          self.precision.name)
         self.env = environment(cfg, self.device, self.precision.record(), storage, self.model,
-                               self.data.train, compile_choice=self.compiled.choice.record())
+                               self.data.train, compile_choice=self.compiled.choice.record(),
+                               host_allocator=self.host_allocator)
 
     def _reference(self, resuming: bool) -> None:
         """dpo.reference=cached: the starting model's log-probabilities of every pair (read back
