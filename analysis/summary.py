@@ -92,11 +92,13 @@ def print_summary(
     time_budget_s: float | None = None,
     estimate: Callable[[dict], float] | None = None,
     duration: Callable[[dict], float] | None = None,
+    band: Callable[[dict], float] | None = None,
 ) -> None:
     """Print the summary of a finished (or resumed-and-finished) study.
 
-    ``estimate`` maps a trial's config to the memory estimate that gated it (compared with the
-    measured peaks when given); ``duration`` to its estimated seconds (compared with each
+    ``estimate`` maps a trial's config to its memory estimate (compared with the measured peaks
+    when given), ``band`` to the share of it --max-mem-mb adds (the estimate's measured error
+    band); ``duration`` to its estimated seconds (compared with each
     finished trial's ``trial_s``).
     """
     rows = collect(study_dir)
@@ -113,7 +115,7 @@ def print_summary(
     _print_pareto(finished, objectives[0], by_model)
     _print_errored(rows, by_model)
     if estimate is not None:
-        _print_memory_estimate(finished, estimate)
+        _print_memory_estimate(finished, estimate, band)
     if duration is not None:
         _print_durations(finished, duration)
     _print_precision(finished)
@@ -204,18 +206,33 @@ def _print_errored(rows: list[dict], by_model: bool) -> None:
                   f"--out {trial.parent / (trial.name + '-whole-gpu')}")
 
 
-def _print_memory_estimate(finished: list[dict], estimate: Callable[[dict], float]) -> None:
-    """The memory estimate's error against each finished trial's measured peak."""
-    errors = []
+def _print_memory_estimate(finished: list[dict], estimate: Callable[[dict], float],
+                           band: Callable[[dict], float] | None) -> None:
+    """Per finished trial its memory estimate, the error band --max-mem-mb adds to it and its
+    measured peak; then the errors of the LoRA trials, and apart those of full fine-tuning and
+    the base (other terms of the model: a frozen copy, no training)."""
+    errors: dict[str, list[float]] = {"lora": [], "other": []}
+    lines = []
     for r in finished:
         measured = r["metrics"].get(M.PEAK_MEM_MB)
-        if measured:
-            errors.append(100 * (estimate(r["config"]) - measured) / measured)
-    if errors:
-        print(
-            f"  memory estimate vs measured peak: mean error {np.mean(errors):+.0f}%, "
-            f"range {min(errors):+.0f}% to {max(errors):+.0f}% over {len(errors)} trials"
-        )
+        if not measured:
+            continue
+        mb = estimate(r["config"])
+        share = band(r["config"]) if band is not None else 0.0
+        error = 100 * (mb - measured) / measured
+        errors["lora" if r["config"]["method"] == "lora" else "other"].append(error)
+        lines.append(f"    {mb:6.0f} MB estimated (+{100 * share:.0f}% band: {mb * (1 + share):.0f}"
+                     f" MB gated), {measured:6.0f} MB measured ({error:+4.0f}%)  {_where(r)} "
+                     f"{describe(r['config'])}")
+    if not lines:
+        return
+    print("  memory estimate vs measured peak (the training phase):")
+    print("\n".join(lines))
+    for kind, label in (("lora", "LoRA trials"), ("other", "full fine-tuning and base")):
+        if values := errors[kind]:
+            print(f"    {label}: mean error {np.mean(values):+.0f}%, mean |error| "
+                  f"{np.mean(np.abs(values)):.0f}%, range {min(values):+.0f}% to "
+                  f"{max(values):+.0f}% over {len(values)} trials")
 
 
 def _print_replicates(rows: list[dict], objective: str, by_model: bool) -> None:

@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> StudyOptions:
 def main(argv: list[str] | None = None) -> int:
     """Check everything, run the study, print its summary; bad input -> one line, exit code 2."""
     options = parse_args(argv)
-    from study.cost.estimate import estimator
+    from study.cost.estimate import band_of, estimator
     from study.search.leftovers import end_leftovers
     from study.search.plan import claim, plan_study
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.options.time_budget_s,
         estimate=estimator(plan.facts, plan.worker_mb),
         duration=trial_estimator(plan.facts, plan.forked),
+        band=band_of,
     )
     wall = time.monotonic() - started
     planned = f" (estimated {plan.time.total_s / 60:.1f} min)" if plan.time else ""

@@ -144,3 +144,28 @@ def test_dora_s_estimate_counts_its_magnitudes_and_its_larger_graph(facts):
     outputs = sum(o for _, o in facts.target_dims[lora.lora.targets])
     assert adapter_params(dora, facts) == adapter_params(lora, facts) + outputs
     assert estimate_cfg(dora, facts) > estimate_cfg(lora, facts)
+
+
+def test_the_gate_judges_the_estimate_plus_its_band_and_the_summary_shows_both(capsys,
+                                                                               monkeypatch):
+    from analysis.summary import _print_memory_estimate
+    from study.cost import estimate as E
+    from study.cost.estimate import band, band_of, estimate_cfg, gate_cfg, model_facts
+
+    monkeypatch.setitem(E.BAND, ("lora", 4), 0.2)
+    facts = model_facts(tiny_trial(), ["qv", "all-linear"])[0]
+    four, sixteen = tiny_trial(**{"quant.bits": 4}), tiny_trial()
+    assert band(four) == 0.2 and band_of(four.to_dict()) == 0.2
+    assert gate_cfg(four, facts, 0.0) == pytest.approx(1.2 * estimate_cfg(four, facts, 0.0))
+    assert gate_cfg(sixteen, facts, 0.0) == pytest.approx(
+        (1 + E.BAND["lora", 16]) * estimate_cfg(sixteen, facts, 0.0))
+    rows = [{"group": "search", "trial": f"t{i}", "config": c.to_dict(),
+             "metrics": {"peak_mem_mb": peak}}
+            for i, (c, peak) in enumerate(((four, 100.0), (sixteen, 80.0),
+                                           (tiny_trial(method="full"), 50.0)))]
+    _print_memory_estimate(rows, lambda config: 90.0, band_of)
+    out = capsys.readouterr().out
+    assert "90 MB estimated (+20% band: 108 MB gated),    100 MB measured ( -10%)" in out
+    # LoRA's -10% and +12.5%; full fine-tuning's +80% apart
+    assert "LoRA trials: mean error +1%, mean |error| 11%, range -10% to +12% over 2" in out
+    assert "full fine-tuning and base: mean error +80%" in out

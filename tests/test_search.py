@@ -54,7 +54,8 @@ def test_search_does_not_launch_over_budget_configs_and_tells_optuna_why():
     assert all(t.constraints == {"memory_mb": 5400.0} for t in over)  # 6400 MB - 1000 MB
     launched = [t for t in trials if "trial_dir" in t.user_attrs]
     assert len(launched) == 6 and all(t.constraints["memory_mb"] == -900.0 for t in launched)
-    assert "estimated peak 6400 MB > --max-mem-mb 1000" in over[0].user_attrs["not_launched"]
+    assert ("estimated peak with its error band 6400 MB > --max-mem-mb 1000"
+            in over[0].user_attrs["not_launched"])
 
 
 def test_search_hand_off_pruned_fail_complete():

@@ -211,7 +211,7 @@ def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_
     over-budget one is told PRUNED with its excess, and the search ends saying why."""
     from search_spaces import sample_point
     from study.config import TrialConfig
-    from study.cost.estimate import estimate_cfg
+    from study.cost.estimate import gate_cfg  # what the gate judges: the estimate and its band
     from study.search.plan import plan_study
     from study.tune import parse_args
 
@@ -223,7 +223,7 @@ def test_an_exhausted_budget_ends_the_search_and_no_configuration_runs_twice_at_
     argv += ["--storage-path", str(tmp_path / "res"), "--max-concurrent", "2", "--grace", "6"]
     plan = plan_study(parse_args(argv), argv)
     fits, over = (
-        estimate_cfg(TrialConfig.from_dict({**sample_point(plan.space), "train.batch_size": b}),
+        gate_cfg(TrialConfig.from_dict({**sample_point(plan.space), "train.batch_size": b}),
                      plan.facts["tiny-llama"], plan.worker_mb)
         for b in (4, 256)
     )

@@ -77,8 +77,13 @@ def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
     assert all(b["train"]["steps"] == 4 for b in plan.baselines)
 
 
-def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
-    from study.cost.estimate import estimate_cfg
+def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys, monkeypatch):
+    from study.cost import estimate as E
+    from study.cost.estimate import gate_cfg  # what the gate judges: the estimate and its band
+
+    # one band for all: on the tiny model full fine-tuning's extra state (12 bytes a weight of
+    # a few million) is smaller than LoRA's band, which this test is not about
+    monkeypatch.setattr(E, "BAND", dict.fromkeys(E.BAND, 0.1))
     from study.search.plan import plan_study
     from study.tune import parse_args
 
@@ -88,10 +93,10 @@ def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys):
     from study.config import TrialConfig
 
     facts = plan.facts[full["model"]["name"]]
-    full_mb = estimate_cfg(TrialConfig.from_dict(full), facts, plan.worker_mb)
+    full_mb = gate_cfg(TrialConfig.from_dict(full), facts, plan.worker_mb)
     lora_mb = min(
-        estimate_cfg(TrialConfig.from_dict({**full, "method": "lora", "quant.bits": b}),
-                     facts, plan.worker_mb)
+        gate_cfg(TrialConfig.from_dict({**full, "method": "lora", "quant.bits": b}),
+                 facts, plan.worker_mb)
         for b in (4, 16)
     )
     assert lora_mb < full_mb

@@ -122,7 +122,8 @@ class StudyOptions:
     time_budget_s: float | None = None
     """stop launching trials after this long"""
     max_mem_mb: float | None = field(default=None, metadata=flag(study=True))
-    """skip configs whose estimated peak exceeds this; stop trials that exceed it"""
+    """skip configs whose estimated peak, plus its measured error band, exceeds this; stop
+    trials that exceed it"""
     no_baselines: bool = field(default=False, metadata=flag(
         study=True, note=f"the full run trains at train.lr {FULL_BASELINE_LR:g}"))
     """skip the base and full runs"""

@@ -23,7 +23,7 @@ from study.cost.estimate import (
     Facts,
     check_space_inits,
     check_space_ranks,
-    estimate_cfg,
+    gate_cfg,
     model_facts,
     smallest_estimate,
     worker_mb,
@@ -157,12 +157,12 @@ def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
         for method, extra in (("base", {}), ("full", {"train.lr": FULL_BASELINE_LR,
                                                       "lora.init_from": None})):
             cfg = check_config({**common, "model.name": model, "method": method, **extra})
-            estimate = (estimate_cfg(cfg, facts[model], extra_mb)
+            estimate = (gate_cfg(cfg, facts[model], extra_mb)
                         if max_mem_mb and method != "base" else 0)
             if max_mem_mb and estimate > max_mem_mb:
                 print(
                     f"study.tune: the {method} baseline of {model} is not run: estimated peak "
-                    f"{estimate:.0f} MB > --max-mem-mb {max_mem_mb:.0f}"
+                    f"with its error band {estimate:.0f} MB > --max-mem-mb {max_mem_mb:.0f}"
                 )
                 continue
             out.append(cfg.to_dict())
@@ -195,7 +195,8 @@ def _check_budget(max_mem_mb: float | None, space: dict, facts: Facts, extra_mb:
         if smallest is not None and smallest > max_mem_mb:
             raise UsageError(
                 f"--max-mem-mb {max_mem_mb:g}: every configuration of the space is "
-                f"estimated above it (the smallest needs about {smallest:.0f} MB)"
+                f"estimated above it (the smallest needs about {smallest:.0f} MB with the "
+                "estimate's error band)"
             )
 
 

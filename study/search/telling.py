@@ -68,7 +68,8 @@ def tell_not_launched(study, trial, excess: float, max_mem_mb: float) -> None:
     from optuna.trial import TrialState
 
     estimate = excess + max_mem_mb
-    reason = f"estimated peak {estimate:.0f} MB > --max-mem-mb {max_mem_mb:g}"
+    reason = (f"estimated peak with its error band {estimate:.0f} MB > --max-mem-mb "
+              f"{max_mem_mb:g}")
     trial.set_user_attr(journal.NOT_LAUNCHED, reason)
     trial.set_constraint(journal.MEMORY, excess)
     study.tell(trial, state=TrialState.PRUNED)

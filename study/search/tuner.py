@@ -151,7 +151,7 @@ def _search_tuner(plan: Plan, fn, run_config):
         points=tune_points(plan.space),
         storage=journal.storage(plan.study_dir),
         study_name=plan.name,
-        estimate_mb=estimator(plan.facts, plan.worker_mb),
+        estimate_mb=estimator(plan.facts, plan.worker_mb, gate=True),  # with its error band
         max_mem_mb=options.max_mem_mb,
         replay=functools.partial(replay_curves, plan.study_dir, record.SEARCH),
         num_samples=options.num_samples,
