@@ -70,3 +70,11 @@ def run_train_one(out: Path, *flags: str, quiet: bool = False) -> tuple[dict, fl
     subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
     return record.read_metrics(out), time.perf_counter() - t0
+
+
+def write_out(name: str, text: str) -> None:
+    """Print a benchmark's table and keep it as bench/out/``name`` (git-ignored)."""
+    print(text)
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / name).write_text(text + "\n")

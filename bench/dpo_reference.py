@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench.common import machine, machine_line, median, run_train_one  # noqa: E402
+from bench.common import machine, machine_line, median, run_train_one, write_out  # noqa: E402
 from study import metrics as M  # noqa: E402
 
 FLAGS = ("--task", "preference", "--batch-size", "4", "--lr", "2e-4", "--eval.early_prompts", "0",
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
               "pass scores the train, eval and test pairs once; 'reference pass s' is the trial's "
               "time outside loading, training and evaluation."]
     text = "\n".join(lines)
-    print(text)
-    (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "dpo_reference.md").write_text(text + "\n")
+    write_out("dpo_reference.md", text)
     return 0
 
 

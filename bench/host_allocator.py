@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench.common import machine, machine_line, run_train_one  # noqa: E402
+from bench.common import machine, machine_line, run_train_one, write_out  # noqa: E402
 from bench.memory_model import SMALL_EVAL  # noqa: E402
 from study import metrics as M  # noqa: E402
 from study.trial.host_memory import ENV, HOST_ALLOCATORS  # noqa: E402
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"({min(peaks):,.0f}-{max(peaks):,.0f}) | "
                      f"{statistics.median(m[M.START_MEM_MB] for m in ms):,.0f} |")
     text = "\n".join(lines)
-    print(text)
-    (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "host_allocator.md").write_text(text + "\n")
+    write_out("host_allocator.md", text)
     return 0
 
 

@@ -46,6 +46,18 @@ def positive_float(name: str, value: Any) -> None:
     )
 
 
+def nonnegative_float(name: str, value: Any) -> None:
+    require(
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0,
+        name,
+        value,
+        "a number >= 0",
+    )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which model to fine-tune."""

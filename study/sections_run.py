@@ -6,10 +6,9 @@ fields carry their defaults and one-line docstrings, checked in ``__post_init__`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from study.sections import positive_float, positive_int, require
+from study.sections import nonnegative_float, positive_float, positive_int, require
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 COMPILES = ("auto", "on", "off")  # train.compile (study.trial.compiling)
@@ -70,14 +69,7 @@ class TrainConfig:
                 and self.warmup >= 0, "train.warmup", self.warmup, "an integer >= 0")
         require(isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
                 "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
-        require(
-            isinstance(self.weight_decay, (int, float))
-            and math.isfinite(self.weight_decay)
-            and self.weight_decay >= 0,
-            "train.weight_decay",
-            self.weight_decay,
-            "a number >= 0",
-        )
+        nonnegative_float("train.weight_decay", self.weight_decay)
         positive_float("train.grad_clip", self.grad_clip)
         require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         require(isinstance(self.grad_checkpointing, bool), "train.grad_checkpointing",
@@ -146,8 +138,6 @@ class DpoConfig:
     def __post_init__(self) -> None:
         require(self.loss in DPO_LOSSES, "dpo.loss", self.loss, f"one of {', '.join(DPO_LOSSES)}")
         positive_float("dpo.beta", self.beta)
-        require(isinstance(self.sft_weight, (int, float)) and not isinstance(self.sft_weight, bool)
-                and math.isfinite(self.sft_weight) and self.sft_weight >= 0,
-                "dpo.sft_weight", self.sft_weight, "a number >= 0")
+        nonnegative_float("dpo.sft_weight", self.sft_weight)
         require(self.reference in REFERENCES, "dpo.reference", self.reference,
                 f"one of {', '.join(REFERENCES)}")
