@@ -28,7 +28,7 @@ from study import record  # noqa: E402
 TARGETS = ["qv", "qkv", "qkvo", "all-linear"]
 # kept at their value: with one batch shape in most runs, per-call and per-FLOP costs of
 # training cannot be told apart, and FLOPs are what scales to other batch shapes
-FIXED = ("train.calls",)
+FIXED = ("train.calls", "other.compile")  # other.compile: measured (study.cost.timing)
 
 
 def trials(dirs: list[Path]) -> list[dict]:

@@ -141,3 +141,26 @@ def test_a_slower_time_now_never_replaces_a_faster_cached_one(bf16_cpu, tmp_path
     busy = fake_timer({"fp32": 9.0, "bf16": 9.0}, [])
     assert precision.checked_timings(CPU, SHAPE, cache, busy) == {"fp32": 3.0, "bf16": 4.0}
     assert cache.read_text() == before
+
+
+class _SharedClock:
+    """Each clock advances 4 ms per read: a matmul over 2 threads that got half the machine
+    (another process held the rest) took 4 ms of wall time and 2 ms of each thread's."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def perf_counter(self):
+        self.wall += 0.004  # read twice per mm
+        return self.wall
+
+    def process_time(self):
+        self.cpu += 0.004
+        return self.cpu
+
+
+def test_a_cpu_matmul_is_timed_by_the_cpu_its_threads_got_not_the_wall_clock(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(precision, "time", _SharedClock())
+    # wall 4 ms between the reads around each mm; cpu 4 ms over 2 threads: 2 ms each
+    assert precision.time_matmul((8, 8, 8), "fp32", torch.device("cpu")) == pytest.approx(2.0)

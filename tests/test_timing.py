@@ -35,6 +35,25 @@ def test_terms_scale_with_the_work(facts):
     assert none["train.compute"] == 0 and none["eval.compute"] > 0
 
 
+def test_a_compiled_trial_adds_the_measured_compile_and_auto_adds_none(facts):
+    speed = 1e10
+    off = timing.trial_time(tiny_trial(), facts, speed)
+    on = timing.trial_time(tiny_trial(**{"train.compile": "on"}), facts, speed)
+    auto = timing.trial_time(tiny_trial(**{"train.compile": "auto"}), facts, speed)
+    assert on.other_s - off.other_s == pytest.approx(timing.COEFFICIENTS["other.compile"])
+    assert auto == off  # compiled only where a cached verdict says it repays
+    assert timing.terms(tiny_trial(method="base", **{"train.compile": "on"}), facts,
+                        speed)["other.compile"] == 0  # nothing trained, nothing compiled
+
+
+def test_grouped_batches_cost_less_than_padded_ones(facts):
+    speed = 1e10
+    pad = timing.terms(tiny_trial(**{"train.steps": 12}), facts, speed)
+    group = timing.terms(tiny_trial(**{"train.steps": 12, "train.batching": "group"}), facts,
+                         speed)
+    assert group["train.compute"] < pad["train.compute"]  # the real, less padded, batches
+
+
 def test_the_summary_compares_estimated_and_measured_time(tmp_path, capsys):
     from analysis.summary import _print_durations
 

@@ -21,7 +21,8 @@ repository's runs (``bench/time_model.py --fit``, docs/BENCHMARKS.md):
 - calls: the per-layer cost of each forward or backward call (Python, kernel launches), which
   dominates batch-1 decoding and small models;
 - the optimizer's update, per trainable parameter and step; checkpoints, per byte written;
-- loading: fixed, per parameter read, per weight quantized.
+- loading: fixed, per parameter read, per weight quantized;
+- compiling (``train.compile on``): per trial, measured rather than fitted.
 
 The estimate assumes a trial runs to its last step (ASHA may stop it earlier) and that a
 trained model's answers are as long as the references (the base model's: the full
@@ -62,6 +63,10 @@ COEFFICIENTS = {
     "load.quantized": 24.06,  # per 1e9 weights quantized at load
     "other.const": 0.03288,  # per evaluation: metrics, trial files
     "other.checkpoint": 0.08879,  # per GB written
+    # per trial compiled (train.compile on): its decoder layers compiled with inductor's cache
+    # warm, as every trial of a study but the first finds it; the bundled model on 2 AMD EPYC
+    # cores, bench/compile_choice.py (a cold first compile took 64.6 s; docs/BENCHMARKS.md)
+    "other.compile": 17.0,
 }
 WORKER_START_S = 3.0  # before run_trial: process start, imports (bench/study_overhead.py)
 # A trial forked from the study's fork server (study.forkserver) has torch, transformers and
@@ -171,6 +176,9 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
     out["load.params"] = facts.total_params / 1e9
     out["load.quantized"] = quantized / 1e9
     out["other.const"] = work.evaluations
+    # train.compile auto compiles only where a measured verdict says it repays (cached per
+    # machine and workload): counted as not compiled
+    out["other.compile"] = float(cfg.method != "base" and cfg.train.compile == "on")
     if cfg.method != "base":
         full = cfg.method == "full"
         forwards = 2.0 if cfg.train.grad_checkpointing else 1.0
@@ -241,8 +249,8 @@ def trial_time(cfg: TrialConfig, facts, speed: float | None = None, forked: bool
 # what a trial's time depends on (the rest of a configuration does not change it)
 TIME_KEYS = ("model.name", "method", "lora.rank", "lora.targets", "quant.bits", "quant.scheme",
              "data.size", "data.seq_len", "train.batch_size", "train.grad_accum", "train.steps",
-             "train.epochs", "train.grad_checkpointing", "train.dtype", "eval.every",
-             "eval.max_new_tokens")
+             "train.epochs", "train.grad_checkpointing", "train.dtype", "train.compile",
+             "train.batching", "eval.every", "eval.max_new_tokens")
 LONGER = ("train.steps", "train.epochs", "data.size", "data.seq_len", "eval.max_new_tokens")
 
 
