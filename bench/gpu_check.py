@@ -3,7 +3,7 @@
     python bench/gpu_check.py             # CUDA: the whole check; no CUDA: its CPU dry run
     python bench/gpu_check.py --dry-run   # the CPU dry run even where CUDA exists
 
-Five parts, one table:
+Six parts, one table:
 
 1. ``pytest -m gpu``: the `gpu`-marked tests (those that need Ray as well skip where it is
    missing; every test module must import without Ray, Optuna, datasets and gguf);
@@ -19,7 +19,11 @@ Five parts, one table:
 4. a throughput probe: a randomly initialised model with Qwen2-0.5B's config (no download),
    LoRA r8 on all linear layers, batch 8 x 512 tokens, bf16 autocast: tokens/s and model-FLOPs
    utilisation (against the GPU's dense bf16 peak where known, and the matmul rate measured here);
-5. ``bench/gpu_throughput.py`` in what is left of 6 minutes (``GPU_BUDGET_S``): our trial
+5. ``bench/gpu_memory.py`` (at most 4 minutes): the memory estimate against
+   ``torch.cuda.max_memory_allocated`` and the reserved peak for a named set on the Qwen2-0.5B
+   shape (16/8/4 bits, ranks 8 and 64, qv and all-linear, batch 8 and 16), its constants also
+   fitted on the set with each configuration's error left out of the fit;
+6. ``bench/gpu_throughput.py`` in what is left of 9 minutes (``GPU_BUDGET_S``): our trial
    against ``transformers.Trainer`` + PEFT on that shape (and the Trainer compiled), each in a
    process of its own, and K trials of it at once per GPU, written to the user's
    ``<cache>/gpu_share.json`` for ``--gpus-per-trial auto``.
@@ -59,7 +63,7 @@ import torch  # noqa: E402
 from bench.qwen2_probe import dense_bf16_peak, flops_per_token, make_probe  # noqa: E402
 
 RTOL = 1e-3  # two runs of one config on CUDA: losses agree to this (study.reproduce's default)
-GPU_BUDGET_S = 350.0  # the whole check on a GPU: 6 minutes, less a margin for the table
+GPU_BUDGET_S = 540.0  # the whole check on a GPU: 9 minutes (the memory set's 4 of them)
 
 
 def run_gpu_tests(rows: list, dry: bool) -> None:
@@ -240,6 +244,15 @@ def run_classify(rows: list, device: torch.device, work: Path) -> None:
                  ok and labels == 6))
 
 
+def run_memory(rows: list, dry: bool, started: float) -> None:
+    """bench/gpu_memory.py: the memory estimate against the GPU's peaks for the named set on
+    the Qwen2-0.5B shape, in at most its ``BUDGET_S`` (or what is left of the check's)."""
+    from bench import gpu_memory
+
+    left = GPU_BUDGET_S - (time.perf_counter() - started)
+    gpu_memory.run(rows, dry, None if dry else min(gpu_memory.BUDGET_S, left))
+
+
 def run_against_trainer(rows: list, dry: bool, started: float) -> None:
     """bench/gpu_throughput.py within what is left of ``GPU_BUDGET_S``: our trial against the
     Trainer, and K trials per GPU into the user's ``gpu_share.json`` (the dry run: ours and the
@@ -269,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
         run_trials(rows, device, Path(work))
         run_classify(rows, device, Path(work))
+    run_memory(rows, dry, started)
     run_throughput(rows, device, dry)
     run_against_trainer(rows, dry, started)
     where = "CPU dry run" if dry else torch.cuda.get_device_name(device)
