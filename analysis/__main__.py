@@ -174,7 +174,7 @@ def _best(args) -> int:
     from analysis.load import load_studies
     from analysis.selection import (
         best_trial,
-        describe,
+        label,
         left_out,
         several_models,
         train_one_command,
@@ -197,7 +197,7 @@ def _best(args) -> int:
     print(
         f"best {args.objective}{budget}: {row[args.objective]:.6g}  "
         f"[{row['study']}/{row['group']}/{row['trial']}] "
-        f"{describe(row, several_models(trials))}, peak {mem_text}"
+        f"{label(row, several_models(trials), detail=True)}, peak {mem_text}"
     )
     print(train_one_command(row))
     if why:

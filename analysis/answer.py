@@ -20,6 +20,7 @@ from analysis.design import Design
 from analysis.effects import ANOVA_COLUMNS, IMPORTANCE_COLUMNS, anova, importance
 from analysis.recommend import recommendations
 from analysis.stats import MIN_PAIRS, comparisons, configurations
+from study.metrics import number
 
 ALPHA = 0.05
 MAX_SENTENCES = 8
@@ -65,10 +66,6 @@ def write(found: Analysis, directory: Path) -> None:
         getattr(found, name).to_csv(directory / f"{name}.csv", index=False)
 
 
-def _g(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}g}"
-
-
 def _resources_text(comps: pd.DataFrame, row: pd.Series, design: Design) -> str:
     parts = []
     named = (SENTENCE_RESOURCES if design.source == "study"
@@ -95,13 +92,14 @@ def _comparison_sentence(comps: pd.DataFrame, row: pd.Series, design: Design, q:
     else:
         what = f"has {ratio:.3g}x the {q} of {f} {a}"
     ci = ("" if pd.isna(row["ci_low"]) else
-          f", mean difference {row['mean_diff']:+.3g}, 95% CI [{_g(row['ci_low'])}, "
-          f"{_g(row['ci_high'])}]")
+          f", mean difference {row['mean_diff']:+.3g}, 95% CI [{number(row['ci_low'], 3)}, "
+          f"{number(row['ci_high'], 3)}]")
     verdict = "significant" if row["p_holm"] < ALPHA else "not significant"
     return (
         f"{f} {b} {what} (median over {n} pairs{ci}){_resources_text(comps, row, design)}; the "
-        f"{q} difference is {verdict} (Wilcoxon p = {_g(row['wilcoxon_p'], 2)}, Holm-corrected "
-        f"p = {_g(row['p_holm'], 2)}, rank-biserial r = {row['effect_size']:+.2f})."
+        f"{q} difference is {verdict} (Wilcoxon p = {number(row['wilcoxon_p'], 2)}, "
+        "Holm-corrected "
+        f"p = {number(row['p_holm'], 2)}, rank-biserial r = {row['effect_size']:+.2f})."
     )
 
 
@@ -132,9 +130,9 @@ def sentences(design: Design, found: Analysis) -> list[str]:
     if len(recs):
         top = recs.iloc[0]
         ci = ("" if pd.isna(top["ci_low"]) else
-              f", 95% CI [{_g(top['ci_low'], 4)}, {_g(top['ci_high'], 4)}]")
+              f", 95% CI [{number(top['ci_low'], 4)}, {number(top['ci_high'], 4)}]")
         size = f" at data size {top['data_size']}" if "data_size" in recs.columns else ""
-        out.append(f"Best {q}{size}: {top['configuration']}, {_g(top[q], 4)}{ci} "
+        out.append(f"Best {q}{size}: {top['configuration']}, {number(top[q], 4)}{ci} "
                    f"({top['n']} run{'s' if top['n'] != 1 else ''}).")
     comps = found.comparisons
     lead = comps[comps["metric"] == q].sort_values(["p_holm", "wilcoxon_p"], kind="stable")

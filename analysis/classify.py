@@ -21,7 +21,6 @@ import pandas as pd
 from analysis.result_files import read_labels, read_metrics, warn
 from analysis.selection import (
     classify_metric,
-    describe,
     eligible,
     label,
     maximize,
@@ -38,7 +37,7 @@ class ConfusionInfo(NamedTuple):
     group: str
     trial: str
     label: str  # the trial's short label (selection.label)
-    description: str  # its longer description (selection.describe)
+    description: str  # its longer description (selection.label, detail=True)
     metric: str  # the eval-split metric it was picked by
     value: float  # its value of that metric
     names: list[str]  # class names in the matrix's order ("0", "1", ... when unknown)
@@ -96,7 +95,7 @@ def _confusion(row: pd.Series, metric: str, by_model: bool, found: list[str]):
         group=row["group"],
         trial=row["trial"],
         label=label(row, by_model),
-        description=describe(row, by_model),
+        description=label(row, by_model, detail=True),
         metric=metric,
         value=float(row[metric]),
         names=names,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.figure_data import SCHEME_ORDER, TARGET_ORDER
-from analysis.selection import describe, several_models, train_one_command
+from analysis.selection import label, several_models, train_one_command
 from analysis.trial_row import CONFIG_COLUMNS
 from study import metrics as M
 
@@ -153,7 +153,7 @@ def from_trials(trials: pd.DataFrame, studies: dict) -> Design:
         runs["config"] = [_config_key(r, identity) for _, r in runs.iterrows()]
     runs["replicate"] = pd.to_numeric(runs.get("replicate"), errors="coerce").fillna(0)
     by_model = several_models(runs)
-    runs["label"] = [describe(r, by_model) for _, r in runs.iterrows()]
+    runs["label"] = [label(r, by_model, detail=True) for _, r in runs.iterrows()]
     runs["command"] = [train_one_command(r) for _, r in runs.iterrows()]
     objectives = [o for info in studies.values() for o in info.get("objectives", [])]
     quality = [m for m in dict.fromkeys([*objectives, *M.QUALITY])

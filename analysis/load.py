@@ -54,6 +54,9 @@ class StudyData(NamedTuple):
     curves: pd.DataFrame  # one row per (trial, evaluation)
     studies: dict[str, dict]  # study name -> study.json (empty if unreadable)
     warnings: list[str]  # every ResultWarning raised while loading
+    # trial_dir -> the trial's files as read: config, metrics, env and status (dicts; {} where
+    # damaged or missing), for what the table does not keep (the summary's memory estimate)
+    files: dict[str, dict] = {}
 
 
 def check_study_dir(path: str | Path) -> Path:
@@ -134,7 +137,7 @@ def load_study(path: str | Path, name: str | None = None) -> StudyData:
     if record.has_study(study_dir):
         what = "command and space unknown"
         study_info = _read(record.read_study, study_dir, found, what) or {}
-    rows, points, configs = [], [], {}
+    rows, points, files = [], [], {}
     for group in GROUPS:
         for d in record.trial_dirs(study_dir, group):
             if not record.has_config(d) and not record.has_metrics(d):
@@ -142,13 +145,15 @@ def load_study(path: str | Path, name: str | None = None) -> StudyData:
                 if any(d.iterdir()) and _status(d, found).get("status") != record.RUNNING:
                     _warn(found, f"{d}: no {record.CONFIG}; trial skipped")
                 continue
-            row, curve, config = _trial_row(name, group, d, found)
+            row, curve, read = _trial_row(name, group, d, found)
             if row:
                 rows.append(row)
                 points.extend(curve)
-                configs[group, d.name] = config
+                files[row["trial_dir"]] = read
+    configs = {(r["group"], r["trial"]): files[r["trial_dir"]]["config"] for r in rows}
     _missing_trials(study_dir, study_info, configs, found)
-    return StudyData(_trials_frame(rows), _curves_frame(points), {name: study_info}, found)
+    frames = _trials_frame(rows), _curves_frame(points)
+    return StudyData(*frames, {name: study_info}, found, files)
 
 
 def _trials_frame(rows: list[dict]) -> pd.DataFrame:
@@ -182,6 +187,7 @@ def load_studies(paths: list[str | Path]) -> StudyData:
         _concat([p.curves for p in parts], ["study", "group", "trial", *CURVE_COLUMNS]),
         studies,
         [w for p in parts for w in p.warnings],
+        {k: v for p in parts for k, v in p.files.items()},
     )
 
 

@@ -36,7 +36,6 @@ from analysis.result_files import read_examples
 from analysis.selection import (
     UNTRAINED_BASE,
     classify_metric,
-    describe,
     front_hypervolumes,
     front_rows,
     is_untrained_base,
@@ -140,7 +139,8 @@ def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str
             if examples.empty:
                 continue
             title = (
-                f"{row['study']}/{row['group']}/{row['trial']}: {describe(row, by_model)} "
+                f"{row['study']}/{row['group']}/{row['trial']}: "
+                f"{label(row, by_model, detail=True)} "
                 f"({metric} {row[metric]:.4g})"
             )
             cols = [c for c in ("prompt", "target", "output") if c in examples.columns]

@@ -11,11 +11,9 @@ less budget, so its metrics are not comparable with a finished one's.
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis.pareto import hypervolume_2d, pareto_mask
@@ -77,11 +75,15 @@ def is_untrained_base(row: pd.Series | dict) -> bool:
     return row.get("method") == "base" and row.get("task") == "classify"
 
 
-def label(row: pd.Series | dict, model: bool = False) -> str:
-    """A short name for a trial: ``r8 all-linear 4b nf4`` for LoRA, ``full 16b fp32`` for
-    baselines: the bits and, where the trial recorded it, what its base weights are stored as
-    (on CUDA "16-bit" is bf16 or fp16, on CPU fp32). With ``model`` (a table of several
-    models, see :func:`several_models`) the model's short name comes first."""
+def label(row: pd.Series | dict, model: bool = False, detail: bool = False) -> str:
+    """A trial's name in every table, figure and summary line.
+
+    Short: ``r8 all-linear 4b nf4`` for LoRA (``dora pissa lora+16 rs r8 ...`` for a variant),
+    ``full 16b fp32`` for baselines: the bits and, where the trial recorded it, what its base
+    weights are stored as (on CUDA "16-bit" is bf16 or fp16, on CPU fp32). With ``detail``:
+    ``lora r8 a16 all-linear 4b nf4, data 1000, lr 0.0002`` (alpha, data size and learning
+    rate too). With ``model`` (a table of several models, see :func:`several_models`) the
+    model's short name comes first."""
     bits = row.get("bits")
     suffix = "" if bits is None or pd.isna(bits) else f" {int(bits)}b"
     if suffix and row.get("weights") in STORAGE:
@@ -91,10 +93,19 @@ def label(row: pd.Series | dict, model: bool = False) -> str:
     prefix = f"{model_short(row.get('model'))} " if model else ""
     if row.get("method") != "lora":
         method = UNTRAINED_BASE if is_untrained_base(row) else row.get("method")
-        return f"{prefix}{method}{suffix}"
-    rank = row.get("rank")
-    rank_text = "?" if rank is None or pd.isna(rank) else int(rank)
-    return f"{prefix}{_variant_text(row)}r{rank_text} {row.get('targets')}{suffix}"
+        what = f"{method}{suffix}"
+    else:
+        rank = row.get("rank")
+        rank_text = "?" if rank is None or pd.isna(rank) else int(rank)
+        alpha = row.get("alpha")
+        alpha_text = "" if not detail or alpha is None or pd.isna(alpha) else f"a{alpha:g} "
+        lora = "lora " if detail else ""
+        what = f"{lora}{_variant_text(row)}r{rank_text} {alpha_text}{row.get('targets')}{suffix}"
+    if not detail:
+        return prefix + what
+    lr = row.get("lr")
+    lr_text = f", lr {lr:.2g}" if isinstance(lr, (int, float)) and not math.isnan(lr) else ""
+    return f"{prefix}{what}, data {row.get('data_size')}{lr_text}"
 
 
 def _variant_text(row: pd.Series | dict) -> str:
@@ -110,21 +121,6 @@ def _variant_text(row: pd.Series | dict) -> str:
     if row.get("rslora") is True:
         parts.append("rs")
     return "".join(f"{p} " for p in parts)
-
-
-def describe(row: pd.Series | dict, model: bool = False) -> str:
-    """A longer description: (model,) method, rank/alpha/targets, bits, data size, lr."""
-    what = label(row)
-    if row.get("method") == "lora":
-        alpha = row.get("alpha")
-        if alpha is not None and not pd.isna(alpha):
-            what = re.sub(r"(^|\s)(r[\d?]+) ", rf"\1\2 a{alpha:g} ", what, count=1)
-        what = f"lora {what}"
-    if model:
-        what = f"{model_short(row.get('model'))} {what}"
-    lr = row.get("lr")
-    lr_text = f", lr {lr:.2g}" if isinstance(lr, (int, float)) and not math.isnan(lr) else ""
-    return f"{what}, data {row.get('data_size')}{lr_text}"
 
 
 def _candidates(trials: pd.DataFrame, include_stopped: bool) -> pd.Series:
@@ -273,16 +269,8 @@ def train_one_command(row: pd.Series | dict) -> str:
 
 
 def format_table(rows: pd.DataFrame, columns: list[str]) -> str:
-    """A plain-text table (numbers to 4 significant digits, '-' for missing)."""
-
-    def cell(value) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-            return "-"
-        if isinstance(value, (float, np.floating)):
-            return f"{value:.4g}"
-        return str(value)
-
-    body = [[cell(v) for v in row] for row in rows[columns].itertuples(index=False)]
+    """A plain-text table (numbers as study.metrics.number prints them)."""
+    body = [[M.number(v) for v in row] for row in rows[columns].itertuples(index=False)]
     widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in body]

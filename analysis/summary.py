@@ -10,55 +10,45 @@ when a study ends.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from analysis.load import ResultWarning, load_study
 from analysis.pareto import pareto_mask
-from analysis.selection import UNTRAINED_BASE, model_short
+from analysis.selection import label
+from analysis.trial_row import config_columns
 from study import journal, record
 from study import metrics as M
+from study.metrics import number
 
 
-def collect(study_dir: Path) -> list[dict]:
-    """One record per trial directory of the study: config, metrics, status, group."""
-    rows = []
-    for group in record.GROUPS:
-        for d in record.trial_dirs(study_dir, group):
-            if not record.has_config(d):
-                continue
-            try:
-                config = record.read_config(d)
-                metrics = record.read_metrics(d) if record.has_metrics(d) else {}
-            except record.RecordError:
-                continue  # damaged: `python -m analysis report` names it
-            status = record.read_status(d)
-            try:
-                env = record.read_env(d)
-            except record.RecordError:
-                env = {}
-            row = {"trial": d.name, "group": group, "config": config, "metrics": metrics,
-                   "env": env, "dir": str(d)}
-            rows.append({**row, "status": status})
-    return rows
+def collect(study_dir: Path, found: list[str] | None = None) -> list[dict]:
+    """One record per trial of the study, read by :func:`analysis.load.load_study` (the loader
+    the report uses): ``config``, ``metrics``, ``env`` and ``status`` as read, ``trial``,
+    ``group`` and ``dir``. The loader's warnings (a
+    damaged file, a deleted trial) go into ``found`` instead of Python's warnings: the summary
+    prints them itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultWarning)
+        data = load_study(study_dir)
+    if found is not None:
+        found.extend(data.warnings)
+    return [
+        {"trial": row["trial"], "group": row["group"], "dir": row["trial_dir"],
+         **data.files[row["trial_dir"]]}
+        for _, row in data.trials.iterrows()
+    ]
 
 
-def describe(config: dict, model: bool = False) -> str:
-    """A short label: (model,) method, rank/alpha/targets, bits, size, lr. A classify study's
-    base trial is "base (untrained head)": its score head is random, its quality chance-like."""
-    lora, method = config["lora"], config["method"]
-    if method == "base" and (config.get("data") or {}).get("task") == "classify":
-        method = UNTRAINED_BASE
-    what = (
-        f"lora r{lora['rank']} a{lora['alpha']:g} {lora['targets']}" if method == "lora" else method
-    )
-    if model:
-        what = f"{model_short((config.get('model') or {}).get('name'))} {what}"
-    quant = config["quant"]
-    # 4-bit has two schemes (nf4, fp4) a study may compare: name it
-    bits = f"{quant['bits']}-bit" + (f" {quant.get('type')}" if quant["bits"] == 4 else "")
-    return f"{what}, {bits}, size {config['data']['size']}, lr {config['train']['lr']:.2g}"
+def trial_label(trial: dict, model: bool = False) -> str:
+    """The trial's label as the report writes it (selection.label, detail=True), from its
+    config and, where it has one, its env.json (the storage of the base's weights)."""
+    row = config_columns(trial["config"])
+    row["weights"] = (trial.get("env") or {}).get("weights")
+    return label(row, model, detail=True)
 
 
 def _test_metric(quality: str, config: dict) -> str:
@@ -81,10 +71,6 @@ def _where(row: dict) -> str:
     return f"[{row['group']}/{row['trial']} = {str(config_id)[:8]} r{replicate}]"
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
-
-
 def print_summary(
     study_dir: Path,
     objectives: list[str],
@@ -101,7 +87,8 @@ def print_summary(
     band); ``duration`` to its estimated seconds (compared with each
     finished trial's ``trial_s``).
     """
-    rows = collect(study_dir)
+    found: list[str] = []
+    rows = collect(study_dir, found)
     repeats = _mark_repeats(rows)
     # trials of several models (the model searched): each line names its model
     models = {(r["config"].get("model") or {}).get("name") for r in rows}
@@ -121,6 +108,7 @@ def print_summary(
     _print_precision(finished)
     _print_compile(finished)
     _print_search(study_dir, len(searched), num_samples, time_budget_s)
+    _print_problems(found)
     print(f"\nBuild the report: python -m analysis report {study_dir}")
 
 
@@ -157,8 +145,8 @@ def _print_best(finished: list[dict], objectives: list[str], by_model: bool) -> 
                 candidates, key=lambda r: r["metrics"][objective]
             )
             print(
-                f"  best {objective}: {_fmt(pick['metrics'][objective])}  "
-                f"{_where(pick)} {describe(pick['config'], by_model)}"
+                f"  best {objective}: {number(pick['metrics'][objective])}  "
+                f"{_where(pick)} {trial_label(pick, by_model)}"
             )
 
 
@@ -179,10 +167,10 @@ def _print_pareto(finished: list[dict], quality: str, by_model: bool) -> None:
     ):
         test = _test_metric(quality, r["config"])
         print(
-            f"    {quality} {_fmt(r['metrics'][quality])}, "
+            f"    {quality} {number(r['metrics'][quality])}, "
             f"peak {r['metrics'][M.PEAK_MEM_MB]:.0f} MB, "
-            f"{test} {_fmt(r['metrics'].get(test))}  "
-            f"{_where(r)} {describe(r['config'], by_model)}"
+            f"{test} {number(r['metrics'].get(test))}  "
+            f"{_where(r)} {trial_label(r, by_model)}"
         )
 
 
@@ -193,7 +181,7 @@ def _print_errored(rows: list[dict], by_model: bool) -> None:
     for r in rows:
         if r["status"].get("status") == record.ERRORED:
             reason = str(r["status"].get("reason"))
-            what = describe(r["config"], by_model)
+            what = trial_label(r, by_model)
             print(f"  errored {_where(r)} {what}: {reason}")
             if reason.startswith(record.SHARED_GPU_OOM):
                 shared_oom.append(r)
@@ -223,14 +211,14 @@ def _print_memory_estimate(finished: list[dict], estimate: Callable[[dict], floa
         errors["lora" if r["config"]["method"] == "lora" else "other"].append(error)
         lines.append(f"    {mb:6.0f} MB estimated (+{100 * share:.0f}% band: {mb * (1 + share):.0f}"
                      f" MB gated), {measured:6.0f} MB measured ({error:+4.0f}%)  {_where(r)} "
-                     f"{describe(r['config'])}")
+                     f"{trial_label(r)}")
     if not lines:
         return
     print("  memory estimate vs measured peak (the training phase):")
     print("\n".join(lines))
-    for kind, label in (("lora", "LoRA trials"), ("other", "full fine-tuning and base")):
+    for kind, name in (("lora", "LoRA trials"), ("other", "full fine-tuning and base")):
         if values := errors[kind]:
-            print(f"    {label}: mean error {np.mean(values):+.0f}%, mean |error| "
+            print(f"    {name}: mean error {np.mean(values):+.0f}%, mean |error| "
                   f"{np.mean(np.abs(values)):.0f}%, range {min(values):+.0f}% to "
                   f"{max(values):+.0f}% over {len(values)} trials")
 
@@ -249,9 +237,9 @@ def _print_replicates(rows: list[dict], objective: str, by_model: bool) -> None:
                   if r["status"].get("status") == record.FINISHED
                   and isinstance(r["metrics"].get(objective), (int, float))]
         spread = (f"{np.mean(values):.4g} +- {np.std(values, ddof=1):.2g}" if len(values) > 1
-                  else _fmt(values[0]) if values else "-")
+                  else number(values[0]) if values else "-")
         print(f"    {group}/{str(config_id)[:8]}: {len(values)} of {len(members)} finished, "
-              f"{spread}  {describe(members[0]['config'], by_model)}")
+              f"{spread}  {trial_label(members[0], by_model)}")
 
 
 def _print_durations(finished: list[dict], duration: Callable[[dict], float]) -> None:
@@ -266,7 +254,7 @@ def _print_durations(finished: list[dict], duration: Callable[[dict], float]) ->
         actual, estimated = r["metrics"][M.TRIAL_S], duration(r["config"])
         errors.append(100 * (estimated - actual) / actual)
         print(f"    {estimated:6.0f} s estimated, {actual:6.0f} s measured ({errors[-1]:+4.0f}%)  "
-              f"{_where(r)} {describe(r['config'], by_model)}")
+              f"{_where(r)} {trial_label(r, by_model)}")
     print(f"    median |error| {np.median(np.abs(errors)):.0f}% over {len(errors)} trials")
 
 
@@ -280,10 +268,10 @@ def _print_precision(finished: list[dict]) -> None:
             continue
         times = choice.get("timings_ms") or {}
         how = ", ".join(f"{k} {v:.3g} ms" for k, v in times.items() if isinstance(v, int | float))
-        label = choice["name"] + (f" ({choice.get('asked')}: {how} per matmul)" if how else "")
-        seen[label] = seen.get(label, 0) + 1
-    for label, n in seen.items():
-        print(f"  compute precision: {label}, {n} finished trial{'s' * (n != 1)}")
+        text = choice["name"] + (f" ({choice.get('asked')}: {how} per matmul)" if how else "")
+        seen[text] = seen.get(text, 0) + 1
+    for text, n in seen.items():
+        print(f"  compute precision: {text}, {n} finished trial{'s' * (n != 1)}")
 
 
 def _print_compile(finished: list[dict]) -> None:
@@ -294,11 +282,25 @@ def _print_compile(finished: list[dict]) -> None:
         choice = r["env"].get("compile")
         if isinstance(choice, dict) and choice.get("chosen"):
             seen.setdefault(f"{choice['chosen']} ({choice.get('asked')})", []).append(r)
-    for label, rows in seen.items():
+    for chosen, rows in seen.items():
         spent = sum(v for r in rows if isinstance(v := r["metrics"].get(M.COMPILE_S), int | float))
         reason = rows[0]["env"]["compile"].get("reason")
-        print(f"  compile: {label}, {len(rows)} finished trial{'s' * (len(rows) != 1)}, "
+        print(f"  compile: {chosen}, {len(rows)} finished trial{'s' * (len(rows) != 1)}, "
               f"{spent:.0f} s compiling in all; e.g. {reason}")
+
+
+MAX_PROBLEMS = 10  # lines of loading problems the summary prints; the report lists every one
+
+
+def _print_problems(found: list[str]) -> None:
+    """What the loader found damaged or missing (the report's "Problems found while loading")."""
+    if not found:
+        return
+    print(f"  problems found while loading ({len(found)}):")
+    for message in found[:MAX_PROBLEMS]:
+        print(f"    {message}")
+    if len(found) > MAX_PROBLEMS:
+        print(f"    ... and {len(found) - MAX_PROBLEMS} more (the report lists them all)")
 
 
 def _print_search(
@@ -307,9 +309,8 @@ def _print_search(
     """What the Optuna journal says of the search: suggestions not trained, why it ended."""
     try:
         study = journal.load(study_dir)
-    except record.RecordError as err:
-        print(f"  {err}")
-        return
+    except record.RecordError:
+        return  # the loader's warning names it (_print_problems)
     if study is None:
         return
     facts = journal.outcomes(study)

@@ -1,6 +1,7 @@
 """One trial directory -> its row of the trial table and its learning-curve points.
 
-    row, points, config = _trial_row("demo", "search", trial_dir, found)
+    row, points, files = _trial_row("demo", "search", trial_dir, found)
+    files["config"], files["metrics"], files["env"], files["status"]   # the files as read
 
 The row's columns (:data:`TRIAL_COLUMNS`) are the config's parameters (:data:`CONFIG_COLUMNS`),
 the trial's status, its scalar metrics and the best point of each eval-split quality along its
@@ -104,8 +105,23 @@ def _curve(d: Path, found: list[str]) -> list[dict]:
     return points
 
 
+def config_columns(config: dict) -> dict:
+    """A trial config's parameters as the table's columns (:data:`CONFIG_COLUMNS`): None where
+    a parameter means nothing for the trial (a baseline's rank, a non-preference trial's beta)."""
+    row = {}
+    for column, keys in CONFIG_COLUMNS.items():
+        value = _get(config, keys)
+        row[column] = None if column in LORA_ONLY and config.get("method") != "lora" else value
+    row["scheme"] = scheme(row["scheme"], row["bits"], row["quant_type"])
+    if row["task"] != "preference":  # the dpo section's defaults mean nothing there
+        row["beta"] = row["dpo_loss_type"] = row["sft_weight"] = None
+    return row
+
+
 def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict, list, dict]:
-    """One trial's row, curve points and config, or ({}, [], {}) without a readable config."""
+    """One trial's row, curve points and files (its config, metrics, env and status as read:
+    the summary needs the whole config and the non-scalar entries), or ({}, [], {}) without a
+    readable config."""
     try:
         config = record.read_config(d)
     except RecordError as err:
@@ -118,12 +134,7 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         _warn(found, f"{record.config_path(d)}: not a trial config; trial skipped")
         return {}, [], {}
     row: dict = {"study": study, "group": group, "trial": d.name, "trial_dir": str(d)}
-    for column, keys in CONFIG_COLUMNS.items():
-        value = _get(config, keys)
-        row[column] = None if column in LORA_ONLY and config["method"] != "lora" else value
-    row["scheme"] = scheme(row["scheme"], row["bits"], row["quant_type"])
-    if row["task"] != "preference":  # the dpo section's defaults mean nothing there
-        row["beta"] = row["dpo_loss_type"] = row["sft_weight"] = None
+    row.update(config_columns(config))
     row["baseline"] = group == record.BASELINES
     # written with config.json; a trial of another tool may have none
     env = _read(lambda t: record.read_env(t, optional=True), d, found,
@@ -155,7 +166,8 @@ def _trial_row(study: str, group: str, d: Path, found: list[str]) -> tuple[dict,
         {"study": study, "group": group, "trial": d.name, **{c: p.get(c) for c in CURVE_COLUMNS}}
         for p in curve
     ]
-    return row, points, config
+    files = {"config": config, "metrics": metrics, "env": env, "status": status}
+    return row, points, files
 
 
 def scheme(given, bits, kind) -> str | None:

@@ -27,7 +27,7 @@ from study import record  # noqa: E402
 
 def analyse(study: Path, wall_s: float | None, started: float | None = None) -> str:
     """The overhead table and the quality found, from a study directory."""
-    from analysis.summary import collect, describe
+    from analysis.summary import collect, trial_label
 
     cmd = record.read_study(study)["command"]
     rows = collect(study)
@@ -67,7 +67,7 @@ def analyse(study: Path, wall_s: float | None, started: float | None = None) -> 
             "",
             f"Best LoRA trial by eval exact match ({100 * best['metrics']['exact_match']:.1f}%): "
             f"test exact match {100 * best['metrics']['test_exact_match']:.1f}% "
-            f"({describe(best['config'])}) vs base {100 * b:.1f}%: {gain:+.1f} points.",
+            f"({trial_label(best)}) vs base {100 * b:.1f}%: {gain:+.1f} points.",
         ]
     return "\n".join(lines)
 

@@ -5,6 +5,9 @@ This module imports nothing heavy, so ``analysis`` may use it without torch or r
 
 from __future__ import annotations
 
+import math
+import numbers
+
 # quality: eval split (selection, early stopping) and held-out test split (finished trials only)
 EVAL_LOSS, EVAL_PPL, EXACT_MATCH = "eval_loss", "eval_ppl", "exact_match"
 TEST_LOSS, TEST_EXACT_MATCH = "test_loss", "test_exact_match"
@@ -76,3 +79,22 @@ MAXIMIZE = frozenset({EXACT_MATCH, TEST_EXACT_MATCH, TRAIN_TOKENS_PER_S, *CLASSI
 def mode(name: str) -> str:
     """'max' or 'min': the direction in which metric ``name`` improves."""
     return "max" if name in MAXIMIZE else "min"
+
+
+def number(value, digits: int = 4) -> str:
+    """A value as the live table, the summary and the report print it: ``digits`` significant
+    digits; a whole number, or one with ``digits`` or more digits before the point, without a
+    decimal point or an exponent (rank 8, not 8.0; 123457 tokens/s, not 1.235e+05); "-" for a
+    missing value (None, NaN, pandas' NA); anything else (text, a bool) as ``str`` gives it."""
+    if value is None or type(value).__name__ == "NAType":  # pandas' NA, without importing pandas
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "-"
+    if not abs(value) < 1e15 or not (value.is_integer() or abs(value) >= 10**digits):
+        return f"{value:.{digits}g}"
+    return f"{value:.0f}"

@@ -374,4 +374,23 @@ def test_the_summary_picks_by_accuracy_and_names_the_untrained_base(study, capsy
     pareto = out.split("Pareto set (accuracy vs peak_mem_mb")[1]
     assert "test_accuracy" in pareto and "base (untrained head)" in pareto
     assert "[search/a1]" not in pareto and "[search/b2]" in pareto
-    assert "4-bit fp4" in pareto  # b2: its scheme shows
+    assert "4b fp4" in pareto  # b2: its scheme shows (the report's label: selection.label)
+
+
+def test_the_summary_reads_through_the_loader_and_prints_its_warnings(study, capsys):
+    """A damaged trial is named in the summary as in the report (issue 36): the summary reads
+    the study with analysis.load, not trial directories of its own."""
+    from analysis.summary import collect, print_summary
+
+    metrics = record.group_dir(study, record.SEARCH) / "a2" / record.METRICS
+    metrics.write_text('{"step": 150, "accur')  # a kill mid-write
+    found: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResultWarning)  # passed on, not raised again
+        rows = collect(study, found)
+    assert len(rows) == len(TRIALS) and len(found) == 1 and str(metrics) in found[0]
+    assert {r["trial"]: r["metrics"] for r in rows}["a2"] == {}  # kept, without its metrics
+    print_summary(study, ["accuracy", "peak_mem_mb"], num_samples=5)
+    out = capsys.readouterr().out
+    problems = out.split("problems found while loading (1):")[1]
+    assert f"    {found[0]}" in problems.splitlines()[1]

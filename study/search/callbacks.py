@@ -110,11 +110,10 @@ def _compile(trial_dir: Path) -> str | None:
         return None
 
 
-def _cell(value, width: int, fmt: str = "{}") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):  # not measured (yet)
-        return "-".rjust(width)
-    text = value if isinstance(value, str) else fmt.format(value)
-    return text[:width].rjust(width)
+def _cell(value, width: int) -> str:
+    """A value cut to its column: "-" when not measured (yet), numbers as the summary and the
+    report print them (study.metrics.number)."""
+    return M.number(value)[:width].rjust(width)
 
 
 def _config_cells(config: dict) -> list:
@@ -176,25 +175,7 @@ class LiveTable(Callback):
             _compile(_dir(self.dir, trial)),
             state,
         ]
-        fmts = [
-            "{}",
-            "{}",
-            "{}",
-            "{}",
-            "{:g}",
-            "{}",
-            "{}",
-            "{}",
-            "{}",
-            "{:.4f}",
-            "{:.2f}",
-            "{:.0f}",
-            "{:.0f}",
-            "{}",
-            "{}",
-            "{}",
-        ]
-        return " ".join(_cell(v, w, f) for v, (_, w), f in zip(values, COLUMNS, fmts))
+        return " ".join(_cell(v, w) for v, (_, w) in zip(values, COLUMNS))
 
     def table(self, trials) -> str:
         """The current table as text, then each configuration's mean and spread of the
