@@ -98,8 +98,9 @@ TABLE_ONLY = ("factors", "quality", "resources", "replicate", "data_size")
 
 
 def _report(args) -> int:
-    from analysis.report import build_report, build_table_report
+    from analysis.report import build_report
     from analysis.table_input import parse_metrics, parse_names
+    from analysis.table_report import build_table_report
 
     if args.table is None:
         given = [f"--{n.replace('_', '-')}" for n in TABLE_ONLY if getattr(args, n) is not None]

@@ -86,6 +86,7 @@ class ParetoInfo(NamedTuple):
     missing: int  # trials without x or y (e.g. errored before the first evaluation)
     # the models drawn apart (a colour each), sorted; [] when the points are of one model
     models: list[str] = []
+    larger_y_better: bool = False
 
 
 def _step_line(front: pd.DataFrame, x_max: bool, right: float) -> tuple[np.ndarray, np.ndarray]:
@@ -100,49 +101,74 @@ def _step_line(front: pd.DataFrame, x_max: bool, right: float) -> tuple[np.ndarr
     return np.r_[xs, max(right, xs[-1])], np.r_[ys, ys[-1]]
 
 
-def pareto_info(trials: pd.DataFrame, x: str, y: str, include_stopped: bool = False) -> ParetoInfo:
-    """Points and fronts of ``y`` against ``x``; fronts from finished trials unless asked."""
-    check_metric(trials, x)
-    check_metric(trials, y)
-    has = trials[x].notna() & trials[y].notna()
-    rows = trials[has]
-    on_front = front_flags(rows, [y, x], include_stopped)
+# what a row of an external table (analysis.table_input) lacks: a finished LoRA run of one model
+RUN_DEFAULTS = {"method": "lora", "baseline": False, "status": "finished", "model": None}
+
+
+def _points(rows: pd.DataFrame, x: str, y: str, on_front: pd.Series) -> pd.DataFrame:
+    """One row per drawn trial; its label is the table's ``label`` where it has one."""
     # a front may mix models (which model and config is cheapest for this quality): each
     # point says its model, in its label and its colour
     by_model = several_models(rows)
-    points = pd.DataFrame(
+    labels = (rows["label"] if "label" in rows.columns
+              else [label(r, by_model) for _, r in rows.iterrows()])
+    test = M.TEST_OF.get(y)
+    return pd.DataFrame(
         {
             "study": rows["study"],
             "trial": rows["trial"],
             "method": rows["method"],
             "baseline": rows["baseline"].astype(bool),
             "status": rows["status"],
-            "model": rows["model"] if "model" in rows.columns else None,
-            "label": [label(r, by_model) for _, r in rows.iterrows()],
+            "model": rows["model"],
+            "label": list(labels),
             "x": rows[x].astype(float),
             "y": rows[y].astype(float),
             "on_front": on_front.astype(bool),
+            "test": rows[test].astype(float) if test in rows.columns else np.nan,
         }
-    )
-    test = M.TEST_OF.get(y)
-    points["test"] = rows[test].astype(float) if test else np.nan
+    ).reset_index(drop=True)
+
+
+def pareto_info(
+    trials: pd.DataFrame, x: str, y: str, include_stopped: bool = False,
+    larger_better: tuple[bool, bool] | None = None,
+) -> ParetoInfo:
+    """Points and fronts of ``y`` against ``x``; fronts from finished trials unless asked.
+
+    ``trials``: a study's trial table (analysis.load), or an external table's runs
+    (analysis.table_input: no method or status columns, metrics of its own) with
+    ``larger_better`` = whether a larger (x, y) is better. Every Pareto panel of both reports
+    is drawn from this value (render.pareto_figure)."""
+    if larger_better is None:
+        check_metric(trials, x)
+        check_metric(trials, y)
+        larger_better = (maximize(x), maximize(y))
+    x_max, y_max = larger_better
+    trials = trials.assign(**{c: v for c, v in RUN_DEFAULTS.items() if c not in trials.columns})
+    has = trials[x].notna() & trials[y].notna()
+    rows = trials[has]
+    points = _points(rows, x, y, front_flags(rows, [y, x], include_stopped,
+                                             larger_better=[y_max, x_max]))
     fronts, steps = {}, {}
-    edge = (points["x"].min() if maximize(x) else points["x"].max()) if len(points) else 0.0
+    edge = (points["x"].min() if x_max else points["x"].max()) if len(points) else 0.0
     for study in trials["study"].unique():
         front = points[(points["study"] == study) & points["on_front"]]
-        front = front.sort_values(["x", "y"], ascending=[True, not maximize(y)], kind="stable")
+        front = front.sort_values(["x", "y"], ascending=[True, not y_max], kind="stable")
         fronts[study] = front.reset_index(drop=True)
-        steps[study] = _step_line(front, maximize(x), edge)
+        steps[study] = _step_line(front, x_max, edge)
+    models = points["model"].dropna().unique().tolist()
     return ParetoInfo(
         x=x,
         y=y,
         log_x=x in LOG_AXES,
-        points=points.reset_index(drop=True),
+        points=points,
         fronts=fronts,
         steps=steps,
-        where="pre" if maximize(x) else "post",
+        where="pre" if x_max else "post",
         missing=int((~has).sum()),
-        models=sorted(rows["model"].dropna().unique().tolist()) if by_model else [],
+        models=sorted(models) if len(models) > 1 else [],
+        larger_y_better=y_max,
     )
 
 

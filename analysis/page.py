@@ -1,57 +1,89 @@
-"""The report's page: its style, its figures (embedded) and its atomic move into place.
+"""The report's page: its template, its figures (embedded) and its atomic move into place.
 
-    html = page(title, count, body)
-    path = publish(out, lambda tmp: ...)    # write the report in tmp; out is replaced when done
+    sections = [section("answer", "The answer", sentences=[...], notes=[...]), ...]
+    html = render_page(title, count, sections)   # analysis/templates/report.html.j2
+    path = publish(out, lambda tmp: ...)         # written in tmp, moved into place when done
+
+Python builds the page's content as values (a :class:`Section` per heading: its kind and its
+data, tables as :class:`analysis.tables.Table`, figures as :class:`Figure`); the jinja2
+template holds every tag and word of prose and escapes every value (autoescape): a trial label
+or a generation with markup in it shows as text.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
+
+import jinja2
 
 from analysis import render
+from study.metrics import number
 from study.outdir import check_output_dir
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
-table.wrap td { white-space: pre-wrap; max-width: 36em; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
-.scroll { overflow-x: auto; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; }
-.grid figure { flex: 1 1 520px; max-width: 590px; }
-figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.8em; color: #555; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
-.warn { color: #a15c00; }
-ul.answer li { margin: 0.4em 0; line-height: 1.4; }
-table.confusion td.diag { background: #e6f2e6; font-weight: bold; }
-"""
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "report.html.j2"
+
+
+class Section(NamedTuple):
+    """One heading of the page: ``kind`` names the template's macro that draws ``data``."""
+
+    kind: str
+    heading: str
+    data: dict
+
+
+def section(kind: str, heading: str, **data) -> Section:
+    """A :class:`Section` (``data`` as keywords)."""
+    return Section(kind, heading, data)
+
+
+class Figure(NamedTuple):
+    """A figure as the page embeds it: its PNG in base64, its caption and its files' stem."""
+
+    name: str
+    caption: str
+    png_base64: str
+
+
 class Figures:
-    """Saves figures under ``out/figures`` and keeps their HTML (PNG embedded as base64)."""
+    """Saves figures under ``out/figures`` (PNG and SVG) and keeps them for the page."""
 
     def __init__(self, out: Path) -> None:
         self.dir = out / "figures"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.files: list[Path] = []
 
-    def add(self, fig, name: str, caption: str) -> str:
-        """Save ``fig`` as ``figures/<name>.png`` and ``.svg``; return its HTML figure."""
+    def add(self, fig, name: str, caption: str) -> Figure:
+        """Save ``fig`` as ``figures/<name>.png`` and ``.svg``; return it as the page shows it."""
         png, svg = render.save(fig, self.dir / name)
         self.files += [png, svg]
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        return (
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)} (figures/{name}.png, .svg)</figcaption></figure>"
-        )
+        return Figure(name, caption, base64.b64encode(png.read_bytes()).decode("ascii"))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every value is text: a label or a generation cannot inject markup
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails the build, not the page
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["number"] = number
+    return env
+
+
+def render_page(title: str, count: int, sections: list[Section]) -> str:
+    """The whole HTML document: the title, when and from how many runs, then the sections."""
+    template = _environment().get_template(TEMPLATE)
+    built = time.strftime("%Y-%m-%d %H:%M:%S")
+    return template.render(title=title, count=count, built=built, sections=sections)
 
 
 REPORT_FILES = frozenset({"report.html", "trials.csv", "curves.csv", "figures", "stats"})
@@ -83,15 +115,3 @@ def publish(out: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved into place
     return out / "report.html"
-
-
-def page(title: str, count: int, body: str) -> str:
-    """The whole HTML document."""
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>Built {time.strftime('%Y-%m-%d %H:%M:%S')} from "
-        f"{count} runs.</p>{body}</body></html>"
-    )
-
-

@@ -17,6 +17,7 @@ display is needed (servers, CI), and importing this module changes no global mat
 from __future__ import annotations
 
 import functools
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.figure_data import BASELINE_LEVELS, CurvesInfo, ParetoInfo, SeedsInfo
-from analysis.selection import UNTRAINED_BASE, maximize, model_short
+from analysis.selection import UNTRAINED_BASE, model_short
 from study import metrics as M
 
 STYLE = {"font.size": 9, "svg.hashsalt": "lora-study"}  # a fixed salt: stable SVG ids
@@ -87,8 +88,20 @@ def _scatter(ax, rows, color: str, model_colors: dict[str, str] | None = None) -
 DASHES = ["-", "--", ":", "-."]  # each study's front line, when colours say the model
 
 
+KINDS = ("finished", "stopped", "errored", "base", "full")  # the legend's markers, in order
+
+
+def _kinds(points) -> set[str]:
+    """What the points are, as the legend names them (only those drawn get a legend entry)."""
+    lora = points[~points["baseline"]]
+    kinds = {s for s in lora["status"] if s in ("finished", "errored")}
+    kinds |= {"stopped"} if (~lora["status"].isin(["finished", "errored"])).any() else set()
+    return kinds | set(points.loc[points["baseline"], "method"])
+
+
 def _legend_handles(
-    colors: dict[str, str], several: bool, models: dict[str, str], base: str = "base model"
+    colors: dict[str, str], several: bool, models: dict[str, str], base: str = "base model",
+    kinds: frozenset[str] | set[str] = frozenset(KINDS),
 ) -> list:
     gray = "0.35"
     handles = [
@@ -98,6 +111,7 @@ def _legend_handles(
         Line2D([], [], ls="", marker="s", color=gray, mec="black", label=base),
         Line2D([], [], ls="", marker="D", color=gray, mec="black", label="full fine-tuning"),
     ]
+    handles = [h for h, kind in zip(handles, KINDS) if kind in kinds]
     handles += [
         Line2D([], [], ls="", marker="o", color=c, label=model_short(m)) for m, c in models.items()
     ]
@@ -140,11 +154,11 @@ def pareto_figure(info: ParetoInfo) -> Figure:
         # symlog: the base model has 0 trainable parameters and must stay visible
         ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel(axis_label(info.x) + (", log scale" if info.log_x else ""))
-    ax.set_ylabel(info.y + (" (higher is better)" if maximize(info.y) else ""))
+    ax.set_ylabel(info.y + (" (higher is better)" if info.larger_y_better else ""))
     # a classify study's base has a random head: the legend must not call it the base model
     untrained = any(UNTRAINED_BASE in str(text) for text in info.points["label"])
     base = UNTRAINED_BASE if untrained else "base model"
-    handles = _legend_handles(colors, several, models, base)
+    handles = _legend_handles(colors, several, models, base, _kinds(info.points))
     if any(np.isfinite(f["test"]).any() for f in info.fronts.values()):
         handles.append(Line2D([], [], ls=":", marker="_", color="0.35", label="front's test value"))
     ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
@@ -179,32 +193,16 @@ def effects_figure(panels: list[list[tuple]]) -> Figure:
             high = (levels["ci_high"] - levels["mean"]).fillna(0).clip(lower=0)
             ax.errorbar(x, levels["mean"], yerr=[low, high], fmt="o-", color="black", ms=4,
                         capsize=4, lw=1)
-            ax.set_xticks(x, [str(v) for v in levels["level"]], rotation=30, fontsize=7)
+            ax.set_xticks(x, [M.number(v) for v in levels["level"]], rotation=30, fontsize=7)
             ax.set_xlim(-0.5, max(len(levels), 1) - 0.5)
             ax.set_xlabel(factor)
             if c == 0:
                 ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-    fig.suptitle("Factor effects: every finished run (points), mean per level with its 95% "
-                 "t-interval (black)")
-    fig.tight_layout()
-    return fig
-
-
-@_styled
-def front_figure(x, y, on_front, x_name: str, y_name: str, x_max: bool = False) -> Figure:
-    """Runs of an external table: quality ``y`` against resource ``x`` and the Pareto front
-    (larger ``x`` better when ``x_max``)."""
-    fig = _new_figure(figsize=(5.2, 3.6))
-    ax = fig.subplots()
-    ax.scatter(x[~on_front], y[~on_front], s=14, color="#999999", alpha=0.6, label="run")
-    order = np.argsort(x[on_front])
-    ax.plot(x[on_front][order], y[on_front][order], "o-", color="#1f77b4", ms=5,
-            drawstyle="steps-pre" if x_max else "steps-post", label="Pareto front")
-    ax.set_xlabel(axis_label(x_name))
-    ax.set_ylabel(y_name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # wrapped to the figure's width: a narrow figure (one or two factors) cut a one-line title
+    title = ("Factor effects: every finished run (points), mean per level with its 95% "
+             "t-interval (black)")
+    fig.suptitle(textwrap.fill(title, width=max(30, int(15 * 2.6 * n_cols))), fontsize=9)
     fig.tight_layout()
     return fig
 

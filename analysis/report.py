@@ -12,13 +12,13 @@ recommendations). The page leads with the answer in sentences, the recommendatio
 importances and the factor effects, then the Pareto panels of the studies' objectives (the other
 metric pairs behind a disclosure), the study-specific sections and every trial. The report shows
 the quality metrics the studies have (a classify study: accuracy and F1, with the best trials'
-confusion matrices). ``build_table_report`` makes the same leading sections from any tool's
-results table (``python -m analysis report --table``).
+confusion matrices). The page is ``analysis/templates/report.html.j2`` (see analysis.page);
+``analysis.table_report`` makes the same leading sections from any tool's results table
+(``python -m analysis report --table``).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import shlex
 from pathlib import Path
@@ -27,11 +27,11 @@ import pandas as pd
 
 from analysis import figure_data, render
 from analysis.answer import analyse, write
-from analysis.answer_report import leading_sections, write_table_report
+from analysis.answer_report import leading_sections, pareto_section
 from analysis.classify import confusion_infos
 from analysis.design import from_trials
 from analysis.load import StudyData, load_studies
-from analysis.page import Figures, page, publish
+from analysis.page import Figures, Section, publish, render_page, section
 from analysis.result_files import read_examples
 from analysis.selection import (
     UNTRAINED_BASE,
@@ -46,8 +46,8 @@ from analysis.selection import (
     several_models,
     with_pareto_column,
 )
-from analysis.table_input import from_table, parse_interactions
-from analysis.tables import confusion_html, html_table
+from analysis.table_input import parse_interactions
+from analysis.tables import Table, table
 from study import metrics as M
 from study import record
 from study.outdir import check_output_dir
@@ -73,6 +73,9 @@ UNTRAINED_NOTE = (
     "pretrained model's skill."
 )
 
+UNNAMED_NOTE = (f"Class names unknown (no readable {record.LABELS}): class ids in the matrix's "
+                "order.")
+
 
 def _table_metrics(trials: pd.DataFrame) -> list[str]:
     """TABLE_METRICS the trials have a value of (a classify study has no exact_match column)."""
@@ -86,45 +89,30 @@ def _front_qualities(data: StudyData, trials: pd.DataFrame) -> list[str]:
     return present(trials, dict.fromkeys([M.EVAL_LOSS, *picked])) or [M.EVAL_LOSS]
 
 
-def _pareto_section(
-    trials: pd.DataFrame, figs: Figures, include_stopped: bool, objectives: list[str]
-) -> str:
-    """The panels of the studies' objectives (a quality against peak memory when only quality
-    is optimised) first; every other quality / resource pair behind a disclosure."""
-    lead, rest = [], []
+def _pareto_pairs(trials: pd.DataFrame, objectives: list[str]):
+    """Every (quality, resource) pair the trials have, and those of the studies' objectives (a
+    quality against peak memory when only quality is optimised): the panels shown first."""
     qualities = present(trials, figure_data.FRONT_QUALITY)
     resources = figure_data.front_resources(trials)
     wanted = {(y, x) for y in objectives if y in qualities for x in objectives if x in resources}
     if not wanted and qualities:
         first = next((o for o in objectives if o in qualities), qualities[0])
         wanted = {(first, M.PEAK_MEM_MB)}
-    for y in qualities:
-        for x in resources:
-            info = figure_data.pareto_info(trials, x, y, include_stopped)
-            if not len(info.points):
-                continue
-            caption = f"{y} vs {x}" + (" (log scale)" if info.log_x else "")
-            item = figs.add(render.pareto_figure(info), f"pareto_{y}_{x}", caption)
-            (lead if (y, x) in wanted else rest).append(item)
-    more = (f"<details><summary>the other metric pairs ({len(rest)})</summary><div "
-            f"class='grid'>{''.join(rest)}</div></details>") if rest else ""
-    return f"<div class='grid'>{''.join(lead)}</div>{more}"
+    return [(y, x) for y in qualities for x in resources], wanted
 
 
-def _by_model(trials: pd.DataFrame) -> str:
+def _by_model(trials: pd.DataFrame) -> Table | None:
     """Where the studies have several models: each model's median and best quality."""
     if "model" not in figure_data.shown_factors(trials):
-        return ""
-    table = figure_data.factor_table(trials, "model", present(trials, figure_data.FRONT_QUALITY))
-    return (
-        "<h3>By model</h3><p>Finished LoRA trials of each model: the median and the best of "
-        "each quality metric (eval split).</p>"
-        + html_table(table, list(table.columns), ("study", "model"))
-    )
+        return None
+    by_model = figure_data.factor_table(trials, "model",
+                                        present(trials, figure_data.FRONT_QUALITY))
+    return table(by_model, left=("study", "model"))
 
 
-def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str:
-    """Generations of the best finished trials on eval_loss (and exact_match if measured)."""
+def _examples(trials: pd.DataFrame, found: list[str], k: int = 3) -> list[tuple[str, Table]]:
+    """Generations of the best finished trials on eval_loss (and exact_match if measured):
+    (the trial and what it scored, its prompts, targets and outputs)."""
     parts, shown = [], set()
     by_model = several_models(trials)
     for metric in (M.EVAL_LOSS, M.EXACT_MATCH):
@@ -138,74 +126,42 @@ def _examples_section(trials: pd.DataFrame, found: list[str], k: int = 3) -> str
             examples = pd.DataFrame(read_examples(row["trial_dir"], found))
             if examples.empty:
                 continue
-            title = (
-                f"{row['study']}/{row['group']}/{row['trial']}: "
-                f"{label(row, by_model, detail=True)} "
-                f"({metric} {row[metric]:.4g})"
-            )
+            title = (f"{row['study']}/{row['group']}/{row['trial']}: "
+                     f"{label(row, by_model, detail=True)} ({metric} {M.number(row[metric])})")
             cols = [c for c in ("prompt", "target", "output") if c in examples.columns]
-            parts.append(
-                f"<h3>{html.escape(title)}</h3>"
-                + html_table(examples, cols, tuple(cols), wrap=True)
-            )
-    return "".join(parts) or "<p>No generation examples.</p>"
-
-
-def _hypervolume_text(trials: pd.DataFrame, include_stopped: bool, y: str) -> str:
-    """For overlaid studies: the area each front dominates, against one shared reference."""
-    if trials["study"].nunique() < 2:
-        return ""
-    volumes, (ref_y, ref_x) = front_hypervolumes(trials, M.PEAK_MEM_MB, y, include_stopped)
-    items = "".join(f"<li>{html.escape(s)}: {v:.4g}</li>" for s, v in volumes.items())
-    return (
-        f"<p>Hypervolume of each study's front (larger is better; reference: {y} "
-        f"{ref_y:.4g}, peak_mem_mb {ref_x:.4g}, the worst of all studies):</p><ul>{items}</ul>"
-    )
+            parts.append((title, table(examples, cols, tuple(cols), wrap=True)))
+    return parts
 
 
 def _front_section(
     trials: pd.DataFrame, y: str, columns: list[str], include_stopped: bool
-) -> tuple[str, str]:
-    """The heading and table of the Pareto set of ``y`` against peak memory."""
+) -> Section:
+    """The Pareto set of ``y`` against peak memory; for overlaid studies the area each front
+    dominates, against one shared reference (the worst of all studies)."""
     front = front_rows(trials, M.PEAK_MEM_MB, y, include_stopped, by_study=True)
-    return (
-        f"Pareto set: {y} vs peak_mem_mb",
-        "<p>Finished trials no other finished trial of their study beats on both (flagged in "
-        f"trials.csv as <code>{pareto_column(y)}</code>); test metrics are on the held-out "
-        "split.</p>"
-        + html_table(front, columns, ("study", "group", "trial", "label", "status"))
-        + _hypervolume_text(trials, include_stopped, y),
-    )
+    volumes, reference = None, None
+    if trials["study"].nunique() > 1:
+        volumes, reference = front_hypervolumes(trials, M.PEAK_MEM_MB, y, include_stopped)
+    return section("front", f"Pareto set: {y} vs peak_mem_mb", flag=pareto_column(y), y=y,
+                   table=table(front, columns, ("study", "group", "trial", "label", "status")),
+                   volumes=volumes, reference=reference)
 
 
-def _confusion_section(infos: list) -> str:
-    """The test confusion matrices of each classify study's best trials."""
-    return (
-        "<p>The best finished trials of each classify study by its first classification "
-        "objective (eval split; accuracy if it has none); counts on the held-out test split, "
-        "a row per true class, a column per predicted class.</p>"
-        + "".join(confusion_html(info) for info in infos)
-    )
-
-
-def _studies_section(data: StudyData) -> str:
-    parts = []
+def _studies(data: StudyData) -> list[dict]:
+    """Each study's trial counts, objectives, date, command and search space."""
+    studies = []
     for name, info in data.studies.items():
         mine = data.trials[data.trials["study"] == name]
         counts = mine.groupby(["group", "status"]).size()
-        text = ", ".join(f"{g} {s}: {n}" for (g, s), n in counts.items()) or "no trials"
-        command = shlex.join(info.get("command", [])) or f"({record.STUDY} missing)"
-        space = json.dumps(info.get("space", {}), indent=1)
-        parts.append(
-            f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}; objectives "
-            f"{html.escape(', '.join(info.get('objectives', [])) or '-')}; created "
-            f"{html.escape(str(info.get('created', '-')))}</p>"
-            f"<pre>{html.escape(command)}</pre><details><summary>search space</summary>"
-            f"<pre>{html.escape(space)}</pre></details>"
-        )
-    if any(is_untrained_base(r) for _, r in data.trials.iterrows()):
-        parts.append(f"<p class='warn'>{html.escape(UNTRAINED_NOTE)}</p>")
-    return "".join(parts)
+        studies.append({
+            "name": name,
+            "counts": ", ".join(f"{g} {s}: {n}" for (g, s), n in counts.items()) or "no trials",
+            "objectives": ", ".join(info.get("objectives", [])) or "-",
+            "created": str(info.get("created", "-")),
+            "command": shlex.join(info.get("command", [])) or f"({record.STUDY} missing)",
+            "space": json.dumps(info.get("space", {}), indent=1),
+        })
+    return studies
 
 
 def build_report(
@@ -259,30 +215,29 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     optuna_study = _optuna_study(dirs)
     found = analyse(design, interactions, optuna_study, objectives if optuna_study else None)
     write(found, out / "stats")
-    sections = leading_sections(design, found, figs)
-    sections[-1] = (sections[-1][0], sections[-1][1] + _by_model(trials))
-    sections.append(
-        ("Quality vs resources", _pareto_section(trials, figs, include_stopped, objectives)))
+    sections = leading_sections(design, found, figs, by_model=_by_model(trials))
+    pairs, lead = _pareto_pairs(trials, objectives)
+    sections.append(pareto_section(trials, figs, pairs, lead, include_stopped))
     # both read trial files: their warnings go in the list of problems (_closing_sections)
-    examples = _examples_section(trials, data.warnings)
+    examples = _examples(trials, data.warnings)
     confusions = confusion_infos(trials, data.studies, data.warnings)
     metrics = _table_metrics(trials)
     columns = ["study", "group", "trial", "label", "status", *metrics]
     for y in _front_qualities(data, trials):
         sections.append(_front_section(trials, y, columns, include_stopped))
     if confusions:
-        sections.append(("Confusion matrices of the best trials", _confusion_section(confusions)))
+        sections.append(section("confusion", "Confusion matrices of the best trials",
+                                infos=confusions, unnamed=UNNAMED_NOTE))
     sections += _figure_sections(trials, data.curves, figs, curves_by)
-    sections.append(("Generations of the best trials", examples))
+    sections.append(section("examples", "Generations of the best trials", examples=examples))
     sections += _closing_sections(data, trials, metrics)
     title = "LoRA study report: " + ", ".join(data.studies)
-    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
-    (out / "report.html").write_text(page(title, len(trials), body), encoding="utf-8")
+    (out / "report.html").write_text(render_page(title, len(trials), sections), encoding="utf-8")
 
 
 def _figure_sections(
     trials: pd.DataFrame, curves: pd.DataFrame, figs: Figures, curves_by: str
-) -> list[tuple[str, str]]:
+) -> list[Section]:
     """The learning curves and the LoRA vs full fine-tuning panel, those the trials can draw."""
     sections = []
     # a classify study's curves may have no eval_loss: draw the first quality it has
@@ -291,60 +246,31 @@ def _figure_sections(
         info = figure_data.curves_info(trials, curves, curves_by, curve_metric)
         what = "" if curve_metric == M.EVAL_LOSS else f" of {curve_metric}"
         caption = f"learning curves{what} coloured by {curves_by}"
-        sections.append(
-            ("Learning curves", figs.add(render.curves_figure(info), "curves", caption))
-        )
+        figure = figs.add(render.curves_figure(info), "curves", caption)
+        sections.append(section("figure", "Learning curves", figure=figure))
     seeds = figure_data.seeds_info(trials)
     if seeds.labels:
         caption = "LoRA vs full fine-tuning: parameters, step time, memory, quality"
-        sections.append(
-            ("LoRA vs full fine-tuning", figs.add(render.seeds_figure(seeds), "seeds", caption))
-        )
+        figure = figs.add(render.seeds_figure(seeds), "seeds", caption)
+        sections.append(section("figure", "LoRA vs full fine-tuning", figure=figure))
     return sections
 
 
-def _closing_sections(
-    data: StudyData, trials: pd.DataFrame, metrics: list[str]
-) -> list[tuple[str, str]]:
+def _closing_sections(data: StudyData, trials: pd.DataFrame, metrics: list[str]) -> list[Section]:
     """The errored trials, the studies, the problems found while loading and every trial."""
     sections = []
     errored = trials[trials["status"] == "errored"]
     if len(errored):
         cols = ["study", "group", "trial", "label", "status_step", "status_reason"]
-        sections.append(("Errored trials", html_table(errored, cols, tuple(cols), wrap=True)))
-    sections.append(("Studies", _studies_section(data)))
+        sections.append(section("errored", "Errored trials",
+                                table=table(errored, cols, tuple(cols), wrap=True)))
+    untrained = any(is_untrained_base(r) for _, r in data.trials.iterrows())
+    sections.append(section("studies", "Studies", studies=_studies(data),
+                            untrained_note=UNTRAINED_NOTE if untrained else None))
     if data.warnings:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
-        sections.append(("Problems found while loading", f"<ul class='warn'>{items}</ul>"))
+        sections.append(section("problems", "Problems found while loading",
+                                warnings=data.warnings))
     all_cols = ["study", "group", "trial", "label", "status", "status_step", *metrics]
-    sections.append(
-        (
-            "All trials",
-            "<p>Every column is in trials.csv next to this file.</p>"
-            + html_table(trials, all_cols, ("study", "group", "trial", "label", "status")),
-        )
-    )
+    left = ("study", "group", "trial", "label", "status")
+    sections.append(section("runs", "All trials", table=table(trials, all_cols, left)))
     return sections
-
-
-def build_table_report(path: str | Path, out: str | Path, *, factors: list[str],
-                       quality: dict[str, bool], resources: dict[str, bool],
-                       replicate: str | None = None, data_size: str | None = None,
-                       interactions: str | None = None) -> Path:
-    """The report of an external results table (``analysis.table_input``): the answer,
-    recommendations, importance, factor effects, fronts, ``trials.csv`` and ``stats/``.
-
-    Raises:
-        ValueError: a bad table or flag (one line), or an ``out`` that cannot be written.
-    """
-    check_output_dir(Path(out), "--out")
-    design = from_table(Path(path), factors, quality, resources, replicate, data_size)
-    terms = parse_interactions(interactions, design.factors)
-
-    def write_all(tmp: Path) -> None:
-        body, runs = write_table_report(design, tmp, Figures(tmp), terms)
-        runs.to_csv(tmp / "trials.csv", index=False)
-        title = f"LoRA study report: {Path(path).name}"
-        (tmp / "report.html").write_text(page(title, len(runs), body), encoding="utf-8")
-
-    return publish(out, write_all)

@@ -133,22 +133,26 @@ def front_flags(
     objectives: list[str],
     include_stopped: bool = False,
     by_study: bool = True,
+    larger_better: list[bool] | None = None,
 ) -> pd.Series:
     """Boolean Series: the trial is on the Pareto front of ``objectives``.
 
     Only finished trials (and stopped ones if ``include_stopped``) with every objective present
     are candidates; baselines are included, so a base model that is cheaper and as good shows.
     With ``by_study`` each study has its own front (how overlaid studies are compared);
-    otherwise all studies are pooled.
+    otherwise all studies are pooled. ``larger_better`` gives each objective's direction for
+    metrics this project does not name (an external table's); by default study.metrics's.
     """
-    for name in objectives:
-        check_metric(trials, name)
+    if larger_better is None:
+        for name in objectives:
+            check_metric(trials, name)
+        larger_better = [maximize(n) for n in objectives]
     flags = pd.Series(False, index=trials.index)
     pool = trials[_candidates(trials, include_stopped)]
     groups = pool.groupby("study", sort=False) if by_study else [(None, pool)]
     for _, part in groups:
         values = part[objectives].to_numpy(dtype=float)
-        flags.loc[part.index] = pareto_mask(values, [maximize(n) for n in objectives])
+        flags.loc[part.index] = pareto_mask(values, larger_better)
     return flags
 
 

@@ -360,9 +360,9 @@ def test_a_damaged_labels_file_warns_and_the_report_still_builds(study, tmp_path
 
 
 def html_escape(text: str) -> str:
-    import html
+    from markupsafe import escape  # the report template's own escaping
 
-    return html.escape(text)
+    return str(escape(text))
 
 
 def test_the_summary_picks_by_accuracy_and_names_the_untrained_base(study, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from markupsafe import escape
 
 from analysis import figure_data
 from analysis.__main__ import default_out, main
@@ -109,13 +110,13 @@ def test_report_shows_the_recorded_search_space_and_the_best_trials_examples(
 ):
     page = (report / "report.html").read_text()
     record = json.loads((multi_study / "study.json").read_text())
-    # the search space recorded by the study, as report.py writes it: JSON, HTML-escaped
+    # the search space recorded by the study, as the template writes it: JSON, HTML-escaped
     space = record["space"]
     searched = {k: v for k, v in _leaf_keys(space).items() if isinstance(v, dict)}
     assert "lora.rank" in searched  # the smoke space searches the rank, among others
     for key in searched:
         leaf = key.rsplit(".", 1)[-1]
-        assert html.escape(json.dumps(leaf)) in page, key  # e.g. &quot;alpha_ratio&quot;
+        assert escape(json.dumps(leaf)) in page, key  # e.g. &#34;alpha_ratio&#34;
     shown = re.search(r"<summary>search space</summary><pre>(.*?)</pre>", page, re.S)
     assert shown and json.loads(html.unescape(shown.group(1))) == space
 
@@ -125,13 +126,13 @@ def test_report_shows_the_recorded_search_space_and_the_best_trials_examples(
     examples = json.loads((Path(best["trial_dir"]) / "examples.json").read_text())
     assert examples and all(e["prompt"] for e in examples)
     section = page.split("<h2>Generations of the best trials</h2>")[1].split("<h2>")[0]
-    heading = html.escape(f"{best['study']}/{best['group']}/{best['trial']}: ")
+    heading = escape(f"{best['study']}/{best['group']}/{best['trial']}: ")
     assert section.count(f"<h3>{heading}") == 1
     block = section.split(f"<h3>{heading}")[1].split("<h3>")[0]
     for example in examples:
         for field in ("prompt", "target", "output"):
             if example[field].strip():  # an empty generation leaves nothing to look for
-                assert f">{html.escape(example[field])}</td>" in block, (field, example)
+                assert f">{escape(example[field])}</td>" in block, (field, example)
     assert any(e["output"].strip() for e in examples)
 
     # a generation with markup in it is shown as text (the real ones above may have none)
@@ -141,7 +142,7 @@ def test_report_shows_the_recorded_search_space_and_the_best_trials_examples(
     tricky = [{**examples[0], "output": '<b>x & "y"</b>'}, *examples[1:]]
     (study / best["group"] / best["trial"] / "examples.json").write_text(json.dumps(tricky))
     page = build_report([study], tmp_path / "out").read_text()
-    assert ">&lt;b&gt;x &amp; &quot;y&quot;&lt;/b&gt;</td>" in page and "<b>x" not in page
+    assert ">&lt;b&gt;x &amp; &#34;y&#34;&lt;/b&gt;</td>" in page and "<b>x" not in page
 
 
 def _chromium() -> str:

@@ -57,7 +57,7 @@ def test_table_report_reproduces_scipy_on_its_pairs(csv, tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.index("<h2>The answer</h2>") < page.index("<h2>Recommendations</h2>")
     assert "quant nf4 keeps " in page
-    assert "of quant lora&#x27;s accuracy (median over 12 pairs" in page
+    assert "of quant lora&#39;s accuracy (median over 12 pairs" in page
     assert "quant:rank" in pd.read_csv(out / "stats" / "anova.csv")["term"].tolist()
     assert len(pd.read_csv(out / "trials.csv")) == 24
 
