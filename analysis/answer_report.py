@@ -60,7 +60,7 @@ def _recommendations(found: Analysis) -> dict:
     shown = recs.drop(columns=["command"], errors="ignore")
     commands: dict[str, list[str]] = {}
     for _, row in recs.iterrows():
-        if isinstance(row.get("command"), str) and row["command"]:
+        if isinstance(row.get("command"), str) and row["command"] not in ("", "-"):  # "-": none
             commands.setdefault(row["command"], []).append(str(row["priority"]))
     return {"table": table(shown, left=("priority", "configuration"), wrap=True),
             "commands": [("; ".join(p), c) for c, p in commands.items()]}

@@ -7,7 +7,8 @@ The matrix and each class's F1 are in a trial's metrics.json (``test_confusion``
 ``test_f1_by_class``: the held-out test split), the class names and training counts in its
 labels.json, in the matrix's order. Both are read here, on demand: the trial table keeps
 numbers only. A damaged file gives a ResultWarning: the matrix is then shown with class ids
-(labels.json) or left out (metrics.json). Nothing here writes HTML (see analysis.tables).
+(labels.json) or left out (metrics.json). Nothing here writes HTML: the report's template
+(analysis/templates/sections.html.j2) draws a ConfusionInfo.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ or a generation with markup in it shows as text.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import shutil
 import tempfile
@@ -67,6 +68,7 @@ class Figures:
         return Figure(name, caption, base64.b64encode(png.read_bytes()).decode("ascii"))
 
 
+@functools.cache  # one loader and one template cache per process
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),

@@ -397,5 +397,8 @@ def test_a_tpe_study_without_pairs_says_so_and_leads_with_what_needs_none(report
     answer = page[page.index("<ul class='answer'>"):page.index("<h2>Recommendations</h2>")]
     assert "No two levels of any factor have 5 or more matched pairs" in answer
     assert "each configuration ran once" in answer
+    # the command of each recommendation prints whole, below the table (a cell cut it off)
+    recs = page[page.index("<h2>Recommendations</h2>"):page.index("<h2>Parameter importance")]
+    assert re.search(r"<pre>python -m study.train_one --config \S+config.json --out ", recs)
     assert pd.read_csv(report / "stats" / "comparisons.csv").empty
     assert len(pd.read_csv(report / "stats" / "recommendations.csv"))

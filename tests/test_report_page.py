@@ -66,6 +66,7 @@ def test_markup_in_a_label_or_a_level_shows_as_text(tmp_path):
     assert "script" not in parsed.tags and SCRIPT not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert f"opt {SCRIPT}" in "".join(parsed.text)  # the run's label, as text
+    assert "trains each recommended configuration again" not in page  # a table has no commands
 
 
 def test_the_template_escapes_every_kind_of_value():
