@@ -165,6 +165,29 @@ def _variant_terms(out: dict, cfg: TrialConfig, facts, forwards: float, speed: f
         out["train.compute"] += sum(4.0 * i * o * min(i, o) for i, o in dims) / speed
 
 
+def _train_terms(out: dict, cfg: TrialConfig, facts, speed: float, work) -> None:
+    """The training phase's terms and what it writes (``terms``, a method that trains)."""
+    full = cfg.method == "full"
+    # train.compile auto compiles only where a measured verdict says it repays (cached per
+    # machine and workload): counted as not compiled
+    out["other.compile"] = float(cfg.train.compile == "on")
+    forwards = 2.0 if cfg.train.grad_checkpointing else 1.0
+    # backward: input gradients (about one forward's work; attention's twice), and weight
+    # gradients (another) for full fine-tuning; checkpointing runs the forward again
+    linear, attention, head = _flops(facts, work.train, cfg)
+    flops = ((forwards + 1.0 + full) * (linear + head) + (forwards + 2.0) * attention)
+    out["train.compute"] = flops / speed
+    out["train.elementwise"] = _elements(facts, work.train.tokens) * (forwards + 1.0)
+    out["train.dequant"] = out["load.quantized"] * work.train.count * (forwards + 1.0)
+    out["train.calls"] = facts.layers * work.train.count
+    if cfg.method == "lora":
+        _variant_terms(out, cfg, facts, work.train.count * forwards, speed)
+    trainable = facts.total_params if full else adapter_params(cfg, facts)
+    out["train.optimizer"] = trainable * work.steps / 1e9
+    written = trainable * 12.0 + (facts.total_params * 4.0 if full else 0.0)
+    out["other.checkpoint"] = written * work.evaluations / 1e9
+
+
 def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
           ) -> dict[str, float]:
     """Each term's size for ``cfg`` (the units of ``COEFFICIENTS``); ``generated``: the share
@@ -176,26 +199,8 @@ def terms(cfg: TrialConfig, facts, speed: float, generated: float | None = None,
     out["load.params"] = facts.total_params / 1e9
     out["load.quantized"] = quantized / 1e9
     out["other.const"] = work.evaluations
-    # train.compile auto compiles only where a measured verdict says it repays (cached per
-    # machine and workload): counted as not compiled
-    out["other.compile"] = float(cfg.method != "base" and cfg.train.compile == "on")
     if cfg.method != "base":
-        full = cfg.method == "full"
-        forwards = 2.0 if cfg.train.grad_checkpointing else 1.0
-        # backward: input gradients (about one forward's work; attention's twice), and weight
-        # gradients (another) for full fine-tuning; checkpointing runs the forward again
-        linear, attention, head = _flops(facts, work.train, cfg)
-        flops = ((forwards + 1.0 + full) * (linear + head) + (forwards + 2.0) * attention)
-        out["train.compute"] = flops / speed
-        out["train.elementwise"] = _elements(facts, work.train.tokens) * (forwards + 1.0)
-        out["train.dequant"] = quantized * work.train.count * (forwards + 1.0) / 1e9
-        out["train.calls"] = facts.layers * work.train.count
-        if cfg.method == "lora":
-            _variant_terms(out, cfg, facts, work.train.count * forwards, speed)
-        trainable = facts.total_params if full else adapter_params(cfg, facts)
-        out["train.optimizer"] = trainable * work.steps / 1e9
-        written = trainable * 12.0 + (facts.total_params * 4.0 if full else 0.0)
-        out["other.checkpoint"] = written * work.evaluations / 1e9
+        _train_terms(out, cfg, facts, speed, work)
     # evaluation: the loss on the eval split each time, answers (a subset before the last),
     # at the end the test split and the latency runs (2 x prompts x tokens batch-1 decodes).
     # Only answers the loss pass does not give are generated: all of the base model's, a
