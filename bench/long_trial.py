@@ -5,7 +5,8 @@
 The trailing flags are ``python -m study.train_one``'s. After each step in ``--marks`` the peak
 of the training phase so far (the RSS high-water mark on CPU, as ``study.trial.resources``
 measures it: the maximum over the training segments, evaluations excluded) is recorded;
-``DIR/growth.json`` holds ``{"marks": {step: MB}, "metrics": ..., "env": ...}``.
+``DIR/growth.json`` holds ``{"marks": {step: MB}, "metrics": ..., "env": ...}``; ``DIR/marks.json``
+the marks passed so far (written at each).
 ``bench/memory_model.py --long`` runs one process of this per configuration.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from study import record  # noqa: E402
+from study.files import write_json  # noqa: E402
 from study.trial.resources import rss_peak_mb  # noqa: E402
 
 
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         seen["peak"] = max(seen["peak"], now)
         if step in args.marks:
             marks[step] = seen["peak"]
+            # as it goes: a run stopped before its last mark keeps the marks it passed
+            write_json(args.out / "marks.json", marks)
 
     metrics = run_trial(cfg, out_dir=args.out, callbacks=(record_peak,))
     out = {"marks": marks, "metrics": metrics, "env": record.read_env(args.out),
