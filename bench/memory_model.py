@@ -160,13 +160,29 @@ def long_table(seen: dict, facts) -> tuple[str, dict]:
         last = peaks[max(peaks)]
         key = ("full" if cfg.method == "full" else "lora", cfg.quant.bits)
         bands[key] = max(bands.get(key, 0.0), last / estimate - 1)
-        rows.append({"name": name, "cfg": cfg, "estimate": estimate, "measured": last})
+        rows.append({"name": name, "cfg": cfg, "estimate": estimate, "measured": last,
+                     "peak_any": max(peaks.values())})
         lines.append(f"| {name} | {one['env']['compute_dtype']} | {estimate:,.0f} | " + " | ".join(
             f"{peaks[m]:,.0f}" if m in peaks else "-" for m in marks)
             + f" | {100 * (estimate - last) / last:+.1f}% |")
     lines += ["", "Bands (the most a peak rose above its estimate): " + ", ".join(
         f"{m} {b}-bit {100 * v:+.1f}%" for (m, b), v in sorted(bands.items()))]
     return "\n".join(lines), {"rows": rows, "bands": bands}
+
+
+def host_quant_fit(rows: list[dict], facts) -> dict[int, float]:
+    """``study.cost.estimate.HOST_QUANT_BYTES`` from the long-trial rows: per bits, the bytes
+    per quantized weight that bring the estimate up to the highest peak any of its trials
+    reached (so none of them peaks above it); bits with no trial keep their value."""
+    from study.cost.estimate import HOST_QUANT_BYTES
+
+    fitted = dict(HOST_QUANT_BYTES)
+    for bits in HOST_QUANT_BYTES:
+        short = [(r["peak_any"] - r["estimate"]) * 2**20 / facts.linear_params
+                 + HOST_QUANT_BYTES[bits] for r in rows if r["cfg"].quant.bits == bits]
+        if short:
+            fitted[bits] = round(max(0.0, max(short)), 2)
+    return fitted
 
 
 def gate_mistakes(rows: list[dict], gated) -> list[str]:
@@ -269,7 +285,9 @@ def _long_report(seen: dict, facts, seconds: float) -> str:
     return (f"Machine: {machine_line(machine())}. Command: `python -m bench.memory_model "
             f"--long`; {seconds:.0f} s.\n\n{text}\n\nThe gate (estimate plus "
             "study.cost.estimate.BAND) at the 25th / 50th / 75th percentile budgets of the last "
-            "peaks: " + ("no mistake." if not mistakes else "; ".join(mistakes)))
+            "peaks: " + ("no mistake." if not mistakes else "; ".join(mistakes))
+            + f"\n\nHOST_QUANT_BYTES that would cover every peak of this set: "
+            f"{host_quant_fit(found['rows'], facts)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,9 @@ def facts():
     return model_facts(tiny_trial(), ["qv", "all-linear"])[0]
 
 
-def test_the_estimate_grows_with_what_it_should(facts):
+def test_the_estimate_grows_with_what_it_should(facts, monkeypatch):
+    # the stored bytes alone (what a CPU process keeps beyond them: the next test)
+    monkeypatch.setattr(estimate, "HOST_QUANT_BYTES", dict.fromkeys(estimate.HOST_QUANT_BYTES, 0))
     e = {bits: estimate_cfg(tiny_trial(**{"quant.bits": bits}), facts) for bits in (4, 8, 16)}
     full = estimate_cfg(tiny_trial(method="full"), facts)
     held = {b: estimate.estimate_parts(tiny_trial(**{"quant.bits": b}), facts)[0] for b in e}
@@ -35,6 +37,19 @@ def test_the_estimate_grows_with_what_it_should(facts):
     ranks = [estimate_cfg(tiny_trial(**{"lora.rank": r}), facts) for r in (1, 8, 64)]
     assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
     assert estimate_cfg(tiny_trial(method="base"), facts) < e[16]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_quantized_base_on_cpu_adds_what_its_process_keeps_per_weight(facts, monkeypatch,
+                                                                        bits):
+    cfg = tiny_trial(**{"quant.bits": bits})
+    monkeypatch.setattr(estimate, "HOST_QUANT_BYTES", dict.fromkeys(estimate.HOST_QUANT_BYTES, 0))
+    stored = estimate_cfg(cfg, facts, worker_mb=0.0)
+    plain = estimate_cfg(tiny_trial(), facts, worker_mb=0.0)
+    monkeypatch.setattr(estimate, "HOST_QUANT_BYTES", {4: 3.0, 8: 3.0})
+    kept = estimate_cfg(cfg, facts, worker_mb=0.0)
+    assert kept - stored == pytest.approx(3.0 * facts.linear_params / 2**20)
+    assert estimate_cfg(tiny_trial(), facts, worker_mb=0.0) == plain  # 16-bit: none quantized
 
 
 def test_the_largest_batch_is_the_loops(facts):
