@@ -181,7 +181,7 @@ def host_quant_fit(rows: list[dict], facts) -> dict[int, float]:
         short = [(r["peak_any"] - r["estimate"]) * 2**20 / facts.linear_params
                  + HOST_QUANT_BYTES[bits] for r in rows if r["cfg"].quant.bits == bits]
         if short:
-            fitted[bits] = round(max(0.0, max(short)), 2)
+            fitted[bits] = round(float(max(0.0, max(short))), 2)
     return fitted
 
 
