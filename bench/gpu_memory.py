@@ -99,14 +99,16 @@ def measure(model_dir: Path, work: Path, dry: bool, budget_s: float | None) -> d
     return seen
 
 
-def report(seen: dict, facts) -> tuple[str, float, float, float | None]:
+def report(seen: dict, facts) -> tuple[str, float, float, float | None, tuple | None]:
     """The markdown table and (median |error|, largest |error| with the CPU-fitted constants,
-    largest |left-out error| with constants fitted on the set, or None for fewer than 3)."""
+    largest |left-out error| with constants fitted on the set, and those (RUNTIME_MB, BACKWARD);
+    None for fewer than 3)."""
     from bench.memory_model import fit
     from study.config import TrialConfig
     from study.cost.estimate import estimate_cfg
 
-    loo = fit(seen, facts)[2] if len(seen) >= 3 else [None] * len(seen)
+    fitted = fit(seen, facts) if len(seen) >= 3 else None  # one fit: constants and left-outs
+    loo = fitted[2] if fitted else [None] * len(seen)
     lines = ["| configuration | estimate MB | allocated peak MB | reserved peak MB | error | "
              "left out, GPU-fitted |", "|---|---:|---:|---:|---:|---:|"]
     errors = []
@@ -122,14 +124,13 @@ def report(seen: dict, facts) -> tuple[str, float, float, float | None]:
     median = statistics.median(abs(e) for e in errors)
     largest = max(abs(e) for e in errors)
     largest_loo = None if loo[0] is None else max(abs(e) for e in loo)
-    return "\n".join(lines), median, largest, largest_loo
+    return "\n".join(lines), median, largest, largest_loo, fitted and fitted[:2]
 
 
 def run(rows: list, dry: bool, budget_s: float | None) -> None:
     """The part of `make gpu-check`: one row in its table (and the per-configuration table
     printed); judged on a GPU only."""
     from bench.gpu_throughput import DRY_SHAPE, SHAPE, write_model
-    from bench.memory_model import fit
     from study.config import TrialConfig
     from study.cost.estimate import model_facts
 
@@ -140,8 +141,7 @@ def run(rows: list, dry: bool, budget_s: float | None) -> None:
         seen = measure(model_dir, Path(work), dry, budget_s)
         facts, _ = model_facts(TrialConfig.from_dict({"model.name": str(model_dir)}),
                                list(TARGETS))
-        text, median, largest, largest_loo = report(seen, facts)
-        fitted = fit(seen, facts)[:2] if len(seen) >= 3 else None
+        text, median, largest, largest_loo, fitted = report(seen, facts)
     where = "CPU dry run, tiny Qwen2: the path, not the estimate" if dry else (
         torch.cuda.get_device_name())
     print(f"\nMemory estimate against the measured peaks ({where}; {len(seen)} of "
