@@ -33,6 +33,7 @@ from analysis.design import from_trials
 from analysis.load import StudyData, load_studies
 from analysis.page import Figures, Section, publish, render_page, section
 from analysis.result_files import read_examples
+from analysis.rungs import rung_sections
 from analysis.selection import (
     UNTRAINED_BASE,
     classify_metric,
@@ -229,6 +230,7 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
         sections.append(section("confusion", "Confusion matrices of the best trials",
                                 infos=confusions, unnamed=UNNAMED_NOTE))
     sections += _figure_sections(trials, data.curves, figs, curves_by)
+    sections += rung_sections(trials, data.curves, data.studies)
     sections.append(section("examples", "Generations of the best trials", examples=examples))
     sections += _closing_sections(data, trials, metrics)
     title = "LoRA study report: " + ", ".join(data.studies)

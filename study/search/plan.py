@@ -92,12 +92,18 @@ def check_config(values: dict) -> TrialConfig:
 
 
 def study_record(plan: Plan) -> dict:
-    """What study.json keeps: the command, the resolved space, objectives, baselines."""
+    """What study.json keeps: the command, the resolved space, objectives, baselines, ASHA's
+    settings."""
     return {
         "command": ["python", "-m", "study.tune", *plan.argv],
         "space": plan.space,
         "fixed": {"baselines": list(plan.baselines)},
         "objectives": plan.objectives,
+        # ASHA's settings as make_search uses them (the first objective, grace clipped to
+        # max_t): the report's rung-to-final correlation (analysis.rungs) reads them
+        "asha": None if plan.options.scheduler == "none" else {
+            "metric": plan.objectives[0], "grace": min(plan.grace, plan.max_t),
+            "reduction_factor": plan.options.reduction_factor, "max_t": plan.max_t},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cwd": os.getcwd(),
     }
