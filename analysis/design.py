@@ -32,6 +32,11 @@ IDENTITY = ("model", "task", "rank", "alpha", "targets", "dropout", "variant", "
 STUDY_ORDER = (*TARGET_ORDER, *SCHEME_ORDER)  # where the space gives no order
 STUDY_RESOURCES = (M.PEAK_MEM_MB, M.TRAIN_S, M.ADAPTER_MB, M.LATENCY_MERGED,
                    M.LATENCY_EXAMPLE_MERGED)
+# a factor's level where it does not apply to a run (a baseline has no rank), as printed
+NOT_APPLICABLE = "not applicable"
+# levels that name a run without training (a table's method "baseline", a study's "base"):
+# a reference point, never the pick of a resource priority (a base model costs nothing)
+BASELINE_LEVELS = ("base", "baseline", "untrained")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class Design:
         source: what the runs are ("study" or the table's file name).
         recommend: the resources of the recommendation table, the memory axis first (None:
             every resource).
+        baselines: factor -> its levels that mark a run without training (see
+            :data:`BASELINE_LEVELS`).
     """
 
     runs: pd.DataFrame
@@ -63,6 +70,15 @@ class Design:
     data_size: str | None = None
     source: str = "study"
     recommend: list[str] | None = None
+    baselines: dict[str, list] = field(default_factory=dict)
+
+    def is_baseline(self, runs: pd.DataFrame | None = None) -> pd.Series:
+        """Per run (of ``runs``, the design's by default): whether it is a baseline."""
+        runs = self.runs if runs is None else runs
+        mask = pd.Series(False, index=runs.index)
+        for factor, levels in self.baselines.items():
+            mask |= runs[factor].isin(levels)
+        return mask
 
     @property
     def budget_resources(self) -> list[str]:
@@ -78,12 +94,36 @@ class Design:
 def level_order(values: list, space_order: list | None = None, known: tuple = ()) -> list:
     """Numbers ascending; otherwise the order of the search space, then ``known`` (a study's
     target shorthands by size, quantization schemes from 16 bits down), then the table's."""
-    values = list(dict.fromkeys(_plain(v) for v in values if not _missing(v)))
+    values = list(dict.fromkeys(whole_numbers(pd.Series(values, dtype=object)).dropna()))
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return sorted(values)
     known = [v for v in (*(space_order or []), *known) if v in values]
     known = list(dict.fromkeys(known))
     return known + [v for v in values if v not in known]
+
+
+def find_baselines(runs: pd.DataFrame, factors: list[str]) -> dict[str, list]:
+    """factor -> its levels named as a baseline (:data:`BASELINE_LEVELS`, any case)."""
+    found = {}
+    for factor in factors:
+        levels = [v for v in runs[factor].dropna().unique()
+                  if isinstance(v, str) and v.strip().lower() in BASELINE_LEVELS]
+        if levels:
+            found[factor] = levels
+    return found
+
+
+def whole_numbers(series: pd.Series) -> pd.Series:
+    """A factor's values with a whole number as an int (rank 32, not 32.0: a column with a
+    missing value is read as floats), None where missing; other values as they are."""
+    def one(value):
+        if _missing(value):
+            return None
+        value = _plain(value)
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    # a list, not Series.map: map would infer floats again from ints and None
+    return pd.Series([one(v) for v in series], index=series.index, dtype=object)
 
 
 def _missing(value) -> bool:
@@ -168,6 +208,7 @@ def from_trials(trials: pd.DataFrame, studies: dict) -> Design:
         means = runs.groupby(["config", "replicate"], sort=False)[metrics].mean()
         runs = first.join(means).reset_index()
     runs = runs[[c for c in dict.fromkeys([*keep, *metrics]) if c in runs.columns]]
+    runs = runs.assign(**{f: whole_numbers(runs[f]) for f in factors})  # rank 32, not 32.0
     return Design(
         runs=runs.reset_index(drop=True),
         factors=factors,

@@ -8,11 +8,14 @@ test, Holm's correction); this module decides what is paired with what:
 
 - two runs pair when they agree on every other factor, on every matched column (a continuous
   searched factor such as a log-uniform lr) and on the replicate index; a missing value means
-  "not applicable" and pairs only with another missing value;
+  "not applicable" and pairs only with another missing value, except where a factor applies at
+  one of the two levels only (a baseline has no rank): that side is then averaged over it;
 - ``level_a`` is the smaller level of the pair (see ``design.orders``), differences are b - a and
   ``median_ratio`` the median of b / a over the pairs with a != 0;
 - a comparison with fewer than :data:`MIN_PAIRS` pairs is left out: with 5 pairs the exact
-  two-sided Wilcoxon p-value cannot go below 0.0625, and an interval from fewer says little.
+  two-sided Wilcoxon p-value cannot go below 0.0625, and an interval from fewer says little;
+- ``agreement`` says whether the median pair's test (Wilcoxon) and the mean's interval tell
+  the same story (:func:`agreement`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.design import Design
+from analysis.design import NOT_APPLICABLE, Design
 
 MIN_PAIRS = 5
 RESAMPLES = 9_999
+ALPHA = 0.05  # a test's p below it, or a 95% interval without zero, finds a difference
 COLUMNS = ["factor", "level_a", "level_b", "metric", "n_pairs", "median_ratio", "mean_diff",
-           "ci_low", "ci_high", "wilcoxon_p", "p_holm", "effect_size"]
+           "ci_low", "ci_high", "wilcoxon_p", "p_holm", "effect_size", "agreement"]
+# agreement's values: the tests agree; only the mean's interval finds a difference; only the
+# Wilcoxon test finds one; both find one, in opposite directions
+AGREE, MEAN_ONLY, MEDIAN_ONLY, OPPOSITE = "agree", "mean only", "median only", "opposite"
 CONFIG_COLUMNS = ["config", "label", "metric", "n", "mean", "sd", "ci_low", "ci_high"]
 _NA = "\0n/a"  # a missing factor value: equal only to another missing value
 
@@ -78,12 +85,35 @@ def _keyed(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
+def _one_sided(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The keys that apply to every run of one side and to none of the other (a baseline has
+    no rank, every LoRA run has one)."""
+    def nowhere(side, key):
+        return bool((side[key] == _NA).all())
+
+    def everywhere(side, key):
+        return bool((side[key] != _NA).all())
+
+    return [k for k in keys if (nowhere(left, k) and everywhere(right, k))
+            or (nowhere(right, k) and everywhere(left, k))]
+
+
 def pairs(design: Design, factor: str, a, b, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The paired values of ``metric`` at levels ``a`` and ``b`` of ``factor`` (see module)."""
+    """The paired values of ``metric`` at levels ``a`` and ``b`` of ``factor`` (see module).
+
+    A key that applies at one level only (rank: LoRA has one, a baseline has none) is no key:
+    the side it applies to is averaged over its levels, one value per pair (the baseline
+    against LoRA averaged over its ranks), so that one run never stands in several pairs.
+    """
     keys = [c for c in (*design.factors, *design.matched) if c != factor] + ["replicate"]
     runs = _keyed(design.runs, [*keys, factor])
     left = runs.loc[runs[factor] == a, [*keys, metric]].dropna(subset=[metric])
     right = runs.loc[runs[factor] == b, [*keys, metric]].dropna(subset=[metric])
+    absent = _one_sided(left, right, keys) if len(left) and len(right) else []
+    if absent:
+        keys = [k for k in keys if k not in absent]
+        left = left.groupby(keys, sort=False, as_index=False)[metric].mean()
+        right = right.groupby(keys, sort=False, as_index=False)[metric].mean()
     both = left.merge(right, on=keys, suffixes=("_a", "_b"))
     return both[f"{metric}_a"].to_numpy(float), both[f"{metric}_b"].to_numpy(float)
 
@@ -105,6 +135,24 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
         out["wilcoxon_p"] = float(sps.wilcoxon(b, a).pvalue)
         out["effect_size"] = rank_biserial(d)
     return out
+
+
+def agreement(row) -> str:
+    """Whether a comparison's two tests tell one story (``row``: a comparisons.csv row):
+    Wilcoxon's signed-rank test (uncorrected p below :data:`ALPHA`; its direction the sign of
+    the rank-biserial r) speaks for the median pair, the bootstrap interval of the mean
+    difference (zero outside it) for the mean. Both are uncorrected, at the same 95%: Holm's
+    correction is a separate matter. A comparison without an interval (every difference the
+    same) agrees."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return AGREE
+    median = row["wilcoxon_p"] < ALPHA
+    mean = row["ci_low"] > 0 or row["ci_high"] < 0
+    if median and mean:
+        return AGREE if np.sign(row["effect_size"]) == np.sign(row["mean_diff"]) else OPPOSITE
+    if median == mean:
+        return AGREE
+    return MEDIAN_ONLY if median else MEAN_ONLY
 
 
 def comparisons(design: Design, min_pairs: int = MIN_PAIRS) -> pd.DataFrame:
@@ -129,16 +177,18 @@ def comparisons(design: Design, min_pairs: int = MIN_PAIRS) -> pd.DataFrame:
                         stats = compare(va, vb)
                     rows.append({"factor": factor, "level_a": a, "level_b": b, "metric": metric,
                                  **stats})
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "p_holm"])
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "agreement")])
     table["p_holm"] = np.nan
     for _, part in table.groupby("metric", sort=False):
         table.loc[part.index, "p_holm"] = multipletests(part["wilcoxon_p"], method="holm")[1]
+    table["agreement"] = [agreement(r) for _, r in table.iterrows()]
     return table[COLUMNS]
 
 
 def level_means(design: Design, factor: str, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(levels, points) of ``metric`` by ``factor``: per level (in order, missing as "n/a") the
-    mean over its runs with the 95% t-interval and n; each run as (level index, value)."""
+    """(levels, points) of ``metric`` by ``factor``: per level (in order, missing as "not
+    applicable") the mean over its runs with the 95% t-interval and n; each run as (level
+    index, value)."""
     runs = design.runs.dropna(subset=[metric])
     values = runs[factor].astype(object).where(runs[factor].notna(), _NA)
     levels = [lv for lv in design.orders.get(factor, []) if (values == lv).any()]
@@ -148,7 +198,7 @@ def level_means(design: Design, factor: str, metric: str) -> tuple[pd.DataFrame,
     for i, level in enumerate(levels):
         y = runs.loc[values == level, metric].to_numpy(float)
         mean, _, low, high = t_interval(y)
-        rows.append({"level": "n/a" if level is _NA else level, "n": len(y), "mean": mean,
+        rows.append({"level": NOT_APPLICABLE if level is _NA else level, "n": len(y), "mean": mean,
                      "ci_low": low, "ci_high": high})
         points += [(i, v) for v in y]
     return pd.DataFrame(rows), pd.DataFrame(points, columns=["level", "y"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.design import Design, level_order
+from analysis.design import Design, find_baselines, level_order, whole_numbers
 from study import metrics as M
 
 
@@ -82,8 +82,7 @@ def _factor_values(series: pd.Series) -> pd.Series:
     """Numbers where every value is one (so levels sort as numbers), text otherwise."""
     numbers = pd.to_numeric(series, errors="coerce")
     if (series.notna() == numbers.notna()).all():
-        return numbers.astype(object).where(numbers.notna(), None).map(
-            lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
+        return whole_numbers(numbers)  # "32.0" (a column with a blank) is rank 32
     return series.astype(object).where(series.notna(), None)
 
 
@@ -128,7 +127,8 @@ def from_table(
         )
     runs["config"] = keys[factors].apply(lambda r: "|".join(r), axis=1)
     runs["replicate"] = frame[replicate].fillna("") if replicate else 0
-    runs["label"] = [", ".join(f"{f} {'-' if v is None else v}" for f, v in zip(factors, row))
+    # a factor that does not apply to a run (a baseline's rank) is left out of its label
+    runs["label"] = [", ".join(f"{f} {v}" for f, v in zip(factors, row) if v is not None)
                      for row in runs[factors].itertuples(index=False)]
     runs["command"] = None
     runs["study"], runs["trial"] = path.stem, [str(i + 2) for i in range(len(runs))]
@@ -140,4 +140,5 @@ def from_table(
         orders={f: level_order(runs[f].tolist()) for f in factors},
         data_size=data_size,
         source=path.name,
+        baselines=find_baselines(runs, factors),
     )

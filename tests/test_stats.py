@@ -70,10 +70,13 @@ def test_pairs_match_on_other_factors_and_replicate_and_missing_only_with_missin
     ha, hb = by_hand(table, "rank", 4, 8, "acc", ["bits", "variant", "model"])
     assert sorted(zip(a, b)) == sorted(zip(ha, hb)) and len(a) == 8
     assert len(pairs(design, "rank", 16, 32, "acc")[0]) == 0  # the unmatched row
-    # bits 16 has variant "lora", bits 4 has none: a missing value pairs only with missing
-    assert len(pairs(design, "bits", 16, 4, "acc")[0]) == 0
+    # bits 16 has variant "lora", bits 4 has none (it does not apply there): variant is no key
+    # of that comparison, bits 16 averaged over its variants (one here), as without the factor
+    with_variant = pairs(design, "bits", 4, 16, "acc")
     design = design_of(table, ["rank", "bits", "model"])
-    assert len(pairs(design, "bits", 4, 16, "acc")[0]) == 12
+    without = pairs(design, "bits", 4, 16, "acc")
+    assert len(without[0]) == 12
+    assert sorted(zip(*with_variant)) == sorted(zip(*without))
 
 
 def test_comparisons_equal_scipy_and_statsmodels_called_directly(table):
@@ -150,13 +153,15 @@ def test_anova_equals_statsmodels_called_directly(table):
     design = design_of(table, ["rank", "bits", "variant", "model"])
     got, notes = anova(design, [("rank", "bits")])
     data = table.dropna(subset=["acc"]).copy()
-    data["variant"] = data["variant"].fillna("n/a")
-    for f in ("rank", "bits", "variant"):
+    for f in ("rank", "bits"):
         data[f] = data[f].astype(str)
-    fit = ols("acc ~ C(rank) + C(bits) + C(variant) + C(rank):C(bits)", data=data).fit()
+    # variant ("lora" at bits 16, not applicable at bits 4) only repeats bits: left out, named
+    fit = ols("acc ~ C(rank) + C(bits) + C(rank):C(bits)", data=data).fit()
     direct = sm.stats.anova_lm(fit, typ=2)
     mine = got[got["metric"] == "acc"].set_index("term")
     assert "model" not in mine.index  # one level: left out
+    assert "variant" not in mine.index
+    assert any("ANOVA of acc, mem: left out variant (aliased with bits)" in n for n in notes), notes
     assert mine["sum_sq"].to_numpy() == pytest.approx(direct["sum_sq"].to_numpy(), **TOL)
     assert mine.loc["rank:bits", "F"] == pytest.approx(direct.loc["C(rank):C(bits)", "F"], **TOL)
 
