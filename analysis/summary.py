@@ -137,9 +137,12 @@ def _print_counts(study_dir: Path, rows: list[dict], searched: list[dict]) -> No
 
 
 def _print_best(finished: list[dict], objectives: list[str], by_model: bool) -> None:
-    """The best finished trial on each objective that some finished trial measured."""
+    """The best finished trial on each objective that some finished trial measured; on a
+    resource, the best searched trial: a baseline is no pick there (the untrained base's
+    train_s is 0, its memory the least), only a reference."""
     for objective in objectives:
-        candidates = [r for r in finished if r["metrics"].get(objective) is not None]
+        candidates = [r for r in finished if r["metrics"].get(objective) is not None
+                      and (objective not in M.RESOURCES or r["group"] != record.BASELINES)]
         if candidates:
             pick = (max if M.mode(objective) == "max" else min)(
                 candidates, key=lambda r: r["metrics"][objective]
