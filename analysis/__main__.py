@@ -1,9 +1,11 @@
 """python -m analysis: reports, Pareto fronts and the best trial under a budget, from study dirs.
 
     python -m analysis report results/demo [results/other ...] [--out DIR] [--curves-by rank]
-                              [--interactions rank:targets,...]
+                              [--interactions rank:targets,...] [--focus scheme]
+                              [--reference scheme=16]
     python -m analysis report --table runs.csv --factors rank,bits --quality accuracy:max \
-        --resources peak_gb:min,train_s [--replicate seed] [--data-size n] --out DIR
+        --resources peak_gb:min,train_s [--replicate seed] [--data-size n] --out DIR \
+        [--focus bits,rank] [--reference bits=16,rank=8]
     python -m analysis pareto results/demo --x peak_mem_mb --y eval_loss
     python -m analysis best results/demo --max-mem-mb 800 [--objective exact_match]
     python -m analysis best results/cls --objective accuracy      # a classify study (maximised)
@@ -51,6 +53,15 @@ def parse_args(argv: list[str] | None):
     )
     report.add_argument(
         "--interactions", help="two-factor terms of the ANOVA model, as A:B,C:D (rank:targets)"
+    )
+    report.add_argument(
+        "--focus", help="the factors the answer opens with, as A,B (default: every factor, the "
+        "most important first)"
+    )
+    report.add_argument(
+        "--reference", action="append", metavar="FACTOR=LEVEL", help="the level a factor's "
+        "other levels are compared with (default: its first level); repeat it, or give "
+        "A=X,B=Y"
     )
     table = report.add_argument_group("an external results table (one row per run)")
     table.add_argument("--table", type=Path, help="a CSV made by any tool, instead of DIRs")
@@ -110,7 +121,7 @@ def _report(args) -> int:
             raise ValueError("give study directories, or --table FILE.csv with --factors, "
                              "--quality and --out")
         path = build_report(args.dirs, args.out or default_out(args.dirs), args.curves_by,
-                            args.include_stopped, args.interactions)
+                            args.include_stopped, args.interactions, args.focus, args.reference)
     else:
         if args.dirs:
             raise ValueError("give study directories or --table, not both")
@@ -121,7 +132,7 @@ def _report(args) -> int:
             quality=parse_metrics(args.quality, "--quality", default_max=True),
             resources=parse_metrics(args.resources, "--resources", default_max=False),
             replicate=args.replicate, data_size=args.data_size,
-            interactions=args.interactions)
+            interactions=args.interactions, focus=args.focus, reference=args.reference)
     print(f"report: {path.resolve()}")
     return 0
 

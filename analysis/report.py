@@ -30,6 +30,7 @@ from analysis.answer import analyse, write
 from analysis.answer_report import leading_sections, pareto_section
 from analysis.classify import confusion_infos
 from analysis.design import from_trials
+from analysis.focus import Focus, parse_focus
 from analysis.load import StudyData, load_studies
 from analysis.page import Figures, Section, publish, render_page, section
 from analysis.result_files import read_examples
@@ -171,9 +172,12 @@ def build_report(
     curves_by: str = "rank",
     include_stopped: bool = False,
     interactions: list[tuple[str, ...]] | str | None = None,
+    focus: str | None = None,
+    reference: list[str] | None = None,
 ) -> Path:
     """Load the studies, write every figure, table, ``stats/`` and report.html under ``out``
-    (atomically, see :func:`publish`); return the report's path.
+    (atomically, see :func:`publish`); return the report's path. ``focus`` and ``reference``:
+    --focus and --reference (``analysis.focus.parse_focus``).
 
     Raises:
         NotAStudyError: a directory that is not a study. ValueError: an unknown factor or
@@ -187,8 +191,10 @@ def build_report(
     design = from_trials(data.trials, data.studies)
     if isinstance(interactions, str) or interactions is None:
         interactions = parse_interactions(interactions, design.factors)
+    asked = parse_focus(design, focus, reference)
     return publish(out, lambda tmp: _write_report(
-        data, tmp, curves_by, include_stopped, design, interactions, [Path(d) for d in dirs]))
+        data, tmp, curves_by, include_stopped, design, interactions, [Path(d) for d in dirs],
+        asked))
 
 
 def _optuna_study(dirs: list[Path]):
@@ -204,7 +210,7 @@ def _optuna_study(dirs: list[Path]):
 
 
 def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: bool,
-                  design, interactions, dirs: list[Path]) -> None:
+                  design, interactions, dirs: list[Path], focus: Focus) -> None:
     trials = with_pareto_column(data.trials)
     trials.to_csv(out / "trials.csv", index=False)
     data.curves.to_csv(out / "curves.csv", index=False)
@@ -214,7 +220,8 @@ def _write_report(data: StudyData, out: Path, curves_by: str, include_stopped: b
     objectives = list(
         dict.fromkeys(o for i in data.studies.values() for o in i.get("objectives", [])))
     optuna_study = _optuna_study(dirs)
-    found = analyse(design, interactions, optuna_study, objectives if optuna_study else None)
+    found = analyse(design, interactions, optuna_study, objectives if optuna_study else None,
+                    focus)
     write(found, out / "stats")
     sections = leading_sections(design, found, figs, by_model=_by_model(trials))
     pairs, lead = _pareto_pairs(trials, objectives)

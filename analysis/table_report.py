@@ -14,6 +14,7 @@ from pathlib import Path
 
 from analysis.answer import analyse, write
 from analysis.answer_report import leading_sections, pareto_section
+from analysis.focus import parse_focus
 from analysis.page import Figures, publish, render_page, section
 from analysis.table_input import from_table, parse_interactions
 from analysis.tables import table
@@ -23,9 +24,11 @@ from study.outdir import check_output_dir
 def build_table_report(path: str | Path, out: str | Path, *, factors: list[str],
                        quality: dict[str, bool], resources: dict[str, bool],
                        replicate: str | None = None, data_size: str | None = None,
-                       interactions: str | None = None) -> Path:
+                       interactions: str | None = None, focus: str | None = None,
+                       reference: list[str] | None = None) -> Path:
     """The report of an external results table (``analysis.table_input``): the answer,
-    recommendations, importance, factor effects, fronts, ``trials.csv`` and ``stats/``.
+    recommendations, importance, factor effects, fronts, ``trials.csv`` and ``stats/``;
+    ``focus`` and ``reference``: --focus and --reference (``analysis.focus.parse_focus``).
 
     Raises:
         ValueError: a bad table or flag (one line), or an ``out`` that cannot be written.
@@ -33,9 +36,10 @@ def build_table_report(path: str | Path, out: str | Path, *, factors: list[str],
     check_output_dir(Path(out), "--out")
     design = from_table(Path(path), factors, quality, resources, replicate, data_size)
     terms = parse_interactions(interactions, design.factors)
+    asked = parse_focus(design, focus, reference)
 
     def write_all(tmp: Path) -> None:
-        found = analyse(design, terms)
+        found = analyse(design, terms, focus=asked)
         write(found, tmp / "stats")
         figs = Figures(tmp)
         sections = leading_sections(design, found, figs)
