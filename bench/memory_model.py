@@ -170,19 +170,25 @@ def long_table(seen: dict, facts) -> tuple[str, dict]:
     return "\n".join(lines), {"rows": rows, "bands": bands}
 
 
-def host_quant_fit(rows: list[dict], facts) -> dict[int, float]:
-    """``study.cost.estimate.HOST_QUANT_BYTES`` from the long-trial rows: per bits, the bytes
-    per quantized weight that bring the estimate up to the highest peak any of its trials
-    reached (so none of them peaks above it); bits with no trial keep their value."""
+def host_quant_fit(rows: list[dict], facts) -> dict[tuple[int, str], float]:
+    """``study.cost.estimate.HOST_QUANT_BYTES`` from the long-trial rows: per bits and compute
+    precision, the bytes per quantized weight that bring the estimate up to the highest peak any
+    of its trials reached (so none of them peaks above it); keys with no trial keep their value."""
     from study.cost.estimate import HOST_QUANT_BYTES
 
     fitted = dict(HOST_QUANT_BYTES)
-    for bits in HOST_QUANT_BYTES:
+    for bits, compute in HOST_QUANT_BYTES:
         short = [(r["peak_any"] - r["estimate"]) * 2**20 / facts.linear_params
-                 + HOST_QUANT_BYTES[bits] for r in rows if r["cfg"].quant.bits == bits]
+                 + HOST_QUANT_BYTES[bits, compute] for r in rows
+                 if r["cfg"].quant.bits == bits and _compute(r) == compute]
         if short:
-            fitted[bits] = round(float(max(0.0, max(short))), 2)
+            fitted[bits, compute] = round(float(max(0.0, max(short))), 2)
     return fitted
+
+
+def _compute(row: dict) -> str:
+    """A long-trial row's compute precision as ``HOST_QUANT_BYTES`` names it."""
+    return "fp32" if row["env"]["compute_dtype"] in (None, "fp32", "float32") else "bf16"
 
 
 def gate_mistakes(rows: list[dict], gated) -> list[str]:

@@ -59,6 +59,9 @@ class Workload:
     steps: int
     train: Batches
     largest: tuple[int, int, int]  # (rows, padded length, targets) of the largest micro-batch
+    # each distinct (rows, padded length) trained on, with its most targets: on CPU every new
+    # shape leaves memory resident (study.cost.estimate.SHAPE_SHARE)
+    shapes: tuple[tuple[int, int, int], ...]
     eval_loss: Batches
     test_loss: Batches
     evaluations: int  # every eval.every steps and at the end
@@ -83,7 +86,7 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
     if key not in _CACHE:
         data = build_data(cfg.data, tokenizer)
         steps = total_steps(t, len(data.train))
-        train, largest = _train(data.train, cfg, steps)
+        train, largest, shapes = _train(data.train, cfg, steps)
         generative = cfg.data.task != "lm"
         test_generation = _generation(data.test, cfg, generative)
         latency = test_generation.prompt_lengths  # the test split's first prompts (trial.measure)
@@ -95,6 +98,7 @@ def workload(cfg: TrialConfig, tokenizer) -> Workload:
             steps=steps,
             train=train,
             largest=largest,
+            shapes=shapes,
             eval_loss=_loss(data.eval, cfg),
             test_loss=_loss(data.test, cfg),
             evaluations=1 if cfg.method == "base" else math.ceil(steps / cfg.eval.every),
@@ -116,24 +120,27 @@ def _targets(example) -> int:
     return sum(label not in (IGNORE, None) for label in labels)
 
 
-def _train(examples, cfg: TrialConfig, steps: int) -> tuple[Batches, tuple[int, int, int]]:
+def _train(examples, cfg: TrialConfig, steps: int
+           ) -> tuple[Batches, tuple[int, int, int], tuple[tuple[int, int, int], ...]]:
+    """The training micro-batches' sums, the largest one, and each distinct shape."""
     from study.trial.batches import Batcher
 
     targets = [_targets(e) for e in examples]  # pack: the same targets (each first token's none)
     if cfg.train.batching == "pack" and examples and examples[0].label is not None:
-        return Batches(), (0, 0, 0)  # refused by the trial (check_mode): nothing to estimate
+        return Batches(), (0, 0, 0), ()  # refused by the trial (check_mode): nothing to estimate
     batcher = Batcher(examples, cfg.train.batch_size, cfg.seed, pad_id=0,
                       mode=cfg.train.batching)  # shapes only: no pad id needed
     wanted = steps * cfg.train.grad_accum
-    total, best = Batches(), (0, 0, 0, 0)
+    total, best, shapes = Batches(), (0, 0, 0, 0), {}
     for k in range(min(wanted, MAX_BATCHES)):
         rows, length = batcher.shape(k)
         n_targets = sum(targets[i] for i in batcher.indices(k))
         total = total.add(rows, length, n_targets)
         best = max(best, (rows * length, rows, length, n_targets))
+        shapes[rows, length] = max(shapes.get((rows, length), 0), n_targets)
     if wanted > MAX_BATCHES:
         total = total.scaled(wanted / MAX_BATCHES)
-    return total, best[1:]
+    return total, best[1:], tuple((r, n, t) for (r, n), t in shapes.items())
 
 
 def _loss(examples, cfg: TrialConfig) -> Batches:
