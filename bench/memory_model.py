@@ -171,10 +171,10 @@ def long_table(seen: dict, facts) -> tuple[str, dict]:
 
 
 def host_quant_fit(rows: list[dict], facts) -> dict[tuple[int, str], float]:
-    """``study.cost.estimate.HOST_QUANT_BYTES`` from the long-trial rows: per bits and compute
+    """``study.cost.host.HOST_QUANT_BYTES`` from the long-trial rows: per bits and compute
     precision, the bytes per quantized weight that bring the estimate up to the highest peak any
     of its trials reached (so none of them peaks above it); keys with no trial keep their value."""
-    from study.cost.estimate import HOST_QUANT_BYTES
+    from study.cost.host import HOST_QUANT_BYTES
 
     fitted = dict(HOST_QUANT_BYTES)
     for bits, compute in HOST_QUANT_BYTES:

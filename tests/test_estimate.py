@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.cost import estimate
+from study.cost import estimate, host
 from study.cost.activations import saved_bytes
 from study.cost.estimate import estimate_cfg, largest_batch, model_facts
 from study.trial.batches import BatchOrder, collate
@@ -23,7 +23,7 @@ def facts():
 
 def test_the_estimate_grows_with_what_it_should(facts, monkeypatch):
     # the stored bytes alone (what a CPU process keeps beyond them: the next test)
-    monkeypatch.setattr(estimate, "HOST_QUANT_BYTES", dict.fromkeys(estimate.HOST_QUANT_BYTES, 0))
+    monkeypatch.setattr(host, "HOST_QUANT_BYTES", dict.fromkeys(host.HOST_QUANT_BYTES, 0))
     e = {bits: estimate_cfg(tiny_trial(**{"quant.bits": bits}), facts) for bits in (4, 8, 16)}
     full = estimate_cfg(tiny_trial(method="full"), facts)
     held = {b: estimate.estimate_parts(tiny_trial(**{"quant.bits": b}), facts)[0] for b in e}
@@ -43,10 +43,10 @@ def test_the_estimate_grows_with_what_it_should(facts, monkeypatch):
 def test_a_quantized_base_on_cpu_adds_what_its_process_keeps_per_weight(facts, monkeypatch,
                                                                         bits):
     cfg = tiny_trial(**{"quant.bits": bits})
-    monkeypatch.setattr(estimate, "HOST_QUANT_BYTES", dict.fromkeys(estimate.HOST_QUANT_BYTES, 0))
+    monkeypatch.setattr(host, "HOST_QUANT_BYTES", dict.fromkeys(host.HOST_QUANT_BYTES, 0))
     stored = estimate_cfg(cfg, facts, worker_mb=0.0)
     plain = estimate_cfg(tiny_trial(), facts, worker_mb=0.0)
-    monkeypatch.setattr(estimate, "HOST_QUANT_BYTES", dict.fromkeys(estimate.HOST_QUANT_BYTES, 3.0))
+    monkeypatch.setattr(host, "HOST_QUANT_BYTES", dict.fromkeys(host.HOST_QUANT_BYTES, 3.0))
     kept = estimate_cfg(cfg, facts, worker_mb=0.0)
     assert kept - stored == pytest.approx(3.0 * facts.linear_params / 2**20)
     assert estimate_cfg(tiny_trial(), facts, worker_mb=0.0) == plain  # 16-bit: none quantized
@@ -65,9 +65,10 @@ def test_each_distinct_shape_on_cpu_adds_its_share_of_kept_activations(facts, mo
     seen = {batcher.shape(k) for k in range(7)}
     shapes = workload(cfg, facts.tokenizer).shapes
     assert {(r, n) for r, n, _ in shapes} == seen and len(shapes) == len(seen)
-    monkeypatch.setattr(estimate, "SHAPE_SHARE", dict.fromkeys(estimate.SHAPE_SHARE))
+    monkeypatch.setattr(host, "SHAPE_SHARE", dict.fromkeys(host.SHAPE_SHARE))
     without = estimate_cfg(cfg, facts, worker_mb=0.0)
-    monkeypatch.setattr(estimate, "SHAPE_SHARE", dict.fromkeys(estimate.SHAPE_SHARE, 0.5))
+    monkeypatch.setattr(host, "SHAPE_SHARE", {(c, b): 0.5 for c in ("fp32", "bf16")
+                                              for b in (4, 8, 16)})
     graph = saved_bytes(facts.hf_config, cfg, estimate.compute_precision(cfg, facts))
     added = 0.5 * sum(graph.total(*shape) for shape in shapes) / 2**20
     assert estimate_cfg(cfg, facts, worker_mb=0.0) - without == pytest.approx(added)

@@ -35,6 +35,17 @@ def test_terms_scale_with_the_work(facts):
     assert none["train.compute"] == 0 and none["eval.compute"] > 0
 
 
+def test_cpu_autocast_counts_the_casts_of_float_weights_only(facts):
+    speed = 1e10
+    bf16 = timing.terms(tiny_trial(**{"train.dtype": "bf16"}), facts, speed)
+    # each forward casts every float linear weight once: linear weights x micro-batches
+    batches = timing.workload(tiny_trial(), facts.tokenizer).train.count
+    assert bf16["train.casts"] == pytest.approx(facts.linear_params * batches / 1e9)
+    assert timing.terms(tiny_trial(**{"train.dtype": "fp32"}), facts, speed)["train.casts"] == 0
+    assert timing.terms(tiny_trial(**{"train.dtype": "bf16", "quant.bits": 4}), facts,
+                        speed)["train.casts"] == 0  # dequantized instead (train.dequant)
+
+
 def test_a_compiled_trial_adds_the_measured_compile_and_auto_adds_none(facts):
     speed = 1e10
     off = timing.trial_time(tiny_trial(), facts, speed)

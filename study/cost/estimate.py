@@ -10,7 +10,7 @@ line. The peak of the training phase is the sum of what the loop really holds:
 - the weights as stored: unquantized parameters at their dtype, quantized linears at 1 byte
   (8-bit) or 0.5 byte plus one fp32 absmax per 64 (4-bit), the output head and embeddings never
   quantized; on CPU, what the process keeps per quantized weight beyond that
-  (``HOST_QUANT_BYTES``, measured);
+  (``study.cost.host``, measured);
 - the trainable state: AdamW's two fp32 moments and the fp32 gradient of each trainable
   parameter, plus the fp32 weight of an adapter;
 - what autograd keeps for backward for the largest micro-batch the trial will see (its real
@@ -42,6 +42,7 @@ from lora_impl.quant import is_conv1d
 from search_spaces import choice_points, flat_leaves, is_distribution
 from study.config import TrialConfig
 from study.cost.activations import saved_bytes
+from study.cost.host import host_quant_bytes, shapes_bytes
 from study.cost.workload import workload
 from study.trial import precision
 from study.trial.adapter import check_rank
@@ -68,25 +69,6 @@ RAY_WORKER_MB = 300.0
 # take its band.
 BAND = {("lora", 16): 0.06, ("lora", 8): 0.06, ("lora", 4): 0.06, ("full", 16): 0.05}
 QUANT_BYTES = {8: 1.0, 4: 0.5 + 4 / 64}  # per quantized weight (int8; nf4/fp4 + fp32 absmax)
-# What a CPU trial's process holds per quantized weight beyond those bytes, per bits and compute
-# precision, measured (the peak a trial reached less the rest of the estimate, over the model's
-# quantized weights: ``bench/memory_model.py --long``, docs/BENCHMARKS.md): the float weights
-# quantizing replaced, freed into glibc's heap between live blocks and kept resident, and the
-# float copies bitsandbytes makes of a weight in each forward and backward on CPU (LLM.int8 more:
-# its fp16 inputs and outlier columns; under bf16 autocast 4-bit's copies are bf16 and come and
-# go within the activations already counted). Not on CUDA, whose peak counts tensors.
-HOST_QUANT_BYTES = {(8, "fp32"): 5.87, (4, "fp32"): 2.61, (8, "bf16"): 9.4, (4, "bf16"): 0.0}
-# On CPU each distinct micro-batch shape a trial trains on leaves memory resident (glibc's heap
-# keeps the freed blocks of one shape that the next cannot reuse; under bf16, oneDNN also keeps
-# per-shape buffers): the share of each distinct shape's kept activations
-# (``study.cost.activations``) the process keeps, per compute precision and bits, fitted on
-# classify trials of 5 to 443 steps (5 to 67 shapes) and the demo's skills trials (2-3 shapes)
-# (docs/BENCHMARKS.md, "Memory over a whole trial"). A skills trial sees a few shapes; a classify
-# trial of 1,770 texts of 10-90 tokens at batch 4 sees 67. In fp32 the growth stops early (the
-# thesis classify trial: 1,392 MB at 8 steps, 1,663 from step 50 to 150) within what the
-# estimate already holds (1,695 MB): none counted. 8-bit takes 16-bit's share (not fitted apart).
-# Not on CUDA.
-SHAPE_SHARE = {("bf16", 16): 0.136, ("bf16", 8): 0.136, ("bf16", 4): 0.105}
 ADAM_BYTES = 12.0  # fp32 gradient and two fp32 moments per trainable parameter
 
 
@@ -223,27 +205,6 @@ def estimate_parts(cfg: TrialConfig, facts: ModelFacts) -> tuple[float, float]:
     graph = saved_bytes(facts.hf_config, cfg, amp)
     kept = graph.total(*largest_batch(cfg, facts.tokenizer))
     return weights + state + graph.casts + shapes_bytes(cfg, facts, graph, amp), kept
-
-
-def _host_key(amp: torch.dtype | None) -> str:
-    """The compute precision's name in ``HOST_QUANT_BYTES`` and ``SHAPE_SHARE``: fp16, as
-    bf16, computes at 2 bytes."""
-    return "fp32" if amp is None else "bf16"
-
-
-def host_quant_bytes(cfg: TrialConfig, amp: torch.dtype | None) -> float:
-    """Bytes a CPU process holds per quantized weight beyond the stored ones (``HOST_QUANT_BYTES``);
-    0 on CUDA."""
-    return 0.0 if torch.cuda.is_available() else HOST_QUANT_BYTES[cfg.quant.bits, _host_key(amp)]
-
-
-def shapes_bytes(cfg: TrialConfig, facts: ModelFacts, graph, amp: torch.dtype | None) -> float:
-    """What a CPU process keeps of the distinct micro-batch shapes it trains on
-    (``SHAPE_SHARE`` x the sum of each shape's kept activations); 0 on CUDA."""
-    share = SHAPE_SHARE.get((_host_key(amp), cfg.quant.bits))
-    if torch.cuda.is_available() or not share:
-        return 0.0
-    return share * sum(graph.total(*shape) for shape in workload(cfg, facts.tokenizer).shapes)
 
 
 def combine(cfg: TrialConfig, facts: ModelFacts, held: float, kept: float,

@@ -45,24 +45,27 @@ from study.trial.evaluate import GENERATE_BATCH
 from study.trial.resources import WARMUP_TOKENS
 
 # Coefficients, fitted by ``python -m bench.time_model --fit`` (seconds per unit of each term) on
-# 36 runs of the bundled and the tiny model on a 2-core AMD EPYC, bf16 and fp32 (docs/BENCHMARKS.md;
-# in-sample median error 11%). On another machine the compute terms follow its measured matmul
-# rate; the others (elementwise work, dequantization, per-call costs, loading) are this machine's.
+# 13 trials of the bundled model on a 2-core AMD EPYC with avx512_bf16 (docs/BENCHMARKS.md, "Memory
+# over a whole trial"): a thesis-news study and a demo's trials in bf16 (skills and classify, 5 to
+# 443 steps, 16/8/4-bit, full) and a classify trial in fp32; in-sample median error 7%, largest
+# 18%. On another machine the compute terms follow its measured matmul rate; the others
+# (elementwise work, casts, dequantization, per-call costs, loading) are this machine's.
 COEFFICIENTS = {
-    "train.compute": 0.8205,  # per second of model-shaped matmul at the measured rate
-    "train.elementwise": 3.841,  # per 1e9 activation elements (forward + backward)
-    "train.dequant": 0.7927,  # per 1e9 quantized weights dequantized
-    "train.calls": 0.0,  # per layer of a forward + backward call (kept at 0: see the fit)
-    "train.optimizer": 4.864,  # per 1e9 trainable parameters updated
-    "eval.compute": 1.086,
-    "eval.elementwise": 1.976,
-    "eval.dequant": 0.255,
-    "eval.calls": 0.00127,  # per layer of a forward call
-    "load.const": 2.088,
-    "load.params": 4.446,  # per 1e9 parameters loaded
-    "load.quantized": 24.06,  # per 1e9 weights quantized at load
-    "other.const": 0.03288,  # per evaluation: metrics, trial files
-    "other.checkpoint": 0.08879,  # per GB written
+    "train.compute": 2.153,  # per second of model-shaped matmul at the measured rate
+    "train.elementwise": 0.0,  # per 1e9 activation elements (forward + backward)
+    "train.dequant": 2.42,  # per 1e9 quantized weights dequantized
+    "train.calls": 0.0,  # per layer of a forward + backward call (fitted at 0 here)
+    "train.casts": 3.115,  # per 1e9 float weights cast to 16 bits under CPU autocast
+    "train.optimizer": 1.184,  # per 1e9 trainable parameters updated
+    "eval.compute": 0.3975,
+    "eval.elementwise": 0.338,
+    "eval.dequant": 1.947,
+    "eval.calls": 0.005945,  # per layer of a forward call
+    "load.const": 0.5066,
+    "load.params": 0.06815,  # per 1e9 parameters loaded
+    "load.quantized": 15.86,  # per 1e9 weights quantized at load
+    "other.const": 0.08428,  # per evaluation: metrics, trial files
+    "other.checkpoint": 0.0,  # per GB written
     # per trial compiled (train.compile on): its decoder layers compiled with inductor's cache
     # warm, as every trial of a study but the first finds it; the bundled model on 2 AMD EPYC
     # cores, bench/compile_choice.py (a cold first compile took 64.6 s; docs/BENCHMARKS.md)
@@ -100,17 +103,27 @@ class TrialTime:
         return self.load_s + self.train_s + self.eval_s + self.other_s
 
 
+def _timings(cfg: TrialConfig, facts) -> tuple[dict[str, float], tuple[int, int, int]]:
+    """The cached matmul timings (ms) at ``cfg``'s shape, and the shape."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
+    return precision.checked_timings(device, shape), shape
+
+
+def compute_name(cfg: TrialConfig, facts) -> str:
+    """The precision ``cfg`` computes in here (``train.dtype=auto``: what ``precision.resolve``
+    chooses from the cached timings)."""
+    if cfg.train.dtype != "auto":
+        return cfg.train.dtype
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return precision.choose(_timings(cfg, facts)[0], precision.preferred(device))
+
+
 def machine_speed(cfg: TrialConfig, facts) -> float:
     """FLOP/s of the model-shaped matmul at ``cfg``'s precision on this machine (cached with the
     precision choice, re-timed once per process: ``precision.checked_timings``)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
-    timings = precision.checked_timings(device, shape)
-    name = cfg.train.dtype
-    if name == "auto":  # what precision.resolve chooses from these timings
-        name = precision.choose(timings, precision.preferred(device))
-    m, k, n = shape
-    return 2.0 * m * k * n / (timings.get(name, timings["fp32"]) / 1e3)
+    timings, (m, k, n) = _timings(cfg, facts)
+    return 2.0 * m * k * n / (timings.get(compute_name(cfg, facts), timings["fp32"]) / 1e3)
 
 
 def _flops(facts, batches: Batches, cfg: TrialConfig) -> tuple[float, float, float]:
@@ -180,6 +193,12 @@ def _train_terms(out: dict, cfg: TrialConfig, facts, speed: float, work) -> None
     out["train.elementwise"] = _elements(facts, work.train.tokens) * (forwards + 1.0)
     out["train.dequant"] = out["load.quantized"] * work.train.count * (forwards + 1.0)
     out["train.calls"] = facts.layers * work.train.count
+    # under autocast on CPU every float weight a linear layer holds is cast to 16 bits in each
+    # forward (quantized ones are dequantized instead: train.dequant); on CUDA they are stored
+    # at 16 bits already
+    if compute_name(cfg, facts) in precision.AMP and not torch.cuda.is_available():
+        floats = facts.linear_params if cfg.quant.bits == 16 else 0
+        out["train.casts"] = floats * work.train.count * forwards / 1e9
     if cfg.method == "lora":
         _variant_terms(out, cfg, facts, work.train.count * forwards, speed)
     trainable = facts.total_params if full else adapter_params(cfg, facts)

@@ -60,7 +60,7 @@ class Workload:
     train: Batches
     largest: tuple[int, int, int]  # (rows, padded length, targets) of the largest micro-batch
     # each distinct (rows, padded length) trained on, with its most targets: on CPU every new
-    # shape leaves memory resident (study.cost.estimate.SHAPE_SHARE)
+    # shape leaves memory resident (study.cost.host.SHAPE_SHARE)
     shapes: tuple[tuple[int, int, int], ...]
     eval_loss: Batches
     test_loss: Batches
