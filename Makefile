@@ -66,8 +66,8 @@ ifndef DEMO_NAME
 DEMO_NAME := demo-$(shell date +%Y%m%d-%H%M%S)
 endif
 DEMO_DIR = $(or $(LORA_STUDY_RESULTS),results)/$(DEMO_NAME)
-# 7 searched trials: the demo's size for 10 minutes (the CLI's default is 8)
-DEMO_ARGS ?= --num-samples 7
+# a replicated grid (search_spaces/demo.yaml): 2 configurations x 5 seeds, paired comparisons
+DEMO_ARGS ?= --space demo --search grid --repeats 5 --scheduler none
 demo: $(STAMP)
 	$(PY) -m study.tune --name $(DEMO_NAME) $(DEMO_ARGS)
 	$(PY) -m analysis report $(DEMO_DIR)

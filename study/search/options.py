@@ -79,7 +79,7 @@ class StudyOptions:
     ``--num-samples``), with its type, its default and its help, the attribute docstring."""
 
     space: str = field(default="default", metadata=flag(study=True))
-    """built-in search space (default, smoke, smoke-grid, smoke-variants, thesis-news,
+    """built-in search space (default, demo, smoke, smoke-grid, smoke-variants, thesis-news,
     seeds-qwen2) or a YAML file"""
     set: tuple[str, ...] = field(default=(), metadata=flag(study=True, metavar="KEY=VALUE"))
     """fix a config value, e.g. --set data.task=sft (repeatable)"""
