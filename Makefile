@@ -67,7 +67,7 @@ DEMO_NAME := demo-$(shell date +%Y%m%d-%H%M%S)
 endif
 DEMO_DIR = $(or $(LORA_STUDY_RESULTS),results)/$(DEMO_NAME)
 # a replicated grid (search_spaces/demo.yaml): 2 configurations x 5 seeds, paired comparisons
-DEMO_ARGS ?= --space demo --search grid --repeats 5 --scheduler none
+DEMO_ARGS ?= --space demo --search grid --repeats 5 --scheduler none --no-full-baseline
 demo: $(STAMP)
 	$(PY) -m study.tune --name $(DEMO_NAME) $(DEMO_ARGS)
 	$(PY) -m analysis report $(DEMO_DIR)

@@ -161,7 +161,7 @@ def long_table(seen: dict, facts) -> tuple[str, dict]:
         key = ("full" if cfg.method == "full" else "lora", cfg.quant.bits)
         bands[key] = max(bands.get(key, 0.0), last / estimate - 1)
         rows.append({"name": name, "cfg": cfg, "estimate": estimate, "measured": last,
-                     "peak_any": max(peaks.values())})
+                     "peak_any": max(peaks.values()), "compute": one["env"]["compute_dtype"]})
         lines.append(f"| {name} | {one['env']['compute_dtype']} | {estimate:,.0f} | " + " | ".join(
             f"{peaks[m]:,.0f}" if m in peaks else "-" for m in marks)
             + f" | {100 * (estimate - last) / last:+.1f}% |")
@@ -188,7 +188,7 @@ def host_quant_fit(rows: list[dict], facts) -> dict[tuple[int, str], float]:
 
 def _compute(row: dict) -> str:
     """A long-trial row's compute precision as ``HOST_QUANT_BYTES`` names it."""
-    return "fp32" if row["env"]["compute_dtype"] in (None, "fp32", "float32") else "bf16"
+    return "fp32" if row["compute"] in (None, "fp32", "float32") else "bf16"
 
 
 def gate_mistakes(rows: list[dict], gated) -> list[str]:

@@ -106,6 +106,7 @@ def test_the_flags_that_define_a_study_are_the_marked_fields():
         "num_samples": "--num-samples", "max_t": "--max-t", "grace": "--grace",
         "reduction_factor": "--reduction-factor", "seed": "--seed",
         "max_mem_mb": "--max-mem-mb", "no_baselines": "--no-baselines", "repeats": "--repeats",
+        "no_full_baseline": "--no-full-baseline",
         "search": "--search", "scheduler": "--scheduler",
     }
 

@@ -77,6 +77,16 @@ def test_max_t_is_the_most_steps_a_trial_runs(tmp_path):
     assert all(b["train"]["steps"] == 4 for b in plan.baselines)
 
 
+def test_no_full_baseline_runs_the_base_only(tmp_path):
+    from study.search.plan import plan_study
+    from study.tune import parse_args
+
+    argv = ["--space", "smoke", "--storage-path", str(tmp_path / "r")]
+    assert [b["method"] for b in plan_study(parse_args(argv), argv).baselines] == ["base", "full"]
+    argv.append("--no-full-baseline")
+    assert [b["method"] for b in plan_study(parse_args(argv), argv).baselines] == ["base"]
+
+
 def test_memory_budget_skips_the_full_baseline_over_it(tmp_path, capsys, monkeypatch):
     from study.cost import estimate as E
     from study.cost.estimate import gate_cfg  # what the gate judges: the estimate and its band

@@ -127,6 +127,8 @@ class StudyOptions:
     no_baselines: bool = field(default=False, metadata=flag(
         study=True, note=f"the full run trains at train.lr {FULL_BASELINE_LR:g}"))
     """skip the base and full runs"""
+    no_full_baseline: bool = field(default=False, metadata=flag(study=True))
+    """skip the full fine-tuning run only (the costliest trial; the base still runs)"""
     resume: bool = False
     """continue the study named by --name"""
     address: str | None = field(default=None, metadata=flag(unset="a local cluster"))

@@ -149,9 +149,9 @@ def _largest(leaves: dict, key: str, fallback: int) -> int:
 
 
 def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
-               extra_mb: float) -> list:
-    """The base model and one full fine-tuning run of each model, at the default data size (or
-    the median); 16-bit."""
+               extra_mb: float, full: bool = True) -> list:
+    """The base model and (``full``) one full fine-tuning run of each model, at the default data
+    size (or the median); 16-bit."""
     default_size = TrialConfig().data.size
     size = default_size if default_size in sizes else sorted(sizes)[len(sizes) // 2]
     common = {**sample_point(space), "data.size": size, "quant.bits": 16,
@@ -161,7 +161,7 @@ def _baselines(space: dict, sizes: list, facts: Facts, max_mem_mb: float | None,
         # full fine-tuning starts from the base model: an adapter's start (lora.init_from) is
         # the base baseline's, which evaluates that adapter untrained
         for method, extra in (("base", {}), ("full", {"train.lr": FULL_BASELINE_LR,
-                                                      "lora.init_from": None})):
+                                                      "lora.init_from": None}))[:1 + full]:
             cfg = check_config({**common, "model.name": model, "method": method, **extra})
             estimate = (gate_cfg(cfg, facts[model], extra_mb)
                         if max_mem_mb and method != "base" else 0)
@@ -336,8 +336,8 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
     forked = forks.usable(options.address, gpus)
     extra_mb = worker_mb(forked)
     _check_budget(options.max_mem_mb, space, facts, extra_mb)
-    baselines = [] if options.no_baselines else _baselines(space, sizes, facts, options.max_mem_mb,
-                                                          extra_mb)
+    baselines = [] if options.no_baselines else _baselines(
+        space, sizes, facts, options.max_mem_mb, extra_mb, full=not options.no_full_baseline)
     name = study_dir.name
     repeats = options.repeats  # every configuration and baseline runs that many times
     estimated = study_time(space, facts, options.num_samples * repeats, baselines * repeats,
