@@ -75,6 +75,12 @@ def _reconcile(design: Design, row: pd.Series, q: str) -> str:
     mean = (f"the mean is {size} {'lower' if lower else 'higher'} "
             f"[{number(ends[0], 3)}, {number(ends[1], 3)}]")
     worse = lower == design.quality[q]  # the mean moved the bad way
+    n = int(row["n_pairs"])
+    floor = 2.0 / 2**n  # the smallest two-sided p the exact signed-rank test gives n pairs
+    if kind == MEAN_ONLY and floor >= ALPHA:
+        same = ", every pair the same way" if abs(row["effect_size"]) == 1 else ""
+        return (f" With {n} pairs the Wilcoxon test cannot find a difference (the smallest p "
+                f"it can give is {number(floor, 2)}); {mean}{same}: more pairs would tell.")
     if kind == MEAN_ONLY:
         return (f" The tests disagree: no significant difference for the median pair "
                 f"({wilcoxon}); {mean}: a minority of pairs {'lost' if worse else 'gained'} "

@@ -296,3 +296,22 @@ def test_a_study_s_report_checks_focus_too(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--focus: no factor 'lr' with two or more levels; the factors: " in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "deep").exists()
+
+
+def test_too_few_pairs_for_wilcoxon_is_said_rather_than_a_minority():
+    """With 5 pairs the exact signed-rank test's smallest two-sided p is 2/2^5 = 0.0625: an
+    interval that excludes zero then says more than Wilcoxon can, not that a minority lost."""
+    from types import SimpleNamespace
+
+    from analysis.answer_text import _reconcile
+
+    design = SimpleNamespace(quality={"eval_loss": False})
+    row = pd.Series({"agreement": "mean only", "wilcoxon_p": 0.0625, "mean_diff": -0.04,
+                     "ci_low": -0.06, "ci_high": -0.02, "effect_size": -1.0, "n_pairs": 5})
+    text = _reconcile(design, row, "eval_loss")
+    assert "cannot find a difference" in text and "0.062" in text and "every pair" in text
+    assert "minority" not in text
+    twelve = row.copy()
+    twelve["n_pairs"] = 12  # a floor of 0.0005: Wilcoxon could have spoken
+    many = _reconcile(design, twelve, "eval_loss")
+    assert "minority" in many and "cannot" not in many
