@@ -232,3 +232,14 @@ def test_a_study_trial_s_identity_never_reaches_its_config():
     assert trial_config(tagged).seed == 5 and trial_config(tagged).lora.rank == 8
     baseline = {"baseline": {**TrialConfig().to_dict(), "replicate": 1, "config_id": "x"}}
     assert trial_config(baseline) == TrialConfig()
+
+
+def test_an_unseeded_base_runs_once_and_a_classifiers_base_each_replicate():
+    from study.search.replicates import baseline_repeats
+
+    def run(method, task):
+        return {"method": method, "data": {"task": task}}
+
+    assert baseline_repeats(run("base", "skills"), 5) == 1  # same model, same examples
+    assert baseline_repeats(run("base", "classify"), 5) == 5  # its score head is drawn
+    assert baseline_repeats(run("full", "skills"), 5) == 5

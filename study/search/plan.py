@@ -41,6 +41,7 @@ from study.search.options import (
     check_counts,
     parse_resources,
 )
+from study.search.replicates import baseline_repeats
 from study.search.resume import recorded_options
 from study.search.samplers import check_search, grid_size
 from study.search.space import study_space
@@ -340,7 +341,8 @@ def plan_study(options: StudyOptions, argv: list[str]) -> Plan:
         space, sizes, facts, options.max_mem_mb, extra_mb, full=not options.no_full_baseline)
     name = study_dir.name
     repeats = options.repeats  # every configuration and baseline runs that many times
-    estimated = study_time(space, facts, options.num_samples * repeats, baselines * repeats,
+    runs = [b for b in baselines for _ in range(baseline_repeats(b, repeats))]
+    estimated = study_time(space, facts, options.num_samples * repeats, runs,
                            options.max_concurrent, forked)
     return Plan(options, tuple(argv), name, study_dir, space, objectives, facts, tuple(baselines),
                 estimated, forked, gpus)

@@ -99,6 +99,15 @@ def seeded(params: dict, seed: int, replicate: int, config_id: str) -> dict:
             record.CONFIG_ID: config_id}
 
 
+def baseline_repeats(baseline: dict, repeats: int) -> int:
+    """How many replicates a baseline (a nested config) runs: ``repeats``, except the base
+    model of a generative task, which trains nothing and draws nothing at random (fixed splits,
+    greedy answers): every replicate would evaluate the same model on the same examples. A
+    classifier's base has a freshly initialised score head, which its seed draws."""
+    unseeded = baseline["method"] == "base" and baseline["data"]["task"] != "classify"
+    return 1 if unseeded else repeats
+
+
 def split(config: dict) -> tuple[dict, dict]:
     """A config as Tune gives it to a study's trial (dotted keys, or a baseline wrapped as
     ``{"baseline": {...}}``) -> (the trial's own config, its identity: ``record.CONFIG_ID`` and

@@ -27,6 +27,7 @@ from study.search import forks, leftovers
 from study.search.callbacks import LiveTable, StatusWriter
 from study.search.options import StudyOptions, parse_resources
 from study.search.plan import Plan, study_record
+from study.search.replicates import baseline_repeats
 from study.search.resume import damaged_lines, replay_curves
 from study.search.searcher import make_search
 from study.search.trainable import trainable
@@ -98,11 +99,12 @@ def _fit(plan: Plan, group: str, make_tuner, fork_server: str | None) -> None:
 
 def _baseline_runs(plan: Plan) -> list[dict]:
     """Each baseline once per replicate (seeds seed+0 .. seed+K-1, as a searched
-    configuration's), with its identity (``record.CONFIG_ID``, ``record.REPLICATE``)."""
+    configuration's; an unseeded base once: ``baseline_repeats``), with its identity
+    (``record.CONFIG_ID``, ``record.REPLICATE``)."""
     runs = []
     for baseline in plan.baselines:
         config_id = TrialConfig.from_dict(baseline).config_id()
-        for replicate in range(plan.options.repeats):
+        for replicate in range(baseline_repeats(baseline, plan.options.repeats)):
             runs.append({**baseline, "seed": baseline["seed"] + replicate,
                          record.REPLICATE: replicate, record.CONFIG_ID: config_id})
     return runs
