@@ -28,12 +28,13 @@ HOST_QUANT_BYTES = {(8, "fp32"): 5.87, (4, "fp32"): 2.61, (8, "bf16"): 9.4, (4, 
 # per-shape buffers): the share of each distinct shape's kept activations
 # (``study.cost.activations``) the process keeps, per compute precision and bits, fitted on
 # classify trials of 5 to 443 steps (5 to 67 shapes) and the demo's skills trials (2-3 shapes)
-# (docs/BENCHMARKS.md, "Memory over a whole trial"). A skills trial sees a few shapes; a classify
-# trial of 1,770 texts of 10-90 tokens at batch 4 sees 67. In fp32 the growth stops early (the
-# thesis classify trial: 1,392 MB at 8 steps, 1,663 from step 50 to 150) within what the
-# estimate already holds (1,695 MB): none counted. 8-bit takes 16-bit's share (not fitted apart).
-# Not on CUDA.
+# (docs/BENCHMARKS.md, "Memory and time over whole studies on a bf16 machine"). A skills trial
+# sees a few shapes; a classify trial of 1,770 texts of 10-90 tokens at batch 4 sees 67. In fp32
+# the growth stops early (the thesis classify trial: 1,392 MB at 8 steps, 1,663 from step 50 to
+# 150) within what the estimate already holds (1,695 MB): none counted. 8-bit takes 16-bit's
+# share (not fitted apart). Not on CUDA.
 SHAPE_SHARE = {("bf16", 16): 0.136, ("bf16", 8): 0.136, ("bf16", 4): 0.105}
+
 
 def _host_key(amp: torch.dtype | None) -> str:
     """The compute precision's name in ``HOST_QUANT_BYTES`` and ``SHAPE_SHARE``: fp16, as

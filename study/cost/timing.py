@@ -38,18 +38,19 @@ import torch
 
 from lora_impl.inits import from_weight
 from study.config import TrialConfig
-from study.cost.estimate import adapter_params
+from study.cost.estimate import adapter_params, compute_precision
 from study.cost.workload import Batches, Generation, workload
 from study.trial import precision
 from study.trial.evaluate import GENERATE_BATCH
 from study.trial.resources import WARMUP_TOKENS
 
 # Coefficients, fitted by ``python -m bench.time_model --fit`` (seconds per unit of each term) on
-# 13 trials of the bundled model on a 2-core AMD EPYC with avx512_bf16 (docs/BENCHMARKS.md, "Memory
-# over a whole trial"): a thesis-news study and a demo's trials in bf16 (skills and classify, 5 to
-# 443 steps, 16/8/4-bit, full) and a classify trial in fp32; in-sample median error 7%, largest
-# 18%. On another machine the compute terms follow its measured matmul rate; the others
-# (elementwise work, casts, dequantization, per-call costs, loading) are this machine's.
+# 13 trials of the bundled model on a 2-core AMD EPYC with avx512_bf16 (docs/BENCHMARKS.md,
+# "Memory and time over whole studies on a bf16 machine"): a thesis-news study and a demo's
+# trials in bf16 (skills and classify, 5 to 443 steps, 16/8/4-bit, full) and a classify trial in
+# fp32; in-sample median error 7%, largest 18%. On another machine the compute terms follow its
+# measured matmul rate; the others (elementwise work, casts, dequantization, per-call costs,
+# loading) are this machine's.
 COEFFICIENTS = {
     "train.compute": 2.153,  # per second of model-shaped matmul at the measured rate
     "train.elementwise": 0.0,  # per 1e9 activation elements (forward + backward)
@@ -103,27 +104,17 @@ class TrialTime:
         return self.load_s + self.train_s + self.eval_s + self.other_s
 
 
-def _timings(cfg: TrialConfig, facts) -> tuple[dict[str, float], tuple[int, int, int]]:
-    """The cached matmul timings (ms) at ``cfg``'s shape, and the shape."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
-    return precision.checked_timings(device, shape), shape
-
-
-def compute_name(cfg: TrialConfig, facts) -> str:
-    """The precision ``cfg`` computes in here (``train.dtype=auto``: what ``precision.resolve``
-    chooses from the cached timings)."""
-    if cfg.train.dtype != "auto":
-        return cfg.train.dtype
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return precision.choose(_timings(cfg, facts)[0], precision.preferred(device))
-
-
 def machine_speed(cfg: TrialConfig, facts) -> float:
     """FLOP/s of the model-shaped matmul at ``cfg``'s precision on this machine (cached with the
     precision choice, re-timed once per process: ``precision.checked_timings``)."""
-    timings, (m, k, n) = _timings(cfg, facts)
-    return 2.0 * m * k * n / (timings.get(compute_name(cfg, facts), timings["fp32"]) / 1e3)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = precision.matmul_shape(facts.hf_config, cfg.train.batch_size * cfg.data.seq_len)
+    timings = precision.checked_timings(device, shape)
+    name = cfg.train.dtype
+    if name == "auto":  # what precision.resolve chooses from these timings
+        name = precision.choose(timings, precision.preferred(device))
+    m, k, n = shape
+    return 2.0 * m * k * n / (timings.get(name, timings["fp32"]) / 1e3)
 
 
 def _flops(facts, batches: Batches, cfg: TrialConfig) -> tuple[float, float, float]:
@@ -196,7 +187,7 @@ def _train_terms(out: dict, cfg: TrialConfig, facts, speed: float, work) -> None
     # under autocast on CPU every float weight a linear layer holds is cast to 16 bits in each
     # forward (quantized ones are dequantized instead: train.dequant); on CUDA they are stored
     # at 16 bits already
-    if compute_name(cfg, facts) in precision.AMP and not torch.cuda.is_available():
+    if compute_precision(cfg, facts) is not None and not torch.cuda.is_available():
         floats = facts.linear_params if cfg.quant.bits == 16 else 0
         out["train.casts"] = floats * work.train.count * forwards / 1e9
     if cfg.method == "lora":
